@@ -1,0 +1,50 @@
+"""`hoe` command line: thin argparse subcommands over library functions.
+
+Each package has a torch-free `cli` module with `register(subparsers)`; every subcommand sets
+`func(args) -> int`. Heavy imports happen inside the functions, so `hoe --help` and the runtime
+commands work without the export extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import HoEError
+
+# Modules that contribute subcommands (those not installed or not present are skipped).
+CLI_MODULES = ("hoe.core.cli_commands", "hoe.export.cli", "hoe.runtime.cli", "hoe.bench.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hoe", description="Deploy multi-objective-aligned LLMs built the HoE way (experts, routers, preferences)."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in CLI_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except HoEError as e:
+        print(f"hoe {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""`hoe assemble` (torch imported only when it runs)."""
+
+from __future__ import annotations
+
+
+def _split(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("assemble", help="build a HoE checkpoint (experts + constant vertex routers)",
+                       description="Build a HoE checkpoint folder from a base model and one expert per objective: "
+                                   "PEFT LoRA adapter folders, or fully fine-tuned checkpoints compressed by task-SVD.")
+    p.add_argument("--base", required=True, help="Hugging Face base model folder (safetensors)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--peft", nargs="+", metavar="DIR", help="PEFT LoRA adapter folders, one per objective")
+    src.add_argument("--finetuned", nargs="+", metavar="DIR", help="fine-tuned checkpoints, one per objective")
+    p.add_argument("--rank", type=int, help="task-SVD rank (with --finetuned)")
+    p.add_argument("--objectives", required=True, type=_split, help="objective names, e.g. helpful,positive,concise")
+    p.add_argument("--out", required=True, help="output checkpoint folder")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_assemble)
+
+
+def _assemble(args) -> int:
+    from .assemble import assemble
+
+    out = assemble(args.base, args.objectives, args.out, peft=args.peft, finetuned=args.finetuned,
+                   rank=args.rank, force=args.force)
+    print(f"wrote HoE checkpoint {out}")
+    return 0

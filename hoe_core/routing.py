@@ -1,0 +1,119 @@
+"""Level 3 of HoE: preference routing. Pure numpy, no parameters, no torch.
+
+    λ_usr ──► N nearest anchors ──► w = argmin_{w ≥ 0, Σw = 1} ‖Σ_k w_k λ^(k) − λ_usr‖² ──► router_mix [K]
+
+`router_mix[k]` is the weight of router expert k; anchors not among the N nearest get 0.
+The runtime calls `route` once per preference change, on the host.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import ConfigError, PreferenceError
+
+# Exact subset enumeration is used up to this many anchors (2^12 - 1 tiny solves).
+_MAX_EXACT_ANCHORS = 12
+
+
+def validate_preference(preference: Sequence[float] | np.ndarray, n_objectives: int) -> np.ndarray:
+    """Check that `preference` is a usable point of the simplex and return it normalised.
+
+    Raises PreferenceError naming the expected and actual value when the length is wrong,
+    a value is NaN/inf or negative, or the sum is not positive.
+    """
+    try:
+        pref = np.asarray(preference, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise PreferenceError(f"preference must be a list of {n_objectives} numbers, got {preference!r}") from e
+    if pref.ndim != 1 or pref.shape[0] != n_objectives:
+        raise PreferenceError(
+            f"preference must have length {n_objectives} (one weight per objective), "
+            f"got shape {tuple(pref.shape)}: {pref.tolist()}"
+        )
+    if not np.all(np.isfinite(pref)):
+        raise PreferenceError(f"preference must be finite, got {pref.tolist()}")
+    if np.any(pref < 0):
+        raise PreferenceError(f"preference weights must be >= 0, got {pref.tolist()}")
+    total = float(pref.sum())
+    if total <= 0:
+        raise PreferenceError(f"preference must have a positive sum, got {pref.tolist()} (sum {total})")
+    return pref / total
+
+
+def nearest_anchors(pref: np.ndarray, anchors: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the `n` anchors nearest to `pref` (Euclidean); ties go to the lower index."""
+    dist = np.linalg.norm(anchors - pref[None, :], axis=1)  # [K]
+    return np.argsort(dist, kind="stable")[: min(n, len(anchors))]
+
+
+def _affine_lstsq(points: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """min ‖pointsᵀ w − target‖ subject to Σw = 1 (no sign constraint), via the KKT system.
+
+    points: [S, m], target: [m] -> w: [S]
+    """
+    s = points.shape[0]
+    kkt = np.zeros((s + 1, s + 1))
+    kkt[:s, :s] = points @ points.T
+    kkt[:s, s] = kkt[s, :s] = 1.0
+    rhs = np.concatenate([points @ target, [1.0]])
+    sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
+    return sol[:s]
+
+
+def simplex_lstsq(points: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Convex weights w (w ≥ 0, Σw = 1) minimising ‖Σ_k w_k points[k] − target‖.
+
+    Exact: the optimum has its support on some subset, so every subset is solved on its
+    affine hull and the best feasible one wins (smaller subsets win ties).
+    points: [S, m], target: [m] -> w: [S]
+    """
+    s = points.shape[0]
+    if s > _MAX_EXACT_ANCHORS:
+        raise ConfigError(f"preference routing mixes at most {_MAX_EXACT_ANCHORS} anchors, got {s}")
+    best_w, best_res = None, np.inf
+    for size in range(1, s + 1):
+        for subset in itertools.combinations(range(s), size):
+            idx = list(subset)
+            w_sub = _affine_lstsq(points[idx], target)
+            if np.any(w_sub < -1e-12):
+                continue
+            w = np.zeros(s)
+            w[idx] = np.clip(w_sub, 0.0, None)
+            w /= w.sum()
+            res = float(np.linalg.norm(w @ points - target))
+            if res < best_res - 1e-13:
+                best_w, best_res = w, res
+    return best_w
+
+
+def route(
+    preference: Sequence[float] | np.ndarray,
+    anchors: Sequence[Sequence[float]] | np.ndarray,
+    n_route: int | None = None,
+) -> np.ndarray:
+    """Router mixing weights for one preference.
+
+    preference: [m]; anchors: [K, m] (each a point of the simplex); n_route: anchors mixed
+    (default m). Returns router_mix: [K] float64, ≥ 0, summing to 1.
+    """
+    anchors = np.asarray(anchors, dtype=np.float64)
+    if anchors.ndim != 2 or anchors.shape[0] == 0:
+        raise ConfigError(f"anchors must be a non-empty [K, m] array, got shape {anchors.shape}")
+    m = anchors.shape[1]
+    pref = validate_preference(preference, m)
+    n = m if n_route is None else int(n_route)
+    if n < 1:
+        raise ConfigError(f"n_route must be >= 1, got {n}")
+    chosen = nearest_anchors(pref, anchors, n)
+    mix = np.zeros(anchors.shape[0])
+    mix[chosen] = simplex_lstsq(anchors[chosen], pref)
+    return mix
+
+
+def route_batch(preferences, anchors, n_route: int | None = None) -> np.ndarray:
+    """`route` for each row: preferences [B, m] -> router_mix [B, K] float32."""
+    return np.stack([route(p, anchors, n_route) for p in preferences]).astype(np.float32)
