@@ -7,6 +7,8 @@ same module runs from a checkpoint (reference) or from graph inputs (ONNX export
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -120,6 +122,7 @@ class HoEModel(nn.Module):
         self.config = config  # HoEConfig
         self.model = base_model.eval().requires_grad_(False)
         self.state = HoEState()
+        self._cache_arg = cache_kwarg(self.model)
         self.experts = nn.ParameterDict({_key(n): nn.Parameter(t, requires_grad=False) for n, t in experts.items()})
         self.routers = nn.ParameterDict({_key(n): nn.Parameter(t, requires_grad=False) for n, t in routers.items()})
         for name in config.target_modules:
@@ -142,10 +145,22 @@ class HoEModel(nn.Module):
             )
         self.state.tensors = self.named_tensors() if tensors is None else tensors
         self.state.router_mix = router_mix
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True
-        )
-        return out.logits, out.past_key_values
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=True, **{self._cache_arg: cache})
+        return out.logits, output_cache(out)
+
+
+def cache_kwarg(model: nn.Module) -> str:
+    """Name of the KV-cache argument of `model.forward`: `cache` in newer transformers 5.x, `past_key_values`
+    in older ones (5.17). An unknown keyword would vanish into **kwargs and silently drop the cache."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache of a model output, under either name (`cache` newer, `past_key_values` older)."""
+    names = {f for f in getattr(out, "__dataclass_fields__", {})}
+    return out.cache if "cache" in names else out.past_key_values
 
 
 def _key(name: str) -> str:  # ParameterDict keys may not contain "."
