@@ -67,11 +67,11 @@ class HoECheckpoint:
             )
         _expect(names.ROUTER_MASK, self.routers[names.ROUTER_MASK], (k, e))
         for module in cfg.target_modules:
-            d_out, r_a, d_in = self.experts[names.lora_b(module)].shape[1], r, self.experts[names.lora_a(module)].shape[2]
+            d_out, d_in = self.experts[names.lora_b(module)].shape[1], self.experts[names.lora_a(module)].shape[2]
             if base_model is not None:
                 linear = _base_linear(base_model, module)
                 d_out, d_in = linear.out_features, linear.in_features
-            _expect(names.lora_a(module), self.experts[names.lora_a(module)], (e, r_a, d_in))
+            _expect(names.lora_a(module), self.experts[names.lora_a(module)], (e, r, d_in))
             _expect(names.lora_b(module), self.experts[names.lora_b(module)], (e, d_out, r))
             _expect(names.scaling(module), self.experts[names.scaling(module)], (e,))
             _expect(names.router_weight(module), self.routers[names.router_weight(module)], (k, e, d_in))

@@ -84,3 +84,32 @@ def tiny_hoe(arch: str, tmp_path, n_experts: int = 3, rank: int = 4, routed: boo
     if routed:
         random_routers(ckpt, seed)
     return base, ckpt
+
+
+def random_experts(base, modules, n_experts: int, rank: int, seed: int = 0, std_b: float = 0.02):
+    """E random LoRA experts (non-zero A and B) on `modules` of `base`."""
+    from hoe.core.experts import LoraFactors
+
+    g = torch.Generator().manual_seed(seed)
+    experts = []
+    for _ in range(n_experts):
+        expert = {}
+        for m in modules:
+            lin = base.get_submodule(m)
+            a = torch.randn(rank, lin.in_features, generator=g) / lin.in_features**0.5
+            b = torch.randn(lin.out_features, rank, generator=g) * std_b
+            expert[m] = LoraFactors(a, b, 2.0)
+        experts.append(expert)
+    return experts
+
+
+def random_hoe_checkpoint(base, n_experts: int = 3, rank: int = 16, seed: int = 0):
+    """HoE checkpoint on every decoder linear: random experts, vertex + uniform anchors, random routers."""
+    from hoe.core.assemble import build_checkpoint
+    from hoe.core.model import find_target_modules
+
+    modules = find_target_modules(base)
+    experts = random_experts(base, modules, n_experts, rank, seed)
+    anchors = torch.eye(n_experts).tolist() + [[1.0 / n_experts] * n_experts]
+    ckpt = build_checkpoint(base, experts, modules, [f"obj{i}" for i in range(n_experts)], anchors=anchors)
+    return random_routers(ckpt, seed, std=0.05)

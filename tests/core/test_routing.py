@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+from hoe.core.errors import PreferenceError
+from hoe.core.routing import nearest_anchors, route, route_batch, simplex_lstsq, validate_preference
+
+VERTICES = np.eye(3)
+WITH_CENTRE = np.vstack([np.eye(3), [1 / 3, 1 / 3, 1 / 3]])
+
+
+@pytest.mark.parametrize("anchors", [VERTICES, WITH_CENTRE])
+def test_exact_anchor_gives_one_hot(anchors):
+    for k, anchor in enumerate(anchors):
+        mix = route(anchor, anchors)
+        expected = np.zeros(len(anchors))
+        expected[k] = 1.0
+        np.testing.assert_array_equal(mix, expected)
+
+
+def test_vertex_anchors_reproduce_lambda():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        lam = rng.dirichlet(np.ones(3))
+        np.testing.assert_allclose(route(lam, VERTICES), lam, atol=1e-12)
+
+
+@pytest.mark.parametrize("m", [2, 3, 4, 5])
+def test_inside_hull_reconstructed(m):
+    rng = np.random.default_rng(m)
+    anchors = np.vstack([np.eye(m), rng.dirichlet(np.ones(m), size=3)])
+    for _ in range(30):
+        lam = rng.dirichlet(np.ones(m))
+        mix = route(lam, anchors, n_route=len(anchors))  # hull of all anchors = the simplex
+        assert np.all(mix >= 0)
+        assert abs(mix.sum() - 1) < 1e-12
+        np.testing.assert_allclose(mix @ anchors, lam, atol=1e-9)
+
+
+def test_inside_hull_of_nearest_reconstructed():
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        lam = rng.dirichlet(np.ones(3))
+        chosen = nearest_anchors(lam, WITH_CENTRE, 3)
+        mix = route(lam, WITH_CENTRE)
+        assert set(np.flatnonzero(mix)) <= set(chosen)
+        # λ lies in the hull of the 3 nearest of {vertices, centre} iff the fit is exact
+        fit = np.linalg.norm(mix @ WITH_CENTRE - lam)
+        in_hull = all(w >= -1e-12 for w in np.linalg.lstsq(
+            np.vstack([WITH_CENTRE[chosen].T, np.ones(3)]), np.append(lam, 1), rcond=None)[0])
+        assert (fit <= 1e-9) == in_hull
+
+
+def test_outside_hull_is_best_convex_fit():
+    anchors = np.array([[0.6, 0.2, 0.2], [0.2, 0.6, 0.2], [0.2, 0.2, 0.6]])
+    lam = np.array([1.0, 0.0, 0.0])
+    mix = route(lam, anchors)
+    best = np.linalg.norm(mix @ anchors - lam)
+    rng = np.random.default_rng(1)
+    for w in rng.dirichlet(np.ones(3), size=500):  # no random convex mix does better
+        assert np.linalg.norm(w @ anchors - lam) >= best - 1e-12
+    np.testing.assert_array_equal(mix, [1.0, 0.0, 0.0])
+
+
+def test_only_n_nearest_anchors_used():
+    mix = route([0.5, 0.5, 0.0], WITH_CENTRE, n_route=2)
+    assert set(np.flatnonzero(mix)) <= {0, 3}  # the centre and (tie, lower index) vertex 0 are nearest
+
+
+def test_normalises_and_batches():
+    np.testing.assert_allclose(validate_preference([2, 6, 2], 3), [0.2, 0.6, 0.2])
+    mix = route_batch([[1, 0, 0], [0.2, 0.5, 0.3]], VERTICES)
+    assert mix.dtype == np.float32 and mix.shape == (2, 3)
+
+
+def test_simplex_lstsq_single_point():
+    np.testing.assert_array_equal(simplex_lstsq(np.array([[0.3, 0.7]]), np.array([1.0, 0.0])), [1.0])
+
+
+@pytest.mark.parametrize(
+    "pref, needle",
+    [
+        ([0.5, 0.5], "length 3"),
+        ([0.5, -0.1, 0.6], ">= 0"),
+        ([0.5, float("nan"), 0.5], "finite"),
+        ([0.5, float("inf"), 0.5], "finite"),
+        ([0, 0, 0], "positive sum"),
+        ("abc", "3 numbers"),
+    ],
+)
+def test_bad_preferences_raise_with_value(pref, needle):
+    with pytest.raises(PreferenceError) as e:
+        route(pref, VERTICES)
+    assert needle in str(e.value)
+    if isinstance(pref, list):
+        assert str(pref[0]) in str(e.value)
