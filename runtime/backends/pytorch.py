@@ -1,0 +1,107 @@
+"""PyTorch reference backend (`--backend torch`): hoe.core's HoEModel behind the same interface.
+
+Needs the export extra (torch, transformers). The exported folder does not hold the base weights in
+torch form, so the base comes from `BackendConfig.base`, else the manifest's `source.base`. Experts and
+routers come from `BackendConfig.hoe`, else the exported folder itself (its hoe.json,
+experts.safetensors and routers.safetensors form a HoE checkpoint), else `source.hoe`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from hoe.core.errors import BackendError
+
+from .base import Backend, DecodeState
+
+log = logging.getLogger(__name__)
+
+
+class TorchState(DecodeState):
+    def __init__(self, batch: int) -> None:
+        super().__init__(batch)
+        self.cache = None  # transformers DynamicCache, created by the first step
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def _activate(self) -> None:
+        try:
+            import torch
+            from hoe.core.loading import load_hoe
+        except ImportError as e:
+            raise BackendError(f"the torch backend needs the export extra (pip install 'hoe[export]'): {e}") from e
+        self._torch = torch
+        if self.config.threads:
+            torch.set_num_threads(int(self.config.threads))
+        base, ckpt = self._sources()
+        start = time.perf_counter()
+        self.model = load_hoe(base, ckpt, dtype=self.manifest.data["model"].get("dtype", "fp32"))
+        self.load_ms = (time.perf_counter() - start) * 1e3
+        self._layers = [self.manifest.kv_names(i) for i in range(self.manifest.num_layers)]
+        log.info("torch %s reference model ready in %.0f ms (base %s, experts %s, threads=%s)",
+                 torch.__version__, self.load_ms, base, ckpt, torch.get_num_threads())
+
+    def _sources(self) -> tuple[Path, Path]:
+        source = self.manifest.source
+        base = self.config.base or source.get("base")
+        if not base:
+            raise BackendError("the torch backend needs the Hugging Face base model folder: pass base= (--base); "
+                               "this export does not record source.base")
+        if self.config.hoe:
+            ckpt = self.config.hoe
+        elif self.manifest.path("hoe") is not None and self.manifest.path("hoe").is_file():
+            ckpt = self.manifest.folder
+        else:
+            ckpt = source.get("hoe")
+        if not ckpt:
+            raise BackendError("the torch backend needs a HoE checkpoint folder: pass hoe= (--hoe)")
+        base, ckpt = Path(base), Path(ckpt)
+        if not base.is_absolute() and not base.exists():
+            base = self.manifest.folder / base
+        return base, Path(ckpt)
+
+    def _deactivate(self) -> None:
+        self.model = None
+
+    def _run(self, input_ids, attention_mask, position_ids, router_mix, cache):
+        t = self._torch
+        with t.inference_mode():
+            return self.model(t.from_numpy(np.ascontiguousarray(input_ids)), t.from_numpy(router_mix.copy()),
+                              attention_mask=t.from_numpy(np.ascontiguousarray(attention_mask)),
+                              position_ids=t.from_numpy(np.ascontiguousarray(position_ids)), cache=cache)
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._require_active()
+        from transformers import DynamicCache
+
+        pasts = [(feed.get(k), feed.get(v)) for k, v, _, _ in self._layers]
+        cache = None
+        if all(k is not None and v is not None for k, v in pasts) and pasts[0][0].shape[2] > 0:
+            t = self._torch
+            cache = DynamicCache([(t.from_numpy(k.copy()), t.from_numpy(v.copy())) for k, v in pasts],
+                                 config=self.model.model.config)
+        logits, cache = self._run(feed["input_ids"], feed["attention_mask"], feed["position_ids"],
+                                  feed["router_mix"], cache)
+        out = {"logits": logits.float().numpy()}
+        for layer, (_, _, pk, pv) in zip(cache.layers, self._layers):
+            out[pk], out[pv] = layer.keys.numpy(), layer.values.numpy()
+        return out
+
+    def new_state(self, batch: int) -> TorchState:
+        self._require_active()
+        return TorchState(batch)
+
+    def step(self, state: TorchState, input_ids, attention_mask, position_ids, router_mix) -> np.ndarray:
+        logits, state.cache = self._run(input_ids, attention_mask, position_ids, router_mix, state.cache)
+        state.past_length += input_ids.shape[1]
+        return logits[:, -1].float().numpy()  # [B, V]
+
+    def describe(self) -> dict:
+        torch = getattr(self, "_torch", None)
+        return {"backend": self.name, "providers": ["torch-cpu"], "threads": torch.get_num_threads() if torch else None,
+                "torch": getattr(torch, "__version__", None)}

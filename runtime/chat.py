@@ -1,0 +1,50 @@
+"""A multi-turn conversation with one model: history, the active preference, streamed replies.
+
+Each turn renders the whole conversation through the model's chat template and generates the
+reply; the preference may change between turns (`set_preference`) and applies to the next reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from hoe.core.routing import validate_preference
+
+from .config import GenerationConfig
+
+
+class ChatSession:
+    def __init__(self, model, preference=None, config: GenerationConfig | None = None,
+                 system: str | None = None) -> None:
+        self.model = model
+        self.config = config if config is not None else model.default_config()
+        self.system = system
+        self.messages: list[dict] = []
+        self.preference = None
+        if model.router.enabled:
+            self.set_preference(preference if preference is not None else model.router.uniform())
+
+    def set_preference(self, preference) -> list[float]:
+        """Validate and activate a preference; returns it normalised."""
+        self.preference = validate_preference(preference, self.model.router.n_objectives).tolist()
+        return self.preference
+
+    def describe_preference(self) -> str:
+        if self.preference is None:
+            return "no preference (plain base model)"
+        return " ".join(f"{name}={w:.2f}" for name, w in zip(self.model.objectives, self.preference))
+
+    def reset(self) -> None:
+        self.messages = []
+
+    def conversation(self, user_text: str) -> list[dict]:
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + self.messages + [{"role": "user", "content": user_text}]
+
+    def send(self, user_text: str) -> Iterator[str]:
+        """Stream the reply to `user_text`; the turn joins the history once the reply is complete."""
+        pieces = []
+        for piece in self.model.stream(self.conversation(user_text), self.preference, self.config, chat=True):
+            pieces.append(piece)
+            yield piece
+        self.messages += [{"role": "user", "content": user_text}, {"role": "assistant", "content": "".join(pieces)}]

@@ -1,0 +1,192 @@
+"""The exported folder's contract, `hoe_config.json` (docs/FORMAT.md), read and checked.
+
+The runtime reads only this manifest: file names, graph input/output names, KV cache naming,
+anchors and token ids all come from it, never from guesses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hoe.core.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "hoe_config.json"
+FORMAT_VERSIONS = (1,)  # manifest versions this runtime reads
+_UNHASHED = (MANIFEST_FILE, "validation.json")
+_REQUIRED = ("format_version", "model", "architecture", "inputs", "outputs", "kv_cache", "hoe", "files", "tokens")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed `hoe_config.json` plus the folder it lives in."""
+
+    folder: Path
+    data: dict[str, Any]
+
+    # -- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, folder: str | Path, verify: bool = True) -> Manifest:
+        """Read and check the manifest; with `verify`, check every file's sha256 too."""
+        folder = Path(folder)
+        path = folder / MANIFEST_FILE
+        if not folder.is_dir():
+            raise CheckpointError(f"exported folder not found: {folder}")
+        if not path.is_file():
+            raise CheckpointError(f"{folder} is not an exported HoE folder: {MANIFEST_FILE} not found")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} is not valid JSON ({e})") from e
+        manifest = cls(folder, data)
+        manifest.check()
+        if verify:
+            manifest.verify_files()
+        return manifest
+
+    def check(self) -> None:
+        """Structure: known format version, required sections, files present."""
+        if not isinstance(self.data, dict):
+            raise ConfigError(f"{MANIFEST_FILE} must hold a JSON object, got {type(self.data).__name__}")
+        version = self.data.get("format_version")
+        if version not in FORMAT_VERSIONS:
+            raise ConfigError(f"{MANIFEST_FILE} format_version {version!r} is not one this runtime reads "
+                              f"(expected one of {list(FORMAT_VERSIONS)}); update hoe or re-export")
+        missing = [k for k in _REQUIRED if k not in self.data]
+        if missing:
+            raise ConfigError(f"{MANIFEST_FILE} lacks sections {missing}; expected all of {list(_REQUIRED)}")
+        for key in ("anchors", "objectives", "expert_inputs", "router_inputs") if self.hoe_enabled else ():
+            if key not in self.hoe:
+                raise ConfigError(f"{MANIFEST_FILE} 'hoe' lacks {key!r}")
+        for name in self.required_files():
+            if not (self.folder / name).is_file():
+                raise CheckpointError(f"{self.folder}: file {name} named in {MANIFEST_FILE} is missing")
+
+    def required_files(self) -> list[str]:
+        model = self.data["model"]
+        files = [model["file"]] + ([model["external_data"]] if model.get("external_data") else [])
+        files += [self.files[k] for k in ("experts", "routers") if self.files.get(k)]
+        return files
+
+    def verify_files(self) -> None:
+        """Every file listed under `sha256` exists and has that digest."""
+        hashes = self.data.get("sha256") or {}
+        if not hashes:
+            log.warning("%s has no sha256 entries; files are not verified", MANIFEST_FILE)
+        for name, expected in hashes.items():
+            if name in _UNHASHED:
+                continue
+            path = self.folder / name
+            if not path.is_file():
+                raise CheckpointError(f"{self.folder}: file {name} listed in {MANIFEST_FILE} sha256 is missing")
+            actual = sha256_file(path)
+            if actual != expected:
+                raise CheckpointError(f"{path}: sha256 mismatch, expected {expected} (manifest), got {actual}; "
+                                      "the file was changed or damaged after export")
+
+    # -- typed views ---------------------------------------------------------------------------------
+    @property
+    def arch(self) -> dict[str, Any]:
+        return self.data["architecture"]
+
+    @property
+    def hoe(self) -> dict[str, Any]:
+        return self.data["hoe"]
+
+    @property
+    def files(self) -> dict[str, str]:
+        return self.data["files"]
+
+    @property
+    def tokens(self) -> dict[str, Any]:
+        return self.data["tokens"]
+
+    @property
+    def inputs(self) -> dict[str, dict]:
+        return self.data["inputs"]
+
+    @property
+    def outputs(self) -> dict[str, dict]:
+        return self.data["outputs"]
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.arch["num_layers"])
+
+    @property
+    def context_length(self) -> int:
+        return int(self.arch["max_position_embeddings"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.arch["vocab_size"])
+
+    @property
+    def hoe_enabled(self) -> bool:
+        """False for a plain base export (no router_mix, no experts): no preference is needed."""
+        return bool(self.hoe.get("enabled", True))
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.hoe["objectives"])
+
+    @property
+    def anchors(self) -> list[list[float]]:
+        return [list(map(float, a)) for a in self.hoe["anchors"]]
+
+    @property
+    def n_route(self) -> int:
+        return int(self.hoe.get("n_route") or min(len(self.objectives), len(self.anchors)))
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids = self.tokens.get("eos_token_ids")
+        if ids is None:
+            ids = self.tokens.get("eos_token_id")
+        return [int(i) for i in (ids if isinstance(ids, list) else [] if ids is None else [ids])]
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokens.get("pad_token_id")
+        if pad is None:
+            pad = (self.eos_token_ids or [0])[0]
+        return int(pad)
+
+    @property
+    def generation(self) -> dict[str, Any]:
+        return self.data.get("generation") or {}
+
+    @property
+    def source(self) -> dict[str, Any]:
+        """Where the export came from (`{"base": ..., "hoe": ...}`), if the exporter recorded it."""
+        return self.data.get("source") or {}
+
+    def kv_names(self, layer: int) -> tuple[str, str, str, str]:
+        """(past key, past value, present key, present value) graph names of one layer."""
+        kv = self.data["kv_cache"]
+        return tuple(kv[k] % layer for k in ("past_key", "past_value", "present_key", "present_value"))
+
+    def kv_spec(self) -> tuple[str, int, int]:
+        """(dtype, kv heads, head dim) of the cache, read from the layer-0 past input."""
+        spec = self.inputs[self.kv_names(0)[0]]
+        shape = spec["shape"]
+        return spec["dtype"], int(shape[1]), int(shape[3])
+
+    def path(self, key: str) -> Path | None:
+        """Absolute path of a file named under `files` (None when the export has none)."""
+        name = self.files.get(key)
+        return self.folder / name if name else None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
