@@ -1,0 +1,46 @@
+"""`hoe build-engine` (torch-free: tensorrt is imported only when the build runs)."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "build-engine", help="build a TensorRT engine for an exported folder (run it on the target device)",
+        description="Build a TensorRT engine from an exported folder (`hoe export`) with two optimisation "
+                    "profiles (prefill, decode). Experts, rank and routers stay dynamic up to the --max-* values, "
+                    "so experts/routers of another size swap in without a rebuild. Writes OUT_DIR/trt/model.engine, "
+                    "engine.json (TensorRT version, GPU, profiles, build time) and timing.cache. An engine only runs "
+                    "with the TensorRT release and the GPU (compute capability) that built it.")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="exported folder (holds hoe_config.json and model.onnx)")
+    p.add_argument("--max-batch", type=int, default=1, help="rows per step at most (default 1)")
+    p.add_argument("--max-context", type=int, default=2048,
+                   help="prompt + generated tokens per row at most; KV buffers have this length (default 2048)")
+    p.add_argument("--max-prefill", type=int, default=512,
+                   help="prompt tokens per prefill step; longer prompts go in chunks (default 512)")
+    p.add_argument("--max-experts", type=int, default=0, help="LoRA experts E at most (default: as exported)")
+    p.add_argument("--max-rank", type=int, default=0, help="LoRA rank r at most (default: as exported)")
+    p.add_argument("--max-routers", type=int, default=0, help="router experts K at most (default: as exported)")
+    p.add_argument("--opt-batch", type=int, default=1, help="batch the kernels are tuned for (default 1)")
+    p.add_argument("--workspace-mb", type=int, default=2048, help="builder workspace limit in MiB (default 2048)")
+    p.add_argument("--fp16", action="store_true",
+                   help="fp16 kernels for an fp32 graph (TensorRT 10 only; with TensorRT 11 export --dtype fp16)")
+    p.add_argument("--optimization-level", type=int, choices=range(6), default=None,
+                   help="TensorRT builder optimisation level 0-5 (default: TensorRT's, 3)")
+    p.add_argument("--engine-dir", default=None, help="write the engine here instead of OUT_DIR/trt")
+    p.add_argument("--verbose-trt", action="store_true", help="TensorRT's verbose build log")
+    p.set_defaults(func=_build_engine)
+
+
+def _build_engine(args) -> int:
+    from hoe.runtime.backends.trt_profiles import EngineLimits
+
+    from .trt_build import BuildConfig, build_engine
+
+    limits = EngineLimits(max_batch=args.max_batch, max_context=args.max_context, max_prefill=args.max_prefill,
+                          max_experts=args.max_experts, max_rank=args.max_rank, max_routers=args.max_routers,
+                          opt_batch=args.opt_batch)
+    cfg = BuildConfig(limits=limits, workspace_mb=args.workspace_mb, fp16=args.fp16,
+                      optimization_level=args.optimization_level, engine_dir=args.engine_dir, verbose=args.verbose_trt)
+    out = build_engine(args.out_dir, cfg)
+    print(f"wrote TensorRT engine {out}")
+    return 0
