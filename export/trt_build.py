@@ -27,6 +27,7 @@ from pathlib import Path
 from hoe.core.config import JsonConfig
 from hoe.core.errors import BackendError, CheckpointError, ConfigError
 from hoe.runtime.backends import trt_profiles as tp
+from hoe.runtime.backends.trt import import_tensorrt
 from hoe.runtime.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -57,17 +58,6 @@ class PrecisionPlan:
     precision: str  # "fp32" or "fp16": what the engine computes in
     strongly_typed: bool  # NetworkDefinitionCreationFlag.STRONGLY_TYPED
     fp16_flag: bool  # BuilderFlag.FP16 (TensorRT 10 weak typing)
-
-
-def import_tensorrt():
-    """The tensorrt module, or a BackendError that says how to get it."""
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise BackendError("TensorRT's Python package is not installed: `pip install 'hoe[trt]'` on a desktop "
-                           "GPU, or on a Jetson the JetPack package `python3-libnvinfer` (docs/DEPLOY_JETSON.md)"
-                           ) from e
-    return trt
 
 
 def trt_major(version: str) -> int:

@@ -1,0 +1,232 @@
+"""The trt backend and `hoe build-engine` against a fake TensorRT (tests/trt/fake_trt.py) on host memory.
+
+The fake's engine runs the toy graph with onnxruntime on the bytes behind the bound addresses, so these
+tests check our side of the API: profiles, bindings, KV ping-pong, chunked prefill, logits copies,
+and the refusals (other TensorRT, other GPU, changed graph, oversize experts, damaged engine).
+"""
+
+from __future__ import annotations
+
+import json
+
+import fake_trt
+import numpy as np
+import pytest
+import toy_export as te
+from hoe.core.errors import BackendError, CheckpointError, ConfigError, InputError, ShapeMismatchError
+from hoe.runtime.backends import trt_profiles as tp
+from hoe.runtime.backends.base import BackendConfig
+from hoe.runtime.manifest import Manifest
+
+
+@pytest.fixture
+def toy(tmp_path):
+    return te.make_folder(tmp_path / "export")
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    def install(version="10.3.0.30", gpu=None, parse_errors=None):
+        memory = fake_trt.HostMemory(gpu)
+        module = fake_trt.make_module(version, memory, parse_errors)
+        monkeypatch.setitem(__import__("sys").modules, "tensorrt", module)
+        return module, memory
+    return install
+
+
+SMALL = dict(max_batch=2, max_context=24, max_prefill=4)
+
+
+def _build(folder, fake, **limits):
+    from hoe.export.trt_build import BuildConfig, build_engine
+
+    trt, memory = fake()
+    cfg = BuildConfig(limits=tp.EngineLimits(**{"max_batch": 2, "max_context": 24, "max_prefill": 4, **limits}))
+    return build_engine(folder, cfg, gpu=memory.device_info()), trt, memory
+
+
+def _backend(folder, memory):
+    from hoe.runtime.backends.trt import TrtBackend
+
+    return TrtBackend(Manifest.load(folder), BackendConfig(name="trt"), memory=memory)
+
+
+def _inputs(batch=2, length=9, seed=3):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, te.VOCAB, (batch, length)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1:, :2] = 0  # left padding on the other rows
+    pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)
+    mix = rng.dirichlet(np.ones(te.N_ROUTERS), batch).astype(np.float32)
+    return ids, mask, pos, mix
+
+
+def test_build_writes_engine_manifest_and_timing_cache(toy, fake):
+    out, trt, memory = _build(toy, fake)
+    info = json.loads((out / tp.ENGINE_MANIFEST).read_text())
+    assert (out / tp.ENGINE_FILE).is_file() and (out / tp.TIMING_CACHE).read_bytes() == b"fake-timing-cache+"
+    assert info["tensorrt"] == "10.3.0.30" and info["gpu"] == memory.device_info()
+    assert info["precision"] == "fp32" and info["strongly_typed"] is True
+    assert [info["profiles"][p]["index"] for p in tp.PHASES] == [0, 1]
+    assert info["profiles"]["decode"]["shapes"]["input_ids"] == {"min": [1, 1], "opt": [1, 1], "max": [2, 1]}
+    assert info["source_sha256"]["model.onnx"] == Manifest.load(toy).data["sha256"]["model.onnx"]
+    assert ("create_network", 1 << 5) in trt.calls  # STRONGLY_TYPED
+    # a second build starts from the saved timing cache
+    _build(toy, fake)
+    assert (out / tp.TIMING_CACHE).read_bytes() == b"fake-timing-cache++"
+
+
+def test_parser_errors_are_all_reported(toy, fake):
+    from hoe.export.trt_build import BuildConfig, build_engine
+
+    fake(parse_errors=["Unsupported op Foo", "bad attribute on Bar"])
+    with pytest.raises(BackendError, match="2 errors") as e:
+        build_engine(toy, BuildConfig(limits=tp.EngineLimits(**SMALL)), gpu={"name": "x", "compute_capability": "8.7"})
+    assert "Unsupported op Foo" in str(e.value) and "bad attribute on Bar" in str(e.value)
+
+
+def test_fp16_flag_only_on_trt10(toy, fake):
+    from hoe.export.trt_build import BuildConfig, build_engine
+
+    cfg, gpu = BuildConfig(limits=tp.EngineLimits(**SMALL), fp16=True), {"name": "x", "compute_capability": "8.7"}
+    trt, _ = fake("10.3.0.30")
+    build_engine(toy, cfg, gpu=gpu)
+    assert ("build_serialized_network", [0]) in trt.calls and ("create_network", 0) in trt.calls
+    fake("11.4.1.0")
+    with pytest.raises(ConfigError, match="hoe export --dtype fp16"):
+        build_engine(toy, cfg, gpu=gpu)
+
+
+def test_generation_matches_full_forward(toy, fake):
+    """Prefill in chunks (max_prefill 4 < prompt 9), then decode through the ping-pong KV buffers: the logits
+    of every step equal one full forward over the whole sequence."""
+    _, trt, memory = _build(toy, fake)
+    ids, mask, pos, mix = _inputs(length=9)
+    ref = te.full_forward_logits(toy, ids, mask, pos, mix)  # [B, 9, V]
+    prompt = 6
+    with _backend(toy, memory) as backend:
+        state = backend.new_state(2)
+        got = [backend.step(state, ids[:, :prompt], mask[:, :prompt], pos[:, :prompt], mix)]
+        for t in range(prompt, ids.shape[1]):
+            got.append(backend.step(state, ids[:, t:t + 1], mask[:, :t + 1], pos[:, t:t + 1], mix))
+        assert state.past_length == ids.shape[1]
+    np.testing.assert_allclose(got[0], ref[:, prompt - 1], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.stack(got[1:], 1), ref[:, prompt:], rtol=1e-5, atol=1e-4)
+    profiles = [c[1] for c in trt.calls if c[0] == "execute_async_v3"]
+    assert profiles == [0, 0, 1, 1, 1]  # two prefill chunks, then three decode steps
+
+
+def test_infer_matches_onnxruntime(toy, fake):
+    _, _, memory = _build(toy, fake)
+    ids, mask, pos, mix = _inputs(length=3)
+    feed = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "router_mix": mix}
+    for i in range(te.LAYERS):
+        for w in ("key", "value"):
+            feed[f"past_key_values.{i}.{w}"] = np.zeros((2, te.KV_HEADS, 0, te.HEAD_DIM), np.float32)
+    with _backend(toy, memory) as backend:
+        out = backend.infer(feed)
+    np.testing.assert_allclose(out["logits"], te.full_forward_logits(toy, ids, mask, pos, mix), rtol=1e-5, atol=1e-4)
+    assert out["present.1.value"].shape == (2, te.KV_HEADS, 3, te.HEAD_DIM)
+
+
+@pytest.mark.parametrize("case, error, match", [
+    ("trt_version", CheckpointError, "built by TensorRT 10.3.0.30"),
+    ("gpu", CheckpointError, "compute capability 8.7"),
+    ("graph", CheckpointError, "rebuild it"),
+    ("damaged", CheckpointError, "sha256 differs"),
+])
+def test_engine_from_elsewhere_is_refused(toy, fake, case, error, match):
+    out, _, memory = _build(toy, fake)
+    if case == "trt_version":
+        _, memory = fake("10.7.0.23")
+    elif case == "gpu":
+        _, memory = fake(gpu={"name": "Other GPU", "compute_capability": "9.0"})
+    elif case == "graph":
+        cfg = json.loads((toy / "hoe_config.json").read_text())
+        cfg["sha256"]["model.onnx"] = "0" * 64
+        (toy / "hoe_config.json").write_text(json.dumps(cfg))
+        with pytest.raises(error, match=match):
+            _backend_unverified(toy, memory).activate()
+        return
+    else:
+        (out / tp.ENGINE_FILE).write_bytes((out / tp.ENGINE_FILE).read_bytes() + b" ")
+    with pytest.raises(error, match=match):
+        _backend(toy, memory).activate()
+
+
+def _backend_unverified(folder, memory):
+    from hoe.runtime.backends.trt import TrtBackend
+
+    return TrtBackend(Manifest.load(folder, verify=False), BackendConfig(name="trt"), memory=memory)
+
+
+def test_same_capability_other_gpu_name_only_warns(toy, fake, caplog):
+    _build(toy, fake)
+    _, memory = fake(gpu={"name": "Jetson AGX Orin", "compute_capability": "8.7"})
+    with _backend(toy, memory):
+        pass
+    assert "tuned for the other GPU" in caplog.text
+
+
+def test_oversize_requests_are_refused(toy, fake):
+    _, _, memory = _build(toy, fake)
+    ids, mask, pos, mix = _inputs(batch=2, length=30)
+    with _backend(toy, memory) as backend:
+        with pytest.raises(InputError, match="--max-batch"):
+            backend.new_state(3)
+        state = backend.new_state(2)
+        with pytest.raises(InputError, match="context of 24"):
+            backend.step(state, ids, mask, pos, mix)
+
+
+def test_bigger_experts_need_a_bigger_engine(toy, fake):
+    from safetensors.numpy import load_file, save_file
+
+    _build(toy, fake)
+    _, memory = fake()
+    experts = load_file(str(toy / "experts.safetensors"))
+    experts = {k: np.concatenate([v, v[:1]], 0) for k, v in experts.items()}  # E = 4 > engine's 3
+    save_file(experts, str(toy / "experts.safetensors"))
+    with pytest.raises(ShapeMismatchError, match="--max-experts 4"):
+        _backend_unverified(toy, memory).activate()
+
+
+def test_swapped_experts_within_limits_run_without_rebuild(toy, fake):
+    """Engine built with --max-rank 4: experts of rank 3 (exported rank 2) load and run correctly."""
+    from safetensors.numpy import load_file, save_file
+
+    _, _, memory = _build(toy, fake, max_rank=4)
+    experts = load_file(str(toy / "experts.safetensors"))
+    rng = np.random.default_rng(9)
+    grown = {}
+    for k, v in experts.items():
+        if k.endswith("lora_A"):
+            v = np.concatenate([v, rng.normal(size=(v.shape[0], 1, v.shape[2])).astype(np.float32)], 1)
+        elif k.endswith("lora_B"):
+            v = np.concatenate([v, rng.normal(size=(*v.shape[:2], 1)).astype(np.float32)], 2)
+        grown[k] = v
+    save_file(grown, str(toy / "experts.safetensors"))
+    ids, mask, pos, mix = _inputs(length=5)
+    ref = te.full_forward_logits(toy, ids, mask, pos, mix)
+    with _backend_unverified(toy, memory) as backend:
+        assert backend.sizes["rank"] == 3
+        logits = backend.step(backend.new_state(2), ids, mask, pos, mix)
+    np.testing.assert_allclose(logits, ref[:, -1], rtol=1e-5, atol=1e-4)
+
+
+def test_missing_tensorrt_says_how_to_install(toy, monkeypatch):
+    from hoe.runtime.backends.trt import TrtBackend
+
+    monkeypatch.setitem(__import__("sys").modules, "tensorrt", None)
+    with pytest.raises(BackendError, match="python3-libnvinfer"):
+        TrtBackend(Manifest.load(toy), BackendConfig(name="trt"), memory=fake_trt.HostMemory()).activate()
+
+
+def test_importing_the_backend_needs_neither_tensorrt_nor_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import hoe.runtime.backends.trt, hoe.runtime.backends.ort_providers, "
+            "hoe.export.trt_cli; print('tensorrt' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
