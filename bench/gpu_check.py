@@ -182,6 +182,33 @@ def tensorrt_info() -> dict:
     return info
 
 
+def cuda_memory_section() -> dict:
+    """Round trip through each CUDA binding the trt backend can use (runtime/backends/cuda_memory.py):
+    host -> device -> device -> host, plus a copy from an offset (how the last position's logits are read)."""
+    import numpy as np
+    from hoe.runtime.backends import cuda_memory
+
+    out = {}
+    for kind in ("cuda-python", "torch", "ctypes"):
+        try:
+            mem = cuda_memory.select(kind)
+            stream = mem.new_stream()
+            a = np.arange(1000, dtype=np.float32)
+            b, c = np.empty_like(a), np.empty(10, np.float32)
+            p1, p2 = mem.alloc(a.nbytes), mem.alloc(a.nbytes)
+            mem.h2d(p1, a, stream)
+            mem.d2d(p2, p1, a.nbytes, stream)
+            mem.d2h(b, p2, stream)
+            mem.d2h(c, p2 + 40, stream)
+            mem.sync(stream)
+            out[kind] = {"ok": bool((a == b).all() and (c == a[10:20]).all()), "device": mem.device_info()}
+            mem.free(p1)
+            mem.free(p2)
+        except Exception as e:  # noqa: BLE001 - recorded per binding
+            out[kind] = {"error": f"{type(e).__name__}: {e}"}
+    return out
+
+
 # ---------------------------------------------------------------------------- models
 
 
@@ -529,6 +556,8 @@ def summary_table(data: dict) -> str:
         if m:
             lines.append(f"ORT mixing graph [{label}]: active {m['active']}, nodes {m['node_placement']}, "
                          f"{m['median_ms']} ms, max diff {m['max_abs_diff_vs_numpy']:.2e}")
+    for kind, res in (s.get("cuda_memory") or {}).items():
+        lines.append(f"cuda binding {kind}: {'ok' if res.get('ok') else res.get('error', 'mismatch')}")
     if data.get("errors"):
         lines.append(f"sections with errors: {sorted(data['errors'])}")
     lines.append(f"total {data.get('elapsed_s')} s")
@@ -581,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     report.section("onnxruntime", onnxruntime_info)
     report.section("tensorrt", tensorrt_info)
     if route is not None:
+        report.section("cuda_memory", cuda_memory_section)
         report.section("latency", latency_section, args, report)
         report.section("ort_mixing", ort_mixing_section, args)
     report.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
