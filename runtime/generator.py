@@ -91,7 +91,7 @@ class Generator:
         tokens[self.done] = self._pad
         self._record(tokens)
         self._pending = tokens[:, None]  # [B, 1]
-        self._positions = self._real[:, None].copy()  # [B, 1]
+        self._positions = np.minimum(self._real, self._last_position)[:, None]  # [B, 1]; finished rows clamped
         self._real += 1
         self._mask[:, self._columns] = 1
         self._time(start)
@@ -141,6 +141,7 @@ class Generator:
         self._pending = ids
         self._positions = np.clip(self._mask[:, :width].cumsum(1) - 1, 0, None)  # [B, T0]
         self._real = lengths.astype(np.int64)
+        self._last_position = m.manifest.context_length - 1
         self._columns = 0  # mask columns already in the KV cache
         self._steps = 0
         self._sampler = Sampler(self.config, b, m.manifest.vocab_size)
@@ -185,7 +186,7 @@ class Generator:
     def _finish_reason(self, b: int, tok: int, ctx: int) -> str | None:
         if tok in self._stop_ids or (self._trackers is not None and self._trackers[b].stopped):
             return "stop"
-        if len(self.tokens[b]) >= self.config.max_new_tokens or self._real[b] >= ctx:  # no position left
+        if len(self.tokens[b]) >= self.config.max_new_tokens or self._real[b] + 1 >= ctx:  # prompt + output = ctx
             return "length"
         return None
 

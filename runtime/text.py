@@ -34,14 +34,18 @@ class TextTracker:
         return self._release(final=self.stopped)
 
     def finish(self) -> str:
-        """The row ended: release whatever was held back."""
+        """The row ended: release whatever was held back (a dangling half character included)."""
+        if not self.stopped:
+            piece = self._decode_new(final=True)
+            if piece:
+                self._append(piece)
         return self._release(final=True)
 
-    def _decode_new(self) -> str:
+    def _decode_new(self, final: bool = False) -> str:
         dec = self.tokenizer.decode
         prefix_text = dec(self.ids[self._prefix:self._read])
         new_text = dec(self.ids[self._prefix:])
-        if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
+        if len(new_text) <= len(prefix_text) or (new_text.endswith("\ufffd") and not final):
             return ""
         self._prefix, self._read = self._read, len(self.ids)
         return new_text[len(prefix_text):]

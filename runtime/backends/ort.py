@@ -85,7 +85,8 @@ class OrtBackend(Backend):
     def _check_graph(self) -> None:
         needed = set(_STEP_INPUTS[:1]) | {n for layer in self._layers for n in layer[:2]}
         missing = sorted(needed - set(self._graph_inputs))
-        missing_out = sorted({"logits"} | {n for layer in self._layers for n in layer[2:]} - set(self._output_names))
+        wanted_out = {"logits"} | {n for layer in self._layers for n in layer[2:]}
+        missing_out = sorted(wanted_out - set(self._output_names))
         if missing or missing_out:
             raise CheckpointError(f"model.onnx does not match {self.manifest.folder}/hoe_config.json: graph lacks "
                                   f"inputs {missing[:5]} and outputs {missing_out[:5]}")

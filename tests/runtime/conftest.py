@@ -1,6 +1,8 @@
 """Runtime fixtures (helpers live in runtime_helpers.py)."""
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hoe.runtime.tokenizer import Tokenizer
@@ -20,3 +22,32 @@ def tokenizer(tokenizer_dir):
     return Tokenizer(tokenizer_dir / "tokenizer.json", config)
 
 
+
+
+@dataclass
+class Exported:
+    """An exported tiny HoE folder plus what made it (for PyTorch reference runs)."""
+
+    arch: str
+    folder: Path
+    base_dir: Path
+    ckpt_dir: Path
+    reference: object  # hoe.core HoEModel
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2", "mistral"])
+def tiny_export(request, tmp_path_factory) -> Exported:
+    """A tiny random HoE model (PEFT experts of ranks 4/3, random non-zero routers, 4 anchors) exported to ONNX."""
+    from hoe.core.loading import hoe_from_checkpoint
+    from runtime_export import exported_folder
+    from runtime_helpers import write_char_tokenizer
+    from tiny_models import tiny_hoe
+
+    arch = request.param
+    root = tmp_path_factory.mktemp(f"export_{arch}")
+    base, ckpt = tiny_hoe(arch, root)
+    base.save_pretrained(root / "base")
+    write_char_tokenizer(root / "base")
+    ckpt.save(root / "hoe")
+    folder = exported_folder(root / "base", root / "hoe", root / "out")
+    return Exported(arch, folder, root / "base", root / "hoe", hoe_from_checkpoint(base, ckpt))

@@ -94,10 +94,12 @@ class FakeBackend(Backend):
             new_mask = attention_mask[r, -t:]
             for j in range(t):
                 if new_mask[j]:
-                    assert position_ids[r, j] == len(state.history[r]), "positions must count real tokens"
+                    expect = min(len(state.history[r]), self.manifest.context_length - 1)  # clamped past the end
+                    assert position_ids[r, j] == expect, "positions must count real tokens"
                     state.history[r].append(int(input_ids[r, j]))
             h = state.history[r]
-            out[r] = self.E[h[-1]] + self.P[len(h) - 1] + router_mix[r] @ self.R + 0.3 * self.E[h].mean(0)
+            pos = min(len(h), len(self.P)) - 1
+            out[r] = self.E[h[-1]] + self.P[pos] + router_mix[r] @ self.R + 0.3 * self.E[h].mean(0)
         state.past_length += t
         return out
 
@@ -106,3 +108,25 @@ def fake_model(tmp_path, tokenizer=None, **kw) -> Model:
     manifest = fake_manifest(tmp_path, **kw)
     backend = FakeBackend(manifest, None).activate()
     return Model(manifest, backend, tokenizer)
+
+
+# ------------------------------------------------------------------------------------- char tokenizer
+
+CHAR_SPECIALS = ["<|endoftext|>", "<|im_end|>", "<|im_start|>"]  # ids 0 (bos/pad), 1 (eos), 2: tiny configs' ids
+
+
+def write_char_tokenizer(folder, vocab_size: int = 97) -> None:
+    """A character-level tokenizer with exactly `vocab_size` ids (tiny models have 97) + ChatML template."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTok
+
+    chars = ["\n"] + [chr(c) for c in range(32, 127)]
+    vocab = {t: i for i, t in enumerate(CHAR_SPECIALS + chars[: vocab_size - len(CHAR_SPECIALS)])}
+    tok = HFTok(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(CHAR_SPECIALS)
+    tok.save(str(folder / "tokenizer.json"))
+    config = {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "chat_template.jinja").write_text(CHATML)
