@@ -35,19 +35,36 @@ class Exported:
     reference: object  # hoe.core HoEModel
 
 
-@pytest.fixture(scope="session", params=["llama", "qwen2", "mistral"])
-def tiny_export(request, tmp_path_factory) -> Exported:
-    """A tiny random HoE model (PEFT experts of ranks 4/3, random non-zero routers, 4 anchors) exported to ONNX."""
+@pytest.fixture(scope="session")
+def export_tiny(tmp_path_factory):
+    """export_tiny(arch) -> Exported: a tiny random HoE model (PEFT experts of ranks 4/3, random non-zero
+    routers, 4 anchors, char tokenizer + ChatML template) exported to ONNX once per session."""
     from hoe.core.loading import hoe_from_checkpoint
     from runtime_export import exported_folder
     from runtime_helpers import write_char_tokenizer
     from tiny_models import tiny_hoe
 
-    arch = request.param
-    root = tmp_path_factory.mktemp(f"export_{arch}")
-    base, ckpt = tiny_hoe(arch, root)
-    base.save_pretrained(root / "base")
-    write_char_tokenizer(root / "base")
-    ckpt.save(root / "hoe")
-    folder = exported_folder(root / "base", root / "hoe", root / "out")
-    return Exported(arch, folder, root / "base", root / "hoe", hoe_from_checkpoint(base, ckpt))
+    cache = {}
+
+    def make(arch: str) -> Exported:
+        if arch not in cache:
+            root = tmp_path_factory.mktemp(f"export_{arch}")
+            base, ckpt = tiny_hoe(arch, root)
+            base.save_pretrained(root / "base")
+            write_char_tokenizer(root / "base")
+            ckpt.save(root / "hoe")
+            folder = exported_folder(root / "base", root / "hoe", root / "out")
+            cache[arch] = Exported(arch, folder, root / "base", root / "hoe", hoe_from_checkpoint(base, ckpt))
+        return cache[arch]
+
+    return make
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2", "mistral"])
+def tiny_export(request, export_tiny) -> Exported:
+    return export_tiny(request.param)
+
+
+@pytest.fixture(scope="session")
+def llama_export(export_tiny) -> Exported:
+    return export_tiny("llama")
