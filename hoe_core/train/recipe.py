@@ -1,0 +1,197 @@
+"""The HoE recipe, stage by stage, resumable (`hoe train experts|routers|all`).
+
+    experts:  sample (best-of-n from the base) → score → expert:<objective> (SFT, one per objective)
+              → assemble (experts + constant vertex routers)                      WORK/experts_ckpt
+    routers:  router:<j> for each trained anchor (Tchebycheff/OMD policy gradient)
+              → final fp16 checkpoint, training curves, model card               OUT/
+
+A stage whose name is in WORK/state.json is skipped; the sampling and router stages also resume
+inside the stage (per batch, per `save_every` steps).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import HoECheckpoint
+from ..config import atomic_write_text
+from ..errors import ConfigError
+from ..objectives import make_objectives
+from .config import RecipeConfig
+from .data import ChatCodec, default_prompts, load_prompts, repo_root
+from .state import RunState
+
+log = logging.getLogger(__name__)
+
+EXPERTS_CKPT = "experts_ckpt"
+
+
+def default_work() -> Path:
+    from ..smollm2 import cache_dir
+
+    return cache_dir() / "train" / "smollm2-hoe"
+
+
+def default_out() -> Path:
+    return repo_root() / "models" / "smollm2-hoe"
+
+
+def base_dir(cfg: RecipeConfig) -> Path:
+    if cfg.base:
+        return Path(cfg.base)
+    from ..smollm2 import prepare_base
+
+    return prepare_base()
+
+
+class Timer:
+    """Seconds spent per stage, accumulated across resumed runs in WORK/timings.json."""
+
+    def __init__(self, work: Path) -> None:
+        self.path = work / "timings.json"
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def __call__(self, stage: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.data[stage] = round(self.data.get(stage, 0.0) + time.perf_counter() - t0, 1)
+            atomic_write_text(self.path, json.dumps(self.data, indent=2) + "\n")
+
+
+def train_experts(cfg: RecipeConfig, work: str | Path) -> Path:
+    """Stages sample, score, expert:<name>..., assemble. -> WORK/experts_ckpt"""
+    from ..assemble import build_checkpoint
+    from ..experts import experts_from_peft
+    from ..loading import load_base
+    from .experts import best_of_n, reward_summary, sample_answers, save_json, score_candidates, sft_adapter
+
+    run = RunState(work, cfg)
+    torch.set_num_threads(cfg.threads)
+    timer = Timer(run.work)
+    folder = base_dir(cfg)
+    base, codec = load_base(folder), ChatCodec.from_folder(folder)
+    objectives = make_objectives(cfg.objectives)
+    prompts = load_prompts(cfg.train_prompts or default_prompts("train"), cfg.n_prompts)
+    if not run.is_done("sample"):
+        timer("sample", sample_answers, base, codec, prompts, cfg.sample, cfg.seed, run.work / "samples.jsonl")
+        run.mark_done("sample")
+    if not run.is_done("score"):
+        rows = [json.loads(x) for x in (run.work / "samples.jsonl").read_text().splitlines()]
+        scored = timer("score", score_candidates, rows, objectives, cfg.sample.sentence_prefixes)
+        save_json(run.work / "scored.json", scored)
+        save_json(run.work / "rewards.json", reward_summary(scored))
+        run.mark_done("score")
+    scored = json.loads((run.work / "scored.json").read_text())
+    adapters = []
+    for i, name in enumerate(cfg.objectives):
+        stage, out = f"expert:{name}", run.work / "adapters" / name.replace(":", "_")
+        if not run.is_done(stage):
+            timer(stage, sft_adapter, base, codec, best_of_n(scored, i), cfg.expert, cfg.seed + 1 + i, out, run,
+                  stage)
+            run.mark_done(stage)
+        adapters.append(out)
+    ckpt_dir = run.work / EXPERTS_CKPT
+    if not run.is_done("assemble"):
+        experts, modules = experts_from_peft(adapters)
+        ckpt = build_checkpoint(base, experts, modules, list(cfg.objectives))
+        ckpt.save(ckpt_dir, overwrite=True)
+        run.mark_done("assemble")
+    return ckpt_dir
+
+
+def router_setup(base, experts_ckpt: HoECheckpoint, cfg: RecipeConfig):
+    """HoE model with vertex anchors (constant routers) + the trained anchors (routers to train)."""
+    from ..assemble import in_features
+    from ..config import HoEConfig
+    from ..model import HoEModel
+    from ..routers import constant_routers, trainable_routers, vertex_anchors
+
+    ec = experts_ckpt.config
+    anchors = vertex_anchors(ec.n_objectives) + cfg.trained_anchors
+    config = HoEConfig(objectives=ec.objectives, expert_prefs=ec.expert_prefs, anchors=anchors,
+                       target_modules=ec.target_modules, rank=ec.rank, expert_names=ec.expert_names, base=ec.base)
+    feats = in_features(base, ec.target_modules)
+    routers = constant_routers(ec.target_modules, feats, ec.expert_prefs, anchors, config.n_active)
+    trained = trainable_routers(ec.target_modules, feats, ec.expert_prefs, anchors, config.n_active)
+    rows = list(range(ec.n_objectives, len(anchors)))
+    for name, t in routers.items():
+        t[rows] = trained[name][rows]
+    return HoEModel(base, config, experts_ckpt.experts, routers)
+
+
+def train_routers(cfg: RecipeConfig, work: str | Path, out: str | Path, force: bool = True) -> Path:
+    """Stages router:<j> for each trained anchor, then the fp16 checkpoint + curves + card in OUT."""
+    from ..loading import load_base
+    from .routers import load_router_state, make_optimizer, router_params, train_anchor
+
+    run = RunState(work, cfg)
+    if not run.is_done("assemble"):
+        raise ConfigError(f"{run.work} has no trained experts yet: run `hoe train experts` first")
+    torch.set_num_threads(cfg.threads)
+    timer = Timer(run.work)
+    folder = base_dir(cfg)
+    base, codec = load_base(folder), ChatCodec.from_folder(folder)
+    model = router_setup(base, HoECheckpoint.load(run.work / EXPERTS_CKPT), cfg)
+    objectives = make_objectives(cfg.objectives)
+    prompts = load_prompts(cfg.train_prompts or default_prompts("train"), cfg.n_prompts)
+    z_star = np.asarray(json.loads((run.work / "rewards.json").read_text())["best_of_n_mean"])
+    m = len(cfg.objectives)
+    for j in range(len(cfg.trained_anchors)):
+        stage = f"router:{j}"
+        if run.is_done(stage):  # restore what that stage trained (its state holds every router row)
+            params = router_params(model)
+            load_router_state(run.work / stage, params, make_optimizer(params, cfg.router))
+            continue
+        timer(stage, train_anchor, model, codec, prompts, objectives, m + j, z_star, cfg.router,
+              cfg.seed + 100 + j, run, stage)
+        run.mark_done(stage)
+    return finish(model, run, Path(out), force)
+
+
+def finish(model, run: RunState, out: Path, force: bool) -> Path:
+    """Write OUT: fp16 checkpoint, training curves, training summary and model card."""
+    from .card import write_card
+    from .plot import plot_curves
+
+    half = lambda d: {k: (v.detach().float() if k.endswith("mask") else v.detach().half()) for k, v in d.items()}
+    tensors = model.named_tensors()
+    experts = {k: v for k, v in tensors.items() if k.startswith("experts.")}
+    routers = {k: v for k, v in tensors.items() if k.startswith("routers.")}
+    ckpt = HoECheckpoint(model.config, half(experts), half(routers))
+    ckpt.validate()  # the base inside `model` is wrapped in HoELinears; identity was checked at assembly
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; pass --force to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.ckpt"
+    ckpt.save(staging, overwrite=True)
+    for name in ("hoe.json", "experts.safetensors", "routers.safetensors"):
+        (staging / name).replace(out / name)
+    staging.rmdir()
+    plot_curves(run.records(), run.config.objectives, out / "training_curves.png")
+    summary = training_summary(run)
+    atomic_write_text(out / "training.json", json.dumps(summary, indent=2) + "\n")
+    write_card(out, run.config, summary)
+    log.info("wrote %s", out)
+    return out
+
+
+def training_summary(run: RunState) -> dict:
+    timings = json.loads((run.work / "timings.json").read_text()) if (run.work / "timings.json").is_file() else {}
+    rewards = json.loads((run.work / "rewards.json").read_text())
+    routers = {}
+    for j in range(len(run.config.trained_anchors)):
+        recs = run.records(f"router:{j}")
+        if recs:
+            first, last = np.mean([r["rewards"] for r in recs[:3]], 0), np.mean([r["rewards"] for r in recs[-3:]], 0)
+            routers[f"router:{j}"] = {"anchor": run.config.trained_anchors[j], "first_3_steps": first.round(4).tolist(),
+                                      "last_3_steps": last.round(4).tolist(), "steps": len(recs)}
+    return {"recipe": run.config.to_dict(), "seconds": timings, "total_seconds": round(sum(timings.values()), 1),
+            "best_of_n": rewards, "routers": routers}

@@ -1,0 +1,118 @@
+"""The recipe end to end on a tiny Llama with toy objectives (character frequencies): rewards must improve."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hoe.core.checkpoint import HoECheckpoint
+from hoe.core.errors import ConfigError
+from hoe.core.loading import load_base, load_hoe
+from hoe.core.objectives import make_objectives, score_all
+from hoe.core.routing import route
+from hoe.core.train.config import ExpertConfig, RecipeConfig, RouterConfig, SampleConfig
+from hoe.core.train.data import ChatCodec
+from hoe.core.train.recipe import train_experts, train_routers
+from hoe.core.train.sampling import sample
+from tiny_chat import tiny_chat_model, write_prompts
+
+OBJECTIVES = ["char:a", "char:e"]
+
+
+def tiny_recipe(tmp_path, **router):
+    base = tiny_chat_model(tmp_path / "base")
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    return RecipeConfig(
+        base=str(base), objectives=OBJECTIVES, train_prompts=str(prompts), n_prompts=10, seed=0, threads=1,
+        sample=SampleConfig(n_samples=8, temperature=1.0, top_p=1.0, max_new_tokens=12, batch_prompts=4),
+        expert=ExpertConfig(rank=4, alpha=8.0, lr=2e-2, epochs=8, batch_size=5),
+        router=RouterConfig(steps=3, prompts_per_step=4, group_size=3, max_new_tokens=8, save_every=2, **router))
+
+
+def mean_rewards(model, codec, prompts, objectives, router_mix=None, seed=123):
+    got = sample(model, [codec.prompt_ids(p) for p in prompts], 4, 12, codec.eos_id, codec.pad_id, 1.0, 1.0,
+                 seed=seed, router_mix=router_mix)
+    texts = [codec.decode(t) for t in got.tokens]
+    return score_all(objectives, [p for p in prompts for _ in range(4)], texts).mean(0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("recipe")
+    cfg = tiny_recipe(tmp)
+    ckpt = train_experts(cfg, tmp / "work")
+    out = train_routers(cfg, tmp / "work", tmp / "out")
+    return cfg, tmp, ckpt, out
+
+
+def test_experts_raise_their_own_reward(trained):
+    cfg, tmp, ckpt_dir, _ = trained
+    codec = ChatCodec.from_folder(cfg.base)
+    objectives = make_objectives(OBJECTIVES)
+    prompts = [json.loads(x)["prompt"] for x in open(cfg.train_prompts)]
+    base_r = mean_rewards(load_base(cfg.base), codec, prompts, objectives)
+    model = load_hoe(cfg.base, ckpt_dir)
+    for i in range(len(OBJECTIVES)):
+        mix = torch.tensor(route(np.eye(2)[i], model.config.anchors)[None], dtype=torch.float32)
+        expert_r = mean_rewards(model, codec, prompts, objectives, router_mix=mix)
+        assert expert_r[i] > 1.5 * base_r[i] + 0.01, (i, base_r, expert_r)
+
+
+def test_checkpoint_and_card(trained):
+    cfg, tmp, _, out = trained
+    ckpt = HoECheckpoint.load(out)
+    base = load_base(cfg.base)
+    ckpt.validate(base)
+    assert ckpt.config.anchors == [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]
+    w = next(v for k, v in ckpt.routers.items() if k.endswith(".weight"))
+    assert w.dtype == torch.float16 and ckpt.routers["routers.mask"].dtype == torch.float32
+    # vertex routers stay constant (zero weights), the trained anchor's router moved
+    weights = [v for k, v in ckpt.routers.items() if k.endswith(".weight")]
+    assert all(float(v[:2].abs().max()) == 0.0 for v in weights)
+    assert max(float(v[2].abs().max()) for v in weights) > 0
+    for name in ("MODEL_CARD.md", "training_curves.png", "training.json"):
+        assert (out / name).is_file()
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["routers"]["router:0"]["steps"] == 3
+    state = json.loads((tmp / "work" / "state.json").read_text())["done"]
+    assert state == ["sample", "score", "expert:char:a", "expert:char:e", "assemble", "router:0"]
+
+
+def test_resume_skips_finished_stages_and_refuses_other_recipe(trained):
+    cfg, tmp, _, _ = trained
+    before = (tmp / "work" / "log.jsonl").read_text()
+    train_experts(cfg, tmp / "work")  # every stage is done: nothing runs, nothing is logged
+    assert (tmp / "work" / "log.jsonl").read_text() == before
+    other = RecipeConfig.from_dict({**cfg.to_dict(), "seed": 1})
+    with pytest.raises(ConfigError, match="another recipe"):
+        train_experts(other, tmp / "work")
+
+
+def test_router_stage_resumes_mid_stage(tmp_path, monkeypatch):
+    import hoe.core.train.routers as routers_mod
+
+    cfg = tiny_recipe(tmp_path)
+    train_experts(cfg, tmp_path / "work")
+    full = train_routers(cfg, tmp_path / "work", tmp_path / "full")
+    full_log = [r for r in map(json.loads, open(tmp_path / "work" / "log.jsonl")) if r["stage"] == "router:0"]
+
+    work2 = tmp_path / "work2"
+    train_experts(cfg, work2)
+    real_step, calls = routers_mod.pg_step, []
+
+    def interrupted(*args, **kwargs):  # dies during the third step, after the step-2 save
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(routers_mod, "pg_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_routers(cfg, work2, tmp_path / "resumed")
+    assert json.loads((work2 / "router:0" / "state.json").read_text())["step"] == 2
+    monkeypatch.setattr(routers_mod, "pg_step", real_step)
+    out = train_routers(cfg, work2, tmp_path / "resumed")
+    a, b = HoECheckpoint.load(full).routers, HoECheckpoint.load(out).routers
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log2 = [r for r in map(json.loads, open(work2 / "log.jsonl")) if r["stage"] == "router:0"]
+    assert [r["step"] for r in log2] == [0, 1, 2] and log2 == full_log

@@ -1,0 +1,48 @@
+"""A tiny Llama with a character-level chat tokenizer, saved as a Hugging Face folder (for recipe tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHARS = "abcdefghijklmnopqrstuvwxyz .,!?'"
+TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}:{% endif %}"
+PROMPTS = ["tell me about cats", "how do birds fly", "name a colour", "what is rain", "say hello",
+           "why is the sky blue", "give me a tip", "describe a tree", "what is a song", "write a word"]
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
+    for c in CHARS + ":":
+        vocab[c] = len(vocab)
+    tok = Tokenizer(BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    fast.chat_template = TEMPLATE
+    return fast
+
+
+def tiny_chat_model(folder: Path, seed: int = 0) -> Path:
+    """Folder with a tiny random Llama (vocab 97) and the character tokenizer."""
+    import torch
+    from tiny_models import tiny_config
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", vocab=len(tiny_tokenizer())), dtype=torch.float32)
+    with torch.no_grad():  # a head big enough that a LoRA can move the next-token distribution far
+        model.lm_head.weight.normal_(0, 0.3)
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def write_prompts(path: Path, prompts=PROMPTS) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return path
