@@ -20,15 +20,17 @@ def _inner_hf(model):
     return get_base() if get_base is not None else model
 
 
-def forward_logits(model, input_ids, attention_mask, position_ids, cache=None, keep: int = 0, router_mix=None):
+def forward_logits(model, input_ids, attention_mask, position_ids, cache=None, keep: int = 0, router_mix=None,
+                   tensors=None):
     """input_ids: [B,T], attention_mask: [B,P+T], position_ids: [B,T] -> (logits [B, keep or T, V], cache).
 
-    router_mix: [B or 1, K], required for a HoEModel (a single row broadcasts over the batch).
+    router_mix: [B or 1, K], required for a HoEModel (a single row broadcasts over the batch);
+    tensors: expert/router tensors to run the HoEModel with instead of its own (canonical names).
     """
     if isinstance(model, HoEModel):
         if router_mix is None:
             raise ValueError("a HoEModel needs router_mix [B or 1, K]")
-        model.state.tensors = model.named_tensors()
+        model.state.tensors = model.named_tensors() if tensors is None else tensors
         model.state.router_mix = router_mix
         hf = model.model
     else:

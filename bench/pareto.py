@@ -1,0 +1,88 @@
+"""`hoe bench pareto` (torch-free registration; the evaluation lives in pareto_eval.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hoe.core.config import JsonConfig, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ParetoConfig(JsonConfig):
+    """What `hoe bench pareto` evaluates and how."""
+
+    checkpoint: str = ""  # HoE checkpoint folder; "" -> models/smollm2-hoe
+    base: str = ""  # base HF folder; "" -> SmolLM2-135M-Instruct (prepare_base)
+    prompts: str = ""  # JSONL; "" -> data/prompts/heldout.jsonl
+    n_prompts: int = 64  # held-out prompts (the first n)
+    grid_steps: int = 4  # simplex grid step 1/grid_steps (3 objectives: 4 -> 15 preferences)
+    max_new_tokens: int = 40  # greedy, fixed for every system
+    batch_rows: int = 96  # rows decoded together (HoE / static / base)
+    mod_chunk: int = 8  # prompts per MOD block (each prefilled once per expert, shared by every preference)
+    threads: int = 1
+    reference_point: list[float] = field(default_factory=list)  # hypervolume reference; [] -> zeros
+
+    def resolve(self) -> tuple[Path, Path, Path]:
+        from hoe.core.train.data import default_prompts
+        from hoe.core.train.recipe import default_out
+
+        if self.base:
+            base = Path(self.base)
+        else:
+            from hoe.core.smollm2 import prepare_base
+
+            base = prepare_base()
+        return base, Path(self.checkpoint or default_out()), Path(self.prompts or default_prompts("heldout"))
+
+
+def run(cfg: ParetoConfig, out: Path | None = None) -> dict:
+    """Evaluate, then write pareto.json and pareto.png into `out` (default: the checkpoint folder)."""
+    from .pareto_eval import evaluate
+    from .pareto_plot import plot_fronts
+
+    result = evaluate(cfg)
+    out = Path(out) if out else cfg.resolve()[1]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "pareto.json", json.dumps(result, indent=1) + "\n")
+    plot_fronts(result, out / "pareto.png")
+    return result
+
+
+def summary_lines(result: dict) -> list[str]:
+    objs = result["objectives"]
+    lines = [f"{'system':<18} {'hypervolume':>11}   mean rewards over the grid ({', '.join(objs)})"]
+    for name, sys in result["systems"].items():
+        mean = [sum(p["rewards"][i] for p in sys["points"]) / len(sys["points"]) for i in range(len(objs))]
+        lines.append(f"{name:<18} {sys['hypervolume']:>11.4f}   " + "  ".join(f"{v:.3f}" for v in mean))
+    return lines
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pareto", help="Pareto fronts of HoE vs static mixing, MOD, single experts and the base",
+                       description="Score HoE, static mixing (constant routers), MOD-style logit mixing, each expert "
+                                   "alone and the base on held-out prompts over a preference grid (greedy); report "
+                                   "mean rewards, hypervolumes and a plot. Writes pareto.json and pareto.png.")
+    p.add_argument("--checkpoint", help="HoE checkpoint folder (default: models/smollm2-hoe)")
+    p.add_argument("--base", help="base model folder (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--prompts", help="held-out prompts JSONL (default: data/prompts/heldout.jsonl)")
+    p.add_argument("--n-prompts", type=int, default=64)
+    p.add_argument("--grid-steps", type=int, default=4, help="simplex grid step 1/N (default 4: 15 points)")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--batch-rows", type=int, default=96)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", help="folder for pareto.json/png (default: the checkpoint folder)")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    cfg = ParetoConfig(checkpoint=args.checkpoint or "", base=args.base or "", prompts=args.prompts or "",
+                       n_prompts=args.n_prompts, grid_steps=args.grid_steps, max_new_tokens=args.max_new_tokens,
+                       batch_rows=args.batch_rows, threads=args.threads)
+    result = run(cfg, Path(args.out) if args.out else None)
+    print("\n".join(summary_lines(result)))
+    return 0

@@ -1,0 +1,190 @@
+"""`hoe bench pareto`: mean reward per objective over a preference grid, for HoE and the peers' ways of serving
+preferences, on held-out prompts (greedy, fixed max new tokens), with the PyTorch reference (hoe.core).
+
+Systems (all from the same checkpoint, base and experts):
+  hoe       trained routers, preference routing (HOE_METHOD.md level 3)
+  static    constant routers only: gates g = λ (activation-space mixing = PEFT `cat` merge; Rewarded-Soups-like)
+  mod       MOD-style decoding: one forward per expert with λ_i > 0, next token = argmax Σ_i λ_i log π_i
+  experts   each single-objective expert alone (the grid's vertices)
+  base      the base model (one point)
+Where HoE's routing gives no weight to a trained anchor, its gates equal static mixing's exactly (vertex
+routers are constant), so those points are decoded once and reported for both (marked `same_as_static`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+
+import numpy as np
+import torch
+from hoe.core import names
+from hoe.core.objectives import make_objectives, score_all
+from hoe.core.routing import route
+from tqdm import tqdm
+
+from .hypervolume import hypervolume, pareto_mask
+from .pareto_decode import decode, prefill, select
+
+log = logging.getLogger(__name__)
+
+
+def simplex_grid(m: int, steps: int) -> list[list[float]]:
+    """Every point of the simplex whose coordinates are multiples of 1/steps (m=3, steps=4: 15 points)."""
+    pts = [c for c in itertools.product(range(steps + 1), repeat=m) if sum(c) == steps]
+    return [[v / steps for v in c] for c in sorted(pts, reverse=True)]
+
+
+def static_tensors(model) -> dict[str, torch.Tensor]:
+    """The checkpoint's experts with constant routers at the vertices only: router_mix = λ gives g = λ."""
+    from hoe.core.routers import constant_routers, vertex_anchors
+
+    cfg = model.config
+    tensors = {k: v for k, v in model.named_tensors().items() if k.startswith(names.EXPERTS_PREFIX)}
+    feats = {m: model.model.get_submodule(m).base.in_features for m in cfg.target_modules}
+    dtype = next(iter(tensors.values())).dtype
+    routers = constant_routers(cfg.target_modules, feats, cfg.expert_prefs, vertex_anchors(cfg.n_objectives),
+                               cfg.n_objectives)
+    tensors.update({k: (v if k == names.ROUTER_MASK else v.to(dtype)) for k, v in routers.items()})
+    return tensors
+
+
+class Runner:
+    """Greedy decoding of many (prompt, mix) rows in batches, counting wall time per system."""
+
+    def __init__(self, codec, max_new_tokens: int, batch_rows: int) -> None:
+        self.codec, self.max_new, self.batch_rows = codec, max_new_tokens, batch_rows
+        self.seconds: dict[str, float] = {}
+
+    def single(self, system: str, model, prompts: list[list[int]], mixes=None, tensors=None) -> list[str]:
+        """One stream per row; mixes [R, K] for a HoE model."""
+        t0, texts = time.perf_counter(), []
+        for s in tqdm(range(0, len(prompts), self.batch_rows), desc=f"pareto {system}", unit="batch"):
+            chunk = prompts[s:s + self.batch_rows]
+            mix = None if mixes is None else mixes[s:s + self.batch_rows]
+            pre = prefill(model, chunk, self.codec.pad_id, router_mix=mix, tensors=tensors)
+            n = len(chunk)
+            answers = decode(model, pre, torch.arange(n), torch.ones(n), n, self.max_new, self.codec.eos_id,
+                             tensors=tensors)
+            texts += [self.codec.decode(a) for a in answers]
+        self.seconds[system] = self.seconds.get(system, 0.0) + time.perf_counter() - t0
+        return texts
+
+    def mod(self, model, prompts: list[list[int]], points: list[list[float]], tensors, chunk: int) -> list[list[str]]:
+        """MOD answers [point][prompt]: each (prompt, expert) prefilled once and shared by every point."""
+        m = len(points[0])
+        t0 = time.perf_counter()
+        texts = [[None] * len(prompts) for _ in points]
+        for s in tqdm(range(0, len(prompts), chunk), desc="pareto mod", unit="batch"):
+            block = prompts[s:s + chunk]
+            streams = [p for p in block for _ in range(m)]
+            mix = torch.eye(m).repeat(len(block), 1)  # stream j*m+e -> expert e alone
+            pre = prefill(model, streams, self.codec.pad_id, router_mix=mix, tensors=tensors)
+            index, row_of, weight = [], [], []
+            for pi, lam in enumerate(points):
+                for j in range(len(block)):
+                    for e in range(m):
+                        if lam[e] > 0:
+                            index.append(j * m + e)
+                            row_of.append(pi * len(block) + j)
+                            weight.append(lam[e])
+            answers = decode(model, select(pre, torch.tensor(index)), torch.tensor(row_of), torch.tensor(weight),
+                             len(points) * len(block), self.max_new, self.codec.eos_id, tensors=tensors)
+            for pi in range(len(points)):
+                for j in range(len(block)):
+                    texts[pi][s + j] = self.codec.decode(answers[pi * len(block) + j])
+        self.seconds["mod"] = time.perf_counter() - t0
+        return texts
+
+
+def trained_weight(mix: np.ndarray, n_objectives: int) -> float:
+    """Routing weight on non-vertex anchors (anchors are stored vertices first)."""
+    return float(mix[n_objectives:].sum())
+
+
+def evaluate(cfg) -> dict:
+    """Run the benchmark described by a ParetoConfig; returns the JSON-able report."""
+    from hoe.core.checkpoint import HoECheckpoint
+    from hoe.core.loading import hoe_from_checkpoint, load_base
+    from hoe.core.train.data import ChatCodec, load_prompts
+
+    torch.set_num_threads(cfg.threads)
+    base_dir, ckpt_dir, prompt_file = cfg.resolve()
+    ckpt = HoECheckpoint.load(ckpt_dir)
+    plain = load_base(base_dir)
+    ckpt.validate(plain)
+    model = hoe_from_checkpoint(load_base(base_dir), ckpt)
+    hc = model.config
+    codec = ChatCodec.from_folder(base_dir)
+    objectives = make_objectives(hc.objectives)
+    prompts = load_prompts(prompt_file, cfg.n_prompts)
+    ids = [codec.prompt_ids(p) for p in prompts]
+    m, n = hc.n_objectives, len(prompts)
+    grid = simplex_grid(m, cfg.grid_steps)
+    runner = Runner(codec, cfg.max_new_tokens, cfg.batch_rows)
+    static = static_tensors(model)
+    answers: dict[str, list[list[str]]] = {}
+
+    def rows_for(points, mixes):
+        return [i for _ in points for i in ids], torch.tensor(np.repeat(np.asarray(mixes), n, axis=0),
+                                                               dtype=torch.float32)
+
+    answers["base"] = [runner.single("base", plain, ids)]
+    p_ids, p_mix = rows_for(grid, [route(p, np.eye(m)) for p in grid])
+    flat = runner.single("static", model, p_ids, p_mix, tensors=static)
+    answers["static"] = [flat[i * n:(i + 1) * n] for i in range(len(grid))]
+    hoe_mix = [route(p, hc.anchors, hc.n_route) for p in grid]
+    own = [i for i, mx in enumerate(hoe_mix) if trained_weight(mx, m) > 1e-9]
+    answers["hoe"] = list(answers["static"])
+    if own:
+        p_ids, p_mix = rows_for(own, [hoe_mix[i] for i in own])
+        flat = runner.single("hoe", model, p_ids, p_mix)
+        for k, i in enumerate(own):
+            answers["hoe"][i] = flat[k * n:(k + 1) * n]
+    vertices = [i for i, p in enumerate(grid) if max(p) == 1.0]
+    mixed = [i for i in range(len(grid)) if i not in vertices]
+    answers["mod"] = list(answers["static"])  # at a vertex MOD is the expert alone
+    for i, texts in zip(mixed, runner.mod(model, ids, [grid[i] for i in mixed], static, cfg.mod_chunk)):
+        answers["mod"][i] = texts
+
+    def mean_rewards(texts):
+        return score_all(objectives, prompts, texts).mean(0)
+
+    scores = {name: [mean_rewards(t) for t in rows] for name, rows in answers.items()}
+    return report(cfg, hc, grid, scores, answers, prompts, own, vertices, runner.seconds)
+
+
+def _system(points, rewards, ref, notes=None, note="") -> dict:
+    pts = np.asarray(rewards)
+    out = {"points": [], "hypervolume": round(hypervolume(pts, ref), 6), "note": note}
+    front = pareto_mask(pts)
+    for i, (p, r) in enumerate(zip(points, pts)):
+        row = {"preference": p, "rewards": r.round(5).tolist(), "on_front": bool(front[i])}
+        if notes:
+            row.update(notes[i])
+        out["points"].append(row)
+    return out
+
+
+def report(cfg, hc, grid, scores, answers, prompts, own, vertices, seconds) -> dict:
+    ref = list(cfg.reference_point or [0.0] * hc.n_objectives)
+    systems = {
+        "hoe": _system(grid, scores["hoe"], ref, [{"same_as_static": i not in own} for i in range(len(grid))],
+                       "trained routers + preference routing"),
+        "static": _system(grid, scores["static"], ref, note="constant routers, g = λ (Rewarded-Soups-like)"),
+        "mod": _system(grid, scores["mod"], ref, note="log-prob mixing of the single-expert models, "
+                                                      "one forward per expert"),
+        "experts": _system([grid[i] for i in vertices], [scores["static"][i] for i in vertices], ref,
+                           note="the three single-objective experts alone (vertices)"),
+        "base": _system([None], scores["base"], ref, note="SmolLM2-135M-Instruct without experts"),
+    }
+    for i, name in zip(vertices, hc.objectives):
+        systems[f"expert:{name}"] = _system([grid[i]], [scores["static"][i]], ref, note="one expert alone")
+    example = {name: {str(grid[i] if name != "base" else "base"): rows[i][0]
+                      for i in range(len(rows))} for name, rows in answers.items()}
+    return {"objectives": hc.objectives, "n_prompts": len(prompts), "max_new_tokens": cfg.max_new_tokens,
+            "decoding": "greedy", "grid": grid, "reference_point": ref, "anchors": hc.anchors,
+            "mod_mixing": "next token = argmax_a Σ_i λ_i log π_i(a|s) over experts with λ_i > 0",
+            "systems": systems, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "example_prompt": prompts[0], "example_answers": example, "config": cfg.to_dict()}

@@ -1,0 +1,134 @@
+"""`hoe bench pareto` on a tiny chat model: the mixed-stream decoder against naive references, and the report."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
+from hoe.bench.hypervolume import hypervolume  # noqa: E402
+from hoe.bench.pareto import ParetoConfig, run, summary_lines  # noqa: E402
+from hoe.bench.pareto_decode import decode, prefill, select  # noqa: E402
+from hoe.bench.pareto_eval import simplex_grid, static_tensors  # noqa: E402
+from hoe.core.checkpoint import HoECheckpoint  # noqa: E402
+from hoe.core.generate import generate  # noqa: E402
+from hoe.core.loading import hoe_from_checkpoint, load_base  # noqa: E402
+from hoe.core.train.data import ChatCodec  # noqa: E402
+from hoe.core.train.lm import left_pad  # noqa: E402
+from tiny_chat import tiny_chat_model, write_prompts  # noqa: E402
+
+OBJECTIVES = ["char:a", "char:e", "concise"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from hoe.core.assemble import build_checkpoint
+    from hoe.core.model import find_target_modules
+    from tiny_models import random_experts, random_routers
+
+    tmp = tmp_path_factory.mktemp("pareto")
+    base_dir = tiny_chat_model(tmp / "base")
+    base = load_base(base_dir)
+    modules = find_target_modules(base)
+    experts = random_experts(base, modules, 3, 4, seed=1, std_b=0.3)
+    anchors = np.eye(3).tolist() + [[1 / 3] * 3]
+    ckpt = build_checkpoint(base, experts, modules, OBJECTIVES, anchors=anchors)
+    random_routers(ckpt, seed=2, std=0.5)
+    for k, v in ckpt.routers.items():  # vertex routers constant (as the recipe makes them)
+        if k != "routers.mask":
+            v[:3] = 0 if k.endswith(".weight") else torch.log(torch.eye(3).clamp(min=1e-30))
+    ckpt.routers["routers.mask"][:3] = torch.eye(3)
+    ckpt.save(tmp / "ckpt")
+    return tmp, base_dir
+
+
+def test_simplex_grid():
+    grid = simplex_grid(3, 4)
+    assert len(grid) == 15 and all(abs(sum(p) - 1) < 1e-12 for p in grid)
+    assert len(simplex_grid(2, 4)) == 5
+
+
+def test_single_stream_decode_equals_reference_generate(tiny):
+    tmp, base_dir = tiny
+    codec = ChatCodec.from_folder(base_dir)
+    model = hoe_from_checkpoint(load_base(base_dir), HoECheckpoint.load(tmp / "ckpt"))
+    prompts = [codec.prompt_ids(p) for p in ["say hello", "what is rain today", "name a colour"]]
+    mix = torch.tensor([[0, 0, 0, 1.0], [0.5, 0.5, 0, 0], [0, 0.2, 0, 0.8]])
+    pre = prefill(model, prompts, codec.pad_id, router_mix=mix)
+    got = decode(model, pre, torch.arange(3), torch.ones(3), 3, 10, codec.eos_id)
+    ids, mask = left_pad(prompts, codec.pad_id)
+    ref = generate(model, ids, mask, mix, 10, eos_token_id=codec.eos_id).tolist()
+    ref = [r[:r.index(codec.eos_id)] if codec.eos_id in r else r for r in ref]
+    assert got == ref
+
+
+def naive_mod(model, prompt, lams, tensors, steps, eos):
+    """Full recompute each step (no cache): argmax Σ λ_e log softmax(logits_e)."""
+    from hoe.core.train.lm import forward_logits, positions
+
+    seq = list(prompt)
+    out = []
+    for _ in range(steps):
+        ids = torch.tensor([seq] * 3)
+        mask = torch.ones_like(ids)
+        logits, _ = forward_logits(model, ids, mask, positions(mask), keep=1, router_mix=torch.eye(3),
+                                   tensors=tensors)
+        mixed = (torch.tensor(lams)[:, None] * torch.log_softmax(logits[:, -1].float(), -1)).sum(0)
+        t = int(mixed.argmax())
+        if t == eos:
+            break
+        out.append(t)
+        seq.append(t)
+    return out
+
+
+def test_mod_decode_matches_naive_mixing(tiny):
+    tmp, base_dir = tiny
+    codec = ChatCodec.from_folder(base_dir)
+    model = hoe_from_checkpoint(load_base(base_dir), HoECheckpoint.load(tmp / "ckpt"))
+    static = static_tensors(model)
+    prompts = [codec.prompt_ids(p) for p in ["say hello", "what is rain today"]]
+    pre = prefill(model, [p for p in prompts for _ in range(3)], codec.pad_id, router_mix=torch.eye(3).repeat(2, 1),
+                  tensors=static)
+    lams = [[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]]
+    index, row_of, weight = [], [], []
+    for pi, lam in enumerate(lams):
+        for j in range(2):
+            for e in range(3):
+                if lam[e] > 0:
+                    index.append(j * 3 + e)
+                    row_of.append(pi * 2 + j)
+                    weight.append(lam[e])
+    got = decode(model, select(pre, torch.tensor(index)), torch.tensor(row_of), torch.tensor(weight), 4, 8,
+                 codec.eos_id, tensors=static)
+    for pi, lam in enumerate(lams):
+        for j in range(2):
+            assert got[pi * 2 + j] == naive_mod(model, prompts[j], lam, static, 8, codec.eos_id)
+
+
+def test_pareto_report(tiny):
+    tmp, base_dir = tiny
+    prompts = write_prompts(tmp / "heldout.jsonl")
+    cfg = ParetoConfig(checkpoint=str(tmp / "ckpt"), base=str(base_dir), prompts=str(prompts), n_prompts=5,
+                       grid_steps=3, max_new_tokens=8, batch_rows=16, mod_chunk=3)
+    result = run(cfg, tmp / "out")
+    assert (tmp / "out" / "pareto.png").is_file()
+    assert json.loads((tmp / "out" / "pareto.json").read_text())["systems"].keys() == result["systems"].keys()
+    systems = result["systems"]
+    assert len(result["grid"]) == 10 and set(systems) >= {"hoe", "static", "mod", "experts", "base"}
+    for name, sys_ in systems.items():
+        pts = [p["rewards"] for p in sys_["points"]]
+        assert sys_["hypervolume"] == pytest.approx(hypervolume(pts, [0, 0, 0]), abs=1e-5), name
+    hoe, static, mod = systems["hoe"]["points"], systems["static"]["points"], systems["mod"]["points"]
+    centre = [i for i, p in enumerate(result["grid"]) if min(p) > 0]
+    assert centre and all(not hoe[i]["same_as_static"] for i in centre)
+    for i, p in enumerate(result["grid"]):
+        if i not in centre:
+            assert hoe[i]["rewards"] == static[i]["rewards"]
+        if max(p) == 1.0:  # at a vertex every system is the expert alone
+            assert mod[i]["rewards"] == static[i]["rewards"]
+    assert len(systems["experts"]["points"]) == 3 and len(systems["base"]["points"]) == 1
+    assert len(summary_lines(result)) == 1 + len(systems)
