@@ -4,7 +4,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,30 +17,15 @@ from hoe.core.generate import generate  # noqa: E402
 from hoe.core.loading import hoe_from_checkpoint, load_base  # noqa: E402
 from hoe.core.train.data import ChatCodec  # noqa: E402
 from hoe.core.train.lm import left_pad  # noqa: E402
-from tiny_chat import tiny_chat_model, write_prompts  # noqa: E402
+from tiny_chat import tiny_chat_hoe, write_prompts  # noqa: E402
 
 OBJECTIVES = ["char:a", "char:e", "concise"]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from hoe.core.assemble import build_checkpoint
-    from hoe.core.model import find_target_modules
-    from tiny_models import random_experts, random_routers
-
     tmp = tmp_path_factory.mktemp("pareto")
-    base_dir = tiny_chat_model(tmp / "base")
-    base = load_base(base_dir)
-    modules = find_target_modules(base)
-    experts = random_experts(base, modules, 3, 4, seed=1, std_b=0.3)
-    anchors = np.eye(3).tolist() + [[1 / 3] * 3]
-    ckpt = build_checkpoint(base, experts, modules, OBJECTIVES, anchors=anchors)
-    random_routers(ckpt, seed=2, std=0.5)
-    for k, v in ckpt.routers.items():  # vertex routers constant (as the recipe makes them)
-        if k != "routers.mask":
-            v[:3] = 0 if k.endswith(".weight") else torch.log(torch.eye(3).clamp(min=1e-30))
-    ckpt.routers["routers.mask"][:3] = torch.eye(3)
-    ckpt.save(tmp / "ckpt")
+    base_dir, _ = tiny_chat_hoe(tmp, OBJECTIVES)
     return tmp, base_dir
 
 

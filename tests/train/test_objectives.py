@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from hoe.core.errors import ConfigError
 from hoe.core.objectives import Conciseness, make_objective, make_objectives, score_all
 

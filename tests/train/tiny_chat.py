@@ -46,3 +46,27 @@ def write_prompts(path: Path, prompts=PROMPTS) -> Path:
 
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     return path
+
+
+def tiny_chat_hoe(tmp: Path, objectives=("char:a", "char:e", "concise")) -> tuple[Path, Path]:
+    """(base folder, HoE checkpoint folder): random experts, constant vertex routers and a random
+    router at the uniform anchor, on the tiny chat model."""
+    import numpy as np
+    import torch
+    from hoe.core.assemble import build_checkpoint
+    from hoe.core.loading import load_base
+    from hoe.core.model import find_target_modules
+    from tiny_models import random_experts, random_routers
+
+    base_dir = tiny_chat_model(tmp / "base")
+    base = load_base(base_dir)
+    modules = find_target_modules(base)
+    m = len(objectives)
+    experts = random_experts(base, modules, m, 4, seed=1, std_b=0.3)
+    ckpt = build_checkpoint(base, experts, modules, list(objectives), anchors=np.eye(m).tolist() + [[1 / m] * m])
+    random_routers(ckpt, seed=2, std=0.5)
+    for k, v in ckpt.routers.items():  # vertex routers constant, as the recipe makes them
+        if k != "routers.mask":
+            v[:m] = 0 if k.endswith(".weight") else torch.log(torch.eye(m).clamp(min=1e-30))
+    ckpt.routers["routers.mask"][:m] = torch.eye(m)
+    return base_dir, ckpt.save(tmp / "ckpt")

@@ -1,0 +1,168 @@
+"""`hoe demo` (what `make demo` runs): the embedded SmolLM2-HoE, one prompt, three contrasting preferences.
+
+    prepare the base (cached) ─► export base + models/smollm2-hoe (cached by content hash)
+      ─► torch-free runtime: generate at each preference, score the answers with the objectives
+      ─► decode speed: our runtime vs the PyTorch reference, same prompt, same greedy tokens
+
+The export uses `hoe.export.export_hoe(base_dir, ckpt_dir, out_dir)` (or the `exporter` given).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import JsonConfig
+from .errors import HoEError
+
+log = logging.getLogger(__name__)
+
+DEMO_PROMPT = "What should I know before adopting a dog?"
+
+
+@dataclass
+class DemoConfig(JsonConfig):
+    prompt: str = DEMO_PROMPT
+    preferences: list[list[float]] = field(default_factory=lambda: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0],
+                                                                    [0.0, 0.0, 1.0]])
+    max_new_tokens: int = 40  # the length the experts and routers were trained with
+    checkpoint: str = ""  # "" -> models/smollm2-hoe
+    base: str = ""  # "" -> SmolLM2-135M-Instruct (prepare_base)
+    export_root: str = ""  # "" -> $HOE_CACHE/exports
+    threads: int = 1
+    speed_tokens: int = 32  # greedy tokens timed on each engine
+
+
+def content_key(*folders_and_files: Path) -> str:
+    """sha256 over the bytes of the given files (folders: their files, sorted by name)."""
+    h = hashlib.sha256()
+    for p in folders_and_files:
+        files = sorted(x for x in p.iterdir() if x.is_file()) if p.is_dir() else [p]
+        for f in files:
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def default_exporter(base_dir: Path, ckpt_dir: Path, out_dir: Path) -> Path:
+    try:
+        from hoe.export import export_hoe
+    except ImportError as e:
+        raise HoEError("the exporter hoe.export.export_hoe(base_dir, ckpt_dir, out_dir) is not available in this "
+                       "checkout; `hoe demo` needs it to build the ONNX folder") from e
+    export_hoe(base_dir, ckpt_dir, out_dir)
+    return out_dir
+
+
+def cached_export(base_dir: Path, ckpt_dir: Path, root: Path, exporter=None) -> Path:
+    """The exported folder for (base, checkpoint), built once: keyed by the checkpoint's content and the
+    base's preparation stamp (or config), written to a temporary folder and renamed when whole."""
+    ckpt_files = [ckpt_dir / n for n in ("hoe.json", "experts.safetensors", "routers.safetensors")]
+    stamp = base_dir / "hoe_prepared.json"
+    key = content_key(*ckpt_files, stamp if stamp.is_file() else base_dir / "config.json")[:16]
+    folder = root / f"{ckpt_dir.name}-{key}"
+    if (folder / "hoe_config.json").is_file():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{folder.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exporting %s + %s to %s (once)", base_dir, ckpt_dir, folder)
+    try:
+        (exporter or default_exporter)(base_dir, ckpt_dir, tmp)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def resolve(cfg: DemoConfig) -> tuple[Path, Path, Path]:
+    from .smollm2 import cache_dir, prepare_base
+    from .train.recipe import default_out
+
+    base = Path(cfg.base) if cfg.base else prepare_base()
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else default_out()
+    root = Path(cfg.export_root) if cfg.export_root else cache_dir() / "exports"
+    return base, ckpt, root
+
+
+def torch_decode_ms(base_dir: Path, ckpt_dir: Path, prompt_ids: list[int], preference, tokens: int,
+                    threads: int, repeats: int = 2) -> tuple[float, list[int]]:
+    """PyTorch reference: ms per decode step (prefill excluded), batch 1, greedy, no EOS stop."""
+    import numpy as np
+    import torch
+
+    from .generate import generate
+    from .loading import load_hoe
+    from .routing import route
+
+    torch.set_num_threads(threads)
+    model = load_hoe(base_dir, ckpt_dir)
+    mix = torch.tensor(route(preference, model.config.anchors, model.config.n_route)[None], dtype=torch.float32)
+    ids = torch.tensor([prompt_ids])
+    mask = torch.ones_like(ids)
+    generate(model, ids, mask, mix, 2)  # warm-up
+    times = {1: [], tokens: []}
+    for _ in range(repeats):
+        for n in (1, tokens):
+            t0 = time.perf_counter()
+            out = generate(model, ids, mask, mix, n)
+            times[n].append(time.perf_counter() - t0)
+    ms = 1000 * (min(times[tokens]) - min(times[1])) / (tokens - 1)
+    return ms, np.asarray(out[0]).tolist()
+
+
+def run_demo(cfg: DemoConfig, exporter=None, echo=print) -> dict:
+    """Print the demo and return what it printed as data."""
+    import hoe.runtime as hr
+
+    from .objectives import make_objectives, score_all
+
+    t_start = time.perf_counter()
+    base_dir, ckpt_dir, root = resolve(cfg)
+    folder = cached_export(base_dir, ckpt_dir, root, exporter)
+    model = hr.load(folder, threads=cfg.threads)
+    objectives = make_objectives(model.objectives)
+    echo(f"model: {ckpt_dir.name} on {base_dir.name}; objectives: {', '.join(model.objectives)}")
+    echo(f"prompt: {cfg.prompt}\n")
+    answers = []
+    gen_cfg = hr.GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
+    for pref in cfg.preferences:
+        [r] = model.generate(cfg.prompt, preference=pref, config=gen_cfg, chat=True)
+        scores = score_all(objectives, [cfg.prompt], [r.text])[0]
+        answers.append({"preference": pref, "text": r.text, "scores": dict(zip(model.objectives, scores.tolist()))})
+        echo(f"preference {_vec(pref)}  " + "  ".join(f"{k}={v:.2f}" for k, v in answers[-1]["scores"].items()))
+        echo(f"  {r.text}\n")
+    speed = measure_speed(model, cfg, base_dir, ckpt_dir)
+    echo(f"decode speed (batch 1, {cfg.speed_tokens} greedy tokens, {cfg.threads} thread(s)): "
+         f"runtime {speed['runtime_ms_per_token']:.1f} ms/token, PyTorch {speed['torch_ms_per_token']:.1f} ms/token "
+         f"({speed['speedup']:.2f}x faster; same greedy tokens: {speed['same_tokens']})")
+    total = time.perf_counter() - t_start
+    echo(f"demo took {total:.0f} s (export cached in {folder})")
+    return {"answers": answers, "speed": speed, "export": str(folder), "seconds": total}
+
+
+def measure_speed(model, cfg: DemoConfig, base_dir: Path, ckpt_dir: Path, repeats: int = 2) -> dict:
+    """Runtime vs PyTorch on the same prompt and preference (uniform), same number of greedy tokens
+    (EOS ignored), batch 1; best of `repeats` runs each."""
+    import hoe.runtime as hr
+
+    pref = [1.0 / len(model.objectives)] * len(model.objectives)
+    prompt_ids = model.encode(cfg.prompt, chat=True)
+    timed = hr.GenerationConfig(max_new_tokens=cfg.speed_tokens, temperature=0.0, ignore_eos=True)
+    model.generate(prompt_ids, preference=pref, config=hr.GenerationConfig(max_new_tokens=2))  # warm-up
+    runs = [model.generate(prompt_ids, preference=pref, config=timed)[0] for _ in range(repeats)]
+    rt_ms = min(float(r.timings["decode_ms_per_token"]) for r in runs)
+    torch_ms, torch_ids = torch_decode_ms(base_dir, ckpt_dir, prompt_ids, pref, cfg.speed_tokens, cfg.threads, repeats)
+    return {"runtime_ms_per_token": rt_ms, "torch_ms_per_token": torch_ms, "speedup": torch_ms / rt_ms,
+            "same_tokens": runs[0].token_ids == torch_ids[:len(runs[0].token_ids)]}
+
+
+def _vec(v) -> str:
+    return "[" + ", ".join(f"{x:.2f}" for x in v) + "]"
