@@ -50,7 +50,19 @@ def run(cfg: ParetoConfig, out: Path | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "pareto.json", json.dumps(result, indent=1) + "\n")
     plot_fronts(result, out / "pareto.png")
+    refresh_card(out)
     return result
+
+
+def refresh_card(out: Path) -> None:
+    """Rewrite MODEL_CARD.md of a checkpoint trained by `hoe train` so that it shows the new Pareto results."""
+    if not (out / "training.json").is_file():
+        return
+    from hoe.core.train.card import write_card
+    from hoe.core.train.config import RecipeConfig
+
+    summary = json.loads((out / "training.json").read_text())
+    write_card(out, RecipeConfig.from_dict(summary["recipe"]), summary)
 
 
 def summary_lines(result: dict) -> list[str]:
