@@ -1,0 +1,67 @@
+"""The memory-bandwidth floor of decoding: weight bytes read per token / measured copy bandwidth.
+
+At batch 1 a decode step streams every weight matrix from memory once, so no implementation can be
+faster than `bytes_per_token / bandwidth`. Bandwidth is measured here with a numpy copy of an array much
+larger than the caches, counted the STREAM way (bytes read + bytes written per second, one thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_ONNX_ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+
+
+def copy_bandwidth_gbs(size_mb: int = 256, repeats: int = 5) -> float:
+    """Best-of-`repeats` numpy copy bandwidth in GB/s (1e9 bytes), read + write bytes counted."""
+    src = np.ones(size_mb * 2**20 // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # touch both arrays once
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.nbytes / best / 1e9
+
+
+def graph_weight_bytes(onnx_path: str | Path) -> int:
+    """Bytes of the graph's initializers that one decode step reads in full.
+
+    An initializer consumed only by Gather nodes (an embedding table) contributes a few rows per token,
+    so it is not counted; a tied embedding that also feeds the LM head's MatMul is counted.
+    """
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    gather_only = _gather_only_inputs(model.graph)
+    total = 0
+    for init in model.graph.initializer:
+        if init.name in gather_only:
+            continue
+        total += int(np.prod(init.dims, dtype=np.int64)) * _ONNX_ITEMSIZE.get(init.data_type, 4)
+    return total
+
+
+def _gather_only_inputs(graph) -> set[str]:
+    users: dict[str, set[str]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            # Gather's data is input 0; as its indices (input 1) a tensor is read in full.
+            users.setdefault(name, set()).add("Gather" if node.op_type == "Gather" and i == 0 else node.op_type)
+    return {name for name, ops in users.items() if ops == {"Gather"}}
+
+
+def file_bytes(*paths: str | Path | None) -> int:
+    """Total size of the given files (experts/routers safetensors are read whole every step)."""
+    return sum(Path(p).stat().st_size for p in paths if p is not None and Path(p).is_file())
+
+
+def floor_ms(bytes_per_token: int, bandwidth_gbs: float) -> float:
+    return bytes_per_token / (bandwidth_gbs * 1e9) * 1e3

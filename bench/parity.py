@@ -1,0 +1,340 @@
+"""`hoe bench parity`: every backend on this machine against the PyTorch reference (hoe.core's HoEModel).
+
+    shape sweep  batch {1, 3} × new tokens {1, 7} × past {0, 5, 40}, left padding (row b: pads[b] columns),
+                 at every preference (vertices, the uniform point, a random interior point; batch rows rotate
+                 through them). Each backend runs the past through its own forward and feeds its own
+                 present K/V back, as in decoding; logits of every real new position are compared.
+    greedy       32 greedy tokens, batch 3, left-padded prompts of different lengths, one preference per row.
+
+A case passes when |logits - ref| <= atol + rtol·|ref| everywhere; greedy passes when every row agrees with
+the reference, or first departs at a near-tie of the reference (top-2 margin <= 2·atol + rtol·|top-1|).
+`max_rel` is max |diff| / max |ref| over the compared logits.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from hoe.core.config import JsonConfig
+from hoe.core.errors import BackendError, ConfigError
+
+log = logging.getLogger(__name__)
+
+# Default tolerances per graph dtype: (atol, rtol) on logits.
+TOLERANCES = {"fp32": (1e-4, 1e-5), "fp16": (5e-2, 1e-2), "bf16": (1e-1, 2e-2)}
+
+
+@dataclass
+class ParityConfig(JsonConfig):
+    """What `hoe bench parity` sweeps and how strict it is."""
+
+    batches: list[int] = field(default_factory=lambda: [1, 3])  # batch sizes of the shape sweep
+    new_tokens: list[int] = field(default_factory=lambda: [1, 7])  # T: tokens in the compared forward
+    past: list[int] = field(default_factory=lambda: [0, 5, 40])  # P: tokens already in the KV cache
+    pads: list[int] = field(default_factory=lambda: [0, 3, 6])  # left padding of row b: pads[b % len] columns
+    greedy_tokens: int = 32  # greedy agreement length
+    greedy_prompts: list[int] = field(default_factory=lambda: [6, 11, 3])  # prompt lengths of the greedy batch
+    atol: float | None = None  # None -> TOLERANCES[dtype]
+    rtol: float | None = None
+    threads: int = 1  # ORT intra-op and torch threads
+    seed: int = 0  # token ids and the random interior preference
+    backends: list[str] | None = None  # labels to run ("ort:cpu", "ort:cuda", "trt"); None -> all available
+
+    def __post_init__(self) -> None:
+        for name in ("batches", "new_tokens", "pads", "greedy_prompts"):
+            values = getattr(self, name)
+            if not values or any(int(v) < (0 if name == "pads" else 1) for v in values):
+                raise ConfigError(f"ParityConfig.{name} must be a non-empty list of positive integers, got {values}")
+        if any(int(p) < 0 for p in self.past) or not self.past:
+            raise ConfigError(f"ParityConfig.past must be a non-empty list of integers >= 0, got {self.past}")
+        if self.greedy_tokens < 1:
+            raise ConfigError(f"ParityConfig.greedy_tokens must be >= 1, got {self.greedy_tokens}")
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def preferences(n_objectives: int, seed: int = 0) -> list[list[float]]:
+    """Vertices, the uniform point and one random interior point: m + 2 preferences (>= 4 for m >= 2)."""
+    eye = np.eye(n_objectives).tolist()
+    uniform = [1.0 / n_objectives] * n_objectives
+    interior = np.random.default_rng(seed).dirichlet(np.full(n_objectives, 2.0))
+    interior = np.clip(interior, 0.05, None)
+    return eye + [uniform, (interior / interior.sum()).round(4).tolist()]
+
+
+def left_padded_mask(batch: int, width: int, pads: list[int]) -> np.ndarray:
+    """[B, width] int64: row b starts with min(pads[b], width - 1) zeros (at least one real token)."""
+    mask = np.ones((batch, width), dtype=np.int64)
+    for b in range(batch):
+        mask[b, : min(pads[b % len(pads)], width - 1)] = 0
+    return mask
+
+
+def positions(mask: np.ndarray) -> np.ndarray:
+    """Position ids counting real tokens only: [B, W] -> [B, W] (padding gets 0)."""
+    return np.clip(mask.cumsum(1) - 1, 0, None).astype(np.int64)
+
+
+@dataclass
+class Case:
+    batch: int
+    new_tokens: int
+    past: int
+    rows: list[list[float]]  # preference of each batch row
+    ids: np.ndarray  # [B, P+T]
+    mask: np.ndarray  # [B, P+T]
+
+
+def sweep(cfg: ParityConfig, prefs: list[list[float]], vocab: int) -> list[Case]:
+    rng = np.random.default_rng(cfg.seed)
+    cases = []
+    for i in range(len(prefs)):
+        for b in cfg.batches:
+            for t in cfg.new_tokens:
+                for p in cfg.past:
+                    rows = [prefs[(i + r) % len(prefs)] for r in range(b)]
+                    ids = rng.integers(0, vocab, size=(b, p + t), dtype=np.int64)
+                    cases.append(Case(b, t, p, rows, ids, left_padded_mask(b, p + t, cfg.pads)))
+    return cases
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+class Runner:
+    """A backend plus what turns preferences into router_mix rows and an empty KV cache."""
+
+    def __init__(self, label: str, backend, router) -> None:
+        self.label, self.backend, self.router = label, backend, router
+        manifest = backend.manifest
+        self.kv_names = [manifest.kv_names(i) for i in range(manifest.num_layers)]
+        self.kv_dtype, self.kv_heads, self.head_dim = manifest.kv_spec()
+
+    def mix(self, rows) -> np.ndarray:
+        return np.stack([self.router.mix(np.asarray(r, dtype=np.float64)) for r in rows]).astype(np.float32)
+
+    def forward(self, case: Case) -> np.ndarray:
+        """The past (if any), then the new tokens on the backend's own present K/V -> logits [B, T, V]."""
+        pos = positions(case.mask)
+        mix = self.mix(case.rows)
+        dtype = np.float16 if self.kv_dtype in ("float16", "fp16") else np.float32
+        empty = np.zeros((case.batch, self.kv_heads, 0, self.head_dim), dtype=dtype)
+        past = {n: empty for layer in self.kv_names for n in layer[:2]}
+        p = case.past
+        if p > 0:
+            out = self.backend.infer(self._feed(case.ids[:, :p], case.mask[:, :p], pos[:, :p], mix, past))
+            past = {pk: out[ck] for pk, pv, ck, cv in self.kv_names} | {pv: out[cv] for pk, pv, ck, cv in self.kv_names}
+        out = self.backend.infer(self._feed(case.ids[:, p:], case.mask, pos[:, p:], mix, past))
+        return out["logits"].astype(np.float32)
+
+    def _feed(self, ids, mask, pos, mix, past) -> dict[str, np.ndarray]:
+        feed = {"input_ids": np.ascontiguousarray(ids), "attention_mask": np.ascontiguousarray(mask),
+                "position_ids": np.ascontiguousarray(pos), **past}
+        if self.router.enabled:
+            feed["router_mix"] = mix
+        return feed
+
+    def greedy(self, prompts: list[list[int]], rows, n: int, pad: int) -> tuple[np.ndarray, ...]:
+        """Greedy tokens [B, n], the top-1 minus top-2 logit margin [B, n] and the top-1 logit [B, n]."""
+        b, width = len(prompts), max(len(p) for p in prompts)
+        ids = np.full((b, width), pad, dtype=np.int64)
+        mask = np.zeros((b, width + n), dtype=np.int64)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p):], mask[r, width - len(p):width] = p, 1
+        mix, state = self.mix(rows), self.backend.new_state(b)
+        tokens = np.zeros((b, n), dtype=np.int64)
+        margins, top = np.zeros((b, n), dtype=np.float32), np.zeros((b, n), dtype=np.float32)
+        pos = positions(mask[:, :width])
+        pending = ids
+        for i in range(n):
+            cols = width + i
+            logits = self.backend.step(state, pending, np.ascontiguousarray(mask[:, :cols]), pos, mix)  # [B, V]
+            top2 = np.sort(np.partition(logits, -2, axis=-1)[:, -2:], axis=-1)
+            tokens[:, i], margins[:, i], top[:, i] = logits.argmax(-1), top2[:, 1] - top2[:, 0], top2[:, 1]
+            mask[:, cols] = 1
+            pending, pos = tokens[:, i:i + 1].copy(), positions(mask[:, :cols + 1])[:, -1:]
+        return tokens, margins, top
+
+
+def compare(ref: np.ndarray, out: np.ndarray, real: np.ndarray, atol: float, rtol: float) -> dict:
+    """ref/out: [B, T, V]; real: [B, T] bool (positions to compare) -> max_abs, max_rel, passed."""
+    r, o = ref[real], out[real]  # [N, V]
+    diff = np.abs(o - r)
+    finite = bool(np.isfinite(o).all())
+    return {"max_abs": float(diff.max()), "max_rel": float(diff.max() / max(float(np.abs(r).max()), 1e-30)),
+            "passed": finite and bool(np.all(diff <= atol + rtol * np.abs(r)))}
+
+
+def agreement(ref_tokens, ref_margins, tokens, ref_top, atol: float, rtol: float) -> dict:
+    """Greedy agreement of one backend with the reference (see the module docstring)."""
+    equal = ref_tokens == tokens  # [B, n]
+    first = [int(np.argmin(row)) if not row.all() else -1 for row in equal]
+    ties = [bool(f < 0 or ref_margins[b, f] <= 2 * atol + rtol * abs(ref_top[b, f])) for b, f in enumerate(first)]
+    return {"agreement": float(equal.mean()), "first_divergence": first,
+            "margin_at_divergence": [None if f < 0 else float(ref_margins[b, f]) for b, f in enumerate(first)],
+            "passed": all(ties)}
+
+
+# ------------------------------------------------------------------------------------------ backends
+
+
+def candidate_labels() -> list[str]:
+    """"ort:<provider>" for every CPU/CUDA/TensorRT provider onnxruntime offers, then other registered backends."""
+    from hoe.runtime.backends import available_backends
+
+    labels = []
+    try:
+        import onnxruntime as ort
+
+        have = ort.get_available_providers()
+        labels += [f"ort:{alias}" for alias, name in (("cpu", "CPUExecutionProvider"),
+                   ("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")) if name in have]
+    except ImportError:
+        log.warning("onnxruntime is not installed: no ort backend to compare")
+    return labels + [b for b in available_backends() if b not in ("ort", "torch")]
+
+
+def open_runner(label: str, folder: Path, threads: int) -> Runner:
+    from hoe.runtime.backends import BackendConfig, create_backend
+    from hoe.runtime.manifest import Manifest
+    from hoe.runtime.preference import PreferenceRouter
+
+    name, _, provider = label.partition(":")
+    manifest = Manifest.load(folder, verify=False)
+    config = BackendConfig(name=name, threads=threads, providers=[provider] if provider else None)
+    backend = create_backend(manifest, config).activate()
+    if getattr(backend, "fallback", None):
+        backend.deactivate()
+        raise BackendError(f"{label} fell back: {backend.fallback}")
+    return Runner(label, backend, PreferenceRouter.from_manifest(manifest))
+
+
+def reference_runner(folder: Path, threads: int, base: str | None, hoe: str | None) -> Runner:
+    from hoe.runtime.backends import BackendConfig, create_backend
+    from hoe.runtime.manifest import Manifest
+    from hoe.runtime.preference import PreferenceRouter
+
+    manifest = Manifest.load(folder, verify=False)
+    backend = create_backend(manifest, BackendConfig(name="torch", threads=threads, base=base, hoe=hoe)).activate()
+    return Runner("torch", backend, PreferenceRouter.from_manifest(manifest))
+
+
+# ------------------------------------------------------------------------------------------ the benchmark
+
+
+def run_parity(folder: str | Path, cfg: ParityConfig | None = None, base: str | None = None,
+               hoe: str | None = None) -> dict:
+    """Every available backend against the PyTorch reference on an exported folder -> the result dict."""
+    from hoe.runtime.manifest import Manifest
+    from tqdm import tqdm
+
+    from .machine import machine_info
+    from .timing import set_torch_threads
+
+    cfg, folder = cfg or ParityConfig(), Path(folder)
+    manifest = Manifest.load(folder, verify=True)
+    dtype = manifest.data["model"].get("dtype", "fp32")
+    atol, rtol = TOLERANCES.get(dtype, TOLERANCES["fp32"])
+    atol, rtol = cfg.atol if cfg.atol is not None else atol, cfg.rtol if cfg.rtol is not None else rtol
+    set_torch_threads(cfg.threads)
+    ref = reference_runner(folder, cfg.threads, base, hoe)
+    if not ref.router.enabled:
+        raise ConfigError(f"{folder} is a plain base export; parity needs the HoE export")
+    prefs = preferences(ref.router.n_objectives, cfg.seed)
+    cases = sweep(cfg, prefs, manifest.vocab_size)
+    runners, skipped = _open_all(cfg, folder)
+    result = {"folder": str(folder), "machine": machine_info(), "threads": cfg.threads, "dtype": dtype,
+              "tolerances": {"atol": atol, "rtol": rtol}, "config": cfg.to_dict(), "preferences": prefs,
+              "reference": ref.backend.describe(), "skipped": skipped, "backends": {}}
+    for run in runners:
+        result["backends"][run.label] = {"describe": run.backend.describe(), "cases": [], "greedy": []}
+    for case in tqdm(cases, desc="parity sweep", unit="case"):
+        expected = ref.forward(case)
+        real = case.mask[:, case.past:] > 0  # [B, T]
+        for run in runners:
+            entry = {"batch": case.batch, "new_tokens": case.new_tokens, "past": case.past,
+                     "preferences": case.rows, **compare(expected, run.forward(case), real, atol, rtol)}
+            result["backends"][run.label]["cases"].append(entry)
+    _greedy_all(cfg, manifest, prefs, ref, runners, result, atol, rtol)
+    for run in [ref, *runners]:
+        run.backend.deactivate()
+    return _finish(result)
+
+
+def _open_all(cfg: ParityConfig, folder: Path) -> tuple[list[Runner], dict[str, str]]:
+    labels = cfg.backends or candidate_labels()
+    runners, skipped = [], {}
+    for label in labels:
+        try:
+            runners.append(open_runner(label, folder, cfg.threads))
+        except (BackendError, ImportError, RuntimeError) as e:  # absent hardware or library: say why
+            skipped[label] = str(e)
+            log.warning("parity: skipping %s: %s", label, e)
+    if not runners:
+        raise BackendError(f"no backend to compare against the reference (tried {labels}: {skipped})")
+    return runners, skipped
+
+
+def _greedy_all(cfg, manifest, prefs, ref, runners, result, atol, rtol) -> None:
+    from tqdm import tqdm
+
+    rng = np.random.default_rng(cfg.seed + 1)
+    vocab, pad = manifest.vocab_size, manifest.pad_token_id
+    for i in tqdm(range(len(prefs)), desc="greedy agreement", unit="pref"):
+        rows = [prefs[(i + r) % len(prefs)] for r in range(len(cfg.greedy_prompts))]
+        prompts = [rng.integers(0, vocab, size=n).tolist() for n in cfg.greedy_prompts]
+        ref_tokens, ref_margins, ref_top = ref.greedy(prompts, rows, cfg.greedy_tokens, pad)
+        for run in runners:
+            tokens = run.greedy(prompts, rows, cfg.greedy_tokens, pad)[0]
+            entry = {"preferences": rows, "prompt_lengths": list(cfg.greedy_prompts),
+                     **agreement(ref_tokens, ref_margins, tokens, ref_top, atol, rtol)}
+            result["backends"][run.label]["greedy"].append(entry)
+
+
+def _finish(result: dict) -> dict:
+    for entry in result["backends"].values():
+        cases, greedy = entry["cases"], entry["greedy"]
+        entry["max_abs"] = max(c["max_abs"] for c in cases)
+        entry["max_rel"] = max(c["max_rel"] for c in cases)
+        entry["greedy_agreement"] = float(np.mean([g["agreement"] for g in greedy]))
+        entry["passed"] = all(c["passed"] for c in cases) and all(g["passed"] for g in greedy)
+    result["passed"] = all(e["passed"] for e in result["backends"].values())
+    return result
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "parity", help="every backend vs the PyTorch reference: shape sweep, preferences, greedy agreement",
+        description="Compare every backend available on this machine with the PyTorch reference on an exported "
+                    "HoE folder: a shape sweep (batch 1/3, new tokens 1/7, past 0/5/40, left padding) at the "
+                    "vertices, the uniform point and an interior preference, plus greedy-token agreement over "
+                    "32 tokens. Prints a table; exits 1 when a tolerance is exceeded.")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="exported folder (hoe export)")
+    p.add_argument("--json", metavar="PATH", help="write the full result as JSON here")
+    p.add_argument("--base", help="Hugging Face base folder for the reference (default: the export's source.base)")
+    p.add_argument("--hoe", help="HoE checkpoint folder for the reference (default: the export's own tensors)")
+    p.add_argument("--backends", nargs="+", metavar="LABEL", help="only these, e.g. ort:cpu ort:cuda trt")
+    p.add_argument("--threads", type=int, default=1, help="ORT intra-op and torch threads (default 1)")
+    p.add_argument("--atol", type=float, help="absolute logit tolerance (default by dtype: fp32 1e-4, fp16 5e-2)")
+    p.add_argument("--rtol", type=float, help="relative logit tolerance (default by dtype: fp32 1e-5, fp16 1e-2)")
+    p.add_argument("--greedy-tokens", type=int, default=32, help="greedy agreement length (default 32)")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    from .report import parity_tables, write_json
+
+    cfg = ParityConfig(threads=args.threads, atol=args.atol, rtol=args.rtol, greedy_tokens=args.greedy_tokens,
+                       backends=args.backends)
+    result = run_parity(args.out_dir, cfg, base=args.base, hoe=args.hoe)
+    print(parity_tables(result))
+    if args.json:
+        write_json(args.json, result)
+    return 0 if result["passed"] else 1
