@@ -26,6 +26,7 @@ class ParetoConfig(JsonConfig):
     mod_chunk: int = 8  # prompts per MOD block (each prefilled once per expert, shared by every preference)
     threads: int = 1
     reference_point: list[float] = field(default_factory=list)  # hypervolume reference; [] -> zeros
+    work: str = ""  # folder keeping decoded batches so an interrupted run resumes; "" -> none
 
     def resolve(self) -> tuple[Path, Path, Path]:
         from hoe.core.train.data import default_prompts
@@ -88,13 +89,20 @@ def register(sub) -> None:
     p.add_argument("--batch-rows", type=int, default=96)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", help="folder for pareto.json/png (default: the checkpoint folder)")
+    p.add_argument("--work", help="resume folder for decoded batches (default: $HOE_CACHE/bench/pareto)")
     p.set_defaults(func=_main)
+
+
+def _default_work() -> str:
+    from hoe.core.smollm2 import cache_dir
+
+    return str(cache_dir() / "bench" / "pareto")
 
 
 def _main(args) -> int:
     cfg = ParetoConfig(checkpoint=args.checkpoint or "", base=args.base or "", prompts=args.prompts or "",
                        n_prompts=args.n_prompts, grid_steps=args.grid_steps, max_new_tokens=args.max_new_tokens,
-                       batch_rows=args.batch_rows, threads=args.threads)
+                       batch_rows=args.batch_rows, threads=args.threads, work=args.work or _default_work())
     result = run(cfg, Path(args.out) if args.out else None)
     print("\n".join(summary_lines(result)))
     return 0

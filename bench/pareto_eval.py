@@ -14,12 +14,15 @@ routers are constant), so those points are decoded once and reported for both (m
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from hoe.core import names
+from hoe.core.config import atomic_write_text
 from hoe.core.objectives import make_objectives, score_all
 from hoe.core.routing import route
 from tqdm import tqdm
@@ -50,24 +53,49 @@ def static_tensors(model) -> dict[str, torch.Tensor]:
     return tensors
 
 
+class AnswerCache:
+    """Decoded batches kept in a JSON file, so an interrupted benchmark resumes where it stopped.
+    Reset whenever the run's identity (config, checkpoint content, prompts) changes."""
+
+    def __init__(self, path: Path | None, identity: dict) -> None:
+        self.path, self.identity, self.data = path, identity, {}
+        if path is not None and path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("identity") == identity:
+                self.data = saved["batches"]
+
+    def get(self, key: str):
+        return self.data.get(key)
+
+    def put(self, key: str, value) -> None:
+        self.data[key] = value
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, json.dumps({"identity": self.identity, "batches": self.data}))
+
+
 class Runner:
     """Greedy decoding of many (prompt, mix) rows in batches, counting wall time per system."""
 
-    def __init__(self, codec, max_new_tokens: int, batch_rows: int) -> None:
+    def __init__(self, codec, max_new_tokens: int, batch_rows: int, cache: AnswerCache | None = None) -> None:
         self.codec, self.max_new, self.batch_rows = codec, max_new_tokens, batch_rows
+        self.cache = cache or AnswerCache(None, {})
         self.seconds: dict[str, float] = {}
 
     def single(self, system: str, model, prompts: list[list[int]], mixes=None, tensors=None) -> list[str]:
         """One stream per row; mixes [R, K] for a HoE model."""
         t0, texts = time.perf_counter(), []
         for s in tqdm(range(0, len(prompts), self.batch_rows), desc=f"pareto {system}", unit="batch"):
-            chunk = prompts[s:s + self.batch_rows]
-            mix = None if mixes is None else mixes[s:s + self.batch_rows]
-            pre = prefill(model, chunk, self.codec.pad_id, router_mix=mix, tensors=tensors)
-            n = len(chunk)
-            answers = decode(model, pre, torch.arange(n), torch.ones(n), n, self.max_new, self.codec.eos_id,
-                             tensors=tensors)
-            texts += [self.codec.decode(a) for a in answers]
+            key = f"{system}:{s}"
+            if self.cache.get(key) is None:
+                chunk = prompts[s:s + self.batch_rows]
+                mix = None if mixes is None else mixes[s:s + self.batch_rows]
+                pre = prefill(model, chunk, self.codec.pad_id, router_mix=mix, tensors=tensors)
+                n = len(chunk)
+                answers = decode(model, pre, torch.arange(n), torch.ones(n), n, self.max_new, self.codec.eos_id,
+                                 tensors=tensors)
+                self.cache.put(key, [self.codec.decode(a) for a in answers])
+            texts += self.cache.get(key)
         self.seconds[system] = self.seconds.get(system, 0.0) + time.perf_counter() - t0
         return texts
 
@@ -78,6 +106,11 @@ class Runner:
         texts = [[None] * len(prompts) for _ in points]
         for s in tqdm(range(0, len(prompts), chunk), desc="pareto mod", unit="batch"):
             block = prompts[s:s + chunk]
+            cached = self.cache.get(f"mod:{s}")
+            if cached is not None:
+                for pi in range(len(points)):
+                    texts[pi][s:s + len(block)] = cached[pi]
+                continue
             streams = [p for p in block for _ in range(m)]
             mix = torch.eye(m).repeat(len(block), 1)  # stream j*m+e -> expert e alone
             pre = prefill(model, streams, self.codec.pad_id, router_mix=mix, tensors=tensors)
@@ -94,8 +127,15 @@ class Runner:
             for pi in range(len(points)):
                 for j in range(len(block)):
                     texts[pi][s + j] = self.codec.decode(answers[pi * len(block) + j])
+            self.cache.put(f"mod:{s}", [texts[pi][s:s + len(block)] for pi in range(len(points))])
         self.seconds["mod"] = time.perf_counter() - t0
         return texts
+
+
+def checkpoint_key(ckpt_dir: Path) -> str:
+    from hoe.core.demo import content_key
+
+    return content_key(*(ckpt_dir / n for n in ("hoe.json", "experts.safetensors", "routers.safetensors")))
 
 
 def trained_weight(mix: np.ndarray, n_objectives: int) -> float:
@@ -122,7 +162,9 @@ def evaluate(cfg) -> dict:
     ids = [codec.prompt_ids(p) for p in prompts]
     m, n = hc.n_objectives, len(prompts)
     grid = simplex_grid(m, cfg.grid_steps)
-    runner = Runner(codec, cfg.max_new_tokens, cfg.batch_rows)
+    identity = {"config": _public(cfg), "checkpoint": checkpoint_key(ckpt_dir), "prompts": prompts}
+    work = Path(cfg.work) if cfg.work else None
+    runner = Runner(codec, cfg.max_new_tokens, cfg.batch_rows, AnswerCache(work and work / "answers.json", identity))
     static = static_tensors(model)
     answers: dict[str, list[list[str]]] = {}
 
@@ -187,4 +229,9 @@ def report(cfg, hc, grid, scores, answers, prompts, own, vertices, seconds) -> d
             "decoding": "greedy", "grid": grid, "reference_point": ref, "anchors": hc.anchors,
             "mod_mixing": "next token = argmax_a Σ_i λ_i log π_i(a|s) over experts with λ_i > 0",
             "systems": systems, "seconds": {k: round(v, 1) for k, v in seconds.items()},
-            "example_prompt": prompts[0], "example_answers": example, "config": cfg.to_dict()}
+            "example_prompt": prompts[0], "example_answers": example, "config": _public(cfg)}
+
+
+def _public(cfg) -> dict:
+    """The config fields that decide the results (not where the resume cache lives, nor threads)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in ("work", "threads")}

@@ -116,3 +116,23 @@ def test_pareto_report(tiny):
             assert mod[i]["rewards"] == static[i]["rewards"]
     assert len(systems["experts"]["points"]) == 3 and len(systems["base"]["points"]) == 1
     assert len(summary_lines(result)) == 1 + len(systems)
+
+
+def test_pareto_resumes_from_decoded_batches(tiny, monkeypatch):
+    import hoe.bench.pareto_eval as pe
+
+    tmp, base_dir = tiny
+    prompts = write_prompts(tmp / "heldout2.jsonl")
+    cfg = ParetoConfig(checkpoint=str(tmp / "ckpt"), base=str(base_dir), prompts=str(prompts), n_prompts=4,
+                       grid_steps=2, max_new_tokens=5, batch_rows=8, mod_chunk=2, work=str(tmp / "work"))
+    first = run(cfg, tmp / "out2")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("everything should come from the resume cache")
+
+    monkeypatch.setattr(pe, "decode", no_decoding)
+    again = run(cfg, tmp / "out3")
+    assert again["systems"] == first["systems"]
+    cfg.max_new_tokens = 6  # another run identity: the cache is not used
+    with pytest.raises(AssertionError, match="resume cache"):
+        run(cfg, tmp / "out4")
