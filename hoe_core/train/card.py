@@ -47,8 +47,8 @@ def write_card(out: Path, cfg: RecipeConfig, summary: dict) -> Path:
         "## Files", "",
         "| file | content |", "|---|---|",
         "| `hoe.json` | HoE config: objectives, expert preferences, anchors, target modules, base identity |",
-        "| `experts.safetensors` | 3 LoRA experts (fp16) on every linear of the 30 blocks |",
-        "| `routers.safetensors` | router experts (fp16; mask fp32): 3 constant vertex routers + trained anchors |",
+        f"| `experts.safetensors` | {len(cfg.objectives)} LoRA experts (fp16), one per objective |",
+        "| `routers.safetensors` | router experts (fp16; mask fp32): constant vertex routers + trained anchors |",
         "| `training.json`, `training_curves.png` | recipe, timings, rewards; SFT loss and router rewards |",
         "| `pareto.json`, `pareto.png` | `hoe bench pareto` on the held-out prompts |", "",
         "## Objectives (rewards in [0, 1])", "", "| objective | scorer |", "|---|---|",
@@ -83,8 +83,9 @@ def write_card(out: Path, cfg: RecipeConfig, summary: dict) -> Path:
                      f" → last 3 steps {_fmt(info['last_3_steps'])}.")
     lines += ["", "![training curves](training_curves.png)", "", "## Pareto evaluation", "", *pareto_section(out), "",
               "## Limits", "",
-              "A 135M model, 40-token answers and cheap proxy rewards: relevance by embedding cosine is not "
-              "helpfulness as people judge it; VADER rewards positive words; conciseness rewards short answers. "
+              f"A 135M model, {s.max_new_tokens}-token answers and cheap proxy rewards: relevance by embedding "
+              "cosine is not helpfulness as people judge it; VADER rewards positive words; conciseness rewards "
+              "short answers. "
               "The paper trains 7B models with PPO on hub reward models; this is a small, offline reproduction."]
     path = out / "MODEL_CARD.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

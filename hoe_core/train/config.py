@@ -47,7 +47,7 @@ class RouterConfig(JsonConfig):
     """Router training at interior anchors: Tchebycheff + online mirror descent + REINFORCE (leave-one-out)."""
 
     anchors: list[list[float]] = field(default_factory=list)  # trained anchors; [] -> the uniform preference
-    steps: int = 12  # policy-gradient steps per trained anchor
+    steps: int = 8  # policy-gradient steps per trained anchor
     prompts_per_step: int = 6
     group_size: int = 4  # samples per prompt (the leave-one-out baseline averages the other group_size-1)
     temperature: float = 0.8

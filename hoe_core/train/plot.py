@@ -32,7 +32,7 @@ def plot_curves(records: list[dict], objectives: list[str], path: Path) -> Path 
         for i, name in enumerate(objectives):
             ax_rl.plot(rewards[:, i], label=f"{stage} {name}")
         ax_rl.plot([r["tchebycheff"] for r in recs], "k--", label=f"{stage} Tchebycheff")
-    ax_rl.set(title="routers: mean reward per step (sampled, T=0.8)", xlabel="step", ylabel="reward")
+    ax_rl.set(title="routers: mean reward of the sampled answers per step", xlabel="step", ylabel="reward")
     ax_rl.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
