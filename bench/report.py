@@ -63,3 +63,68 @@ def parity_tables(result: dict) -> str:
                                   greedy)
     skipped = "".join(f"\nskipped {k}: {v}" for k, v in result.get("skipped", {}).items())
     return f"{head}\n\n{shapes}\n\n{greedy_table}\n{skipped}\nresult: {'PASS' if result['passed'] else 'FAIL'}\n"
+
+
+# ------------------------------------------------------------------------------------------ latency
+
+
+def latency_tables(result: dict) -> str:
+    """One table per case, then ratios, switch times and targets."""
+    m = result["machine"]
+    head = (f"Latency: {m['cpu']}, {m['usable_cores']} usable cores, load average {m['load_average']} -> "
+            f"{m.get('load_average_after')}, threads {result['threads']}, preference {result['preference']}, "
+            f"{result['config']['new_tokens']} new tokens, {result['config']['repeats']} round-robin repetitions")
+    parts = [head]
+    for case in result["cases"].values():
+        rows = []
+        for name, s in case["systems"].items():
+            d = s["decode_ms_per_token"]
+            rows.append([name, s["ttft_ms"], d["median"], d["p90"], s["tokens_per_s"], s["peak_rss_mb"],
+                         s.get("over_floor")])
+        parts.append(f"batch {case['batch']}, prompt {case['prompt_tokens']} tokens\n\n" + markdown_table(
+            ["system", "TTFT ms", "decode ms/token (median)", "p90", "tokens/s", "peak RSS MB", "× floor"], rows))
+        parts.append("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in case["ratios"].items() if v is not None))
+    sw = result["preference_switch_ms"]
+    hoe_mb = result["bytes_per_token"].get("hoe-ort", 0) / 1e6
+    parts.append(f"floor: {result['floor_ms_per_token']:.2f} ms/token (hoe weights {hoe_mb:.0f} MB read per token "
+                 f"/ {result['copy_bandwidth_gbs']:.1f} GB/s copy bandwidth)")
+    hoe = f"{sw['hoe']:.4f} ms" if sw["hoe"] is not None else "–"
+    merged = f"{sw['merged_remerge']:.0f} ms" if sw["merged_remerge"] is not None else "–"
+    parts.append(f"preference switch: hoe {hoe}, merged re-merge {merged}")
+    rows = [[name, t["target"], t["value"], {True: "yes", False: "NO", None: "–"}[t["met"]]]
+            for name, t in result["targets"].items()]
+    parts.append(markdown_table(["target (batch 1, prompt 32)", "wanted", "measured", "met"], rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def latency_plot(result: dict, path: str | Path) -> Path:
+    """Decode ms/token (median bar, p90 whisker) per system and case, with the bandwidth floor as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(result["cases"].values())
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 3.8), squeeze=False)
+    for ax, case in zip(axes[0], cases):
+        names = list(case["systems"])
+        med = [case["systems"][n]["decode_ms_per_token"]["median"] for n in names]
+        p90 = [case["systems"][n]["decode_ms_per_token"]["p90"] for n in names]
+        ax.bar(names, med, color=["#2a7ab9" if n == "hoe-ort" else "#9aa5b1" for n in names])
+        ax.errorbar(names, med, yerr=[[0] * len(med), [max(0.0, p - m) for p, m in zip(p90, med)]], fmt="none",
+                    ecolor="black", capsize=3)
+        ax.axhline(result["floor_ms_per_token"], color="#c0392b", linestyle="--", linewidth=1, label="bandwidth floor")
+        ax.set_title(f"batch {case['batch']}, prompt {case['prompt_tokens']}")
+        ax.set_ylabel("decode ms/token (median, p90)")
+        ax.tick_params(axis="x", rotation=30)
+        ax.legend(fontsize=8)
+    m = result["machine"]
+    fig.suptitle(f"{m['cpu']} — {result['threads']} thread(s)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,420 @@
+"""`hoe bench latency`: our runtime against PyTorch eager and the peers' ways of serving preferences.
+
+    systems   hoe-ort, torch, base-ort, mod, merged (systems.py), all loaded in this one process
+    cases     batch {1, 4} × prompt {32, 256} tokens, 64 new tokens, greedy, one interior preference
+    timing    repetition r runs every system once, starting with system r (round-robin), so a noisy
+              machine hits all of them alike; decode ms/token = median / p90 over every decode step of
+              every repetition; TTFT = median over repetitions of prefill forward + first token choice
+    threads   ORT intra-op = torch = `threads`, ORT inter-op 1, ORT spin-waiting off
+    memory    per system: RSS retained by loading it + peak RSS growth while it generates (Linux VmHWM)
+    switch    hoe: preference -> router_mix on the host (route()); merged: re-merge every module in numpy
+              + a new ORT session with the merged initializers
+    floor     weight bytes read per decode token / measured copy bandwidth (floor.py)
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from hoe.core.config import JsonConfig
+from hoe.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SYSTEMS = ("hoe-ort", "torch", "base-ort", "mod", "merged")
+# Targets of the issue, on SmolLM2-135M with 3 experts, batch 1, 1 thread.
+TARGETS = {"torch_over_hoe": (">=", 3.0), "hoe_over_base": ("<=", 1.15), "mod_over_hoe": (">=", 2.5)}
+SWITCH_TARGET_MS = 1.0
+
+
+@dataclass
+class LatencyConfig(JsonConfig):
+    """What `hoe bench latency` runs."""
+
+    batches: list[int] = field(default_factory=lambda: [1, 4])  # batch sizes
+    prompt_lengths: list[int] = field(default_factory=lambda: [32, 256])  # prompt tokens (unpadded)
+    new_tokens: int = 64  # tokens generated per run (1 prefill + new_tokens - 1 decode steps)
+    repeats: int = 3  # timed round-robin repetitions per case
+    warmup_tokens: int = 4  # one untimed run of this length per system and case
+    threads: int = 1  # ORT intra-op threads = torch threads
+    preference: list[float] | None = None  # None -> a fixed interior point (uniform mixed with a tilt)
+    systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
+    switch_repeats: int = 200  # preference switches timed for hoe
+    remerge_repeats: int = 2  # re-merges (numpy + new session) timed for merged
+    bandwidth_mb: int = 256  # array size of the copy-bandwidth measurement
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.systems) - set(SYSTEMS))
+        if unknown or not self.systems:
+            raise ConfigError(f"LatencyConfig.systems must be a non-empty subset of {list(SYSTEMS)}, "
+                              f"got {self.systems}")
+        for name in ("batches", "prompt_lengths"):
+            if not getattr(self, name) or min(getattr(self, name)) < 1:
+                raise ConfigError(f"LatencyConfig.{name} must list positive integers, got {getattr(self, name)}")
+        for name in ("new_tokens", "repeats", "threads", "switch_repeats", "remerge_repeats"):
+            if getattr(self, name) < 1 or (name == "new_tokens" and self.new_tokens < 2):
+                raise ConfigError(f"LatencyConfig.{name} must be >= {2 if name == 'new_tokens' else 1}, "
+                                  f"got {getattr(self, name)}")
+
+    @classmethod
+    def quick(cls, **overrides) -> LatencyConfig:
+        """The batch-1, 32-token-prompt case only, 32 new tokens, 2 repetitions (`--quick`)."""
+        base = dict(batches=[1], prompt_lengths=[32], new_tokens=32, repeats=2, switch_repeats=100,
+                    remerge_repeats=1, bandwidth_mb=128)
+        return cls(**{**base, **overrides})
+
+
+def default_preference(m: int) -> list[float]:
+    """An interior point every expert takes part in: (uniform + a tilt toward objective 0) / 2."""
+    pref = np.full(m, 1.0 / m)
+    pref[0] += 1.0
+    return (pref / pref.sum()).round(4).tolist()
+
+
+# ------------------------------------------------------------------------------------------ setup
+
+
+@dataclass
+class Sources:
+    """Folders the benchmark reads."""
+
+    hoe_export: Path  # exported HoE folder (OUT_DIR)
+    base_export: Path | None  # base-only export (None: made and cached by base_export.py)
+    base_hf: Path | None  # Hugging Face base folder (torch system, merged weight lookup)
+    hoe_ckpt: Path | None  # HoE checkpoint (torch system); None -> the export's own tensors
+
+
+def resolve_sources(src: Sources, need_base_export: bool) -> Sources:
+    from hoe.runtime.manifest import Manifest
+
+    manifest = Manifest.load(src.hoe_export, verify=False)
+    if not manifest.hoe_enabled:
+        raise ConfigError(f"{src.hoe_export} is a plain base export; the latency benchmark needs the HoE export")
+    base_hf = src.base_hf or (Path(manifest.source["base"]) if manifest.source.get("base") else None)
+    if base_hf is None:
+        raise ConfigError("the Hugging Face base folder is needed (torch system, merged weights): pass --base")
+    base_export = src.base_export
+    if base_export is None and need_base_export:
+        from .base_export import cached_base_export
+
+        base_export = cached_base_export(base_hf)
+    return Sources(src.hoe_export, base_export, Path(base_hf), src.hoe_ckpt)
+
+
+class Loaded:
+    """The systems, their load costs and what the switch/floor measurements need."""
+
+    def __init__(self) -> None:
+        self.systems: dict = {}
+        self.load_ms: dict[str, float] = {}
+        self.load_rss_mb: dict[str, float] = {}
+        self.bytes_per_token: dict[str, int] = {}
+        self.merger = None
+        self.base_manifest = None
+        self.router = None
+        self.mix = None
+
+
+def load_systems(cfg: LatencyConfig, src: Sources, preference, work: Path) -> Loaded:
+    from tqdm import tqdm
+
+    from .machine import rss_mb
+
+    out = Loaded()
+    for name in tqdm(cfg.systems, desc="loading systems", unit="system"):
+        before, start = rss_mb(), time.perf_counter()
+        out.systems[name] = _LOADERS[name](cfg, src, preference, work, out)
+        out.load_ms[name] = (time.perf_counter() - start) * 1e3
+        out.load_rss_mb[name] = max(0.0, rss_mb() - before)
+    return out
+
+
+def _hoe_bytes(src: Sources) -> int:
+    from hoe.runtime.manifest import Manifest
+
+    from .floor import file_bytes, graph_weight_bytes
+
+    m = Manifest.load(src.hoe_export, verify=False)
+    return graph_weight_bytes(src.hoe_export / m.data["model"]["file"]) + file_bytes(m.path("experts"),
+                                                                                    m.path("routers"))
+
+
+def _load_hoe(cfg, src, preference, work, out):
+    from hoe.runtime.manifest import Manifest
+    from hoe.runtime.preference import PreferenceRouter
+
+    from .systems import BackendSystem, backend_config, load_backend
+
+    out.router = PreferenceRouter.from_manifest(Manifest.load(src.hoe_export, verify=False))
+    out.mix = out.router.mix(out.router.rows(preference, 1)[0])
+    out.bytes_per_token["hoe-ort"] = _hoe_bytes(src)
+    return BackendSystem("hoe-ort", load_backend(src.hoe_export, backend_config(cfg.threads)), out.mix)
+
+
+def _load_torch(cfg, src, preference, work, out):
+    from hoe.runtime.manifest import Manifest
+    from hoe.runtime.preference import PreferenceRouter
+
+    from .systems import BackendSystem, backend_config, load_backend
+
+    router = PreferenceRouter.from_manifest(Manifest.load(src.hoe_export, verify=False))
+    config = backend_config(cfg.threads, "torch", base=str(src.base_hf),
+                            hoe=str(src.hoe_ckpt) if src.hoe_ckpt else None)
+    out.bytes_per_token["torch"] = _hoe_bytes(src)
+    return BackendSystem("torch", load_backend(src.hoe_export, config), router.mix(router.rows(preference, 1)[0]))
+
+
+def _load_base(cfg, src, preference, work, out):
+    from .floor import graph_weight_bytes
+    from .systems import BackendSystem, backend_config, load_backend
+
+    out.bytes_per_token["base-ort"] = graph_weight_bytes(src.base_export / "model.onnx")
+    return BackendSystem("base-ort", load_backend(src.base_export, backend_config(cfg.threads)), np.zeros(0))
+
+
+def _load_mod(cfg, src, preference, work, out):
+    from hoe.runtime.manifest import Manifest
+
+    from .systems import ModSystem, backend_config, expert_weights, load_backend, vertex_folder
+
+    folder = vertex_folder(src.hoe_export, work)
+    manifest = Manifest.load(folder, verify=False)
+    weights = expert_weights(manifest, preference)
+    system = ModSystem(load_backend(folder, backend_config(cfg.threads)), weights, len(manifest.anchors))
+    out.bytes_per_token["mod"] = _hoe_bytes(src) * len(system.members)
+    return system
+
+
+def _load_merged(cfg, src, preference, work, out):
+    from hoe.runtime.manifest import Manifest
+    from safetensors.numpy import load_file
+
+    from .floor import graph_weight_bytes
+    from .merge import Merger, locate_weights, read_base_weights, read_initializers, remerge
+    from .systems import BackendSystem, backend_config
+
+    hoe_manifest = Manifest.load(src.hoe_export, verify=False)
+    out.base_manifest = Manifest.load(src.base_export, verify=False)
+    modules = hoe_manifest.hoe["target_modules"]
+    initializers = read_initializers(src.base_export / out.base_manifest.data["model"]["file"])
+    slots = locate_weights(initializers, read_base_weights(src.base_hf, modules))
+    experts = load_file(str(hoe_manifest.path("experts")))
+    out.merger = Merger(initializers, slots, experts, hoe_manifest.hoe["expert_prefs"])
+    del initializers
+    backend, _ = remerge(out.merger, out.base_manifest, backend_config(cfg.threads), preference)
+    out.bytes_per_token["merged"] = graph_weight_bytes(src.base_export / "model.onnx")
+    return BackendSystem("merged", backend, np.zeros(0))
+
+
+_LOADERS = {"hoe-ort": _load_hoe, "torch": _load_torch, "base-ort": _load_base, "mod": _load_mod,
+            "merged": _load_merged}
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+def time_case(loaded: Loaded, cfg: LatencyConfig, batch: int, prompt_len: int, vocab: int) -> dict:
+    """Round-robin repetitions of one (batch, prompt) case -> per-system measurements."""
+    from .machine import PeakRss
+    from .systems import greedy_run
+    from .timing import rotated, summary
+
+    rng = np.random.default_rng(cfg.seed + 1000 * batch + prompt_len)
+    prompt = rng.integers(3, vocab, size=(batch, prompt_len), dtype=np.int64)
+    names = list(loaded.systems)
+    for name in names:  # warm-up: allocator arenas, thread pools, first-shape kernels
+        greedy_run(loaded.systems[name], prompt, min(cfg.warmup_tokens, cfg.new_tokens))
+    steps = {n: [] for n in names}
+    ttft = {n: [] for n in names}
+    growth = {n: 0.0 for n in names}
+    tokens = {}
+    for rep in range(cfg.repeats):
+        for name in rotated(names, rep):
+            with PeakRss() as mem:
+                run = greedy_run(loaded.systems[name], prompt, cfg.new_tokens)
+            steps[name] += run.step_ms
+            ttft[name].append(run.ttft_ms)
+            growth[name] = max(growth[name], mem.growth_mb)
+            tokens[name] = run.tokens
+    out = {}
+    for name in names:
+        decode = summary(steps[name])
+        out[name] = {"decode_ms_per_token": {"median": decode["median"], "p90": decode["p90"], "n": decode["n"]},
+                     "ttft_ms": summary(ttft[name])["median"],
+                     "tokens_per_s": batch * 1e3 / decode["median"],
+                     "peak_rss_mb": loaded.load_rss_mb[name] + growth[name]}
+    if "hoe-ort" in tokens and "torch" in tokens:
+        out["hoe-ort"]["same_tokens_as_torch"] = bool(np.array_equal(tokens["hoe-ort"], tokens["torch"]))
+    return out
+
+
+def ratios(systems: dict) -> dict[str, float | None]:
+    def ratio(a: str, b: str):
+        if a not in systems or b not in systems:
+            return None
+        return systems[a]["decode_ms_per_token"]["median"] / systems[b]["decode_ms_per_token"]["median"]
+
+    return {"torch_over_hoe": ratio("torch", "hoe-ort"), "hoe_over_base": ratio("hoe-ort", "base-ort"),
+            "mod_over_hoe": ratio("mod", "hoe-ort"), "merged_over_base": ratio("merged", "base-ort")}
+
+
+def switch_times(loaded: Loaded, cfg: LatencyConfig, preference) -> dict:
+    """hoe: a new preference -> router_mix (what Generator.set_preference does); merged: a full re-merge."""
+    from .merge import remerge
+    from .systems import backend_config
+    from .timing import summary, time_calls
+
+    out = {}
+    m = len(preference)
+    prefs = [np.roll(np.asarray(preference), i) for i in range(m)]
+    if loaded.router is not None:
+        counter = iter(range(10**9))
+        router = loaded.router
+
+        def switch():
+            p = prefs[next(counter) % m]
+            return router.mix(router.rows(p, 1)[0])
+
+        out["hoe"] = summary(time_calls(switch, cfg.switch_repeats, warmup=5))
+    if loaded.merger is not None:
+        parts = []
+        for i in range(cfg.remerge_repeats):
+            backend, times = remerge(loaded.merger, loaded.base_manifest, backend_config(cfg.threads),
+                                     prefs[(i + 1) % m].tolist())
+            backend.deactivate()
+            parts.append(times)
+        out["merged_remerge"] = {k: summary([p[k] for p in parts]) for k in parts[0]}
+    return out
+
+
+def run_latency(src: Sources, cfg: LatencyConfig | None = None) -> dict:
+    """Load every system, time every case round-robin, measure switches and the floor -> the result dict."""
+    from hoe.runtime.manifest import Manifest
+
+    from .floor import copy_bandwidth_gbs, floor_ms
+    from .machine import machine_info, peak_mb
+    from .timing import set_torch_threads
+
+    cfg = cfg or LatencyConfig()
+    set_torch_threads(cfg.threads)
+    src = resolve_sources(src, need_base_export=bool({"base-ort", "merged"} & set(cfg.systems)))
+    manifest = Manifest.load(src.hoe_export, verify=True)
+    preference = cfg.preference or default_preference(len(manifest.objectives))
+    machine = machine_info()
+    bandwidth = copy_bandwidth_gbs(cfg.bandwidth_mb)
+    with tempfile.TemporaryDirectory(prefix="hoe-bench-") as work:
+        loaded = load_systems(cfg, src, preference, Path(work))
+        switch = switch_times(loaded, cfg, preference)
+        cases = {}
+        for b in cfg.batches:
+            for p in cfg.prompt_lengths:
+                log.info("timing batch %d, prompt %d, %d new tokens, %d repetitions", b, p, cfg.new_tokens, cfg.repeats)
+                cases[f"batch{b}_prompt{p}"] = {"batch": b, "prompt_tokens": p,
+                                                "systems": time_case(loaded, cfg, b, p, manifest.vocab_size)}
+        for system in loaded.systems.values():
+            system.close()
+    floors = {n: floor_ms(bts, bandwidth) for n, bts in loaded.bytes_per_token.items()}
+    top_floor = floors.get("hoe-ort", min(floors.values()) if floors else float("nan"))
+    for case in cases.values():
+        for name, entry in case["systems"].items():
+            median = entry["decode_ms_per_token"]["median"]
+            entry["floor_ms_per_token"] = floors.get(name)
+            entry["over_floor"] = median / floors[name] if name in floors else None
+        case["ratios"] = ratios(case["systems"])
+    machine["load_average_after"] = machine_info()["load_average"]
+    return _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch, cases, top_floor, peak_mb())
+
+
+def _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch, cases, top_floor, peak) -> dict:
+    key = "batch1_prompt32" if "batch1_prompt32" in cases else next(iter(cases))
+    head = cases[key]
+    result = {
+        "machine": machine, "threads": cfg.threads,
+        "case": {"batch": head["batch"], "prompt_tokens": head["prompt_tokens"], "new_tokens": cfg.new_tokens},
+        "systems": head["systems"], "ratios": head["ratios"],
+        "preference_switch_ms": {"hoe": switch.get("hoe", {}).get("median"),
+                                 "merged_remerge": switch.get("merged_remerge", {}).get("total_ms", {}).get("median")},
+        "floor_ms_per_token": top_floor,
+        "copy_bandwidth_gbs": bandwidth,
+        "bytes_per_token": loaded.bytes_per_token,
+        "preference": preference,
+        "switch_detail": switch,
+        "load_ms": loaded.load_ms, "process_peak_rss_mb": peak,
+        "cases": cases, "config": cfg.to_dict(),
+        "model": {"export": str(src.hoe_export), "base_export": str(src.base_export) if src.base_export else None,
+                  "architecture": manifest.arch, "objectives": manifest.objectives,
+                  "n_experts": manifest.hoe.get("n_experts"), "rank": manifest.hoe.get("rank"),
+                  "n_routers": manifest.hoe.get("n_routers")},
+        "notes": {"mod": "each expert model is the HoE graph held at that expert's vertex (constant one-hot "
+                         "routers, router_mix e_j), run by the same runtime; one forward per member per token",
+                  "merged": "W_pre + sum_j w_j s_j B_j A_j in numpy, baked into the base-ort graph via "
+                            "SessionOptions.add_initializer; remerge = numpy merge + new session",
+                  "peak_rss_mb": "RSS retained by loading the system + peak RSS growth while it generates",
+                  "bandwidth": "numpy copy, bytes read + written per second (STREAM convention), 1 thread"},
+    }
+    result["targets"] = targets(result)
+    return result
+
+
+def targets(result: dict) -> dict:
+    out = {}
+    for name, (op, bound) in TARGETS.items():
+        value = result["ratios"].get(name)
+        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        out[name] = {"target": f"{op} {bound}", "value": value, "met": met}
+    switch = result["preference_switch_ms"]["hoe"]
+    out["preference_switch_ms"] = {"target": f"< {SWITCH_TARGET_MS}", "value": switch,
+                                   "met": None if switch is None else switch < SWITCH_TARGET_MS}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "latency", help="decode latency of hoe-ort vs torch, base-ort, MOD and merged, interleaved in one run",
+        description="Time our runtime (hoe-ort) against PyTorch eager (torch), the base model without experts "
+                    "(base-ort), MOD logit mixing (mod) and Rewarded-Soups weight merging (merged), round-robin in "
+                    "one process: TTFT, decode ms/token (median, p90), tokens/s, peak RSS, preference switch vs "
+                    "re-merge time, and the memory-bandwidth floor. Prints a markdown table.")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="exported HoE folder (hoe export)")
+    p.add_argument("--json", metavar="PATH", help="write the full result as JSON here")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG plot here (needs matplotlib)")
+    p.add_argument("--threads", type=int, default=1, help="ORT intra-op and torch threads (default 1)")
+    p.add_argument("--quick", action="store_true", help="batch 1, prompt 32, 32 new tokens, 2 repetitions")
+    p.add_argument("--base", help="Hugging Face base folder (default: the export's source.base)")
+    p.add_argument("--hoe", help="HoE checkpoint for the torch system (default: the export's own tensors)")
+    p.add_argument("--base-export", help="base-only export for base-ort/merged (default: exported once and cached)")
+    p.add_argument("--systems", nargs="+", choices=SYSTEMS, help=f"subset of {', '.join(SYSTEMS)}")
+    p.add_argument("--repeats", type=int, help="round-robin repetitions per case (default 3, quick 2)")
+    p.add_argument("--new-tokens", type=int, help="new tokens per run (default 64, quick 32)")
+    p.add_argument("--preference", help="comma-separated preference (default: an interior point)")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    from hoe.runtime.preference import parse_preference
+
+    from .report import latency_plot, latency_tables, write_json
+
+    overrides = {k: v for k, v in (("threads", args.threads), ("repeats", args.repeats),
+                                   ("new_tokens", args.new_tokens), ("systems", args.systems)) if v is not None}
+    if args.preference:
+        overrides["preference"] = parse_preference(args.preference)
+    cfg = LatencyConfig.quick(**overrides) if args.quick else LatencyConfig(**overrides)
+    src = Sources(Path(args.out_dir), Path(args.base_export) if args.base_export else None,
+                  Path(args.base) if args.base else None, Path(args.hoe) if args.hoe else None)
+    result = run_latency(src, cfg)
+    print(latency_tables(result))
+    if args.json:
+        write_json(args.json, result)
+    if args.plot:
+        latency_plot(result, args.plot)
+    return 0

@@ -1,0 +1,141 @@
+"""Bench building blocks without a model: statistics, sweep inputs, comparisons, floor, merge math, configs."""
+
+import numpy as np
+import pytest
+from hoe.bench import floor, parity, report, timing
+from hoe.bench.latency import LatencyConfig, targets
+from hoe.bench.machine import PeakRss, machine_info
+from hoe.bench.merge import Merger, Slot, locate_weights
+from hoe.core import names
+from hoe.core.errors import CheckpointError, ConfigError
+
+
+def test_summary_median_p90_and_rotation():
+    s = timing.summary([float(x) for x in range(1, 11)])  # 1..10
+    assert s["median"] == 5.5 and s["p90"] == pytest.approx(9.1) and s["min"] == 1.0 and s["n"] == 10
+    assert timing.rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
+    assert np.isnan(timing.summary([])["median"])
+
+
+def test_preferences_have_vertices_and_interior_points():
+    prefs = parity.preferences(3)
+    assert len(prefs) >= 4
+    assert [1.0, 0.0, 0.0] in prefs and [0.0, 0.0, 1.0] in prefs
+    interior = [p for p in prefs if min(p) > 0]
+    assert len(interior) >= 2 and all(abs(sum(p) - 1) < 1e-3 for p in interior)
+
+
+def test_left_padding_keeps_a_real_token_and_positions_count_real_tokens():
+    mask = parity.left_padded_mask(3, 4, [0, 2, 9])
+    assert mask.tolist() == [[1, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1]]
+    assert parity.positions(mask).tolist() == [[0, 1, 2, 3], [0, 0, 0, 1], [0, 0, 0, 0]]
+
+
+def test_compare_fails_past_tolerance_and_ignores_padding():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(2, 3, 11)).astype(np.float32) * 10
+    real = np.array([[True, True, True], [False, True, True]])
+    out = ref.copy()
+    out[1, 0] += 1e3  # a padded position: not compared
+    ok = parity.compare(ref, out, real, atol=1e-4, rtol=1e-5)
+    assert ok["passed"] and ok["max_abs"] == 0.0
+    out[0, 2, 5] += 1e-3
+    bad = parity.compare(ref, out, real, atol=1e-4, rtol=1e-5)
+    assert not bad["passed"] and bad["max_abs"] == pytest.approx(1e-3, rel=1e-2)
+    assert bad["max_rel"] == pytest.approx(bad["max_abs"] / np.abs(ref[real]).max())
+    out[0, 2, 5] = np.nan
+    assert not parity.compare(ref, out, real, atol=1.0, rtol=1.0)["passed"]
+
+
+def test_greedy_agreement_allows_only_near_ties():
+    ref = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    margins = np.array([[5.0, 5.0, 1e-6, 5.0], [5.0, 5.0, 5.0, 5.0]], dtype=np.float32)
+    top = np.full((2, 4), 10.0, dtype=np.float32)
+    same = parity.agreement(ref, margins, ref.copy(), top, 1e-4, 1e-5)
+    assert same["passed"] and same["agreement"] == 1.0 and same["first_divergence"] == [-1, -1]
+    tie = ref.copy()
+    tie[0, 2:] = [9, 9]  # departs where the reference's top-2 margin is 1e-6
+    res = parity.agreement(ref, margins, tie, top, 1e-4, 1e-5)
+    assert res["passed"] and res["first_divergence"] == [2, -1] and res["agreement"] == 0.75
+    wrong = ref.copy()
+    wrong[1, 1] = 0  # departs at a clear margin
+    assert not parity.agreement(ref, margins, wrong, top, 1e-4, 1e-5)["passed"]
+
+
+def test_graph_weight_bytes_skips_gather_only_tables(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.zeros((100, 8), np.float32), "table")  # Gather only: 3200 B, not read
+    tied = numpy_helper.from_array(np.zeros((50, 8), np.float32), "tied")  # Gather + MatMul: read in full
+    w = numpy_helper.from_array(np.zeros((8, 8), np.float32), "w")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e1"]), helper.make_node("Gather", ["tied", "ids"], ["e2"]),
+             helper.make_node("Add", ["e1", "e2"], ["e"]), helper.make_node("MatMul", ["e", "w"], ["h"]),
+             helper.make_node("Transpose", ["tied"], ["tt"]), helper.make_node("MatMul", ["h", "tt"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [table, tied, w])
+    onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
+    assert floor.graph_weight_bytes(tmp_path / "m.onnx") == 50 * 8 * 4 + 8 * 8 * 4
+    assert floor.floor_ms(10**9, 10.0) == pytest.approx(100.0)
+
+
+def test_copy_bandwidth_and_peak_rss_are_measured():
+    assert floor.copy_bandwidth_gbs(size_mb=8, repeats=2) > 0.1
+    with PeakRss() as mem:
+        block = np.ones(48 * 2**20 // 8)  # 48 MiB, touched
+        del block
+    assert mem.growth_mb >= (40 if mem.exact else 0)
+    info = machine_info()
+    assert info["cores"] >= 1 and "numpy" in info["versions"]
+
+
+def _experts(e=2, r=3, d_in=5, d_out=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return {names.lora_a("m"): rng.normal(size=(e, r, d_in)).astype(np.float32),
+            names.lora_b("m"): rng.normal(size=(e, d_out, r)).astype(np.float32),
+            names.scaling("m"): np.array([2.0, 0.5], np.float32)}
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_merger_merges_in_the_stored_orientation(transposed):
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(4, 5)).astype(np.float32)  # W_pre [out, in]
+    other = rng.normal(size=(4, 5)).astype(np.float32)
+    inits = {"val_7": np.ascontiguousarray(w.T) if transposed else w, "other": other}
+    slots = locate_weights(inits, {"m": w})
+    assert slots == {"m": Slot("val_7", transposed)}
+    ex = _experts()
+    merger = Merger(inits, slots, ex, [[1.0, 0.0], [0.0, 1.0]])
+    got = merger.merged([0.25, 0.75])["val_7"]
+    a, b, s = ex[names.lora_a("m")], ex[names.lora_b("m")], ex[names.scaling("m")]
+    want = w + 0.25 * s[0] * b[0] @ a[0] + 0.75 * s[1] * b[1] @ a[1]
+    np.testing.assert_allclose(got.T if transposed else got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_locate_weights_refuses_missing_or_ambiguous():
+    w = np.arange(20, dtype=np.float32).reshape(4, 5)
+    with pytest.raises(CheckpointError, match="found 0"):
+        locate_weights({"x": np.zeros((4, 5), np.float32)}, {"m": w})
+    with pytest.raises(CheckpointError, match="found 2"):
+        locate_weights({"x": w.copy(), "y": w.copy()}, {"m": w})
+
+
+def test_configs_validate_and_targets_judge():
+    with pytest.raises(ConfigError, match="systems"):
+        LatencyConfig(systems=["nope"])
+    with pytest.raises(ConfigError, match="new_tokens"):
+        LatencyConfig(new_tokens=1)
+    with pytest.raises(ConfigError, match="batches"):
+        parity.ParityConfig(batches=[])
+    quick = LatencyConfig.quick()
+    assert quick.batches == [1] and quick.prompt_lengths == [32]
+    result = {"ratios": {"torch_over_hoe": 3.5, "hoe_over_base": 1.2, "mod_over_hoe": 2.5},
+              "preference_switch_ms": {"hoe": 0.05}}
+    t = targets(result)
+    assert t["torch_over_hoe"]["met"] and not t["hoe_over_base"]["met"] and t["mod_over_hoe"]["met"]
+    assert t["preference_switch_ms"]["met"]
+
+
+def test_markdown_table():
+    text = report.markdown_table(["a", "b"], [[1, 0.5], ["x", None], [2, 0.00012]])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.50 |", "| x | – |", "| 2 | 0.00012 |"]
