@@ -182,3 +182,16 @@ def test_threads_share_a_model(tmp_path):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert got == expected
+
+
+def test_plain_base_export_needs_no_preference(tmp_path):
+    from hoe.runtime.model import Model
+    from runtime_helpers import FakeBackend, fake_manifest
+
+    manifest = fake_manifest(tmp_path, extra_anchor=False)
+    manifest.data["hoe"] = {"enabled": False, "anchors": []}
+    model = Model(manifest, FakeBackend(manifest, None).activate(), None)
+    [res] = model.generate([PROMPTS[0]], None, GREEDY)
+    assert len(res.token_ids) == 12 and res.router_mix == [] and res.preference == []
+    with pytest.raises(PreferenceError, match="expected preference None"):
+        model.generate([PROMPTS[0]], [1, 0, 0], GREEDY)

@@ -1,10 +1,9 @@
 """SmolLM2-135M-Instruct with three rank-16 experts and random routers: the runtime's greedy tokens equal
 the PyTorch reference's (slow: real model, still runs in CI)."""
 
+import hoe.runtime as hr
 import pytest
 import torch
-
-import hoe.runtime as hr
 from hoe.core.generate import generate as reference_generate
 from hoe.core.routing import route_batch
 
