@@ -47,6 +47,8 @@ class LatencyConfig(JsonConfig):
     switch_repeats: int = 200  # preference switches timed for hoe
     remerge_repeats: int = 2  # re-merges (numpy + new session) timed for merged
     bandwidth_mb: int = 256  # array size of the copy-bandwidth measurement
+    profile: bool = False  # also profile hoe-ort and base-ort decode per op type (ORT profiler)
+    profile_steps: int = 16  # decode steps profiled
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -319,6 +321,7 @@ def run_latency(src: Sources, cfg: LatencyConfig | None = None) -> dict:
                                                 "systems": time_case(loaded, cfg, b, p, manifest.vocab_size)}
         for system in loaded.systems.values():
             system.close()
+        profile = run_profiles(cfg, src, loaded, Path(work)) if cfg.profile else None
     floors = {n: floor_ms(bts, bandwidth) for n, bts in loaded.bytes_per_token.items()}
     top_floor = floors.get("hoe-ort", min(floors.values()) if floors else float("nan"))
     for case in cases.values():
@@ -328,7 +331,23 @@ def run_latency(src: Sources, cfg: LatencyConfig | None = None) -> dict:
             entry["over_floor"] = median / floors[name] if name in floors else None
         case["ratios"] = ratios(case["systems"])
     machine["load_average_after"] = machine_info()["load_average"]
-    return _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch, cases, top_floor, peak_mb())
+    result = _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch, cases, top_floor, peak_mb())
+    if profile is not None:
+        result["profile"] = profile
+    return result
+
+
+def run_profiles(cfg: LatencyConfig, src: Sources, loaded: Loaded, work: Path) -> dict:
+    """Per-op-type decode ms/token of hoe-ort and base-ort (batch 1, prompt 32), ORT profiler on."""
+    from .profile import profile_decode
+
+    out = {}
+    if loaded.mix is not None:
+        out["hoe-ort"] = profile_decode(src.hoe_export, loaded.mix, cfg.threads, work, steps=cfg.profile_steps)
+    if src.base_export is not None:
+        out["base-ort"] = profile_decode(src.base_export, np.zeros(0, np.float32), cfg.threads, work,
+                                         steps=cfg.profile_steps)
+    return out
 
 
 def _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch, cases, top_floor, peak) -> dict:
@@ -396,6 +415,8 @@ def register(subparsers) -> None:
     p.add_argument("--repeats", type=int, help="round-robin repetitions per case (default 3, quick 2)")
     p.add_argument("--new-tokens", type=int, help="new tokens per run (default 64, quick 32)")
     p.add_argument("--preference", help="comma-separated preference (default: an interior point)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile hoe-ort and base-ort decode per op type (ORT profiler) and print it")
     p.set_defaults(func=_cli)
 
 
@@ -405,7 +426,8 @@ def _cli(args) -> int:
     from .report import latency_plot, latency_tables, write_json
 
     overrides = {k: v for k, v in (("threads", args.threads), ("repeats", args.repeats),
-                                   ("new_tokens", args.new_tokens), ("systems", args.systems)) if v is not None}
+                                   ("new_tokens", args.new_tokens), ("systems", args.systems),
+                                   ("profile", args.profile or None)) if v is not None}
     if args.preference:
         overrides["preference"] = parse_preference(args.preference)
     cfg = LatencyConfig.quick(**overrides) if args.quick else LatencyConfig(**overrides)

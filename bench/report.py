@@ -94,7 +94,24 @@ def latency_tables(result: dict) -> str:
     rows = [[name, t["target"], t["value"], {True: "yes", False: "NO", None: "–"}[t["met"]]]
             for name, t in result["targets"].items()]
     parts.append(markdown_table(["target (batch 1, prompt 32)", "wanted", "measured", "met"], rows))
+    if result.get("profile"):
+        parts.append(profile_table(result["profile"]))
     return "\n\n".join(parts) + "\n"
+
+
+def profile_table(profile: dict, top: int = 12) -> str:
+    """Decode ms/token per op type, hoe-ort next to base-ort (ORT profiler, batch 1)."""
+    names = list(profile)
+    ops = sorted({op for p in profile.values() for op in p["ms_per_token"]},
+                 key=lambda op: -max(p["ms_per_token"].get(op, 0.0) for p in profile.values()))[:top]
+    def cells(op: str) -> list:
+        return [x for n in names for x in (profile[n]["ms_per_token"].get(op), profile[n]["nodes_per_token"].get(op))]
+
+    rows = [[op, *cells(op)] for op in ops]
+    rows.append(["total (kernels)"] + [x for n in names for x in (profile[n]["total_ms"],
+                                                                  sum(profile[n]["nodes_per_token"].values()))])
+    headers = ["op type"] + [h for n in names for h in (f"{n} ms/token", f"{n} nodes")]
+    return "ORT profile of one decode step (batch 1)\n\n" + markdown_table(headers, rows)
 
 
 def latency_plot(result: dict, path: str | Path) -> Path:

@@ -92,10 +92,13 @@ def test_latency_table_lists_every_system_and_target(latency_cli):
 
 def test_latency_nests_other_cases(bench_model):
     cfg = LatencyConfig(batches=[1, 2], prompt_lengths=[5], new_tokens=3, repeats=1, systems=["hoe-ort", "base-ort"],
-                        switch_repeats=5, bandwidth_mb=8)
+                        switch_repeats=5, bandwidth_mb=8, profile=True, profile_steps=2)
     result = run_latency(Sources(bench_model.export, bench_model.base_export, bench_model.base_dir, None), cfg)
     assert set(result["cases"]) == {"batch1_prompt5", "batch2_prompt5"}
     assert result["systems"] is result["cases"]["batch1_prompt5"]["systems"]
     assert result["ratios"]["torch_over_hoe"] is None and result["ratios"]["hoe_over_base"] > 0
     assert result["preference_switch_ms"]["merged_remerge"] is None
     assert result["preference_switch_ms"]["hoe"] > 0
+    hoe, base = result["profile"]["hoe-ort"], result["profile"]["base-ort"]
+    assert hoe["steps"] == base["steps"] == 2 and hoe["total_ms"] > 0 and base["total_ms"] > 0
+    assert sum(hoe["nodes_per_token"].values()) > sum(base["nodes_per_token"].values())  # the expert mixture

@@ -139,3 +139,16 @@ def test_configs_validate_and_targets_judge():
 def test_markdown_table():
     text = report.markdown_table(["a", "b"], [[1, 0.5], ["x", None], [2, 0.00012]])
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.50 |", "| x | – |", "| 2 | 0.00012 |"]
+
+
+def test_decode_op_times_skip_the_prefill_run():
+    from hoe.bench.profile import decode_op_times
+
+    def node(op, ts, dur):
+        return {"cat": "Node", "name": f"n_{op}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+    runs = [{"cat": "Session", "name": "model_run", "ts": t, "dur": 90} for t in (0, 100, 200)]
+    events = runs + [node("MatMul", 10, 500), node("MatMul", 110, 30), node("Add", 120, 5), node("MatMul", 210, 40),
+                     node("Add", 220, 7)]
+    total, nodes, decode_runs = decode_op_times(events)
+    assert decode_runs == 2 and total == {"MatMul": 70, "Add": 12} and nodes == {"MatMul": 1, "Add": 1}
