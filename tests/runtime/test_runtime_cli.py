@@ -109,3 +109,15 @@ def test_load_errors(llama_export, tmp_path):
     (folder / "model.onnx").unlink()
     with pytest.raises(CheckpointError, match="model.onnx.*missing"):
         hr.load(folder, verify=False)
+
+
+def test_provider_fallback_is_reported(llama_export, caplog):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: nothing falls back")
+    with caplog.at_level("WARNING"), hr.load(llama_export.folder, providers=["cuda"], threads=1) as model:
+        info = model.describe()
+        assert info["providers"] == ["CPUExecutionProvider"] and "CUDAExecutionProvider" in info["fallback"]
+        assert len(model.generate([[5, 9]], [1, 0, 0], hr.GenerationConfig(max_new_tokens=3))[0].token_ids) > 0
+    assert "CUDAExecutionProvider" in caplog.text
