@@ -101,21 +101,25 @@ class Relevance(Objective):
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
         self.batch_size, self.max_length = batch_size, max_length
+        self._memo: dict[str, np.ndarray] = {}  # text -> embedding (prompts recur for every answer)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """texts [N] -> unit vectors [N, 384] (mean pooling over real tokens, then L2 normalisation)."""
+        """texts [N] -> unit vectors [N, 384] (mean pooling over real tokens, then L2 normalisation).
+        Each distinct text is embedded once per scorer (sorted by length to pad little)."""
         import torch
 
-        chunks = []
+        todo = sorted({t for t in texts if t not in self._memo}, key=len)
         with torch.no_grad():
-            for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[i:i + self.batch_size], padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt")
+            for i in range(0, len(todo), self.batch_size):
+                batch = todo[i:i + self.batch_size]
+                enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
+                                     return_tensors="pt")
                 hidden = self.model(**enc).last_hidden_state  # [B, T, 384]
                 mask = enc["attention_mask"][..., None].float()  # [B, T, 1]
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                chunks.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-        return np.concatenate(chunks)
+                for text, vec in zip(batch, torch.nn.functional.normalize(pooled, dim=-1).numpy()):
+                    self._memo[text] = vec
+        return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
 
     def _score(self, prompts, answers):
         cos = (self.embed(prompts) * self.embed(answers)).sum(-1)
