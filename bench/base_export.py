@@ -1,9 +1,10 @@
 """The `base-ort` graph: the same base model exported the same way, without experts (no router_mix, no
 expert/router inputs), so HoE's routing price is measured against the very same exporter and runtime.
 
-Uses `hoe.export.export_base` when the exporter offers it; otherwise exports here with torch.onnx (dynamo)
-and the exporter's own I/O contract (io_spec) and manifest writer, as `hoe export` does for the HoE graph.
-Exports are cached under `$HOE_CACHE/bench/` by base identity and reused.
+Uses the exporter's `export_base` (hoe.export.onnx_export) when present: the same trace as the HoE graph,
+minus the expert mixture. Otherwise exports here with torch.onnx (dynamo) and the exporter's own I/O
+contract (io_spec) and manifest writer. Exports are cached under `$HOE_CACHE/bench/` by base identity and
+by which exporter made them, and reused.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def cached_base_export(base_dir: str | Path, cache: str | Path | None = None, op
 
     base_dir = Path(base_dir).resolve()
     key = hashlib.sha256(str(base_dir).encode() + _weights_stamp(base_dir).encode()).hexdigest()[:16]
-    folder = Path(cache or cache_dir() / "bench") / f"base-ort-{key}"
+    maker = "export" if _exporter() is not None else "bench"
+    folder = Path(cache or cache_dir() / "bench") / f"base-ort-{maker}-{key}"
     if (folder / "hoe_config.json").is_file():
         Manifest.load(folder, verify=False)
         return folder
@@ -44,14 +46,22 @@ def _weights_stamp(base_dir: Path) -> str:
     return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 
-def export_base(base_dir: str | Path, out_dir: str | Path, opset: int = 20) -> Path:
-    """Export the plain base model of `base_dir` to `out_dir` (docs/FORMAT.md folder, `hoe.enabled` false)."""
+def _exporter():
+    """The exporter's `export_base`, or None while hoe.export has none."""
     try:
-        from hoe.export import export_base as exporter_export_base
+        from hoe.export.onnx_export import export_base as exporter_export_base
     except ImportError:
-        exporter_export_base = None
+        return None
+    return exporter_export_base
+
+
+def export_base(base_dir: str | Path, out_dir: str | Path, opset: int = 20, threads: int = 1) -> Path:
+    """Export the plain base model of `base_dir` to `out_dir` (docs/FORMAT.md folder, `hoe.enabled` false)."""
+    exporter_export_base = _exporter()
     if exporter_export_base is not None:
-        exporter_export_base(base_dir, out_dir)
+        from hoe.export.onnx_export import ExportConfig
+
+        exporter_export_base(base_dir, out_dir, ExportConfig(opset=opset, threads=threads))
         return Path(out_dir)
     log.info("hoe.export has no export_base: exporting the base graph with torch.onnx here")
     return _export_base_here(Path(base_dir), Path(out_dir), opset)
