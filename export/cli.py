@@ -1,0 +1,81 @@
+"""`hoe export` and `hoe trt-check` (torch imported only when they run)."""
+
+from __future__ import annotations
+
+EXPORT_HELP = """\
+Export a base model and a HoE checkpoint to an ONNX folder for the runtime: base weights baked in,
+LoRA experts and routers as graph inputs (swap them without re-export), KV cache in/out, and
+hoe_config.json describing every input/output. The export ends with a static TensorRT 10.3
+readiness check and a parity check (onnxruntime CPU vs PyTorch, prefill + decode steps, batch 2
+with left padding, 3 preferences) written to OUT/validation.json; exit status 1 if it fails."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="export base + HoE checkpoint to ONNX (validated against PyTorch)",
+                       description=EXPORT_HELP)
+    p.add_argument("--base", required=True, metavar="BASE_DIR", help="Hugging Face base model folder (safetensors)")
+    p.add_argument("--hoe", metavar="CKPT_DIR", help="HoE checkpoint folder (hoe.json, experts/routers safetensors)")
+    p.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder (refused if it exists, see --force)")
+    p.add_argument("--opset", type=int, default=20, help="ONNX opset (default 20; 18-20 for TensorRT 10.3)")
+    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
+                   help="fp32, or fp16 weights/activations with softmax, norms and router softmax in fp32")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime vs PyTorch parity check")
+    p.add_argument("--no-experts", action="store_true",
+                   help="export the plain base graph (no router_mix, no expert/router inputs) for baselines")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for the validation (default 2)")
+    p.set_defaults(func=_export)
+
+    t = sub.add_parser("trt-check", help="static TensorRT 10.3 readiness check of an ONNX file or exported folder",
+                       description="Check op types, domains, dtypes and constant-input restrictions of an "
+                                   "ONNX graph against TensorRT 10.3's ONNX parser (no TensorRT needed).")
+    t.add_argument("path", help="model.onnx or an exported folder")
+    t.set_defaults(func=_trt_check)
+
+
+def _export(args) -> int:
+    from .onnx_export import ExportConfig, export
+    from .validate import ParityError, format_report
+
+    if not args.hoe and not args.no_experts:
+        print("hoe export: error: --hoe CKPT_DIR is required unless --no-experts")
+        return 2
+    config = ExportConfig(opset=args.opset, dtype=args.dtype, experts=not args.no_experts,
+                          validate=not args.no_validate, force=args.force, threads=args.threads)
+    try:
+        result = export(args.base, args.hoe, args.out, config)
+    except ParityError as e:
+        print(f"hoe export: validation failed: {e}")
+        return 1
+    _print_result(result, format_report)
+    return 0
+
+
+def _print_result(result, format_report) -> None:
+    total = sum(result.seconds.values())
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
+    print(f"exported {result.out_dir} in {total:.1f}s ({stages})")
+    for name, size in result.file_sizes.items():
+        print(f"  {name:<28} {size / 1e6:10.2f} MB")
+    ops = ", ".join(f"{k} {v}" for k, v in result.trt["op_counts"].items())
+    print(f"TensorRT {result.trt['trt_version']} readiness: {'READY' if result.trt['ready'] else 'NOT READY'}")
+    for problem in result.trt["problems"]:
+        print(f"  - {problem}")
+    print(f"ops: {ops}")
+    if result.validation is not None:
+        print(format_report(result.validation))
+    else:
+        print("validation skipped (--no-validate)")
+
+
+def _trt_check(args) -> int:
+    from pathlib import Path
+
+    from .manifest import MODEL_FILE
+    from .trt_ops import check_model
+
+    path = Path(args.path)
+    report = check_model(path / MODEL_FILE if path.is_dir() else path)
+    print(report.summary())
+    print("ops: " + ", ".join(f"{k} {v}" for k, v in report.op_counts.items()))
+    return 0 if report.ready else 1

@@ -1,0 +1,256 @@
+"""Parity of an exported folder with the PyTorch reference: onnxruntime CPU vs hoe.core's HoEModel.
+
+For each case (a pair of preferences, one per batch row, routed on the host by hoe.core.routing):
+
+    batch 2, left padding ─► prefill (empty past [B,Hkv,0,D]) ─► N decode steps through the KV cache
+    torch: HoEModel + DynamicCache          ORT: model.onnx fed by its own present.* outputs
+
+Both are fed the same tokens (PyTorch's greedy choice), so one early difference cannot hide later
+ones. Compared are the logits of real (unpadded) positions and the present K/V of real columns;
+padded positions are garbage on both sides by design. `max_rel` is max|ort - torch| / max|torch|.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from hoe.core.config import JsonConfig, atomic_write_text
+from hoe.core.errors import HoEError
+from hoe.core.routing import route
+
+from . import manifest as mf
+from .io_spec import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, ROUTER_MIX
+
+log = logging.getLogger(__name__)
+
+
+class ParityError(HoEError):
+    """The exported graph does not reproduce the PyTorch reference within tolerance."""
+
+
+@dataclass
+class ValidationConfig(JsonConfig):
+    """What the parity check runs."""
+
+    decode_steps: int = 5  # decode steps after the prefill
+    prompt_lengths: list[int] = field(default_factory=lambda: [7, 4])  # one row each, left padded
+    preferences: list[list[float]] | None = None  # default: vertex, uniform, a skewed interior point
+    seed: int = 0
+    tol_fp32: float = 1e-4  # max abs logits diff allowed for fp32 exports
+    tol_fp16: float = 2e-2  # fp16: max abs logits diff allowed, relative to max |logit|
+    threads: int = 2
+
+
+def default_preferences(m: int) -> list[list[float]]:
+    """A vertex, the uniform point, and one skewed interior point (weights ∝ m, m-1, ..., 1)."""
+    skew = np.arange(m, 0, -1, dtype=float)
+    return [np.eye(m)[0].tolist(), [1.0 / m] * m, (skew / skew.sum()).tolist()]
+
+
+def validate_export(folder, base_dir, ckpt_dir, config: ValidationConfig | None = None) -> dict:
+    """Run the parity check on exported `folder`; write and return validation.json's content."""
+    config = config or ValidationConfig()
+    folder = Path(folder)
+    manifest = mf.load_manifest(folder)
+    dtype = manifest["model"]["dtype"]
+    ref = _Reference(base_dir, ckpt_dir, dtype, config.threads)
+    ort = _OrtModel(folder, manifest, config.threads)
+    stats = _Stats()
+    cases = []
+    for mix, prefs in _cases(manifest, config):
+        cases.append({"preferences": prefs, "router_mix": None if mix is None else mix.tolist(),
+                      **_run_case(ref, ort, mix, manifest, config, stats)})
+    report = _report(stats, cases, manifest, config)
+    atomic_write_text(folder / mf.VALIDATION_FILE, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def format_report(report: dict) -> str:
+    """Per-output max abs / rel diff table (present K/V summarised by their worst layer)."""
+    lines = [f"validation ({report['dtype']}, {report['n_cases']} cases x {report['steps_per_case']} steps): "
+             f"{'PASSED' if report['passed'] else 'FAILED'}  max abs logits {report['max_abs_logits']:.3g} "
+             f"(tolerance {report['tolerance']:.3g}), greedy agreement {report['argmax_agreement']:.3f}"]
+    outputs = report["outputs"]
+    groups = {"logits": [LOGITS], "present.*.key": [n for n in outputs if n.endswith(".key")],
+              "present.*.value": [n for n in outputs if n.endswith(".value")]}
+    for label, names in groups.items():
+        if names:
+            worst = max(names, key=lambda n: outputs[n]["max_abs"])
+            lines.append(f"  {label:<16} max abs {outputs[worst]['max_abs']:.3g}  max rel "
+                         f"{max(outputs[n]['max_rel'] for n in names):.3g}  (worst: {worst})")
+    if report.get("vs_fp32"):
+        lines.append(f"  vs fp32 PyTorch  max abs logits {report['vs_fp32']['max_abs_logits']:.3g}, "
+                     f"greedy agreement {report['vs_fp32']['argmax_agreement']:.3f}")
+    for note in report.get("not_validated", []):
+        lines.append(f"  not validated: {note}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- the two sides
+
+
+class _Reference:
+    """PyTorch side: HoEModel (or the plain base model) in the export's dtype."""
+
+    def __init__(self, base_dir, ckpt_dir, dtype: str, threads: int) -> None:
+        import torch
+        from hoe.core.loading import load_base, load_hoe
+
+        torch.set_num_threads(threads)
+        self.hoe = ckpt_dir is not None
+        self.model = load_hoe(base_dir, ckpt_dir, dtype) if self.hoe else load_base(base_dir, dtype)
+        self.model.eval()
+
+    def step(self, ids, mask, pos, mix, cache):
+        """-> logits [B,T,V] float64 numpy, cache, presents (list of [B,Hkv,P+T,D] numpy)."""
+        import torch
+
+        args = dict(attention_mask=torch.from_numpy(mask), position_ids=torch.from_numpy(pos), cache=cache)
+        with torch.no_grad():
+            if self.hoe:
+                logits, cache = self.model(torch.from_numpy(ids), torch.from_numpy(mix), **args)
+            else:
+                from hoe.core.model import cache_kwarg, output_cache
+
+                cache_arg = {cache_kwarg(self.model): args.pop("cache")}
+                out = self.model(input_ids=torch.from_numpy(ids), use_cache=True, **args, **cache_arg)
+                logits, cache = out.logits, output_cache(out)
+        presents = [t.float().numpy() for layer in cache.layers for t in (layer.keys, layer.values)]
+        return logits.double().numpy(), cache, presents
+
+
+class _OrtModel:
+    """onnxruntime CPU side, fed the experts/routers shipped in the folder."""
+
+    def __init__(self, folder: Path, manifest: dict, threads: int) -> None:
+        import onnxruntime as ort
+        from safetensors.numpy import load_file
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(folder / manifest["model"]["file"]), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.static = {}
+        for key in ("experts", "routers"):
+            if manifest["files"].get(key):
+                self.static.update(load_file(str(folder / manifest["files"][key])))
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.num_layers = manifest["architecture"]["num_layers"]
+        self.past_names = [manifest["kv_cache"][k] % i for i in range(self.num_layers)
+                           for k in ("past_key", "past_value")]
+
+    def step(self, ids, mask, pos, mix, past):
+        feed = {INPUT_IDS: ids, ATTENTION_MASK: mask, POSITION_IDS: pos, **dict(zip(self.past_names, past)),
+                **self.static}
+        if mix is not None:
+            feed[ROUTER_MIX] = mix
+        out = dict(zip(self.output_names, self.session.run(None, feed)))
+        return out
+
+
+# ---------------------------------------------------------------------------- cases and comparison
+
+
+def _cases(manifest: dict, config: ValidationConfig):
+    """(router_mix [2,K] float32 or None, [pref row 0, pref row 1]) per case."""
+    hoe = manifest["hoe"]
+    if not hoe.get("enabled", True):
+        return [(None, None)]
+    prefs = config.preferences or default_preferences(len(hoe["objectives"]))
+    out = []
+    for i, pref in enumerate(prefs):
+        pair = [pref, prefs[(i + 1) % len(prefs)]]
+        mix = np.stack([route(p, hoe["anchors"], hoe["n_route"]) for p in pair]).astype(np.float32)
+        out.append((mix, pair))
+    return out
+
+
+def _prompt(manifest: dict, config: ValidationConfig):
+    """Left-padded batch: ids [B,T], mask [B,T] (row b has prompt_lengths[b] real tokens)."""
+    rng = np.random.default_rng(config.seed)
+    lengths = config.prompt_lengths
+    t = max(lengths)
+    vocab = manifest["architecture"]["vocab_size"]
+    ids = rng.integers(0, vocab, size=(len(lengths), t)).astype(np.int64)
+    mask = np.zeros((len(lengths), t), dtype=np.int64)
+    for row, n in enumerate(lengths):
+        mask[row, t - n:] = 1
+        ids[row, : t - n] = manifest["tokens"]["pad_token_id"]
+    return ids, mask
+
+
+def _positions(mask: np.ndarray, new: int) -> np.ndarray:
+    return np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, -new:].astype(np.int64)
+
+
+def _run_case(ref: _Reference, ort: _OrtModel, mix, manifest: dict, config: ValidationConfig, stats) -> dict:
+    ids, mask = _prompt(manifest, config)
+    b = ids.shape[0]
+    kv = manifest["inputs"][manifest["kv_cache"]["past_key"] % 0]
+    np_dtype = np.float16 if kv["dtype"] == "float16" else np.float32
+    past = [np.zeros((b, kv["shape"][1], 0, kv["shape"][3]), dtype=np_dtype) for _ in ort.past_names]
+    cache, steps, agree = None, [], []
+    for step in range(config.decode_steps + 1):
+        pos = _positions(mask, ids.shape[1])
+        ref_logits, cache, ref_present = ref.step(ids, mask, pos, mix, cache)
+        out = ort.step(ids, mask, pos, mix, past)
+        real = mask[:, -ids.shape[1]:].astype(bool)  # [B,T] unpadded new positions
+        diffs = {LOGITS: stats.add(LOGITS, out[LOGITS][real], ref_logits[real])}
+        cols = mask.astype(bool)  # [B,P+T] real cache columns
+        for name, ref_t in zip(ort.output_names[1:], ref_present):
+            got = np.moveaxis(out[name], 2, 1)[cols]  # [n_real, Hkv, D]
+            diffs[name] = stats.add(name, got, np.moveaxis(ref_t, 2, 1)[cols])
+        agree += list(out[LOGITS][:, -1].argmax(-1) == ref_logits[:, -1].argmax(-1))
+        steps.append({"step": step, "new_tokens": int(ids.shape[1]), "logits": diffs[LOGITS],
+                      "present_max_abs": max((d["max_abs"] for n, d in diffs.items() if n != LOGITS), default=0.0)})
+        past = [out[n] for n in ort.output_names[1:]]
+        ids = ref_logits[:, -1].argmax(-1)[:, None].astype(np.int64)  # the same next token on both sides
+        mask = np.concatenate([mask, np.ones((b, 1), dtype=np.int64)], axis=1)
+    stats.agree += agree
+    return {"steps": steps, "argmax_agreement": float(np.mean(agree))}
+
+
+class _Stats:
+    """Worst max-abs / max-rel diff per output over every comparison."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[str, dict[str, float]] = {}
+        self.agree: list[bool] = []
+
+    def add(self, name: str, got: np.ndarray, want: np.ndarray) -> dict[str, float]:
+        got, want = got.astype(np.float64), want.astype(np.float64)
+        max_abs = float(np.max(np.abs(got - want))) if got.size else 0.0
+        if not np.all(np.isfinite(got)):
+            max_abs = float("inf")
+        scale = float(np.max(np.abs(want))) if want.size else 0.0
+        d = {"max_abs": max_abs, "max_rel": max_abs / scale if scale > 0 else max_abs}
+        old = self.outputs.setdefault(name, {"max_abs": 0.0, "max_rel": 0.0})
+        old["max_abs"], old["max_rel"] = max(old["max_abs"], d["max_abs"]), max(old["max_rel"], d["max_rel"])
+        return d
+
+
+def _report(stats: _Stats, cases: list, manifest: dict, config: ValidationConfig) -> dict:
+    dtype = manifest["model"]["dtype"]
+    logits = stats.outputs[LOGITS]
+    if dtype == "fp32":
+        tolerance, measure = config.tol_fp32, logits["max_abs"]
+        not_validated = []
+    else:
+        scale = logits["max_abs"] / logits["max_rel"] if logits["max_rel"] > 0 else 1.0
+        tolerance, measure = config.tol_fp16 * max(scale, 1.0), logits["max_abs"]
+        not_validated = [
+            "fp16 arithmetic of GPU kernels: onnxruntime CPU runs ops that lack fp16 CPU kernels in fp32 "
+            "between casts, so GPU/TensorRT fp16 accumulation is not reproduced here",
+            "TensorRT engine build and run (TensorRT is not installable on this machine)"]
+    return {"passed": bool(np.isfinite(measure) and measure <= tolerance), "dtype": dtype,
+            "max_abs_logits": logits["max_abs"], "max_rel_logits": logits["max_rel"], "tolerance": tolerance,
+            "argmax_agreement": float(np.mean(stats.agree)), "n_cases": len(cases),
+            "steps_per_case": config.decode_steps + 1, "batch": len(config.prompt_lengths),
+            "prompt_lengths": config.prompt_lengths, "outputs": stats.outputs, "cases": cases,
+            "not_validated": not_validated, "config": config.to_dict()}
