@@ -13,6 +13,7 @@ routers are constant), so those points are decoded once and reported for both (m
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -82,11 +83,12 @@ class Runner:
         self.cache = cache or AnswerCache(None, {})
         self.seconds: dict[str, float] = {}
 
-    def single(self, system: str, model, prompts: list[list[int]], mixes=None, tensors=None) -> list[str]:
-        """One stream per row; mixes [R, K] for a HoE model."""
+    def single(self, system: str, model, prompts: list[list[int]], mixes=None, tensors=None,
+               tag: str = "") -> list[str]:
+        """One stream per row; mixes [R, K] for a HoE model; `tag` names the weights in the cache keys."""
         t0, texts = time.perf_counter(), []
         for s in tqdm(range(0, len(prompts), self.batch_rows), desc=f"pareto {system}", unit="batch"):
-            key = f"{system}:{s}"
+            key = f"{system}:{tag}:{s}"
             if self.cache.get(key) is None:
                 chunk = prompts[s:s + self.batch_rows]
                 mix = None if mixes is None else mixes[s:s + self.batch_rows]
@@ -99,14 +101,15 @@ class Runner:
         self.seconds[system] = self.seconds.get(system, 0.0) + time.perf_counter() - t0
         return texts
 
-    def mod(self, model, prompts: list[list[int]], points: list[list[float]], tensors, chunk: int) -> list[list[str]]:
+    def mod(self, model, prompts: list[list[int]], points: list[list[float]], tensors, chunk: int,
+            tag: str = "") -> list[list[str]]:
         """MOD answers [point][prompt]: each (prompt, expert) prefilled once and shared by every point."""
         m = len(points[0])
         t0 = time.perf_counter()
         texts = [[None] * len(prompts) for _ in points]
         for s in tqdm(range(0, len(prompts), chunk), desc="pareto mod", unit="batch"):
             block = prompts[s:s + chunk]
-            cached = self.cache.get(f"mod:{s}")
+            cached = self.cache.get(f"mod:{tag}:{s}")
             if cached is not None:
                 for pi in range(len(points)):
                     texts[pi][s:s + len(block)] = cached[pi]
@@ -127,15 +130,18 @@ class Runner:
             for pi in range(len(points)):
                 for j in range(len(block)):
                     texts[pi][s + j] = self.codec.decode(answers[pi * len(block) + j])
-            self.cache.put(f"mod:{s}", [texts[pi][s:s + len(block)] for pi in range(len(points))])
+            self.cache.put(f"mod:{tag}:{s}", [texts[pi][s:s + len(block)] for pi in range(len(points))])
         self.seconds["mod"] = time.perf_counter() - t0
         return texts
 
 
-def checkpoint_key(ckpt_dir: Path) -> str:
-    from hoe.core.demo import content_key
-
-    return content_key(*(ckpt_dir / n for n in ("hoe.json", "experts.safetensors", "routers.safetensors")))
+def tensors_key(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of tensors by name and value (what a cached answer depends on, whatever folder holds them)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def trained_weight(mix: np.ndarray, n_objectives: int) -> float:
@@ -162,7 +168,9 @@ def evaluate(cfg) -> dict:
     ids = [codec.prompt_ids(p) for p in prompts]
     m, n = hc.n_objectives, len(prompts)
     grid = simplex_grid(m, cfg.grid_steps)
-    identity = {"config": _public(cfg), "checkpoint": checkpoint_key(ckpt_dir), "prompts": prompts}
+    # Cache keys carry the hash of the weights each system runs on, so static/MOD/expert answers computed
+    # with the same experts (e.g. before the routers were trained) are reused.
+    identity = {"config": {k: v for k, v in _public(cfg).items() if k != "checkpoint"}, "prompts": prompts}
     work = Path(cfg.work) if cfg.work else None
     runner = Runner(codec, cfg.max_new_tokens, cfg.batch_rows, AnswerCache(work and work / "answers.json", identity))
     static = static_tensors(model)
@@ -174,20 +182,21 @@ def evaluate(cfg) -> dict:
 
     answers["base"] = [runner.single("base", plain, ids)]
     p_ids, p_mix = rows_for(grid, [route(p, np.eye(m)) for p in grid])
-    flat = runner.single("static", model, p_ids, p_mix, tensors=static)
+    static_tag, hoe_tag = tensors_key(static), tensors_key(model.named_tensors())
+    flat = runner.single("static", model, p_ids, p_mix, tensors=static, tag=static_tag)
     answers["static"] = [flat[i * n:(i + 1) * n] for i in range(len(grid))]
     hoe_mix = [route(p, hc.anchors, hc.n_route) for p in grid]
     own = [i for i, mx in enumerate(hoe_mix) if trained_weight(mx, m) > 1e-9]
     answers["hoe"] = list(answers["static"])
     if own:
         p_ids, p_mix = rows_for(own, [hoe_mix[i] for i in own])
-        flat = runner.single("hoe", model, p_ids, p_mix)
+        flat = runner.single("hoe", model, p_ids, p_mix, tag=hoe_tag)
         for k, i in enumerate(own):
             answers["hoe"][i] = flat[k * n:(k + 1) * n]
     vertices = [i for i, p in enumerate(grid) if max(p) == 1.0]
     mixed = [i for i in range(len(grid)) if i not in vertices]
     answers["mod"] = list(answers["static"])  # at a vertex MOD is the expert alone
-    for i, texts in zip(mixed, runner.mod(model, ids, [grid[i] for i in mixed], static, cfg.mod_chunk)):
+    for i, texts in zip(mixed, runner.mod(model, ids, [grid[i] for i in mixed], static, cfg.mod_chunk, static_tag)):
         answers["mod"][i] = texts
 
     def mean_rewards(texts):

@@ -136,3 +136,41 @@ def test_pareto_resumes_from_decoded_batches(tiny, monkeypatch):
     cfg.max_new_tokens = 6  # another run identity: the cache is not used
     with pytest.raises(AssertionError, match="resume cache"):
         run(cfg, tmp / "out4")
+
+
+def test_pareto_reuses_static_answers_when_only_routers_change(tiny, monkeypatch):
+    import shutil
+
+    import hoe.bench.pareto_eval as pe
+    from safetensors.torch import load_file, save_file
+
+    tmp, base_dir = tiny
+    prompts = write_prompts(tmp / "heldout3.jsonl")
+    cfg = ParetoConfig(checkpoint=str(tmp / "ckpt"), base=str(base_dir), prompts=str(prompts), n_prompts=3,
+                       grid_steps=3, max_new_tokens=4, batch_rows=8, mod_chunk=3, work=str(tmp / "work3"))
+    run(cfg, tmp / "o1")
+    other = tmp / "ckpt_routers_changed"
+    shutil.copytree(tmp / "ckpt", other)
+    routers = load_file(str(other / "routers.safetensors"))
+    for k, v in routers.items():
+        if k.endswith(".bias"):
+            v[3] += 1.0  # the interior router only
+    save_file(routers, str(other / "routers.safetensors"))
+    systems = []
+    real_single = pe.Runner.single
+
+    def spy(self, system, *args, **kwargs):
+        systems.append(system)
+        return real_single(self, system, *args, **kwargs)
+
+    monkeypatch.setattr(pe.Runner, "single", spy)
+    monkeypatch.setattr(pe, "decode", lambda *a, **k: [[] for _ in range(a[4])])
+    cfg.checkpoint = str(other)
+    run(cfg, tmp / "o2")
+    # every system is asked, but only HoE's interior rows reach the decoder (the rest hit the cache)
+    assert systems == ["base", "static", "hoe"]
+    data = json.loads((tmp / "o2" / "pareto.json").read_text())
+    centre = [i for i, p in enumerate(data["grid"]) if min(p) > 0][0]
+    assert data["systems"]["hoe"]["points"][centre]["rewards"][2] == 1.0  # empty answers from the stub decoder
+    assert data["systems"]["static"]["points"][centre]["rewards"][2] < 1.0  # cached real answers
+    assert data["systems"]["mod"]["points"][centre]["rewards"][2] < 1.0  # MOD came from the cache too
