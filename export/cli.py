@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 
 def _export(args) -> int:
-    from .onnx_export import ExportConfig, export
+    from .onnx_export import ExportConfig, export, export_base
     from .validate import ParityError, format_report
 
     if not args.hoe and not args.no_experts:
@@ -43,7 +43,10 @@ def _export(args) -> int:
     config = ExportConfig(opset=args.opset, dtype=args.dtype, experts=not args.no_experts,
                           validate=not args.no_validate, force=args.force, threads=args.threads)
     try:
-        result = export(args.base, args.hoe, args.out, config)
+        if args.no_experts:
+            result = export_base(args.base, args.out, config, ckpt_dir=args.hoe)
+        else:
+            result = export(args.base, args.hoe, args.out, config)
     except ParityError as e:
         print(f"hoe export: validation failed: {e}")
         return 1

@@ -1,16 +1,17 @@
 """Expand every `hoe::LoraSite(x, y)` marker of a traced base graph into HoE's routed expert mixture.
 
 The base model is traced once with each target linear wrapped as `y = W·x` followed by a marker
-node (graph.py). Here each marker becomes, with the expert and router tensors as graph inputs:
+node (graph.py). Here each marker becomes, with the expert and router tensors as graph inputs,
+a computation in "tokens last" layout (N = B·T columns), so every weight is used as stored —
+no per-step copy, transpose or reshape of an expert or router tensor:
 
-    x [B,T,in] ─► x2 [N,in] ─► Gemm(Wᵀ)+b ─► [N,K,E] + mask_bias ─► softmax_E (fp32) ─┐
-                                                           router_mix [N,K,1] ──────────┴► Σ_K ─► g [N,E]
-    x2 ─► Gemm(A_catᵀ) [N,E·r] ─► [N,E,r] ⊙ (g·s)[N,E,1] ─► ᵀ [E,r,N] ─► B @ · [E,out,N] ─► Σ_E [out,N]
+    x [B,T,in] ─► xᵀ [in,N] ─► W [K,E,in] @ xᵀ + b ─► [K,E,N] + mask_bias ─► softmax_E (fp32)
+                                   router_mix per token [K,1,N] ─► Σ_K ─► gᵀ [E,N] · s [E,1]
+    A [E,r,in] @ xᵀ ─► [E,r,N] ⊙ (g·s)ᵀ[E,1,N] ─► B [E,out,r] @ · ─► [E,out,N] ─► Σ_E ─► [out,N]
         ─► ᵀ [N,out] ─► [B,T,out] ─► z = y + Δy
 
-N = B·T. No weight is transposed or copied at run time (Gemm transB, B used as stored [E,out,r]).
-What every module shares is built once: mask_bias [K,E] (0 / -inf), router_mix per token
-[N,K,1], the [-1,K,E] and [-1,E,r] shapes and the [B,T,out] shapes per `out`.
+What every module shares is built once: mask_bias [K,E,1] (0 / -inf), router_mix per token
+[K,1,N], the [B,T,out] shapes per `out`; CSE later shares xᵀ among modules that read the same x.
 Numerics follow hoe.core.model.routed_gates/lora_mixture: router logits in the model dtype, then
 softmax and gate arithmetic in fp32, cast back to the model dtype before the expert matmuls.
 """
@@ -37,11 +38,12 @@ def find_sites(graph: ir.Graph) -> dict[str, ir.Node]:
     return {n.attributes["module"].as_string(): n for n in graph if (n.domain, n.op_type) == (SITE_DOMAIN, SITE_OP)}
 
 
-class _Builder:
+class GraphBuilder:
     """Appends nodes before an anchor node; caches constants and shared sub-graphs."""
 
-    def __init__(self, graph: ir.Graph, dtype: str) -> None:
+    def __init__(self, graph: ir.Graph, dtype: str, prefix: str = "hoe") -> None:
         self.graph = graph
+        self.prefix = prefix
         self.dtype = _DTYPES[dtype]
         self.nodes: list[ir.Node] = []
         self.consts: dict[tuple, ir.Value] = {}
@@ -51,7 +53,7 @@ class _Builder:
         self.count += 1
         node = ir.Node("", op_type, inputs, attributes=[ir.convenience.convert_attribute(k, v)
                                                         for k, v in attrs.items()],
-                       name=f"hoe/{op_type}_{self.count}")
+                       name=f"{self.prefix}/{op_type}_{self.count}")
         self.nodes.append(node)
         return node.outputs[0]
 
@@ -59,7 +61,7 @@ class _Builder:
         array = np.asarray(value, dtype=dtype)
         key = (array.dtype.str, array.shape, array.tobytes())
         if key not in self.consts:
-            name = f"hoe_const_{len(self.consts)}"
+            name = f"{self.prefix}_const_{len(self.consts)}"
             v = ir.Value(name=name, const_value=ir.tensor(array, name=name))
             self.graph.register_initializer(v)
             self.consts[key] = v
@@ -73,21 +75,20 @@ class _Builder:
 class _Shared:
     """Values every HoE module reads, computed once at the top of the graph."""
 
-    def __init__(self, b: _Builder, input_ids: ir.Value, router_mix: ir.Value, mask: ir.Value,
-                 first_lora_a: ir.Value) -> None:
+    def __init__(self, b: GraphBuilder, input_ids: ir.Value, router_mix: ir.Value, mask: ir.Value) -> None:
         fp32 = ir.DataType.FLOAT
         self.b = b
-        # mask_bias [K,E]: 0 where router k may route to expert j, -inf elsewhere (exact zeros after softmax)
-        self.mask_bias = b.op("Where", [b.op("Greater", [mask, b.const(0.0, np.float32)]),
-                                        b.const(0.0, np.float32), b.const(-np.inf, np.float32)])
-        self.ke_shape = b.op("Concat", [b.const([-1]), b.op("Shape", [mask])], axis=0)  # [-1,K,E]
-        self.er_shape = b.op("Concat", [b.const([-1]), b.op("Shape", [first_lora_a], start=0, end=2)], axis=0)
+        # mask_bias [K,E,1]: 0 where router k may route to expert j, -inf elsewhere (exact zeros after softmax)
+        bias = b.op("Where", [b.op("Greater", [mask, b.const(0.0, np.float32)]),
+                              b.const(0.0, np.float32), b.const(-np.inf, np.float32)])
+        self.mask_bias = b.op("Unsqueeze", [bias, b.const([2])])
         self.bt = b.op("Shape", [input_ids])  # [B,T]
-        # router_mix [B,K] -> per token [N,K,1]
+        # router_mix [B,K] -> per token, tokens last: [K,1,N]
         btk = b.op("Concat", [self.bt, b.op("Shape", [router_mix], start=1)], axis=0)
         mix = b.op("Expand", [b.op("Unsqueeze", [router_mix, b.const([1])]), btk])  # [B,T,K]
         mix = b.op("Reshape", [mix, b.op("Concat", [b.const([-1]), b.op("Shape", [router_mix], start=1)], axis=0)])
-        self.mix = b.op("Unsqueeze", [b.op("Cast", [mix], to=fp32), b.const([2])])  # [N,K,1] fp32
+        mix = b.op("Transpose", [b.op("Cast", [mix], to=fp32)], perm=[1, 0])  # [K,N]
+        self.mix = b.op("Unsqueeze", [mix, b.const([1])])  # [K,1,N] fp32
         self.out_shapes: dict[int, ir.Value] = {}
 
     def out_shape(self, d_out: int) -> ir.Value:
@@ -96,26 +97,23 @@ class _Shared:
         return self.out_shapes[d_out]
 
 
-def _expand_site(b: _Builder, shared: _Shared, site: ir.Node, t: dict[str, ir.Value], d_in: int, d_out: int):
+def _expand_site(b: GraphBuilder, shared: _Shared, site: ir.Node, t: dict[str, ir.Value], d_in: int, d_out: int):
     """Nodes computing z = y + Δy for one module (see the module docstring). Returns z."""
     fp32 = ir.DataType.FLOAT
     x, y = site.inputs[0], site.inputs[1]
-    flat = b.const([-1, d_in])
-    x2 = b.op("Reshape", [x, flat])  # [N,in]
-    w = b.op("Reshape", [t["weight"], flat])  # [K*E,in]
-    bias = b.op("Reshape", [t["bias"], b.const([-1])])  # [K*E]
-    logits = b.op("Reshape", [b.op("Gemm", [x2, w, bias], transB=1), shared.ke_shape])  # [N,K,E]
+    xt = b.op("Transpose", [b.op("Reshape", [x, b.const([-1, d_in])])], perm=[1, 0])  # [in,N]
+    bias = b.op("Unsqueeze", [t["bias"], b.const([2])])  # [K,E,1]
+    logits = b.op("Add", [b.op("MatMul", [t["weight"], xt]), bias])  # [K,E,N]
     if b.dtype != fp32:
         logits = b.op("Cast", [logits], to=fp32)
-    probs = b.op("Softmax", [b.op("Add", [logits, shared.mask_bias])], axis=-1)  # [N,K,E] fp32
-    gates = b.op("ReduceSum", [b.op("Mul", [probs, shared.mix]), b.const([1])], keepdims=0)  # [N,E]
+    probs = b.op("Softmax", [b.op("Add", [logits, shared.mask_bias])], axis=1)  # [K,E,N] fp32
+    gates = b.op("ReduceSum", [b.op("Mul", [probs, shared.mix]), b.const([0])], keepdims=0)  # [E,N]
     scaling = t["scaling"] if b.dtype == fp32 else b.op("Cast", [t["scaling"]], to=fp32)
-    gs = b.op("Mul", [gates, scaling])  # [N,E] fp32
+    gs = b.op("Mul", [gates, b.op("Unsqueeze", [scaling, b.const([1])])])  # [E,N] fp32
     if b.dtype != fp32:
         gs = b.op("Cast", [gs], to=b.dtype)
-    h = b.op("Gemm", [x2, b.op("Reshape", [t["lora_A"], flat])], transB=1)  # [N,E*r]
-    h = b.op("Mul", [b.op("Reshape", [h, shared.er_shape]), b.op("Unsqueeze", [gs, b.const([2])])])  # [N,E,r]
-    y3 = b.op("MatMul", [t["lora_B"], b.op("Transpose", [h], perm=[1, 2, 0])])  # [E,out,N]
+    h = b.op("Mul", [b.op("MatMul", [t["lora_A"], xt]), b.op("Unsqueeze", [gs, b.const([1])])])  # [E,r,N]
+    y3 = b.op("MatMul", [t["lora_B"], h])  # [E,out,N]
     delta = b.op("Transpose", [b.op("ReduceSum", [y3, b.const([0])], keepdims=0)], perm=[1, 0])  # [N,out]
     return b.op("Add", [y, b.op("Reshape", [delta, shared.out_shape(d_out)])])  # [B,T,out]
 
@@ -135,9 +133,9 @@ def insert_experts(model: ir.Model, modules: list[str], specs: list[TensorSpec],
     position = [v.name for v in graph.inputs].index("position_ids") + 1
     graph.inputs.insert(position, mix)
     graph.inputs.extend(inputs.values())
-    b = _Builder(graph, dtype)
+    b = GraphBuilder(graph, dtype)
     first = graph.node(0)
-    shared = _Shared(b, graph.inputs[0], mix, inputs[names.ROUTER_MASK], inputs[names.lora_a(modules[0])])
+    shared = _Shared(b, graph.inputs[0], mix, inputs[names.ROUTER_MASK])
     b.flush_before(first)
     for module in modules:
         site = sites.pop(module)

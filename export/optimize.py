@@ -5,20 +5,27 @@ onnxscript's full `optimize` also runs its pattern rewriter, which took ~8 minut
 does not; we run the folding and the cheap onnx-ir passes only. Folding turns the traced
 `Transpose(W)` of every linear into a pre-transposed initializer, and CSE shares what several
 consumers of one tensor compute (e.g. the [N,in] view of x that q/k/v's expert mixtures all read).
+A transposed weight that is also used untransposed (tied embeddings: `lm_head = embed_tokensᵀ`)
+is not folded (that would store it twice) nor transposed at run time: its MatMul becomes a Gemm
+with transB=1 on the stored weight.
 """
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common
 from onnxscript.optimizer import _constant_folding
+
+from .hoe_graph import GraphBuilder
 
 
 def optimize(model: ir.Model) -> None:
     """Optimise `model` in place."""
     logging.getLogger("onnx_ir.passes.common.initializer_deduplication").setLevel(logging.WARNING)
+    gemm_for_shared_transposes(model)
     fold = ir.passes.PassManager(
         [_constant_folding.FoldConstantsPass(shape_inference=True, input_size_limit=8192, output_size_limit=1 << 18,
                                              should_fold=lambda node: None),
@@ -33,3 +40,38 @@ def optimize(model: ir.Model) -> None:
         common.OutputFixPass(),
         common.NameFixPass(),
     )(model)
+
+
+def gemm_for_shared_transposes(model: ir.Model) -> int:
+    """MatMul(x, Transpose(W)) with W a 2-D initializer used elsewhere too -> Gemm(x2, W, transB=1).
+
+        x [..., D] ─► [N,D] ─► Gemm(W [V,D], transB) [N,V] ─► [..., V]
+    Returns how many MatMuls were rewritten.
+    """
+    graph = model.graph
+    b = GraphBuilder(graph, "float32", prefix="tied")
+    count = 0
+    for node in list(graph):
+        weight = node.inputs[0] if node.op_type == "Transpose" and node.inputs else None
+        if weight is None or weight.const_value is None or len(weight.shape or ()) != 2:
+            continue
+        perm = node.attributes.get("perm")
+        if perm is not None and list(perm.as_ints()) != [1, 0] or len(weight.uses()) < 2:
+            continue
+        for use in list(node.outputs[0].uses()):
+            matmul = use.node
+            if matmul.op_type != "MatMul" or use.idx != 1:
+                continue
+            x = matmul.inputs[0]
+            d_in, d_out = weight.shape[1], weight.shape[0]
+            gemm = b.op("Gemm", [b.op("Reshape", [x, b.const([-1, d_in])]), weight], transB=1)  # [N,V]
+            shape = b.op("Concat", [b.op("Shape", [x], end=-1), b.const(np.array([d_out]))], axis=0)
+            out = b.op("Reshape", [gemm, shape])  # [..., V]
+            b.flush_before(matmul)
+            matmul.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
+            out.name, matmul.outputs[0].name = matmul.outputs[0].name, None
+            graph.remove(matmul, safe=True)
+            count += 1
+        if not node.outputs[0].uses():
+            graph.remove(node, safe=True)
+    return count

@@ -8,6 +8,11 @@ For each case (a pair of preferences, one per batch row, routed on the host by h
 Both are fed the same tokens (PyTorch's greedy choice), so one early difference cannot hide later
 ones. Compared are the logits of real (unpadded) positions and the present K/V of real columns;
 padded positions are garbage on both sides by design. `max_rel` is max|ort - torch| / max|torch|.
+
+Tolerance: fp32 logits may differ by `tol_fp32` (1e-4) times the logit scale max(1, max|logit|);
+fp16 logits by `tol_fp16` (2e-2) times that scale. The scale matters on real models: on
+SmolLM2-135M with random experts (|logits| up to ~35), PyTorch itself moves its logits by 2.7e-4
+between 1 and 2 CPU threads, so an absolute 1e-4 would be below the reference's own reproducibility.
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ class ValidationConfig(JsonConfig):
     prompt_lengths: list[int] = field(default_factory=lambda: [7, 4])  # one row each, left padded
     preferences: list[list[float]] | None = None  # default: vertex, uniform, a skewed interior point
     seed: int = 0
-    tol_fp32: float = 1e-4  # max abs logits diff allowed for fp32 exports
-    tol_fp16: float = 2e-2  # fp16: max abs logits diff allowed, relative to max |logit|
+    tol_fp32: float = 1e-4  # fp32: max abs logits diff allowed, times max(1, max |logit|)
+    tol_fp16: float = 2e-2  # fp16: the same, times max(1, max |logit|)
     threads: int = 2
 
 
@@ -230,26 +235,28 @@ class _Stats:
             max_abs = float("inf")
         scale = float(np.max(np.abs(want))) if want.size else 0.0
         d = {"max_abs": max_abs, "max_rel": max_abs / scale if scale > 0 else max_abs}
-        old = self.outputs.setdefault(name, {"max_abs": 0.0, "max_rel": 0.0})
+        old = self.outputs.setdefault(name, {"max_abs": 0.0, "max_rel": 0.0, "max_ref": 0.0})
         old["max_abs"], old["max_rel"] = max(old["max_abs"], d["max_abs"]), max(old["max_rel"], d["max_rel"])
+        old["max_ref"] = max(old["max_ref"], scale)
         return d
 
 
 def _report(stats: _Stats, cases: list, manifest: dict, config: ValidationConfig) -> dict:
     dtype = manifest["model"]["dtype"]
     logits = stats.outputs[LOGITS]
+    scale = max(1.0, logits["max_ref"])
+    measure = logits["max_abs"]
     if dtype == "fp32":
-        tolerance, measure = config.tol_fp32, logits["max_abs"]
-        not_validated = []
+        tolerance, not_validated = config.tol_fp32 * scale, []
     else:
-        scale = logits["max_abs"] / logits["max_rel"] if logits["max_rel"] > 0 else 1.0
-        tolerance, measure = config.tol_fp16 * max(scale, 1.0), logits["max_abs"]
+        tolerance = config.tol_fp16 * scale
         not_validated = [
             "fp16 arithmetic of GPU kernels: onnxruntime CPU runs ops that lack fp16 CPU kernels in fp32 "
             "between casts, so GPU/TensorRT fp16 accumulation is not reproduced here",
             "TensorRT engine build and run (TensorRT is not installable on this machine)"]
     return {"passed": bool(np.isfinite(measure) and measure <= tolerance), "dtype": dtype,
             "max_abs_logits": logits["max_abs"], "max_rel_logits": logits["max_rel"], "tolerance": tolerance,
+            "logit_scale": logits["max_ref"],
             "argmax_agreement": float(np.mean(stats.agree)), "n_cases": len(cases),
             "steps_per_case": config.decode_steps + 1, "batch": len(config.prompt_lengths),
             "prompt_lengths": config.prompt_lengths, "outputs": stats.outputs, "cases": cases,
