@@ -118,6 +118,7 @@ class Loaded:
         self.load_rss_mb: dict[str, float] = {}
         self.bytes_per_token: dict[str, int] = {}
         self.merger = None
+        self.remerges: list[dict[str, float]] = []  # re-merge timings (the first: the merge made at load)
         self.base_manifest = None
         self.router = None
         self.mix = None
@@ -209,7 +210,8 @@ def _load_merged(cfg, src, preference, work, out):
     experts = load_file(str(hoe_manifest.path("experts")))
     out.merger = Merger(initializers, slots, experts, hoe_manifest.hoe["expert_prefs"])
     del initializers
-    backend, _ = remerge(out.merger, out.base_manifest, backend_config(cfg.threads), preference)
+    backend, times = remerge(out.merger, out.base_manifest, backend_config(cfg.threads), preference)
+    out.remerges.append(times)  # a merge from scratch is a re-merge: it counts as the first sample
     out.bytes_per_token["merged"] = graph_weight_bytes(src.base_export / "model.onnx")
     return BackendSystem("merged", backend, np.zeros(0))
 
@@ -285,8 +287,8 @@ def switch_times(loaded: Loaded, cfg: LatencyConfig, preference) -> dict:
 
         out["hoe"] = summary(time_calls(switch, cfg.switch_repeats, warmup=5))
     if loaded.merger is not None:
-        parts = []
-        for i in range(cfg.remerge_repeats):
+        parts = list(loaded.remerges)
+        for i in range(len(parts), cfg.remerge_repeats):
             backend, times = remerge(loaded.merger, loaded.base_manifest, backend_config(cfg.threads),
                                      prefs[(i + 1) % m].tolist())
             backend.deactivate()

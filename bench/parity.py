@@ -24,7 +24,7 @@ from hoe.core.errors import BackendError, ConfigError
 log = logging.getLogger(__name__)
 
 # Default tolerances per graph dtype: (atol, rtol) on logits.
-TOLERANCES = {"fp32": (1e-4, 1e-5), "fp16": (5e-2, 1e-2), "bf16": (1e-1, 2e-2)}
+TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (5e-2, 1e-2), "bf16": (1e-1, 2e-2)}
 
 
 @dataclass
@@ -323,7 +323,7 @@ def register(subparsers) -> None:
     p.add_argument("--backends", nargs="+", metavar="LABEL", help="only these, e.g. ort:cpu ort:cuda trt")
     p.add_argument("--threads", type=int, default=1, help="ORT intra-op and torch threads (default 1)")
     p.add_argument("--atol", type=float, help="absolute logit tolerance (default by dtype: fp32 1e-4, fp16 5e-2)")
-    p.add_argument("--rtol", type=float, help="relative logit tolerance (default by dtype: fp32 1e-5, fp16 1e-2)")
+    p.add_argument("--rtol", type=float, help="relative logit tolerance (default by dtype: fp32 1e-4, fp16 1e-2)")
     p.add_argument("--greedy-tokens", type=int, default=32, help="greedy agreement length (default 32)")
     p.set_defaults(func=_cli)
 
