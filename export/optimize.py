@@ -5,6 +5,8 @@ onnxscript's full `optimize` also runs its pattern rewriter, which took ~8 minut
 does not; we run the folding and the cheap onnx-ir passes only. Folding turns the traced
 `Transpose(W)` of every linear into a pre-transposed initializer, and CSE shares what several
 consumers of one tensor compute (e.g. the [N,in] view of x that q/k/v's expert mixtures all read).
+Every Softmax on a float16 tensor is computed in float32 (Cast in, Cast back out): the traced
+attention softmax can land in fp16 even where PyTorch asks for `softmax(..., dtype=float32)`.
 A transposed weight that is also used untransposed (tied embeddings: `lm_head = embed_tokensᵀ`)
 is not folded (that would store it twice) nor transposed at run time: its MatMul becomes a Gemm
 with transB=1 on the stored weight.
@@ -26,6 +28,7 @@ def optimize(model: ir.Model) -> None:
     """Optimise `model` in place."""
     logging.getLogger("onnx_ir.passes.common.initializer_deduplication").setLevel(logging.WARNING)
     gemm_for_shared_transposes(model)
+    softmax_in_fp32(model)
     fold = ir.passes.PassManager(
         [_constant_folding.FoldConstantsPass(shape_inference=True, input_size_limit=8192, output_size_limit=1 << 18,
                                              should_fold=lambda node: None),
@@ -74,4 +77,23 @@ def gemm_for_shared_transposes(model: ir.Model) -> int:
             count += 1
         if not node.outputs[0].uses():
             graph.remove(node, safe=True)
+    return count
+
+
+def softmax_in_fp32(model: ir.Model) -> int:
+    """x16 ─► Softmax ─► y16 becomes x16 ─► Cast(fp32) ─► Softmax ─► Cast(fp16) ─► y16. Returns the count."""
+    graph = model.graph
+    b = GraphBuilder(graph, "float32", prefix="fp32softmax")
+    count = 0
+    for node in list(graph):
+        x = node.inputs[0] if node.op_type == "Softmax" and node.domain == "" else None
+        if x is None or x.dtype not in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16):
+            continue
+        axis = node.attributes["axis"].as_int() if "axis" in node.attributes else -1
+        y = b.op("Cast", [b.op("Softmax", [b.op("Cast", [x], to=ir.DataType.FLOAT)], axis=axis)], to=x.dtype)
+        b.flush_before(node)
+        out = node.outputs[0]
+        out.replace_all_uses_with(y, replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        count += 1
     return count

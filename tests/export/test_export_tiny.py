@@ -1,0 +1,248 @@
+"""hoe export on tiny Llama / Qwen2 / Mistral: parity with PyTorch, the contract in hoe_config.json,
+TensorRT readiness, fp16, the plain base graph, expert swap without re-export."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from hoe.core import names
+from hoe.core.errors import CheckpointError, ConfigError, ShapeMismatchError, UnsupportedModelError
+from hoe.export import manifest as mf
+from hoe.export.onnx_export import ExportConfig, export
+from hoe.export.validate import ValidationConfig, validate_export
+
+ARCHS = ("llama", "qwen2", "mistral")
+
+
+def graph_io(out_dir):
+    model = onnx.load(str(out_dir / mf.MODEL_FILE), load_external_data=False)
+    return model, [i.name for i in model.graph.input], [o.name for o in model.graph.output]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_export_matches_pytorch(tiny_export, arch):
+    _, _, out, result = tiny_export(arch)
+    v = json.loads((out / mf.VALIDATION_FILE).read_text())
+    assert v["passed"] and v["max_abs_logits"] < 1e-4, v["max_abs_logits"]
+    assert v["n_cases"] >= 3 and v["steps_per_case"] >= 6 and v["batch"] == 2
+    assert len(set(v["prompt_lengths"])) == 2  # one row is left padded
+    assert all(v["outputs"][n]["max_abs"] < 1e-4 for n in v["outputs"]), v["outputs"]
+    assert v["argmax_agreement"] == 1.0
+    mixes = [np.array(c["router_mix"]) for c in v["cases"]]
+    assert any(not np.allclose(m[0], m[1]) for m in mixes)  # rows route differently
+    assert result.validation["max_abs_logits"] == v["max_abs_logits"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tensorrt_ready(tiny_export, arch):
+    from hoe.export.trt_ops import check_model
+
+    _, _, out, result = tiny_export(arch)
+    report = check_model(out / mf.MODEL_FILE)
+    assert report.ready, report.problems
+    assert result.trt["ready"] and result.trt["op_counts"] == report.op_counts
+    assert report.op_counts["Softmax"] == 2 * 7 + 2  # 7 routers + attention per layer, 2 layers
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_manifest_is_the_graph_contract(tiny_export, arch):
+    _, ckpt_dir, out, _ = tiny_export(arch)
+    manifest = mf.load_manifest(out, verify=True)  # every sha256 checks out
+    _, inputs, outputs = graph_io(out)
+    assert list(manifest["inputs"]) == inputs and list(manifest["outputs"]) == outputs
+    assert inputs[:4] == ["input_ids", "attention_mask", "position_ids", "router_mix"]
+    from safetensors import safe_open
+
+    hoe = manifest["hoe"]
+    for key, declared in (("experts", hoe["expert_inputs"]), ("routers", hoe["router_inputs"])):
+        with safe_open(out / manifest["files"][key], "np") as f:
+            assert sorted(f.keys()) == sorted(declared)
+            for name in declared:
+                spec = manifest["inputs"][name]
+                assert f.get_tensor(name).dtype == np.dtype(spec["dtype"])
+    modules = hoe["target_modules"]
+    assert hoe["expert_inputs"] + hoe["router_inputs"] == names.expert_names(modules) + names.router_names(modules)
+    assert manifest["inputs"][names.lora_a(modules[0])]["shape"][:2] == ["experts", "rank"]
+    assert manifest["inputs"]["router_mix"]["shape"] == ["batch", "routers"]
+    assert manifest["outputs"]["present.0.key"]["shape"][2] == "total_sequence"
+    assert hoe["enabled"] and hoe["n_experts"] == 3 and hoe["n_routers"] == 4
+    assert set(manifest["sha256"]) == {p.name for p in out.iterdir()} - set(mf.UNHASHED)
+    assert (out / mf.HOE_FILE).read_text() == (ckpt_dir / mf.HOE_FILE).read_text()
+
+
+def test_validator_catches_a_wrong_graph_input(tiny_export, tmp_path):
+    """The parity check can fail: experts that differ from the reference's are caught."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    base_dir, ckpt_dir, out, _ = tiny_export("llama")
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    experts = load_file(str(copy / mf.EXPERTS_FILE))
+    name = next(n for n in experts if n.endswith("lora_B"))
+    experts[name] = experts[name] * 1.01
+    save_file(experts, str(copy / mf.EXPERTS_FILE))
+    report = validate_export(copy, base_dir, ckpt_dir, ValidationConfig(threads=1, decode_steps=1))
+    assert not report["passed"] and report["max_abs_logits"] > 1e-4
+
+
+def test_swap_experts_without_reexport(tiny_export, tmp_path):
+    """Same E and r, then a different E, r and K: onnxruntime matches a fresh PyTorch reference."""
+    import shutil
+
+    from hoe.core.loading import load_base
+    from tiny_models import random_hoe_checkpoint
+
+    base_dir, _, out, _ = tiny_export("llama")
+    folder = tmp_path / "swapped"
+    shutil.copytree(out, folder)
+    base = load_base(base_dir)
+    for n_experts, rank, seed in ((3, 4, 1), (2, 3, 2)):
+        ckpt_dir = random_hoe_checkpoint(base, n_experts=n_experts, rank=rank, seed=seed).save(tmp_path / f"c{seed}")
+        manifest = mf.swap_experts(folder, ckpt_dir)
+        assert (manifest["hoe"]["n_experts"], manifest["hoe"]["rank"]) == (n_experts, rank)
+        assert manifest["hoe"]["n_routers"] == n_experts + 1
+        mf.load_manifest(folder, verify=True)
+        report = validate_export(folder, base_dir, ckpt_dir, ValidationConfig(threads=1, decode_steps=5))
+        assert report["passed"] and report["max_abs_logits"] < 1e-4, report["max_abs_logits"]
+
+
+def test_swap_refuses_other_modules(tiny_export, tmp_path):
+    from hoe.core.loading import load_base
+    from hoe.core.model import find_target_modules
+    from tiny_models import random_hoe_checkpoint
+
+    base_dir, _, out, _ = tiny_export("llama")
+    base = load_base(base_dir)
+    ckpt = random_hoe_checkpoint(base, n_experts=2, rank=2, seed=3)
+    keep = find_target_modules(base, ["q_proj", "v_proj"])
+    ckpt.config.target_modules = keep
+    ckpt.experts = {k: v for k, v in ckpt.experts.items() if any(f".{m}." in f".{k}." for m in keep)}
+    ckpt.routers = {k: v for k, v in ckpt.routers.items()
+                    if k == names.ROUTER_MASK or any(f".{m}." in f".{k}." for m in keep)}
+    folder = ckpt.save(tmp_path / "partial")
+    before = (out / mf.MANIFEST_FILE).read_text()
+    with pytest.raises(ShapeMismatchError, match="other modules"):
+        mf.swap_experts(out, folder)
+    assert (out / mf.MANIFEST_FILE).read_text() == before
+
+
+def test_fp16_export(tmp_path, tiny_folders):
+    """fp16 weights/activations; softmax and norm reductions in fp32; parity within fp16 tolerance."""
+    base_dir, ckpt_dir = tiny_folders(tmp_path, "qwen2")
+    result = export(base_dir, ckpt_dir, tmp_path / "out", ExportConfig(dtype="fp16", threads=1))
+    v = result.validation
+    assert v["passed"] and v["dtype"] == "fp16" and v["not_validated"], v
+    assert v["max_rel_logits"] < 2e-2 and v["argmax_agreement"] >= 0.9
+    manifest = mf.load_manifest(tmp_path / "out")
+    assert manifest["inputs"]["past_key_values.0.key"]["dtype"] == "float16"
+    assert manifest["inputs"][names.ROUTER_MASK]["dtype"] == "float32"
+    assert manifest["inputs"]["router_mix"]["dtype"] == "float32"
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "out" / mf.MODEL_FILE),
+                                                        load_external_data=False))
+    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
+    fp32 = onnx.TensorProto.FLOAT
+    softmax_in = [types.get(n.input[0]) for n in model.graph.node if n.op_type == "Softmax"]
+    mean_in = [types.get(n.input[0]) for n in model.graph.node if n.op_type == "ReduceMean"]
+    assert softmax_in and all(t == fp32 for t in softmax_in), softmax_in
+    assert mean_in and all(t == fp32 for t in mean_in), mean_in
+    assert result.trt["ready"], result.trt["problems"]
+
+
+def test_export_base_without_experts(tiny_export, tmp_path, capsys):
+    """`hoe export --no-experts` (export_base): the same graph without router_mix and expert inputs."""
+    from hoe.core.cli import main
+    from hoe.export.trt_ops import check_model
+
+    base_dir, ckpt_dir, _, _ = tiny_export("llama")
+    code = main(["export", "--base", str(base_dir), "--hoe", str(ckpt_dir), "--out", str(tmp_path / "base"),
+                 "--no-experts", "--threads", "1"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "READY" in printed and "validation (fp32" in printed, printed
+    validation = json.loads((tmp_path / "base" / mf.VALIDATION_FILE).read_text())
+    manifest = mf.load_manifest(tmp_path / "base", verify=True)
+    _, inputs, outputs = graph_io(tmp_path / "base")
+    assert "router_mix" not in inputs and not any(n.startswith(("experts.", "routers.")) for n in inputs)
+    assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"] and outputs[0] == "logits"
+    assert manifest["hoe"]["enabled"] is False and manifest["model"]["variant"] == "base"
+    assert "experts" not in manifest["files"]
+    assert validation["passed"] and validation["max_abs_logits"] < 1e-4
+    assert check_model(tmp_path / "base" / mf.MODEL_FILE).ready
+
+
+# ---------------------------------------------------------------------------- refusals before work
+
+
+def test_refuses_existing_out_dir(tiny_export, tmp_path):
+    base_dir, ckpt_dir, _, _ = tiny_export("llama")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(CheckpointError, match="exists"):
+        export(base_dir, ckpt_dir, tmp_path / "out")
+
+
+def test_refuses_unsupported_architecture(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHead"]}))
+    with pytest.raises(UnsupportedModelError, match="gpt2.*supported: llama"):
+        export(tmp_path / "base", None, tmp_path / "out", ExportConfig(experts=False))
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_experts_for_another_base(tiny_export, tmp_path):
+    from tiny_models import tiny_model
+
+    _, ckpt_dir, _, _ = tiny_export("llama")
+    other = tiny_model("llama", seed=5)
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(CheckpointError, match="another base"):
+        export(tmp_path / "other", ckpt_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_bad_config():
+    with pytest.raises(ConfigError, match="opset"):
+        ExportConfig(opset=17)
+    with pytest.raises(ConfigError, match="dtype"):
+        ExportConfig(dtype="bf16")
+
+
+def test_failed_validation_leaves_out_dir_untouched(tmp_path, monkeypatch, tiny_folders):
+    """A parity failure raises ParityError (CLI: exit 1) and keeps the folder aside as OUT.failed."""
+    from hoe.core.cli import main
+    from hoe.export import validate
+
+    class Strict(validate.ValidationConfig):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.tol_fp32 = 0.0
+
+    monkeypatch.setattr(validate, "ValidationConfig", Strict)
+    base_dir, ckpt_dir = tiny_folders(tmp_path, "mistral")
+    code = main(["export", "--base", str(base_dir), "--hoe", str(ckpt_dir), "--out", str(tmp_path / "out")])
+    assert code == 1
+    assert not (tmp_path / "out").exists()
+    report = json.loads((tmp_path / "out.failed" / mf.VALIDATION_FILE).read_text())
+    assert report["passed"] is False and report["tolerance"] == 0.0
+
+
+def test_tied_embeddings_stored_once(tmp_path):
+    """lm_head = embed_tokensᵀ: one weight in the graph, read by Gemm(transB=1), parity holds."""
+    import torch
+    from tiny_models import random_hoe_checkpoint, tiny_config
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config("llama")
+    cfg.tie_word_embeddings = True
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(cfg).eval()
+    base.save_pretrained(tmp_path / "base")
+    ckpt_dir = random_hoe_checkpoint(base, n_experts=2, rank=2, seed=0).save(tmp_path / "hoe")
+    result = export(tmp_path / "base", ckpt_dir, tmp_path / "out", ExportConfig(threads=1))
+    assert result.validation["passed"] and result.validation["max_abs_logits"] < 1e-4
+    model, _, _ = graph_io(tmp_path / "out")
+    vocab_weights = [list(i.dims) for i in model.graph.initializer if cfg.vocab_size in i.dims]
+    assert vocab_weights == [[cfg.vocab_size, cfg.hidden_size]]
+    lm_head = [n for n in model.graph.node if n.op_type == "Gemm"]
+    assert len(lm_head) == 1 and lm_head[0].attribute[0].name == "transB"

@@ -1,0 +1,141 @@
+"""Torch-free parts: I/O shape binding, the manifest's hashing and checks, the TensorRT readiness rules."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from hoe.core.errors import CheckpointError, ConfigError, ShapeMismatchError
+from hoe.export import manifest as mf
+from hoe.export.io_spec import ModelDims, TensorSpec, bind_shapes, expert_tensor_specs, graph_inputs, graph_outputs
+from hoe.export.trt_ops import check_model
+from onnx import TensorProto, helper
+
+
+def test_bind_shapes_checks_fixed_and_symbolic_dims():
+    specs = expert_tensor_specs(["m"], {"m": (8, 6)}, "float32")
+    shapes = {"experts.m.lora_A": (3, 4, 8), "experts.m.lora_B": (3, 6, 4), "experts.m.scaling": (3,),
+              "routers.mask": (5, 3), "routers.m.weight": (5, 3, 8), "routers.m.bias": (5, 3)}
+    assert bind_shapes(specs, shapes) == {"experts": 3, "rank": 4, "routers": 5}
+    with pytest.raises(ShapeMismatchError, match=r"lora_B: expected shape \['experts', 6, 'rank'\], got \[3, 7, 4\]"):
+        bind_shapes(specs, {**shapes, "experts.m.lora_B": (3, 7, 4)})
+    with pytest.raises(ShapeMismatchError, match="'rank' is 2, but experts.m.lora_A has rank=4"):
+        bind_shapes(specs, {**shapes, "experts.m.lora_B": (3, 6, 2)})
+    with pytest.raises(ShapeMismatchError, match="routers.m.bias is missing"):
+        bind_shapes(specs, {k: v for k, v in shapes.items() if k != "routers.m.bias"})
+
+
+def test_graph_io_order_and_names():
+    dims = ModelDims(num_layers=2, num_kv_heads=3, head_dim=4, vocab_size=11, dtype="float16")
+    hoe = expert_tensor_specs(["m"], {"m": (8, 6)}, "float16")
+    names = [s.name for s in graph_inputs(dims, hoe)]
+    assert names[:8] == ["input_ids", "attention_mask", "position_ids", "router_mix", "past_key_values.0.key",
+                         "past_key_values.0.value", "past_key_values.1.key", "past_key_values.1.value"]
+    assert names[8:] == [s.name for s in hoe]
+    assert "router_mix" not in [s.name for s in graph_inputs(dims, None)]
+    outs = graph_outputs(dims)
+    assert outs[0] == TensorSpec("logits", "float16", ("batch", "sequence", 11))
+    assert outs[1].shape == ("batch", 3, "total_sequence", 4)
+
+
+def _folder(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"graph")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    data = {"format_version": 1, "model": {}, "architecture": {}, "inputs": {}, "outputs": {}, "kv_cache": {},
+            "hoe": mf.hoe_section(None, [], []), "files": {}, "tokens": {}, "generation": {}, "tools": {}}
+    return mf.write_manifest(tmp_path, data)
+
+
+def test_manifest_hashes_every_file_and_detects_changes(tmp_path):
+    written = _folder(tmp_path)
+    assert set(written["sha256"]) == {"model.onnx", "tokenizer.json"}
+    assert mf.load_manifest(tmp_path, verify=True)["sha256"] == written["sha256"]
+    (tmp_path / mf.VALIDATION_FILE).write_text("{}")  # not hashed
+    (tmp_path / "model.onnx").write_bytes(b"other graph")
+    with pytest.raises(CheckpointError, match="model.onnx: sha256 is"):
+        mf.load_manifest(tmp_path, verify=True)
+    refreshed = mf.refresh_hashes(tmp_path)
+    assert refreshed["sha256"]["model.onnx"] == mf.sha256_file(tmp_path / "model.onnx")
+    mf.load_manifest(tmp_path, verify=True)
+
+
+def test_manifest_refuses_bad_content(tmp_path):
+    with pytest.raises(CheckpointError, match="hoe_config.json not found"):
+        mf.load_manifest(tmp_path)
+    (tmp_path / mf.MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        mf.load_manifest(tmp_path)
+    (tmp_path / mf.MANIFEST_FILE).write_text(json.dumps({"format_version": 9}))
+    with pytest.raises(ConfigError, match="format_version must be 1, got 9"):
+        mf.load_manifest(tmp_path)
+    (tmp_path / mf.MANIFEST_FILE).write_text(json.dumps({"format_version": 1, "model": {}}))
+    with pytest.raises(ConfigError, match="lacks sections"):
+        mf.load_manifest(tmp_path)
+
+
+def test_manifest_module_is_torch_free():
+    import subprocess
+    import sys
+
+    code = "import sys, hoe.export.manifest, hoe.export.io_spec, hoe.export; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+# ---------------------------------------------------------------------------- TensorRT readiness
+
+
+def _model(nodes, inputs, outputs, initializers=(), opset=20, extra_opsets=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    opsets = [helper.make_opsetid("", opset), *[helper.make_opsetid(d, 1) for d in extra_opsets]]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def _vi(name, dtype=TensorProto.FLOAT, shape=("b", 4)):
+    return helper.make_tensor_value_info(name, dtype, list(shape))
+
+
+def test_trt_ready_graph():
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    nodes = [helper.make_node("Softmax", ["x"], ["s"], axis=-1), helper.make_node("ReduceSum", ["s", "axes"], ["y"])]
+    report = check_model(_model(nodes, [_vi("x")], [_vi("y", shape=("b", 1))], [axes]))
+    assert report.ready, report.problems
+    assert report.op_counts == {"Softmax": 1, "ReduceSum": 1}
+
+
+@pytest.mark.parametrize("case, match", [
+    ("foreign_domain", "domain 'com.microsoft'"),
+    ("unsupported_op", "op type StringNormalizer is not supported"),
+    ("double", "dtype DOUBLE"),
+    ("cast_double", "'to' has dtype DOUBLE"),
+    ("dynamic_axes", "must be a build-time constant"),
+    ("opset", "opset 21 is outside"),
+])
+def test_trt_problems(case, match):
+    x, y = _vi("x"), _vi("y")
+    nodes, inputs, inits, opset, extra = [helper.make_node("Relu", ["x"], ["y"])], [x], [], 20, []
+    if case == "foreign_domain":
+        nodes, extra = [helper.make_node("FusedMatMul", ["x", "x"], ["y"], domain="com.microsoft")], ["com.microsoft"]
+    elif case == "unsupported_op":
+        nodes = [helper.make_node("StringNormalizer", ["x"], ["y"])]
+    elif case == "double":
+        inputs = [_vi("x", TensorProto.DOUBLE)]
+    elif case == "cast_double":
+        nodes = [helper.make_node("Cast", ["x"], ["d"], to=TensorProto.DOUBLE), helper.make_node("Relu", ["d"], ["y"])]
+    elif case == "dynamic_axes":
+        inputs = [x, _vi("axes", TensorProto.INT64, (1,))]
+        nodes = [helper.make_node("ReduceSum", ["x", "axes"], ["y"])]
+    elif case == "opset":
+        opset = 21
+    report = check_model(_model(nodes, inputs, [y], inits, opset, extra))
+    assert not report.ready
+    assert any(match in p for p in report.problems), report.problems
+    assert "NOT READY" in report.summary()
+
+
+def test_trt_check_reads_files_without_external_data(tmp_path):
+    weight = onnx.numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x")], [_vi("y")], [weight])
+    onnx.save(model, str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.onnx.data",
+              size_threshold=0)
+    assert check_model(tmp_path / "m.onnx").ready
