@@ -47,7 +47,7 @@ class PreferenceRouter:
             return [np.zeros(0)] * batch
         if preference is None:
             raise PreferenceError(f"a preference is required: {self.n_objectives} weights for "
-                                  f"{self.objectives}, e.g. {self.uniform()}")
+                                  f"{self.objectives}, e.g. {[round(w, 3) for w in self.uniform()]}")
         arr = _as_array(preference)
         if arr.ndim == 2:
             if arr.shape[0] != batch:
