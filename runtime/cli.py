@@ -57,7 +57,8 @@ def _generation_args(p) -> None:
 
 
 def _backend_args(p) -> None:
-    p.add_argument("--backend", default="ort", help="ort (onnxruntime, default) or torch (PyTorch reference)")
+    p.add_argument("--backend", default="ort",
+                   help="ort (onnxruntime, default), torch (PyTorch reference) or trt (TensorRT engine)")
     p.add_argument("--providers", help="onnxruntime execution providers, comma-separated (cpu, cuda, tensorrt)")
     p.add_argument("--threads", type=int, help="intra-op threads (default: the library's)")
     p.add_argument("--no-spinning", action="store_true", help="onnxruntime threads sleep instead of spinning")

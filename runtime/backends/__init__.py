@@ -14,6 +14,7 @@ from .base import Backend, BackendConfig, DecodeState
 _REGISTRY: dict[str, str] = {
     "ort": "hoe.runtime.backends.ort:OrtBackend",
     "torch": "hoe.runtime.backends.pytorch:TorchBackend",
+    "trt": "hoe.runtime.backends.trt:TrtBackend",
 }
 
 
