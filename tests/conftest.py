@@ -33,3 +33,17 @@ def smollm2_hoe_ckpt(smollm2_base, tmp_path_factory) -> Path:
     base = load_base(smollm2_base)
     ckpt = random_hoe_checkpoint(base, n_experts=3, rank=16, seed=0)
     return ckpt.save(tmp_path_factory.mktemp("smollm2") / "hoe")
+
+
+@pytest.fixture(scope="session")
+def smollm2_export(smollm2_base, smollm2_hoe_ckpt, tmp_path_factory):
+    """`hoe export` (validated) of SmolLM2 + `smollm2_hoe_ckpt`, made once and shared by the export, runtime
+    and bench tests: (folder, ExportResult, seconds)."""
+    import time
+
+    from hoe.export.onnx_export import ExportConfig, export
+
+    out = tmp_path_factory.mktemp("smollm2_export") / "out"
+    start = time.perf_counter()
+    result = export(smollm2_base, smollm2_hoe_ckpt, out, ExportConfig(threads=2))
+    return out, result, time.perf_counter() - start

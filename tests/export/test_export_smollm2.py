@@ -1,22 +1,11 @@
 """hoe export on the real SmolLM2-135M-Instruct with three rank-16 experts on every linear (slow, runs in CI)."""
 
 import json
-import time
 
 import pytest
 from hoe.export import manifest as mf
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def smollm2_export(smollm2_base, smollm2_hoe_ckpt, tmp_path_factory):
-    from hoe.export.onnx_export import ExportConfig, export
-
-    out = tmp_path_factory.mktemp("smollm2_export") / "out"
-    start = time.perf_counter()
-    result = export(smollm2_base, smollm2_hoe_ckpt, out, ExportConfig(threads=2))
-    return out, result, time.perf_counter() - start
 
 
 def test_smollm2_export_validates_and_is_tensorrt_ready(smollm2_export):

@@ -15,13 +15,6 @@ N_NEW = 32
 
 
 @pytest.fixture(scope="module")
-def smollm2_export(smollm2_base, smollm2_hoe_ckpt, tmp_path_factory):
-    from runtime_export import exported_folder
-
-    return exported_folder(smollm2_base, smollm2_hoe_ckpt, tmp_path_factory.mktemp("smollm2_export") / "out")
-
-
-@pytest.fixture(scope="module")
 def reference(smollm2_base, smollm2_hoe_ckpt):
     from hoe.core.loading import load_hoe
 
@@ -39,8 +32,9 @@ def _reference(ref, model, prompt_ids, prefs):
 
 
 def test_smollm2_greedy_equals_pytorch(smollm2_export, reference):
+    folder = smollm2_export[0]
     cfg = hr.GenerationConfig(max_new_tokens=N_NEW, ignore_eos=True)
-    with hr.load(smollm2_export, threads=2) as model:
+    with hr.load(folder, threads=2) as model:
         ids = [model.encode(p, chat=True) for p in PROMPTS]
         for pref in PREFS:  # batch 1, three preferences
             [res] = model.generate([ids[0]], pref, cfg)
