@@ -6,7 +6,7 @@ subcommand; heavy imports happen inside its `func(args) -> int`. Modules not pre
 
 from __future__ import annotations
 
-import importlib
+from hoe.core.cli import register_modules
 
 BENCH_MODULES = ("hoe.bench.parity", "hoe.bench.latency", "hoe.bench.pareto")
 
@@ -16,12 +16,4 @@ def register(subparsers) -> None:
         "bench", help="benchmarks: parity across backends, latency against PyTorch and the peers, Pareto fronts",
         description="Measure and report: parity of every backend against the PyTorch reference, latency of our "
                     "runtime against PyTorch eager and the peers' ways of serving preferences, Pareto fronts.")
-    sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
-    for name in BENCH_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        module.register(sub)
+    register_modules(parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True), BENCH_MODULES)

@@ -24,16 +24,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hoe", description="Deploy multi-objective-aligned LLMs built the HoE way (experts, routers, preferences)."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in CLI_MODULES:
+    register_modules(parser.add_subparsers(dest="command", metavar="COMMAND", required=True), CLI_MODULES)
+    return parser
+
+
+def register_modules(subparsers, module_names) -> None:
+    """Let each module that exists add its subcommands (`module.register(subparsers)`)."""
+    for name in module_names:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
             if e.name != name:
                 raise
             continue
-        module.register(sub)
-    return parser
+        module.register(subparsers)
 
 
 def main(argv: list[str] | None = None) -> int:
