@@ -32,7 +32,24 @@ def pareto_section(out: Path) -> list[str]:
              "| system | hypervolume | note |", "|---|---|---|"]
     for name, sys in data["systems"].items():
         lines.append(f"| {name} | {sys['hypervolume']:.4f} | {sys.get('note', '')} |")
-    lines += ["", "![Pareto fronts](pareto.png)"]
+    lines += ["", "![Pareto fronts](pareto.png)", "", *steering_lines(data)]
+    return lines
+
+
+def steering_lines(data: dict) -> list[str]:
+    """How far the preference moves each objective between the vertices, and where HoE differs from static."""
+    objs = data["objectives"]
+    experts = [p["rewards"] for p in data["systems"]["experts"]["points"]]
+    lines = ["Steering at the vertices (each expert alone; mean reward per objective):", "",
+             "| expert | " + " | ".join(objs) + " |", "|---" * (len(objs) + 1) + "|"]
+    for p in data["systems"]["experts"]["points"]:
+        name = objs[p["preference"].index(1.0)]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in p["rewards"]) + " |")
+    spread = [max(r[i] for r in experts) - min(r[i] for r in experts) for i in range(len(objs))]
+    lines += ["", "Range between vertices: " + ", ".join(f"{o} {d:+.3f}" for o, d in zip(objs, spread)) + ".", ""]
+    own = [p for p in data["systems"]["hoe"]["points"] if not p.get("same_as_static", False)]
+    lines.append(f"HoE differs from static mixing at {len(own)} of {len(data['grid'])} preferences (those routed to a "
+                 "trained anchor); elsewhere its gates equal the static ones exactly and the points coincide.")
     return lines
 
 
