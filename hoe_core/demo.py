@@ -21,7 +21,7 @@ from .errors import HoEError
 
 log = logging.getLogger(__name__)
 
-DEMO_PROMPT = "What should I know before adopting a dog?"
+DEMO_PROMPT = "I am nervous about learning to draw. Any advice?"  # a held-out prompt
 
 
 @dataclass
