@@ -21,8 +21,8 @@ class ParetoConfig(JsonConfig):
     prompts: str = ""  # JSONL; "" -> data/prompts/heldout.jsonl
     n_prompts: int = 64  # held-out prompts (the first n)
     grid_steps: int = 4  # simplex grid step 1/grid_steps (3 objectives: 4 -> 15 preferences)
-    max_new_tokens: int = 40  # greedy, fixed for every system
-    batch_rows: int = 96  # rows decoded together (HoE / static / base)
+    max_new_tokens: int = 32  # greedy, fixed for every system (what the committed pareto.json used)
+    batch_rows: int = 128  # rows decoded together (HoE / static / base)
     mod_chunk: int = 8  # prompts per MOD block (each prefilled once per expert, shared by every preference)
     threads: int = 1
     reference_point: list[float] = field(default_factory=list)  # hypervolume reference; [] -> zeros
@@ -85,8 +85,8 @@ def register(sub) -> None:
     p.add_argument("--prompts", help="held-out prompts JSONL (default: data/prompts/heldout.jsonl)")
     p.add_argument("--n-prompts", type=int, default=64)
     p.add_argument("--grid-steps", type=int, default=4, help="simplex grid step 1/N (default 4: 15 points)")
-    p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--batch-rows", type=int, default=96)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch-rows", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", help="folder for pareto.json/png (default: the checkpoint folder)")
     p.add_argument("--work", help="resume folder for decoded batches (default: $HOE_CACHE/bench/pareto)")
