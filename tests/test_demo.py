@@ -6,10 +6,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "train"))
-sys.path.insert(0, str(Path(__file__).parent / "runtime"))
 from hoe.core.demo import DemoConfig, cached_export, run_demo  # noqa: E402
 from hoe.core.errors import HoEError  # noqa: E402
-from runtime_export import exported_folder  # noqa: E402
 from tiny_chat import tiny_chat_hoe  # noqa: E402
 
 
@@ -26,7 +24,10 @@ def test_demo_prints_answers_scores_and_speed(tiny):
 
     def exporter(base, ckpt, out):
         calls.append(out)
-        return exported_folder(base, ckpt, out)
+        from hoe.export import export_hoe
+
+        export_hoe(base, ckpt, out)
+        return out
 
     cfg = DemoConfig(prompt="tell me about cats", max_new_tokens=6, checkpoint=str(ckpt_dir), base=str(base_dir),
                      export_root=str(tmp / "exports"), speed_tokens=4)
