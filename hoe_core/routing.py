@@ -50,40 +50,51 @@ def nearest_anchors(pref: np.ndarray, anchors: np.ndarray, n: int) -> np.ndarray
     return np.argsort(dist, kind="stable")[: min(n, len(anchors))]
 
 
-def _affine_lstsq(points: np.ndarray, target: np.ndarray) -> np.ndarray:
+def _affine_lstsq(points: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, bool]:
     """min ‖pointsᵀ w − target‖ subject to Σw = 1 (no sign constraint), via the KKT system.
 
-    points: [S, m], target: [m] -> w: [S]
+    points: [S, m], target: [m] -> (w: [S], unique: whether the points are affinely independent)
     """
     s = points.shape[0]
     kkt = np.zeros((s + 1, s + 1))
     kkt[:s, :s] = points @ points.T
     kkt[:s, s] = kkt[s, :s] = 1.0
     rhs = np.concatenate([points @ target, [1.0]])
-    sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
-    return sol[:s]
+    sol, _, rank, _ = np.linalg.lstsq(kkt, rhs, rcond=None)
+    return sol[:s], rank == s + 1
+
+
+def _snap(w: np.ndarray) -> np.ndarray:
+    """Round-off below 1e-12 to exact zeros, then renormalise (exact anchors give exact one-hots)."""
+    w = np.where(w < 1e-12, 0.0, w)
+    return w / w.sum()
 
 
 def simplex_lstsq(points: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Convex weights w (w ≥ 0, Σw = 1) minimising ‖Σ_k w_k points[k] − target‖.
 
-    Exact: the optimum has its support on some subset, so every subset is solved on its
-    affine hull and the best feasible one wins (smaller subsets win ties).
+    Fast path: when the points are affinely independent and the unconstrained affine fit is
+    already convex (the target lies in their hull), it is the optimum. Otherwise, exactly: the
+    optimum has its support on some subset, so every subset is solved on its affine hull and the
+    best feasible one wins (smaller subsets win ties).
     points: [S, m], target: [m] -> w: [S]
     """
     s = points.shape[0]
     if s > _MAX_EXACT_ANCHORS:
         raise ConfigError(f"preference routing mixes at most {_MAX_EXACT_ANCHORS} anchors, got {s}")
+    w_all, unique = _affine_lstsq(points, target)
+    if unique and np.all(w_all >= -1e-12):
+        return _snap(w_all)
     best_w, best_res = None, np.inf
     for size in range(1, s + 1):
         for subset in itertools.combinations(range(s), size):
             idx = list(subset)
-            w_sub = _affine_lstsq(points[idx], target)
+            w_sub, _ = _affine_lstsq(points[idx], target)
             if np.any(w_sub < -1e-12):
                 continue
             w = np.zeros(s)
-            w[idx] = np.clip(w_sub, 0.0, None)
-            w /= w.sum()
+            w[idx] = w_sub
+            w = _snap(w)
             res = float(np.linalg.norm(w @ points - target))
             if res < best_res - 1e-13:
                 best_w, best_res = w, res
