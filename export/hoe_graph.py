@@ -1,17 +1,19 @@
 """Expand every `hoe::LoraSite(x, y)` marker of a traced base graph into HoE's routed expert mixture.
 
 The base model is traced once with each target linear wrapped as `y = W·x` followed by a marker
-node (graph.py). Here each marker becomes, with the expert and router tensors as graph inputs,
-a computation in "tokens last" layout (N = B·T columns), so every weight is used as stored —
-no per-step copy, transpose or reshape of an expert or router tensor:
+node (graph.py). Here the markers are grouped by the tensor x they read (q/k/v share the attention-norm
+output, gate/up the MLP-norm output) and each group of m modules becomes, with the expert and router
+tensors as graph inputs, one router and one lora_A product for all its modules (their weights are
+concatenated in the graph each step, a copy of a few small tensors):
 
-    x [B,T,in] ─► xᵀ [in,N] ─► W [K,E,in] @ xᵀ + b ─► [K,E,N] + mask_bias ─► softmax_E (fp32)
-                                   router_mix per token [K,1,N] ─► Σ_K ─► gᵀ [E,N] · s [E,1]
-    A [E,r,in] @ xᵀ ─► [E,r,N] ⊙ (g·s)ᵀ[E,1,N] ─► B [E,out,r] @ · ─► [E,out,N] ─► Σ_E ─► [out,N]
-        ─► ᵀ [N,out] ─► [B,T,out] ─► z = y + Δy
+    x [B,T,in] ─► x2 [N,in] ─► Gemm(W_cat [m·K·E,in], transB) ─► [N,m,K,E] + (b + mask_bias) ─► softmax_E (fp32)
+        ─► g = router_mix [N,1,1,K] @ p ─► [N,m,1,E] · s ─► (g·s) [N,m·E,1]
+    x2 ─► Gemm(A_cat [m·E·r,in], transB) ─► h [N,m·E,r] ⊙ (g·s) ─► ᵀ [m·E,N,r] ─► split ─► h_i [E,N,r]
+    per module: h_i @ B_iᵀ [E,N,out] (onnxruntime fuses the Transpose: FusedMatMul) ─► Σ_E ─► [B,T,out]
+        ─► z = y + Δy
 
-What every module shares is built once: mask_bias [K,E,1] (0 / -inf), router_mix per token
-[K,1,N], the [B,T,out] shapes per `out`; CSE later shares xᵀ among modules that read the same x.
+What every module shares is built once: mask_bias [K,E] (0 / -inf; tiled per group size m), router_mix per
+token [N,1,1,K], the reshape targets. On SmolLM2 this is ~114 HoE nodes per layer (was ~128) and ~6% less decode time.
 Numerics follow hoe.core.model.routed_gates/lora_mixture: router logits in the model dtype, then
 softmax and gate arithmetic in fp32, cast back to the model dtype before the expert matmuls.
 """
@@ -57,6 +59,14 @@ class GraphBuilder:
         self.nodes.append(node)
         return node.outputs[0]
 
+    def split(self, x: ir.Value, parts: int, axis: int = -1) -> list[ir.Value]:
+        """`parts` equal chunks of x along `axis`."""
+        self.count += 1
+        node = ir.Node("", "Split", [x], attributes=[ir.AttrInt64("axis", axis), ir.AttrInt64("num_outputs", parts)],
+                       num_outputs=parts, name=f"{self.prefix}/Split_{self.count}")
+        self.nodes.append(node)
+        return list(node.outputs)
+
     def const(self, value, dtype=np.int64) -> ir.Value:
         array = np.asarray(value, dtype=dtype)
         key = (array.dtype.str, array.shape, array.tobytes())
@@ -78,44 +88,75 @@ class _Shared:
     def __init__(self, b: GraphBuilder, input_ids: ir.Value, router_mix: ir.Value, mask: ir.Value) -> None:
         fp32 = ir.DataType.FLOAT
         self.b = b
-        # mask_bias [K,E,1]: 0 where router k may route to expert j, -inf elsewhere (exact zeros after softmax)
+        # mask_bias [K,E] (model dtype): 0 where router k may route to expert j, -inf elsewhere
         bias = b.op("Where", [b.op("Greater", [mask, b.const(0.0, np.float32)]),
                               b.const(0.0, np.float32), b.const(-np.inf, np.float32)])
-        self.mask_bias = b.op("Unsqueeze", [bias, b.const([2])])
+        self.mask_bias = bias if b.dtype == fp32 else b.op("Cast", [bias], to=b.dtype)
+        self.ke = b.op("Shape", [mask])  # [K,E]
+        self.e = b.op("Shape", [mask], start=1)  # [E]
         self.bt = b.op("Shape", [input_ids])  # [B,T]
-        # router_mix [B,K] -> per token, tokens last: [K,1,N]
-        btk = b.op("Concat", [self.bt, b.op("Shape", [router_mix], start=1)], axis=0)
-        mix = b.op("Expand", [b.op("Unsqueeze", [router_mix, b.const([1])]), btk])  # [B,T,K]
-        mix = b.op("Reshape", [mix, b.op("Concat", [b.const([-1]), b.op("Shape", [router_mix], start=1)], axis=0)])
-        mix = b.op("Transpose", [b.op("Cast", [mix], to=fp32)], perm=[1, 0])  # [K,N]
-        self.mix = b.op("Unsqueeze", [mix, b.const([1])])  # [K,1,N] fp32
+        # router_mix [B,K] -> per token, tokens first: [N,1,1,K] fp32
+        k = b.op("Shape", [router_mix], start=1)
+        mix = b.op("Expand", [b.op("Unsqueeze", [router_mix, b.const([1])]), b.op("Concat", [self.bt, k], axis=0)])
+        mix = b.op("Reshape", [mix, b.op("Concat", [b.const([-1, 1, 1]), k], axis=0)])
+        self.mix = mix if router_mix.dtype == fp32 else b.op("Cast", [mix], to=fp32)
         self.out_shapes: dict[int, ir.Value] = {}
+        self.per_m: dict[int, dict[str, ir.Value]] = {}
 
     def out_shape(self, d_out: int) -> ir.Value:
         if d_out not in self.out_shapes:
             self.out_shapes[d_out] = self.b.op("Concat", [self.bt, self.b.const([d_out])], axis=0)
         return self.out_shapes[d_out]
 
+    def group(self, m: int) -> dict[str, ir.Value]:
+        """Shared values for a group of m modules: mask [m·K,E] and reshape targets."""
+        if m not in self.per_m:
+            b = self.b
+            mask = self.mask_bias if m == 1 else b.op("Tile", [self.mask_bias, b.const([m, 1])])
+            me = b.op("Mul", [self.e, b.const([m])])
+            self.per_m[m] = {
+                "mask": mask,  # [mK,E]
+                "logits": b.op("Concat", [b.const([-1, m]), self.ke], axis=0),  # [N,m,K,E]
+                "h": b.op("Concat", [b.const([0]), me, b.const([-1])], axis=0),  # [N,mE,r]
+            }
+        return self.per_m[m]
 
-def _expand_site(b: GraphBuilder, shared: _Shared, site: ir.Node, t: dict[str, ir.Value], d_in: int, d_out: int):
-    """Nodes computing z = y + Δy for one module (see the module docstring). Returns z."""
-    fp32 = ir.DataType.FLOAT
-    x, y = site.inputs[0], site.inputs[1]
-    xt = b.op("Transpose", [b.op("Reshape", [x, b.const([-1, d_in])])], perm=[1, 0])  # [in,N]
-    bias = b.op("Unsqueeze", [t["bias"], b.const([2])])  # [K,E,1]
-    logits = b.op("Add", [b.op("MatMul", [t["weight"], xt]), bias])  # [K,E,N]
+
+def _expand_group(b: GraphBuilder, shared: _Shared, x: ir.Value, ts: list[dict[str, ir.Value]],
+                  d_in: int) -> list[ir.Value]:
+    """Gates and the scaled low-rank projection h_i [E,N,r] of the m modules reading x (module docstring)."""
+    fp32, m = ir.DataType.FLOAT, len(ts)
+    g = shared.group(m)
+
+    def cat(key: str) -> ir.Value:
+        return ts[0][key] if m == 1 else b.op("Concat", [t[key] for t in ts], axis=0)
+
+    x2 = b.op("Reshape", [x, b.const([-1, d_in])])  # [N,in]
+    w = b.op("Reshape", [cat("weight"), b.const([-1, d_in])])  # [mKE,in]
+    bias = b.op("Add", [cat("bias"), g["mask"]])  # [mK,E], -inf outside the mask
+    logits = b.op("Reshape", [b.op("Gemm", [x2, w], transB=1), g["logits"]])  # [N,m,K,E]
+    logits = b.op("Add", [logits, b.op("Reshape", [bias, g["logits"]])])
     if b.dtype != fp32:
         logits = b.op("Cast", [logits], to=fp32)
-    probs = b.op("Softmax", [b.op("Add", [logits, shared.mask_bias])], axis=1)  # [K,E,N] fp32
-    gates = b.op("ReduceSum", [b.op("Mul", [probs, shared.mix]), b.const([0])], keepdims=0)  # [E,N]
-    scaling = t["scaling"] if b.dtype == fp32 else b.op("Cast", [t["scaling"]], to=fp32)
-    gs = b.op("Mul", [gates, b.op("Unsqueeze", [scaling, b.const([1])])])  # [E,N] fp32
+    probs = b.op("Softmax", [logits], axis=-1)  # [N,m,K,E] fp32
+    gates = b.op("MatMul", [shared.mix, probs])  # [N,m,1,E] = Σ_k mix_k·p_k
+    scaling = cat("scaling") if b.dtype == fp32 else b.op("Cast", [cat("scaling")], to=fp32)
+    gs = b.op("Mul", [gates, b.op("Reshape", [scaling, b.const([m, 1, -1])])])  # [N,m,1,E] fp32
     if b.dtype != fp32:
         gs = b.op("Cast", [gs], to=b.dtype)
-    h = b.op("Mul", [b.op("MatMul", [t["lora_A"], xt]), b.op("Unsqueeze", [gs, b.const([1])])])  # [E,r,N]
-    y3 = b.op("MatMul", [t["lora_B"], h])  # [E,out,N]
-    delta = b.op("Transpose", [b.op("ReduceSum", [y3, b.const([0])], keepdims=0)], perm=[1, 0])  # [N,out]
-    return b.op("Add", [y, b.op("Reshape", [delta, shared.out_shape(d_out)])])  # [B,T,out]
+    a = b.op("Reshape", [cat("lora_A"), b.const([-1, d_in])])  # [mEr,in]
+    h = b.op("Reshape", [b.op("Gemm", [x2, a], transB=1), g["h"]])  # [N,mE,r]
+    h = b.op("Mul", [h, b.op("Reshape", [gs, b.const([0, -1, 1])])])
+    h = b.op("Transpose", [h], perm=[1, 0, 2])  # [mE,N,r]
+    return [h] if m == 1 else b.split(h, m, axis=0)  # m × [E,N,r]
+
+
+def _expand_site(b: GraphBuilder, shared: _Shared, site: ir.Node, h: ir.Value, lora_b: ir.Value, d_out: int):
+    """z = y + Σ_E h_E·B_Eᵀ for one module: h [E,N,r], lora_B [E,out,r] -> [B,T,out]. onnxruntime fuses the
+    Transpose into the MatMul (FusedMatMul transB): no per-step copy of lora_B."""
+    y3 = b.op("MatMul", [h, b.op("Transpose", [lora_b], perm=[0, 2, 1])])  # [E,N,out]
+    delta = b.op("ReduceSum", [y3, b.const([0])], keepdims=0)  # [N,out]
+    return b.op("Add", [site.inputs[1], b.op("Reshape", [delta, shared.out_shape(d_out)])])
 
 
 def insert_experts(model: ir.Model, modules: list[str], specs: list[TensorSpec], router_mix: TensorSpec,
@@ -137,14 +178,20 @@ def insert_experts(model: ir.Model, modules: list[str], specs: list[TensorSpec],
     first = graph.node(0)
     shared = _Shared(b, graph.inputs[0], mix, inputs[names.ROUTER_MASK])
     b.flush_before(first)
-    for module in modules:
-        site = sites.pop(module)
-        t = {"weight": inputs[names.router_weight(module)], "bias": inputs[names.router_bias(module)],
-             "lora_A": inputs[names.lora_a(module)], "lora_B": inputs[names.lora_b(module)],
-             "scaling": inputs[names.scaling(module)]}
-        z = _expand_site(b, shared, site, t, *features[module])
-        b.flush_before(site)
-        _bypass(graph, site, z)
+    order = {node: i for i, node in enumerate(graph)}
+    groups: dict[tuple, list[str]] = {}
+    for module in sorted(modules, key=lambda mod: order[sites[mod]]):
+        groups.setdefault((id(sites[module].inputs[0]), features[module][0]), []).append(module)
+    for group in groups.values():
+        t = [{"weight": inputs[names.router_weight(mod)], "bias": inputs[names.router_bias(mod)],
+              "lora_A": inputs[names.lora_a(mod)], "scaling": inputs[names.scaling(mod)]} for mod in group]
+        hs = _expand_group(b, shared, sites[group[0]].inputs[0], t, features[group[0]][0])
+        b.flush_before(sites[group[0]])
+        for module, h in zip(group, hs):
+            site = sites.pop(module)
+            z = _expand_site(b, shared, site, h, inputs[names.lora_b(module)], features[module][1])
+            b.flush_before(site)
+            _bypass(graph, site, z)
     for site in sites.values():
         _bypass(graph, site, site.inputs[1])
     _drop_site_opset(model)
