@@ -75,12 +75,17 @@ def _status_kb(field: str) -> float | None:
     return None
 
 
-def rss_mb() -> float:
-    """Current resident set size in MiB (falls back to the lifetime peak where /proc is absent)."""
-    kb = _status_kb("VmRSS")
+def _status_mb(field: str) -> float:
+    """A /proc/self/status memory field in MiB, else the lifetime peak RSS (getrusage)."""
+    kb = _status_kb(field)
     if kb is None:
         kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024
+
+
+def rss_mb() -> float:
+    """Current resident set size in MiB (falls back to the lifetime peak where /proc is absent)."""
+    return _status_mb("VmRSS")
 
 
 def _reset_peak() -> bool:
@@ -93,10 +98,7 @@ def _reset_peak() -> bool:
 
 
 def peak_mb() -> float:
-    kb = _status_kb("VmHWM")
-    if kb is None:
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024
+    return _status_mb("VmHWM")
 
 
 class PeakRss:

@@ -55,7 +55,23 @@ class DeviceMemory:
         raise NotImplementedError
 
 
-class CudaPython(DeviceMemory):
+class RawCopies(DeviceMemory):
+    """h2d / d2h / d2d for bindings with one cudaMemcpyAsync(dst, src, nbytes, kind, stream) call."""
+
+    def _copy(self, dst: int, src: int, nbytes: int, kind: int, stream: int) -> None:
+        raise NotImplementedError
+
+    def h2d(self, ptr, host, stream):
+        self._copy(ptr, host.ctypes.data, host.nbytes, _H2D, stream)
+
+    def d2h(self, host, ptr, stream):
+        self._copy(host.ctypes.data, ptr, host.nbytes, _D2H, stream)
+
+    def d2d(self, dst, src, nbytes, stream):
+        self._copy(dst, src, nbytes, _D2D, stream)
+
+
+class CudaPython(RawCopies):
     name = "cuda-python"
 
     def __init__(self, cudart) -> None:
@@ -84,15 +100,6 @@ class CudaPython(DeviceMemory):
 
     def _copy(self, dst, src, nbytes, kind, stream):
         self._check(self.rt.cudaMemcpyAsync(dst, src, nbytes, self._kinds[kind], self._streams.get(stream, stream)))
-
-    def h2d(self, ptr, host, stream):
-        self._copy(ptr, host.ctypes.data, host.nbytes, _H2D, stream)
-
-    def d2h(self, host, ptr, stream):
-        self._copy(host.ctypes.data, ptr, host.nbytes, _D2H, stream)
-
-    def d2d(self, dst, src, nbytes, stream):
-        self._copy(dst, src, nbytes, _D2D, stream)
 
     def sync(self, stream):
         self._check(self.rt.cudaStreamSynchronize(self._streams.get(stream, stream)))
@@ -161,7 +168,7 @@ class TorchCuda(DeviceMemory):
         return {"name": p.name, "compute_capability": f"{p.major}.{p.minor}"}
 
 
-class CtypesCudart(DeviceMemory):
+class CtypesCudart(RawCopies):
     name = "libcudart (ctypes)"
 
     def __init__(self, lib) -> None:
@@ -183,15 +190,6 @@ class CtypesCudart(DeviceMemory):
     def _copy(self, dst, src, nbytes, kind, stream):
         _ctypes_check(self.lib.cudaMemcpyAsync(ctypes.c_void_p(dst), ctypes.c_void_p(src), ctypes.c_size_t(nbytes),
                                                kind, ctypes.c_void_p(stream)), "cudaMemcpyAsync")
-
-    def h2d(self, ptr, host, stream):
-        self._copy(ptr, host.ctypes.data, host.nbytes, _H2D, stream)
-
-    def d2h(self, host, ptr, stream):
-        self._copy(host.ctypes.data, ptr, host.nbytes, _D2H, stream)
-
-    def d2d(self, dst, src, nbytes, stream):
-        self._copy(dst, src, nbytes, _D2D, stream)
 
     def sync(self, stream):
         _ctypes_check(self.lib.cudaStreamSynchronize(ctypes.c_void_p(stream)), "cudaStreamSynchronize")
