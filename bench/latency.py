@@ -195,8 +195,8 @@ def _load_mod(cfg, src, preference, work, out):
 
 
 def _load_merged(cfg, src, preference, work, out):
+    from hoe.export.manifest import read_checkpoint_tensors
     from hoe.runtime.manifest import Manifest
-    from safetensors.numpy import load_file
 
     from .floor import graph_weight_bytes
     from .merge import Merger, locate_weights, read_base_weights, read_initializers, remerge
@@ -207,7 +207,7 @@ def _load_merged(cfg, src, preference, work, out):
     modules = hoe_manifest.hoe["target_modules"]
     initializers = read_initializers(src.base_export / out.base_manifest.data["model"]["file"])
     slots = locate_weights(initializers, read_base_weights(src.base_hf, modules))
-    experts = load_file(str(hoe_manifest.path("experts")))
+    experts = read_checkpoint_tensors(src.hoe_export)  # canonical [E,r,in] / [E,out,r], scaling folded into B
     out.merger = Merger(initializers, slots, experts, hoe_manifest.hoe["expert_prefs"])
     del initializers
     backend, times = remerge(out.merger, out.base_manifest, backend_config(cfg.threads), preference)

@@ -158,14 +158,13 @@ def vertex_routers(manifest: Manifest) -> dict[str, np.ndarray]:
     j >= E copy router 0 and are never mixed in.
     """
     e, k = int(manifest.hoe["n_experts"]), max(int(manifest.hoe["n_experts"]), int(manifest.hoe["n_routers"]))
-    dtype = np.dtype(manifest.inputs[names.router_bias(manifest.hoe["target_modules"][0])]["dtype"])
     mask = np.zeros((k, e), dtype=np.float32)
     mask[np.arange(k), np.where(np.arange(k) < e, np.arange(k), 0)] = 1.0
     out = {names.ROUTER_MASK: mask}
-    for module in manifest.hoe["target_modules"]:
-        d_in = int(manifest.inputs[names.router_weight(module)]["shape"][2])
-        out[names.router_weight(module)] = np.zeros((k, e, d_in), dtype=dtype)
-        out[names.router_bias(module)] = np.zeros((k, e), dtype=dtype)
+    for group in manifest.hoe["groups"]:
+        for module in group["modules"]:
+            out[names.router_weight(module)] = np.zeros((k, e, int(group["d_in"])), dtype=np.float32)
+            out[names.router_bias(module)] = np.zeros((k, e), dtype=np.float32)
     return out
 
 
@@ -174,7 +173,7 @@ def vertex_folder(export_dir: str | Path, work_dir: str | Path) -> Path:
 
     Built with the exporter's own `swap_experts`, so it is a valid exported folder (manifest, hashes).
     """
-    from hoe.export.manifest import swap_experts
+    from hoe.export.manifest import read_checkpoint_tensors, swap_experts
     from safetensors.numpy import save_file
 
     export_dir, work_dir = Path(export_dir), Path(work_dir)
@@ -192,7 +191,8 @@ def vertex_folder(export_dir: str | Path, work_dir: str | Path) -> Path:
                        target_modules=config.target_modules, rank=config.rank, n_active=1, n_route=1,
                        expert_names=config.expert_names, base=config.base)
     vertex.save(ckpt / "hoe.json")
-    os.symlink((export_dir / manifest.files["experts"]).resolve(), ckpt / "experts.safetensors")
+    experts = {n: v for n, v in read_checkpoint_tensors(export_dir).items() if n.startswith(names.EXPERTS_PREFIX)}
+    save_file(experts, str(ckpt / "experts.safetensors"))
     save_file(routers, str(ckpt / "routers.safetensors"))
     for item in export_dir.iterdir():  # swap_experts replaces links, never their targets
         if item.name == "hoe_config.json":

@@ -1,28 +1,27 @@
 """Expand every `hoe::LoraSite(x, y)` marker of a traced base graph into HoE's routed expert mixture.
 
 The base model is traced once with each target linear wrapped as `y = W·x` followed by a marker
-node (graph.py). Here the markers are grouped by the tensor x they read (q/k/v share the attention-norm
-output, gate/up the MLP-norm output) and each group of m modules becomes, with the expert and router
-tensors as graph inputs, one router and one lora_A product for all its modules (their weights are
-concatenated in the graph each step, a copy of a few small tensors):
+node (graph.py). The markers are grouped by the tensor x they read (`site_groups`: q/k/v share the
+attention-norm output, gate/up the MLP-norm output), and each group of m modules reads its experts and
+routers packed (hoe.core.packing), so a group costs two products with x and every module one with its h:
 
-    x [B,T,in] ─► x2 [N,in] ─► Gemm(W_cat [m·K·E,in], transB) ─► [N,m,K,E] + (b + mask_bias) ─► softmax_E (fp32)
-        ─► g = router_mix [N,1,1,K] @ p ─► [N,m,1,E] · s ─► (g·s) [N,m·E,1]
-    x2 ─► Gemm(A_cat [m·E·r,in], transB) ─► h [N,m·E,r] ⊙ (g·s) ─► ᵀ [m·E,N,r] ─► split ─► h_i [E,N,r]
-    per module: h_i @ B_iᵀ [E,N,out] (onnxruntime fuses the Transpose: FusedMatMul) ─► Σ_E ─► [B,T,out]
-        ─► z = y + Δy
+    x [B,T,in] ─► x·A [B,T,m·E·r] ──────────────────────────────────────────────┐
+    x [B,T,in] ─► x·W + b [B,T,m·K·E] ─► [B,T,m,K,E] ─► softmax_E (fp32)        │
+        ─► g = router_mix [B,1,1,1,K] @ p ─► [B,T,m·E] ─► g @ R [B,T,m·E·r] ─► ⊙ ┘ ─► split m ─► h_i [B,T,E·r]
+    per module: z_i = y_i + h_i·B_i (B_i [E·r,out], the expert scaling folded in)
 
-What every module shares is built once: mask_bias [K,E] (0 / -inf; tiled per group size m), router_mix per
-token [N,1,1,K], the reshape targets. On SmolLM2 this is ~114 HoE nodes per layer (was ~128) and ~6% less decode time.
-Numerics follow hoe.core.model.routed_gates/lora_mixture: router logits in the model dtype, then
-softmax and gate arithmetic in fp32, cast back to the model dtype before the expert matmuls.
+R [m·E, m·E·r] repeats each gate r times; it and the reshape targets are built once per graph from the
+input shapes (E, r and K stay dynamic). On SmolLM2 this is 53 HoE nodes per layer (the per-module
+layout before needed ~137). Numerics follow hoe.core.model.routed_gates/lora_mixture: router logits in
+the model dtype, softmax and gate mixing in fp32, cast back to the model dtype before the expert matmuls.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from hoe.core import names
+from hoe.core import packing
+from hoe.core.packing import SiteGroup
 
 from .io_spec import TensorSpec
 
@@ -83,92 +82,72 @@ class GraphBuilder:
 
 
 class _Shared:
-    """Values every HoE module reads, computed once at the top of the graph."""
+    """Values every group reads, built once at the top of the graph: router_mix as [B,1,1,1,K] (fp32), and per
+    group size m the logits shape [0,0,m,K,-1] and the gate repeat matrix R_m [m·E, m·E·r]."""
 
-    def __init__(self, b: GraphBuilder, input_ids: ir.Value, router_mix: ir.Value, mask: ir.Value) -> None:
+    def __init__(self, b: GraphBuilder, router_mix: ir.Value, groups: list[SiteGroup],
+                 inputs: dict[str, ir.Value]) -> None:
         fp32 = ir.DataType.FLOAT
-        self.b = b
-        # mask_bias [K,E] (model dtype): 0 where router k may route to expert j, -inf elsewhere
-        bias = b.op("Where", [b.op("Greater", [mask, b.const(0.0, np.float32)]),
-                              b.const(0.0, np.float32), b.const(-np.inf, np.float32)])
-        self.mask_bias = bias if b.dtype == fp32 else b.op("Cast", [bias], to=b.dtype)
-        self.ke = b.op("Shape", [mask])  # [K,E]
-        self.e = b.op("Shape", [mask], start=1)  # [E]
-        self.bt = b.op("Shape", [input_ids])  # [B,T]
-        # router_mix [B,K] -> per token, tokens first: [N,1,1,K] fp32
-        k = b.op("Shape", [router_mix], start=1)
-        mix = b.op("Expand", [b.op("Unsqueeze", [router_mix, b.const([1])]), b.op("Concat", [self.bt, k], axis=0)])
-        mix = b.op("Reshape", [mix, b.op("Concat", [b.const([-1, 1, 1]), k], axis=0)])
+        mix = b.op("Unsqueeze", [router_mix, b.const([1, 2, 3])])  # [B,1,1,1,K]
         self.mix = mix if router_mix.dtype == fp32 else b.op("Cast", [mix], to=fp32)
-        self.out_shapes: dict[int, ir.Value] = {}
-        self.per_m: dict[int, dict[str, ir.Value]] = {}
-
-    def out_shape(self, d_out: int) -> ir.Value:
-        if d_out not in self.out_shapes:
-            self.out_shapes[d_out] = self.b.op("Concat", [self.bt, self.b.const([d_out])], axis=0)
-        return self.out_shapes[d_out]
-
-    def group(self, m: int) -> dict[str, ir.Value]:
-        """Shared values for a group of m modules: mask [m·K,E] and reshape targets."""
-        if m not in self.per_m:
-            b = self.b
-            mask = self.mask_bias if m == 1 else b.op("Tile", [self.mask_bias, b.const([m, 1])])
-            me = b.op("Mul", [self.e, b.const([m])])
-            self.per_m[m] = {
-                "mask": mask,  # [mK,E]
-                "logits": b.op("Concat", [b.const([-1, m]), self.ke], axis=0),  # [N,m,K,E]
-                "h": b.op("Concat", [b.const([0]), me, b.const([-1])], axis=0),  # [N,mE,r]
-            }
-        return self.per_m[m]
+        k = b.op("Shape", [router_mix], start=1, end=2)  # [1]
+        self.logits_shape: dict[int, ir.Value] = {}
+        self.repeat: dict[int, ir.Value] = {}
+        for g in groups:
+            m = len(g.modules)
+            if m in self.repeat:
+                continue
+            self.logits_shape[m] = b.op("Concat", [b.const([0, 0, m]), k, b.const([-1])], axis=0)
+            me = b.op("Div", [b.op("Shape", [inputs[packing.router_bias(g)]]), k])  # [1] m·E
+            mer = b.op("Shape", [inputs[packing.lora_a(g)]], start=1, end=2)  # [1] m·E·r
+            rank = b.op("Div", [mer, me])  # [1]
+            rows = b.op("Range", [b.const(0), b.op("Squeeze", [me, b.const([0])]), b.const(1)])  # [m·E]
+            cols = b.op("Div", [b.op("Range", [b.const(0), b.op("Squeeze", [mer, b.const([0])]), b.const(1)]),
+                                rank])  # [m·E·r]: the gate each column takes
+            same = b.op("Equal", [b.op("Unsqueeze", [rows, b.const([1])]), b.op("Unsqueeze", [cols, b.const([0])])])
+            self.repeat[m] = b.op("Cast", [same], to=b.dtype)  # [m·E, m·E·r]
 
 
-def _expand_group(b: GraphBuilder, shared: _Shared, x: ir.Value, ts: list[dict[str, ir.Value]],
-                  d_in: int) -> list[ir.Value]:
-    """Gates and the scaled low-rank projection h_i [E,N,r] of the m modules reading x (module docstring)."""
-    fp32, m = ir.DataType.FLOAT, len(ts)
-    g = shared.group(m)
-
-    def cat(key: str) -> ir.Value:
-        return ts[0][key] if m == 1 else b.op("Concat", [t[key] for t in ts], axis=0)
-
-    x2 = b.op("Reshape", [x, b.const([-1, d_in])])  # [N,in]
-    w = b.op("Reshape", [cat("weight"), b.const([-1, d_in])])  # [mKE,in]
-    bias = b.op("Add", [cat("bias"), g["mask"]])  # [mK,E], -inf outside the mask
-    logits = b.op("Reshape", [b.op("Gemm", [x2, w], transB=1), g["logits"]])  # [N,m,K,E]
-    logits = b.op("Add", [logits, b.op("Reshape", [bias, g["logits"]])])
+def _expand_group(b: GraphBuilder, shared: _Shared, g: SiteGroup, x: ir.Value,
+                  inputs: dict[str, ir.Value]) -> list[ir.Value]:
+    """The gated low-rank projections h_i [B,T,E·r] of the m modules reading x [B,T,in] (module docstring)."""
+    fp32, m = ir.DataType.FLOAT, len(g.modules)
+    h = b.op("MatMul", [x, inputs[packing.lora_a(g)]])  # [B,T,m·E·r]
+    logits = b.op("Add", [b.op("MatMul", [x, inputs[packing.router_weight(g)]]),
+                          inputs[packing.router_bias(g)]])  # [B,T,m·K·E], -inf outside the mask
+    logits = b.op("Reshape", [logits, shared.logits_shape[m]])  # [B,T,m,K,E]
     if b.dtype != fp32:
         logits = b.op("Cast", [logits], to=fp32)
-    probs = b.op("Softmax", [logits], axis=-1)  # [N,m,K,E] fp32
-    gates = b.op("MatMul", [shared.mix, probs])  # [N,m,1,E] = Σ_k mix_k·p_k
-    scaling = cat("scaling") if b.dtype == fp32 else b.op("Cast", [cat("scaling")], to=fp32)
-    gs = b.op("Mul", [gates, b.op("Reshape", [scaling, b.const([m, 1, -1])])])  # [N,m,1,E] fp32
+    probs = b.op("Softmax", [logits], axis=-1)
+    gates = b.op("Reshape", [b.op("MatMul", [shared.mix, probs]), b.const([0, 0, -1])])  # [B,T,m·E] fp32
     if b.dtype != fp32:
-        gs = b.op("Cast", [gs], to=b.dtype)
-    a = b.op("Reshape", [cat("lora_A"), b.const([-1, d_in])])  # [mEr,in]
-    h = b.op("Reshape", [b.op("Gemm", [x2, a], transB=1), g["h"]])  # [N,mE,r]
-    h = b.op("Mul", [h, b.op("Reshape", [gs, b.const([0, -1, 1])])])
-    h = b.op("Transpose", [h], perm=[1, 0, 2])  # [mE,N,r]
-    return [h] if m == 1 else b.split(h, m, axis=0)  # m × [E,N,r]
+        gates = b.op("Cast", [gates], to=b.dtype)
+    h = b.op("Mul", [h, b.op("MatMul", [gates, shared.repeat[m]])])  # [B,T,m·E·r]
+    return [h] if m == 1 else b.split(h, m, axis=-1)  # m × [B,T,E·r]
 
 
-def _expand_site(b: GraphBuilder, shared: _Shared, site: ir.Node, h: ir.Value, lora_b: ir.Value, d_out: int):
-    """z = y + Σ_E h_E·B_Eᵀ for one module: h [E,N,r], lora_B [E,out,r] -> [B,T,out]. onnxruntime fuses the
-    Transpose into the MatMul (FusedMatMul transB): no per-step copy of lora_B."""
-    y3 = b.op("MatMul", [h, b.op("Transpose", [lora_b], perm=[0, 2, 1])])  # [E,N,out]
-    delta = b.op("ReduceSum", [y3, b.const([0])], keepdims=0)  # [N,out]
-    return b.op("Add", [site.inputs[1], b.op("Reshape", [delta, shared.out_shape(d_out)])])
-
-
-def insert_experts(model: ir.Model, modules: list[str], specs: list[TensorSpec], router_mix: TensorSpec,
-                   features: dict[str, tuple[int, int]], dtype: str) -> None:
-    """Replace the marker of every module in `modules` by its HoE mixture; add router_mix and the
-    expert/router inputs (in the order of `specs`) to the graph. Markers of other modules are
-    removed (their linear stays plain)."""
-    graph = model.graph
+def site_groups(graph: ir.Graph, modules: list[str], features: dict[str, tuple[int, int]]) -> list[SiteGroup]:
+    """The target modules grouped by the tensor their marker reads, in graph order; features: module ->
+    (in_features, out_features)."""
     sites = find_sites(graph)
     missing = [m for m in modules if m not in sites]
     if missing:
         raise ValueError(f"traced graph has no marker for modules {missing[:5]}")
+    order = {node: i for i, node in enumerate(graph)}
+    groups: dict[tuple, list[str]] = {}
+    for module in sorted(modules, key=lambda mod: order[sites[mod]]):
+        groups.setdefault((id(sites[module].inputs[0]), features[module][0]), []).append(module)
+    return [SiteGroup(tuple(mods), features[mods[0]][0], tuple(features[m][1] for m in mods))
+            for mods in groups.values()]
+
+
+def insert_experts(model: ir.Model, groups: list[SiteGroup], specs: list[TensorSpec], router_mix: TensorSpec,
+                   dtype: str) -> None:
+    """Replace the marker of every module of `groups` by its HoE mixture; add router_mix and the packed
+    expert/router inputs (in the order of `specs`) to the graph. Markers of other modules are removed
+    (their linear stays plain)."""
+    graph = model.graph
+    sites = find_sites(graph)
     inputs = {s.name: make_input(s) for s in specs}
     mix = make_input(router_mix)
     position = [v.name for v in graph.inputs].index("position_ids") + 1
@@ -176,20 +155,14 @@ def insert_experts(model: ir.Model, modules: list[str], specs: list[TensorSpec],
     graph.inputs.extend(inputs.values())
     b = GraphBuilder(graph, dtype)
     first = graph.node(0)
-    shared = _Shared(b, graph.inputs[0], mix, inputs[names.ROUTER_MASK])
+    shared = _Shared(b, mix, groups, inputs)
     b.flush_before(first)
-    order = {node: i for i, node in enumerate(graph)}
-    groups: dict[tuple, list[str]] = {}
-    for module in sorted(modules, key=lambda mod: order[sites[mod]]):
-        groups.setdefault((id(sites[module].inputs[0]), features[module][0]), []).append(module)
-    for group in groups.values():
-        t = [{"weight": inputs[names.router_weight(mod)], "bias": inputs[names.router_bias(mod)],
-              "lora_A": inputs[names.lora_a(mod)], "scaling": inputs[names.scaling(mod)]} for mod in group]
-        hs = _expand_group(b, shared, sites[group[0]].inputs[0], t, features[group[0]][0])
-        b.flush_before(sites[group[0]])
-        for module, h in zip(group, hs):
-            site = sites.pop(module)
-            z = _expand_site(b, shared, site, h, inputs[names.lora_b(module)], features[module][1])
+    for g in groups:
+        group_sites = [sites.pop(module) for module in g.modules]
+        hs = _expand_group(b, shared, g, group_sites[0].inputs[0], inputs)
+        b.flush_before(group_sites[0])
+        for module, site, h in zip(g.modules, group_sites, hs):
+            z = b.op("Add", [site.inputs[1], b.op("MatMul", [h, inputs[packing.lora_b(module)]])])  # [B,T,out]
             b.flush_before(site)
             _bypass(graph, site, z)
     for site in sites.values():

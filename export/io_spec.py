@@ -5,7 +5,7 @@ exporter, the example inputs it traces with, the manifest's `inputs`/`outputs` a
 runtime (or `manifest.swap_experts`) makes on expert tensors before feeding them.
 
     input_ids [B,T]  attention_mask [B,P+T]  position_ids [B,T]  router_mix [B,K]
-    past_key_values.{i}.key|value [B,Hkv,P,D]  experts.* / routers.*  (E, r, K dynamic)
+    past_key_values.{i}.key|value [B,Hkv,P,D]  experts.*.packed / routers.*.packed  (E, r, K dynamic)
         ──► logits [B,T,V]  present.{i}.key|value [B,Hkv,P+T,D]
 """
 
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hoe.core import names
-from hoe.core.errors import ShapeMismatchError
+from hoe.core import packing
+from hoe.core.errors import ConfigError, ShapeMismatchError
+from hoe.core.packing import SiteGroup
 
 # Symbolic dimension names (docs/FORMAT.md).
 BATCH, SEQUENCE, PAST, TOTAL = "batch", "sequence", "past_sequence", "total_sequence"
@@ -61,27 +62,9 @@ def present_names(num_layers: int) -> list[str]:
     return [KV_CACHE[k] % i for i in range(num_layers) for k in ("present_key", "present_value")]
 
 
-def hoe_tensor_names(modules: list[str]) -> list[str]:
-    """Expert then router tensor names, the order in which they follow the KV cache in the graph."""
-    return names.expert_names(modules) + names.router_names(modules)
-
-
-def expert_tensor_specs(modules: list[str], features: dict[str, tuple[int, int]], dtype: str) -> list[TensorSpec]:
-    """Specs of every expert and router tensor; features: module -> (in_features, out_features)."""
-    specs = []
-    for name in hoe_tensor_names(modules):
-        specs.append(_hoe_spec(name, modules, features, dtype))
-    return specs
-
-
-def _hoe_spec(name: str, modules: list[str], features: dict[str, tuple[int, int]], dtype: str) -> TensorSpec:
-    if name == names.ROUTER_MASK:
-        return TensorSpec(name, "float32", (ROUTERS, EXPERTS))
-    module, kind = name.split(".", 1)[1].rsplit(".", 1)
-    d_in, d_out = features[module]
-    shape = {"lora_A": (EXPERTS, RANK, d_in), "lora_B": (EXPERTS, d_out, RANK), "scaling": (EXPERTS,),
-             "weight": (ROUTERS, EXPERTS, d_in), "bias": (ROUTERS, EXPERTS)}[kind]
-    return TensorSpec(name, dtype, shape)
+def expert_tensor_specs(groups: list[SiteGroup], dtype: str) -> list[TensorSpec]:
+    """Specs of the packed expert then router tensors (hoe.core.packing), in graph-input order."""
+    return [TensorSpec(name, dtype, shape) for name, shape in packing.symbolic_shapes(groups).items()]
 
 
 def graph_inputs(dims: ModelDims, hoe_specs: list[TensorSpec] | None) -> list[TensorSpec]:
@@ -102,14 +85,18 @@ def graph_outputs(dims: ModelDims) -> list[TensorSpec]:
     return specs + [TensorSpec(n, dims.dtype, kv) for n in present_names(dims.num_layers)]
 
 
-def bind_shapes(specs: list[TensorSpec], shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+def bind_shapes(specs: list[TensorSpec], shapes: dict[str, tuple[int, ...]],
+                known: dict[str, int] | None = None) -> dict[str, int]:
     """Check actual shapes against specs and return the value of every symbolic dimension.
 
-    Raises ShapeMismatchError naming the tensor, the expected and the actual shape when a fixed
-    size differs, the rank differs, or one symbolic dimension takes two values.
+    A dimension is an int, a symbol ("rank") or a product ("3*experts*rank", checked once its symbols are
+    bound by another dimension or by `known`). Raises ShapeMismatchError naming the tensor, the expected
+    and the actual shape when a fixed size or a product differs, the rank differs, or one symbol takes two
+    values.
     """
-    bound: dict[str, int] = {}
-    where: dict[str, str] = {}
+    bound: dict[str, int] = dict(known or {})
+    where: dict[str, str] = {k: "hoe.json" for k in bound}
+    products = []
     for spec in specs:
         if spec.name not in shapes:
             raise ShapeMismatchError(f"tensor {spec.name} is missing; expected shape {list(spec.shape)}")
@@ -119,10 +106,21 @@ def bind_shapes(specs: list[TensorSpec], shapes: dict[str, tuple[int, ...]]) -> 
         for want, got in zip(spec.shape, actual):
             if isinstance(want, int) and want != got:
                 raise ShapeMismatchError(f"{spec.name}: expected shape {list(spec.shape)}, got {list(actual)}")
-            if isinstance(want, str):
+            if isinstance(want, str) and "*" in want:
+                products.append((spec, want, got, actual))
+            elif isinstance(want, str):
                 if want in bound and bound[want] != got:
                     raise ShapeMismatchError(
                         f"{spec.name}: dimension '{want}' is {got}, but {where[want]} has {want}={bound[want]}")
                 bound.setdefault(want, got)
                 where.setdefault(want, spec.name)
+    for spec, want, got, actual in products:
+        try:
+            value = packing.dim_value(want, bound)
+        except KeyError as e:
+            raise ConfigError(f"{spec.name}: dimension '{want}' needs {e.args[0]!r}, which nothing binds") from e
+        if value != got:
+            sizes = ", ".join(f"{s}={bound[s]}" for s in packing.dim_symbols(want))
+            raise ShapeMismatchError(f"{spec.name}: expected shape {list(spec.shape)} with {sizes}, "
+                                     f"got {list(actual)}")
     return bound

@@ -5,6 +5,8 @@ Torch-free (numpy, safetensors and hoe.core's torch-free modules only), so the r
     load_manifest(folder, verify=True) -> dict     read, check structure, check every sha256
     refresh_hashes(folder) -> dict                 recompute `sha256` after files changed
     swap_experts(folder, ckpt_dir) -> dict         install another HoE checkpoint's experts/routers
+    write_packed(folder, tensors, groups, dtype)   checkpoint tensors -> packed experts/routers files
+    read_checkpoint_tensors(folder) -> dict        the folder's packed tensors as checkpoint tensors
     input_specs(manifest, names) -> [TensorSpec]   the declared specs of some graph inputs
 """
 
@@ -20,14 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hoe.core import names, packing
 from hoe.core.config import HoEConfig, atomic_write_text
 from hoe.core.errors import CheckpointError, ConfigError, ShapeMismatchError
+from hoe.core.packing import SiteGroup
 
-from .io_spec import TensorSpec, bind_shapes
+from .io_spec import TensorSpec
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: experts/routers packed per site group (hoe.core.packing)
 MANIFEST_FILE, VALIDATION_FILE = "hoe_config.json", "validation.json"
 MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
 EXPERTS_FILE, ROUTERS_FILE, HOE_FILE = "experts.safetensors", "routers.safetensors", "hoe.json"
@@ -68,18 +72,20 @@ def verify_hashes(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- write / read
 
 
-def hoe_section(config: HoEConfig | None, expert_inputs: list[str], router_inputs: list[str]) -> dict[str, Any]:
+def hoe_section(config: HoEConfig | None, expert_inputs: list[str], router_inputs: list[str],
+                groups: list[SiteGroup]) -> dict[str, Any]:
     """The manifest's `hoe` section. `enabled` is false for a plain base graph (no router_mix, no experts)."""
     enabled = bool(expert_inputs)
     if config is None:
         return {"enabled": False, "objectives": [], "expert_names": [], "expert_prefs": [], "anchors": [],
                 "n_active": 0, "n_route": 0, "rank": 0, "n_experts": 0, "n_routers": 0, "target_modules": [],
-                "expert_inputs": [], "router_inputs": []}
+                "expert_inputs": [], "router_inputs": [], "groups": []}
     return {"enabled": enabled, "objectives": list(config.objectives), "expert_names": list(config.expert_names),
             "expert_prefs": config.expert_prefs, "anchors": config.anchors, "n_active": config.n_active,
             "n_route": config.n_route, "rank": config.rank, "n_experts": config.n_experts,
             "n_routers": config.n_routers, "target_modules": list(config.target_modules),
-            "expert_inputs": list(expert_inputs), "router_inputs": list(router_inputs)}
+            "expert_inputs": list(expert_inputs), "router_inputs": list(router_inputs),
+            "groups": [g.to_dict() for g in groups]}
 
 
 def write_manifest(folder: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -133,18 +139,47 @@ def input_specs(manifest: dict[str, Any], input_names: list[str]) -> list[Tensor
     return [TensorSpec(n, inputs[n]["dtype"], tuple(inputs[n]["shape"])) for n in input_names]
 
 
+# ---------------------------------------------------------------------------- packed experts
+
+
+def groups_of(manifest: dict[str, Any]) -> list[SiteGroup]:
+    """The site groups the graph reads its experts in (manifest `hoe.groups`)."""
+    return [SiteGroup.from_dict(g) for g in manifest["hoe"].get("groups", [])]
+
+
+def write_packed(folder: Path, tensors: dict[str, np.ndarray], groups: list[SiteGroup], dtype: str) -> dict[str, str]:
+    """Checkpoint tensors (numpy, canonical names) -> experts/routers safetensors of packed graph inputs."""
+    from safetensors.numpy import save_file
+
+    packed = packing.pack(tensors, groups, dtype)
+    for file, prefix in ((EXPERTS_FILE, names.EXPERTS_PREFIX), (ROUTERS_FILE, names.ROUTERS_PREFIX)):
+        part = {n: v for n, v in packed.items() if n.startswith(prefix)}
+        save_file(part, str(Path(folder) / file), metadata={"format": "np"})
+    return {"experts": EXPERTS_FILE, "routers": ROUTERS_FILE}
+
+
+def read_checkpoint_tensors(folder: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The exported folder's experts and routers as HoE checkpoint tensors (canonical names, float32), e.g.
+    for the PyTorch reference or a weight merge. The scaling comes folded into lora_B (hoe.core.packing)."""
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    hoe = manifest["hoe"]
+    if not hoe.get("enabled", True):
+        raise ConfigError(f"{folder} is a plain base export: it holds no experts")
+    packed = {n: v for key in ("experts", "routers") for n, v in _read_numpy(folder / manifest["files"][key]).items()}
+    return packing.unpack(packed, groups_of(manifest), int(hoe["n_experts"]), int(hoe["rank"]), int(hoe["n_routers"]))
+
+
 # ---------------------------------------------------------------------------- expert swap
 
 
 def swap_experts(folder: str | os.PathLike, ckpt_dir: str | os.PathLike) -> dict[str, Any]:
     """Install the experts and routers of HoE checkpoint `ckpt_dir` into exported `folder`, no re-export.
 
-    E, r and K may change; the adapted modules and their feature sizes must not. Tensors are cast to
-    the graph's input dtypes, `hoe.json` and the manifest's `hoe` section follow, sha256 are refreshed
-    and the now stale `validation.json` is removed. Each file is replaced atomically, the manifest last.
+    E, r and K may change; the adapted modules and their feature sizes must not. Tensors are packed in the
+    graph's input dtype, `hoe.json` and the manifest's `hoe` section follow, sha256 are refreshed and the
+    now stale `validation.json` is removed. Each file is replaced atomically, the manifest last.
     """
-    from safetensors.numpy import save_file
-
     folder, ckpt_dir = Path(folder), Path(ckpt_dir)
     manifest = load_manifest(folder)
     if not manifest["hoe"].get("enabled", True):
@@ -154,26 +189,25 @@ def swap_experts(folder: str | os.PathLike, ckpt_dir: str | os.PathLike) -> dict
     if sorted(config.target_modules) != sorted(old["target_modules"]):
         diff = sorted(set(config.target_modules) ^ set(old["target_modules"]))
         raise ShapeMismatchError(f"{ckpt_dir} adapts other modules than the graph: differs on {diff[:5]}")
-    groups = {EXPERTS_FILE: old["expert_inputs"], ROUTERS_FILE: old["router_inputs"]}
-    staged = {}
-    for file, names in groups.items():
-        tensors = _read_numpy(ckpt_dir / file)
-        specs = input_specs(manifest, names)
-        _check_names(ckpt_dir / file, tensors, names)
-        dims = bind_shapes(specs, {n: t.shape for n, t in tensors.items()})
-        _check_dims(ckpt_dir, config, dims)
-        staged[file] = {s.name: np.ascontiguousarray(tensors[s.name].astype(s.dtype)) for s in specs}
+    tensors = {}
+    for file, wanted in ((EXPERTS_FILE, names.expert_names(config.target_modules)),
+                         (ROUTERS_FILE, names.router_names(config.target_modules))):
+        part = _read_numpy(ckpt_dir / file)
+        _check_names(ckpt_dir / file, part, wanted)
+        tensors.update(part)
+    _check_dims(ckpt_dir, config, tensors)
+    groups = groups_of(manifest)
+    dtype = input_specs(manifest, old["expert_inputs"][:1])[0].dtype
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".swap."))
     try:
-        for file, tensors in staged.items():
-            save_file(tensors, str(tmp / file), metadata={"format": "np"})
+        write_packed(tmp, tensors, groups, dtype)
         shutil.copyfile(ckpt_dir / HOE_FILE, tmp / HOE_FILE)
-        for file in (*staged, HOE_FILE):
+        for file in (EXPERTS_FILE, ROUTERS_FILE, HOE_FILE):
             os.replace(tmp / file, folder / file)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     (folder / VALIDATION_FILE).unlink(missing_ok=True)
-    manifest["hoe"] = hoe_section(config, old["expert_inputs"], old["router_inputs"])
+    manifest["hoe"] = hoe_section(config, old["expert_inputs"], old["router_inputs"], groups)
     log.info("installed experts of %s into %s (E=%d, r=%d, K=%d)", ckpt_dir, folder, config.n_experts,
              config.rank, config.n_routers)
     return write_manifest(folder, manifest)
@@ -191,15 +225,18 @@ def _read_numpy(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path} is not a readable float safetensors file: {e}") from e
 
 
-def _check_names(path: Path, tensors: dict, names: list[str]) -> None:
-    if set(tensors) != set(names):
-        missing, unexpected = sorted(set(names) - set(tensors)), sorted(set(tensors) - set(names))
-        raise CheckpointError(f"{path}: tensor names do not match the graph inputs: missing {missing[:5]}, "
+def _check_names(path: Path, tensors: dict, wanted: list[str]) -> None:
+    if set(tensors) != set(wanted):
+        missing, unexpected = sorted(set(wanted) - set(tensors)), sorted(set(tensors) - set(wanted))
+        raise CheckpointError(f"{path}: tensor names do not match hoe.json's target modules: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
 
 
-def _check_dims(ckpt_dir: Path, config: HoEConfig, dims: dict[str, int]) -> None:
+def _check_dims(ckpt_dir: Path, config: HoEConfig, tensors: dict[str, np.ndarray]) -> None:
+    """E, r and K of the tensors are those hoe.json declares (packing checks every shape against them)."""
+    k, e = tensors[names.ROUTER_MASK].shape
+    r = tensors[names.lora_a(config.target_modules[0])].shape[1]
     declared = {"experts": config.n_experts, "rank": config.rank, "routers": config.n_routers}
-    for dim, value in dims.items():
-        if dim in declared and declared[dim] != value:
+    for dim, value in {"experts": e, "rank": r, "routers": k}.items():
+        if declared[dim] != value:
             raise ShapeMismatchError(f"{ckpt_dir}: tensors have {dim}={value}, hoe.json says {declared[dim]}")

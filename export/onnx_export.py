@@ -1,7 +1,7 @@
 """`hoe export`: base model + HoE checkpoint -> exported folder (docs/FORMAT.md), validated against PyTorch.
 
     check inputs ─► load ─► trace base with HoE markers ─► splice expert mixtures ─► optimise
-      ─► save graph + experts/routers + tokenizer + manifest (temporary folder)
+      ─► save graph + packed experts/routers + tokenizer + manifest (temporary folder)
       ─► TensorRT readiness ─► validate (ORT CPU vs PyTorch) ─► rename to OUT_DIR
 
 Everything that can be refused (existing OUT_DIR, unsupported architecture, experts that do not fit
@@ -169,15 +169,16 @@ class _Export:
         del self.model
 
     def _experts(self) -> None:
-        from .hoe_graph import insert_experts, remove_sites
+        from .hoe_graph import insert_experts, remove_sites, site_groups
 
         if not self.config.experts:
             remove_sites(self.graph)
             self.hoe_specs = None
         else:
-            self.hoe_specs = expert_tensor_specs(self.modules, self.features, self.dtype)
+            self.groups = site_groups(self.graph.graph, self.modules, self.features)
+            self.hoe_specs = expert_tensor_specs(self.groups, self.dtype)
             router_mix = next(s for s in graph_inputs(self.dims, []) if s.name == ROUTER_MIX)
-            insert_experts(self.graph, self.modules, self.hoe_specs, router_mix, self.features, self.dtype)
+            insert_experts(self.graph, self.groups, self.hoe_specs, router_mix, self.dtype)
         self.inputs = graph_inputs(self.dims, self.hoe_specs)
         _set_io_shapes(self.graph, self.inputs, self.outputs)
 
@@ -196,7 +197,8 @@ class _Export:
         del self.graph
         files = {}
         if self.ckpt is not None and self.config.experts:
-            files.update(_save_hoe_tensors(self.ckpt, self.hoe_specs, self.tmp))
+            tensors = {k: v.float().numpy() for k, v in {**self.ckpt.experts, **self.ckpt.routers}.items()}
+            files.update(mf.write_packed(self.tmp, tensors, self.groups, self.dtype))
         if self.ckpt_dir is not None:
             shutil.copyfile(self.ckpt_dir / mf.HOE_FILE, self.tmp / mf.HOE_FILE)
             files["hoe"] = mf.HOE_FILE
@@ -251,7 +253,7 @@ class _Export:
             "inputs": {s.name: s.to_dict() for s in self.inputs},
             "outputs": {s.name: s.to_dict() for s in self.outputs},
             "kv_cache": dict(KV_CACHE),
-            "hoe": mf.hoe_section(self.hoe_config, experts, routers),
+            "hoe": mf.hoe_section(self.hoe_config, experts, routers, getattr(self, "groups", [])),
             "files": files,
             "tokens": _token_ids(self.base_dir, hf),
             "generation": _generation_defaults(self.base_dir),
@@ -282,19 +284,6 @@ def _set_io_shapes(model, inputs: list[TensorSpec], outputs: list[TensorSpec]) -
         raise RuntimeError(f"graph I/O differs from the contract: inputs {got_in[:6]}..., outputs {got_out[:4]}...")
     for value, spec in zip([*graph.inputs, *graph.outputs], [*inputs, *outputs]):
         value.shape = ir.Shape(list(spec.shape))
-
-
-def _save_hoe_tensors(ckpt, specs: list[TensorSpec], folder: Path) -> dict[str, str]:
-    """experts/routers safetensors under the graph input names, in the graph input dtypes."""
-    import torch
-    from safetensors.torch import save_file
-
-    dtypes = {"float32": torch.float32, "float16": torch.float16}
-    tensors = {**ckpt.experts, **ckpt.routers}
-    for file, prefix in ((mf.EXPERTS_FILE, "experts."), (mf.ROUTERS_FILE, "routers.")):
-        part = {s.name: tensors[s.name].to(dtypes[s.dtype]).contiguous() for s in specs if s.name.startswith(prefix)}
-        save_file(part, str(folder / file), metadata={"format": "pt"})
-    return {"experts": mf.EXPERTS_FILE, "routers": mf.ROUTERS_FILE}
 
 
 def _copy_tokenizer(base_dir: Path, folder: Path) -> dict[str, str]:

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hoe.core.errors import CheckpointError, ConfigError
+import numpy as np
+from hoe.core.errors import CheckpointError, ConfigError, ShapeMismatchError
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "hoe_config.json"
-FORMAT_VERSIONS = (1,)  # manifest versions this runtime reads
+FORMAT_VERSIONS = (2,)  # manifest versions this runtime reads (2: packed experts, hoe.core.packing)
 _UNHASHED = (MANIFEST_FILE, "validation.json")
 _REQUIRED = ("format_version", "model", "architecture", "inputs", "outputs", "kv_cache", "hoe", "files", "tokens")
 
@@ -177,6 +178,30 @@ class Manifest:
         spec = self.inputs[self.kv_names(0)[0]]
         shape = spec["shape"]
         return spec["dtype"], int(shape[1]), int(shape[3])
+
+    def hoe_tensors(self) -> dict[str, np.ndarray]:
+        """Experts and routers by graph-input name, checked against the declared inputs: every one present,
+        its dtype, and its shape with the E, r and K of the `hoe` section."""
+        from hoe.export.io_spec import TensorSpec, bind_shapes
+        from safetensors.numpy import load_file
+
+        arrays = {}
+        for key in ("experts", "routers"):
+            if self.path(key) is not None:
+                arrays.update(load_file(str(self.path(key))))
+        wanted = self.hoe["expert_inputs"] + self.hoe["router_inputs"]
+        specs = [TensorSpec(n, self.inputs[n]["dtype"], tuple(self.inputs[n]["shape"])) for n in wanted]
+        sizes = {"experts": int(self.hoe["n_experts"]), "rank": int(self.hoe["rank"]),
+                 "routers": int(self.hoe["n_routers"])}
+        try:
+            bind_shapes(specs, {n: a.shape for n, a in arrays.items()}, known=sizes)
+        except ShapeMismatchError as e:
+            raise CheckpointError(f"experts/routers files of {self.folder} do not fit the graph: {e}") from e
+        for spec in specs:
+            if arrays[spec.name].dtype != np.dtype(spec.dtype):
+                raise CheckpointError(f"{spec.name}: the graph takes {spec.dtype}, the file holds "
+                                      f"{arrays[spec.name].dtype}")
+        return {n: arrays[n] for n in wanted}
 
     def path(self, key: str) -> Path | None:
         """Absolute path of a file named under `files` (None when the export has none)."""

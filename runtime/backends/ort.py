@@ -95,22 +95,11 @@ class OrtBackend(Backend):
 
     def _load_tensors(self) -> dict:
         """Experts and routers as OrtValues on the session's device, checked against the graph inputs."""
-        from safetensors.numpy import load_file
-
-        arrays = {}
-        for key in ("experts", "routers"):
-            path = self.manifest.path(key)
-            if path is not None:
-                arrays.update(load_file(str(path)))
-        wanted = [n for n in self._graph_inputs if n.startswith(("experts.", "routers."))]
-        missing = [n for n in wanted if n not in arrays]
-        if missing:
-            raise CheckpointError(f"graph inputs {missing[:5]} (of {len(missing)}) are not in the experts/routers "
-                                  f"files of {self.manifest.folder}")
-        for n in wanted:
-            _check_input(self._graph_inputs[n], arrays[n])
-        return {n: self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arrays[n]), self.device, 0)
-                for n in wanted}
+        arrays = self.manifest.hoe_tensors() if self.manifest.hoe_enabled else {}
+        for n, arr in arrays.items():
+            _check_input(self._graph_inputs[n], arr)
+        return {n: self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), self.device, 0)
+                for n, arr in arrays.items()}
 
     # -- Polygraphy-style single forward ----------------------------------------------------------
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -2,8 +2,8 @@
 
 Needs the export extra (torch, transformers). The exported folder does not hold the base weights in
 torch form, so the base comes from `BackendConfig.base`, else the manifest's `source.base`. Experts and
-routers come from `BackendConfig.hoe`, else the exported folder itself (its hoe.json,
-experts.safetensors and routers.safetensors form a HoE checkpoint), else `source.hoe`.
+routers come from `BackendConfig.hoe`, else the exported folder itself (its hoe.json and its packed
+experts/routers, unpacked: the same model with the expert scaling folded into lora_B), else `source.hoe`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ class TorchBackend(Backend):
             torch.set_num_threads(int(self.config.threads))
         base, ckpt = self._sources()
         start = time.perf_counter()
-        self.model = load_hoe(base, ckpt, dtype=self.manifest.data["model"].get("dtype", "fp32"))
+        dtype = self.manifest.data["model"].get("dtype", "fp32")
+        self.model = _from_export(base, ckpt, dtype) if (ckpt / "hoe_config.json").is_file() else \
+            load_hoe(base, ckpt, dtype=dtype)
         self.load_ms = (time.perf_counter() - start) * 1e3
         self._layers = [self.manifest.kv_names(i) for i in range(self.manifest.num_layers)]
         log.info("torch %s reference model ready in %.0f ms (base %s, experts %s, threads=%s)",
@@ -105,3 +107,20 @@ class TorchBackend(Backend):
         torch = getattr(self, "_torch", None)
         return {"backend": self.name, "providers": ["torch-cpu"], "threads": torch.get_num_threads() if torch else None,
                 "torch": getattr(torch, "__version__", None)}
+
+
+def _from_export(base_dir: Path, folder: Path, dtype: str):
+    """HoEModel of the base and the experts/routers an exported folder holds (packed; unpacked here)."""
+    import torch
+    from hoe.core.checkpoint import HoECheckpoint
+    from hoe.core.config import HoEConfig
+    from hoe.core.loading import hoe_from_checkpoint, load_base
+    from hoe.export.manifest import HOE_FILE, read_checkpoint_tensors
+
+    tensors = {n: torch.from_numpy(v) for n, v in read_checkpoint_tensors(folder).items()}
+    experts = {n: v for n, v in tensors.items() if n.startswith("experts.")}
+    routers = {n: v for n, v in tensors.items() if n.startswith("routers.")}
+    ckpt = HoECheckpoint(HoEConfig.load(folder / HOE_FILE), experts, routers)
+    base = load_base(base_dir, dtype)
+    ckpt.validate(base)
+    return hoe_from_checkpoint(base, ckpt)

@@ -76,7 +76,7 @@ class TrtBackend(Backend):
         self.limits = tp.EngineLimits.from_dict(self.info["limits"])
         self.profiles = {p: self.info["profiles"][p]["shapes"] for p in tp.PHASES}
         tensors = self._load_tensors()
-        self.sizes = _sizes(tensors)
+        self.sizes = tp.exported_sizes(self.manifest.data)  # E, r, K: hoe_tensors checked the files against them
         tp.check_tensor_fits(self.info, self.sizes)
         self.engine = self._deserialize(trt)
         self._check_io(trt)
@@ -128,19 +128,8 @@ class TrtBackend(Backend):
         return ctx
 
     def _load_tensors(self) -> dict[str, np.ndarray]:
-        from safetensors.numpy import load_file
-
-        arrays = {}
-        for key in ("experts", "routers"):
-            path = self.manifest.path(key)
-            if path is not None:
-                arrays.update(load_file(str(path)))
-        wanted = [n for n in self.manifest.inputs if n.startswith(("experts.", "routers."))]
-        missing = [n for n in wanted if n not in arrays]
-        if missing:
-            raise CheckpointError(f"engine inputs {missing[:5]} (of {len(missing)}) are not in the experts/routers "
-                                  f"files of {self.manifest.folder}")
-        return {n: _as_dtype(arrays[n], self.manifest.inputs[n]["dtype"], n) for n in wanted}
+        arrays = self.manifest.hoe_tensors() if self.manifest.hoe_enabled else {}
+        return {n: _as_dtype(arr, self.manifest.inputs[n]["dtype"], n) for n, arr in arrays.items()}
 
     def _alloc(self, nbytes: int) -> int:
         ptr = self.mem.alloc(nbytes)
@@ -304,15 +293,6 @@ class TrtBackend(Backend):
         return {"backend": self.name, "tensorrt": info.get("tensorrt"), "engine_gpu": info.get("gpu"),
                 "gpu": getattr(self, "gpu", None), "cuda_binding": getattr(getattr(self, "mem", None), "name", None),
                 "precision": info.get("precision"), "limits": info.get("limits")}
-
-
-def _sizes(tensors: dict[str, np.ndarray]) -> dict[str, int]:
-    """E, r, K of the loaded experts/routers (from their shapes, not from the manifest)."""
-    lora_a = next((a for n, a in tensors.items() if n.endswith(".lora_A")), None)
-    mask = tensors.get("routers.mask")
-    if lora_a is None or mask is None:
-        raise CheckpointError("experts/routers files lack a lora_A tensor or routers.mask")
-    return {"experts": int(lora_a.shape[0]), "rank": int(lora_a.shape[1]), "routers": int(mask.shape[0])}
 
 
 def _as_dtype(arr: np.ndarray, dtype: str, name: str) -> np.ndarray:

@@ -7,8 +7,8 @@ built by another TensorRT, for another GPU, or from another model.
     engine.json ─► check_engine_compat(trt version, GPU) / check_tensor_fits(E, r, K) ─► trt backend
 
 Symbolic dimensions are those of docs/FORMAT.md: batch, sequence (T new tokens), past_sequence (P),
-total_sequence (P+T), experts (E), rank (r), routers (K). E, r and K are dynamic within their maxima,
-so experts and routers of another size swap in without a rebuild.
+total_sequence (P+T), experts (E), rank (r), routers (K), and products ("3*experts*rank"). E, r and K
+are dynamic within their maxima, so experts and routers of another size swap in without a rebuild.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from hoe.core.config import JsonConfig, atomic_write_text
 from hoe.core.errors import CheckpointError, ConfigError, InputError, ShapeMismatchError
+from hoe.core.packing import dim_symbols, dim_value
 
 ENGINE_DIR = "trt"  # folder inside the exported folder
 ENGINE_FILE = "model.engine"
@@ -111,7 +112,7 @@ def _check_fixed_dims(manifest: dict, limits: EngineLimits) -> None:
         spec = manifest["inputs"].get(name)
         if spec is None:
             raise ConfigError(f"hoe_config.json names graph input {name!r} under 'hoe' but not under 'inputs'")
-    symbolic = {d for spec in manifest["inputs"].values() for d in spec["shape"] if isinstance(d, str)}
+    symbolic = {f for spec in manifest["inputs"].values() for d in spec["shape"] for f in dim_symbols(d)}
     for name, limit in (("experts", limits.max_experts), ("rank", limits.max_rank), ("routers", limits.max_routers)):
         if limit and limit != sizes[name] and name not in symbolic:
             raise ConfigError(f"the exported graph has a fixed {name} dimension ({sizes[name]}), so --max-{name} "
@@ -139,11 +140,11 @@ def profiles(manifest: dict, limits: EngineLimits) -> dict[str, Profile]:
 
 
 def _dim(d: int | str, ranges: dict[str, Range], which: int, tensor: str) -> int:
-    if isinstance(d, int):
-        return d
-    if d not in ranges:
-        raise ConfigError(f"graph input {tensor} has symbolic dimension {d!r}; known: {list(SYMBOLS)}")
-    return ranges[d][which]
+    """min/opt/max (which = 0/1/2) of a dimension; a product ("3*experts*rank") takes its factors' values."""
+    try:
+        return dim_value(d, {name: r[which] for name, r in ranges.items()})
+    except KeyError as e:
+        raise ConfigError(f"graph input {tensor} has symbolic dimension {e.args[0]!r}; known: {list(SYMBOLS)}") from e
 
 
 def ort_profile_shapes(profs: dict[str, Profile]) -> dict[str, dict[str, list[int]]]:
@@ -161,7 +162,7 @@ def ort_profile_shapes(profs: dict[str, Profile]) -> dict[str, dict[str, list[in
 def concrete_shape(shape: list, dims: dict[str, int]) -> tuple[int, ...]:
     """A manifest shape with its symbols replaced by this step's sizes."""
     try:
-        return tuple(d if isinstance(d, int) else int(dims[d]) for d in shape)
+        return tuple(dim_value(d, dims) for d in shape)
     except KeyError as e:
         raise ConfigError(f"no size given for dimension {e.args[0]!r} of shape {shape}") from e
 

@@ -31,7 +31,7 @@ def _corrupted_export(bench_model, tmp_path):
     shutil.copytree(bench_model.export, folder)
     experts = load_file(str(folder / "experts.safetensors"))
     for key in experts:
-        if key.endswith(".lora_B"):
+        if key.endswith(".lora_B.packed"):
             experts[key] = (experts[key] * 1.5).astype(np.float32)
     save_file(experts, str(folder / "experts.safetensors"))
     refresh_hashes(folder)

@@ -79,9 +79,9 @@ def merger(bench_model):
     inits = read_initializers(bench_model.base_export / "model.onnx")
     slots = locate_weights(inits, read_base_weights(bench_model.base_dir, modules))
     assert sorted(slots) == sorted(modules)
-    from safetensors.numpy import load_file
+    from hoe.export.manifest import read_checkpoint_tensors
 
-    return Merger(inits, slots, load_file(str(export.path("experts"))), export.hoe["expert_prefs"])
+    return Merger(inits, slots, read_checkpoint_tensors(bench_model.export), export.hoe["expert_prefs"])
 
 
 def test_merged_equals_hoe_with_constant_gates(bench_model, merger):

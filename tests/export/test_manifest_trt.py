@@ -5,29 +5,83 @@ import json
 import numpy as np
 import onnx
 import pytest
+from hoe.core import names, packing
 from hoe.core.errors import CheckpointError, ConfigError, ShapeMismatchError
+from hoe.core.packing import SiteGroup
 from hoe.export import manifest as mf
 from hoe.export.io_spec import ModelDims, TensorSpec, bind_shapes, expert_tensor_specs, graph_inputs, graph_outputs
 from hoe.export.trt_ops import check_model
 from onnx import TensorProto, helper
 
+GROUPS = [SiteGroup(("a.q", "a.k"), 8, (6, 2)), SiteGroup(("a.o",), 6, (8,))]
 
-def test_bind_shapes_checks_fixed_and_symbolic_dims():
-    specs = expert_tensor_specs(["m"], {"m": (8, 6)}, "float32")
-    shapes = {"experts.m.lora_A": (3, 4, 8), "experts.m.lora_B": (3, 6, 4), "experts.m.scaling": (3,),
-              "routers.mask": (5, 3), "routers.m.weight": (5, 3, 8), "routers.m.bias": (5, 3)}
+
+def test_bind_shapes_checks_fixed_symbolic_and_product_dims():
+    specs = [TensorSpec("x", "float32", ("experts", "rank", 8)), TensorSpec("m", "float32", ("routers", "experts"))]
+    specs += expert_tensor_specs(GROUPS, "float32")
+    e, r, k = 3, 4, 5
+    shapes = {"x": (e, r, 8), "m": (k, e), "experts.a.q+k.lora_A.packed": (8, 2 * e * r),
+              "experts.a.q.lora_B.packed": (e * r, 6), "experts.a.k.lora_B.packed": (e * r, 2),
+              "experts.a.o.lora_A.packed": (6, e * r), "experts.a.o.lora_B.packed": (e * r, 8),
+              "routers.a.q+k.weight.packed": (8, 2 * k * e), "routers.a.q+k.bias.packed": (2 * k * e,),
+              "routers.a.o.weight.packed": (6, k * e), "routers.a.o.bias.packed": (k * e,)}
+    assert set(shapes) == {s.name for s in specs}
     assert bind_shapes(specs, shapes) == {"experts": 3, "rank": 4, "routers": 5}
-    with pytest.raises(ShapeMismatchError, match=r"lora_B: expected shape \['experts', 6, 'rank'\], got \[3, 7, 4\]"):
-        bind_shapes(specs, {**shapes, "experts.m.lora_B": (3, 7, 4)})
-    with pytest.raises(ShapeMismatchError, match="'rank' is 2, but experts.m.lora_A has rank=4"):
-        bind_shapes(specs, {**shapes, "experts.m.lora_B": (3, 6, 2)})
-    with pytest.raises(ShapeMismatchError, match="routers.m.bias is missing"):
-        bind_shapes(specs, {k: v for k, v in shapes.items() if k != "routers.m.bias"})
+    assert bind_shapes(specs[2:], {n: v for n, v in shapes.items() if n not in ("x", "m")},
+                       known={"experts": e, "rank": r, "routers": k}) == {"experts": 3, "rank": 4, "routers": 5}
+    with pytest.raises(ShapeMismatchError, match=r"x: expected shape \['experts', 'rank', 8\], got \[3, 4, 7\]"):
+        bind_shapes(specs, {**shapes, "x": (3, 4, 7)})
+    with pytest.raises(ShapeMismatchError, match="'rank' is 2, but hoe.json has rank=4"):
+        bind_shapes(specs, {**shapes, "x": (3, 2, 8)}, known={"rank": 4})
+    with pytest.raises(ShapeMismatchError, match=r"q\+k.lora_A.packed: expected shape \[8, '2\*experts\*rank'\] "
+                                                 r"with experts=3, rank=4, got \[8, 12\]"):
+        bind_shapes(specs, {**shapes, "experts.a.q+k.lora_A.packed": (8, 12)})
+    with pytest.raises(ShapeMismatchError, match="routers.a.o.bias.packed is missing"):
+        bind_shapes(specs, {k_: v for k_, v in shapes.items() if k_ != "routers.a.o.bias.packed"})
+    with pytest.raises(ConfigError, match="needs 'routers', which nothing binds"):
+        bind_shapes([expert_tensor_specs(GROUPS, "float32")[-1]], {"routers.a.o.bias.packed": (15,)})
+
+
+def test_pack_unpack_round_trip_and_errors():
+    rng = np.random.default_rng(0)
+    e, r, k = 2, 3, 4
+    tensors = {names.ROUTER_MASK: (rng.random((k, e)) > 0.3).astype(np.float32)}
+    tensors[names.ROUTER_MASK][:, 0] = 1.0
+    for g in GROUPS:
+        for module, d_out in zip(g.modules, g.d_outs):
+            tensors[names.lora_a(module)] = rng.standard_normal((e, r, g.d_in)).astype(np.float32)
+            tensors[names.lora_b(module)] = rng.standard_normal((e, d_out, r)).astype(np.float32)
+            tensors[names.scaling(module)] = np.array([0.5, 2.0], dtype=np.float32)
+            tensors[names.router_weight(module)] = rng.standard_normal((k, e, g.d_in)).astype(np.float32)
+            tensors[names.router_bias(module)] = rng.standard_normal((k, e)).astype(np.float32)
+    packed = packing.pack(tensors, GROUPS, "float32")
+    assert set(packed) == set(packing.expert_names(GROUPS) + packing.router_names(GROUPS))
+    qk = GROUPS[0]
+    # x·A_packed gives module k's expert 1 in columns (1·E + 1)·r ..
+    x = rng.standard_normal(8).astype(np.float32)
+    np.testing.assert_allclose((x @ packed[packing.lora_a(qk)])[(e + 1) * r:(e + 2) * r],
+                               tensors[names.lora_a("a.k")][1] @ x, rtol=1e-5)
+    bias = packed[packing.router_bias(qk)].reshape(2, k, e)
+    assert np.array_equal(np.isinf(bias[1]), tensors[names.ROUTER_MASK] == 0)
+    back = packing.unpack(packed, GROUPS, e, r, k)
+    assert set(back) == set(tensors)
+    for g in GROUPS:
+        for module in g.modules:
+            np.testing.assert_array_equal(back[names.lora_a(module)], tensors[names.lora_a(module)])
+            np.testing.assert_allclose(back[names.lora_b(module)], tensors[names.lora_b(module)]
+                                       * tensors[names.scaling(module)][:, None, None], rtol=1e-6)
+            np.testing.assert_array_equal(back[names.scaling(module)], np.ones(e, np.float32))
+            np.testing.assert_array_equal(back[names.router_weight(module)], tensors[names.router_weight(module)])
+    assert packing.pack(tensors, GROUPS, "float16")[packing.lora_a(qk)].dtype == np.float16
+    with pytest.raises(ShapeMismatchError, match=r"experts.a.k.lora_B: expected shape \[2, 2, 3\], got \[2, 5, 3\]"):
+        packing.pack({**tensors, names.lora_b("a.k"): np.zeros((e, 5, r), np.float32)}, GROUPS, "float32")
+    with pytest.raises(CheckpointError, match="routers.a.o.bias is missing"):
+        packing.pack({n: v for n, v in tensors.items() if n != names.router_bias("a.o")}, GROUPS, "float32")
 
 
 def test_graph_io_order_and_names():
     dims = ModelDims(num_layers=2, num_kv_heads=3, head_dim=4, vocab_size=11, dtype="float16")
-    hoe = expert_tensor_specs(["m"], {"m": (8, 6)}, "float16")
+    hoe = expert_tensor_specs(GROUPS, "float16")
     names = [s.name for s in graph_inputs(dims, hoe)]
     assert names[:8] == ["input_ids", "attention_mask", "position_ids", "router_mix", "past_key_values.0.key",
                          "past_key_values.0.value", "past_key_values.1.key", "past_key_values.1.value"]
@@ -41,8 +95,8 @@ def test_graph_io_order_and_names():
 def _folder(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"graph")
     (tmp_path / "tokenizer.json").write_text("{}")
-    data = {"format_version": 1, "model": {}, "architecture": {}, "inputs": {}, "outputs": {}, "kv_cache": {},
-            "hoe": mf.hoe_section(None, [], []), "files": {}, "tokens": {}, "generation": {}, "tools": {}}
+    data = {"format_version": 2, "model": {}, "architecture": {}, "inputs": {}, "outputs": {}, "kv_cache": {},
+            "hoe": mf.hoe_section(None, [], [], []), "files": {}, "tokens": {}, "generation": {}, "tools": {}}
     return mf.write_manifest(tmp_path, data)
 
 
@@ -66,9 +120,9 @@ def test_manifest_refuses_bad_content(tmp_path):
     with pytest.raises(ConfigError, match="not valid JSON"):
         mf.load_manifest(tmp_path)
     (tmp_path / mf.MANIFEST_FILE).write_text(json.dumps({"format_version": 9}))
-    with pytest.raises(ConfigError, match="format_version must be 1, got 9"):
+    with pytest.raises(ConfigError, match="format_version must be 2, got 9"):
         mf.load_manifest(tmp_path)
-    (tmp_path / mf.MANIFEST_FILE).write_text(json.dumps({"format_version": 1, "model": {}}))
+    (tmp_path / mf.MANIFEST_FILE).write_text(json.dumps({"format_version": 2, "model": {}}))
     with pytest.raises(ConfigError, match="lacks sections"):
         mf.load_manifest(tmp_path)
 

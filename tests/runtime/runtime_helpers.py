@@ -45,7 +45,7 @@ def write_tokenizer(folder, vocab_size: int = 300, template: str | None = CHATML
 
 def fake_manifest(folder, vocab: int = 64, context: int = 64, n_obj: int = 3, eos=(2,), extra_anchor=True):
     anchors = np.eye(n_obj).tolist() + ([[1.0 / n_obj] * n_obj] if extra_anchor else [])
-    data = {"format_version": 1, "model": {"file": "model.onnx"},
+    data = {"format_version": 2, "model": {"file": "model.onnx"},
             "architecture": {"num_layers": 1, "vocab_size": vocab, "max_position_embeddings": context},
             "inputs": {}, "outputs": {}, "kv_cache": {},
             "hoe": {"objectives": [f"obj{i}" for i in range(n_obj)], "anchors": anchors, "n_route": n_obj,

@@ -29,7 +29,7 @@ def test_loads_and_reads_fields(tmp_path):
 
 
 def test_unknown_format_version(tmp_path):
-    with pytest.raises(ConfigError, match=r"format_version 7 .*expected one of \[1\]"):
+    with pytest.raises(ConfigError, match=r"format_version 7 .*expected one of \[2\]"):
         Manifest.load(_folder(tmp_path, format_version=7))
 
 

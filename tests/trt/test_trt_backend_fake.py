@@ -154,6 +154,17 @@ def test_engine_from_elsewhere_is_refused(toy, fake, case, error, match):
         _backend(toy, memory).activate()
 
 
+def _declare_sizes(folder, **sizes):
+    """Tell hoe_config.json the new E / r of hand-grown tensors (what swap_experts does)."""
+    import json
+
+    path = folder / "hoe_config.json"
+    data = json.loads(path.read_text())
+    keys = {"experts": "n_experts", "rank": "rank", "routers": "n_routers"}
+    data["hoe"].update({keys[k]: v for k, v in sizes.items()})
+    path.write_text(json.dumps(data))
+
+
 def _backend_unverified(folder, memory):
     from hoe.runtime.backends.trt import TrtBackend
 
@@ -187,6 +198,10 @@ def test_bigger_experts_need_a_bigger_engine(toy, fake):
     experts = load_file(str(toy / "experts.safetensors"))
     experts = {k: np.concatenate([v, v[:1]], 0) for k, v in experts.items()}  # E = 4 > engine's 3
     save_file(experts, str(toy / "experts.safetensors"))
+    routers = load_file(str(toy / "routers.safetensors"))
+    routers = {k: np.concatenate([v, v[:, :1]], 1) for k, v in routers.items()}
+    save_file(routers, str(toy / "routers.safetensors"))
+    _declare_sizes(toy, experts=4)
     with pytest.raises(ShapeMismatchError, match="--max-experts 4"):
         _backend_unverified(toy, memory).activate()
 
@@ -206,6 +221,7 @@ def test_swapped_experts_within_limits_run_without_rebuild(toy, fake):
             v = np.concatenate([v, rng.normal(size=(*v.shape[:2], 1)).astype(np.float32)], 2)
         grown[k] = v
     save_file(grown, str(toy / "experts.safetensors"))
+    _declare_sizes(toy, rank=3)
     ids, mask, pos, mix = _inputs(length=5)
     ref = te.full_forward_logits(toy, ids, mask, pos, mix)
     with _backend_unverified(toy, memory) as backend:

@@ -42,7 +42,7 @@ def _outputs() -> dict:
 def manifest(sha: dict | None = None) -> dict:
     inputs = _inputs()
     return {
-        "format_version": 1,
+        "format_version": 2,
         "model": {"file": "model.onnx", "external_data": None, "dtype": "fp32", "opset": 18},
         "architecture": {"model_type": "llama", "num_layers": LAYERS, "num_attention_heads": 1,
                          "num_kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "hidden_size": HEAD_DIM, "vocab_size": VOCAB,
