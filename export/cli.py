@@ -1,4 +1,4 @@
-"""`hoe export` and `hoe trt-check` (torch imported only when they run)."""
+"""`hoe export`, `hoe swap-experts` and `hoe trt-check` (torch imported only when they run)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,18 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the validation (default 2)")
     p.set_defaults(func=_export)
 
+    w = sub.add_parser("swap-experts", help="install another HoE checkpoint's experts/routers, no re-export",
+                       description="Pack the experts and routers of CKPT_DIR (same target modules; E, r and K may "
+                                   "differ) into EXPORT_DIR's layout and replace its experts/routers files, "
+                                   "hoe.json and hashes atomically. With --validate, re-run the parity check "
+                                   "against PyTorch (needs the export extra and the base model).")
+    w.add_argument("export_dir", metavar="EXPORT_DIR", help="exported HoE folder (hoe export)")
+    w.add_argument("ckpt_dir", metavar="CKPT_DIR", help="HoE checkpoint folder (hoe.json, experts/routers)")
+    w.add_argument("--validate", action="store_true", help="parity check afterwards (writes validation.json)")
+    w.add_argument("--base", metavar="BASE_DIR", help="base model folder for --validate (default: source.base)")
+    w.add_argument("--threads", type=int, default=2, help="CPU threads for the validation (default 2)")
+    w.set_defaults(func=_swap)
+
     t = sub.add_parser("trt-check", help="static TensorRT 10.3 readiness check of an ONNX file or exported folder",
                        description="Check op types, domains, dtypes and constant-input restrictions of an "
                                    "ONNX graph against TensorRT 10.3's ONNX parser (no TensorRT needed).")
@@ -52,6 +64,26 @@ def _export(args) -> int:
         return 1
     _print_result(result, format_report)
     return 0
+
+
+def _swap(args) -> int:
+    from .manifest import swap_experts
+
+    manifest = swap_experts(args.export_dir, args.ckpt_dir)
+    hoe = manifest["hoe"]
+    print(f"installed {args.ckpt_dir} into {args.export_dir}: E={hoe['n_experts']}, r={hoe['rank']}, "
+          f"K={hoe['n_routers']}, {len(hoe['groups'])} site groups")
+    if not args.validate:
+        return 0
+    from .validate import ValidationConfig, format_report, validate_export
+
+    base = args.base or manifest.get("source", {}).get("base")
+    if not base:
+        print("hoe swap-experts: error: --validate needs --base BASE_DIR (the export records no source.base)")
+        return 2
+    report = validate_export(args.export_dir, base, args.ckpt_dir, ValidationConfig(threads=args.threads))
+    print(format_report(report))
+    return 0 if report["passed"] else 1
 
 
 def _print_result(result, format_report) -> None:

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from hoe.core import names
+from hoe.core import names, packing
 from hoe.core.errors import CheckpointError, ConfigError, ShapeMismatchError, UnsupportedModelError
 from hoe.export import manifest as mf
 from hoe.export.onnx_export import ExportConfig, export
@@ -62,9 +62,15 @@ def test_manifest_is_the_graph_contract(tiny_export, arch):
             for name in declared:
                 spec = manifest["inputs"][name]
                 assert f.get_tensor(name).dtype == np.dtype(spec["dtype"])
-    modules = hoe["target_modules"]
-    assert hoe["expert_inputs"] + hoe["router_inputs"] == names.expert_names(modules) + names.router_names(modules)
-    assert manifest["inputs"][names.lora_a(modules[0])]["shape"][:2] == ["experts", "rank"]
+    groups = mf.groups_of(manifest)
+    assert [len(g.modules) for g in groups] == [3, 1, 2, 1] * 2  # q/k/v, o, gate/up, down per layer
+    assert sorted(m for g in groups for m in g.modules) == sorted(hoe["target_modules"])
+    assert hoe["expert_inputs"] + hoe["router_inputs"] == packing.expert_names(groups) + packing.router_names(groups)
+    qkv = groups[0]
+    assert qkv.name.endswith("self_attn.q_proj+k_proj+v_proj")
+    assert manifest["inputs"][packing.lora_a(qkv)]["shape"] == [qkv.d_in, "3*experts*rank"]
+    assert manifest["inputs"][packing.router_bias(qkv)]["shape"] == ["3*routers*experts"]
+    assert manifest["inputs"][packing.lora_b(qkv.modules[1])]["shape"] == ["experts*rank", qkv.d_outs[1]]
     assert manifest["inputs"]["router_mix"]["shape"] == ["batch", "routers"]
     assert manifest["outputs"]["present.0.key"]["shape"][2] == "total_sequence"
     assert hoe["enabled"] and hoe["n_experts"] == 3 and hoe["n_routers"] == 4
@@ -82,7 +88,7 @@ def test_validator_catches_a_wrong_graph_input(tiny_export, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     experts = load_file(str(copy / mf.EXPERTS_FILE))
-    name = next(n for n in experts if n.endswith("lora_B"))
+    name = next(n for n in experts if n.endswith("lora_B.packed"))
     experts[name] = experts[name] * 1.01
     save_file(experts, str(copy / mf.EXPERTS_FILE))
     report = validate_export(copy, base_dir, ckpt_dir, ValidationConfig(threads=1, decode_steps=1))
@@ -100,14 +106,22 @@ def test_swap_experts_without_reexport(tiny_export, tmp_path):
     folder = tmp_path / "swapped"
     shutil.copytree(out, folder)
     base = load_base(base_dir)
-    for n_experts, rank, seed in ((3, 4, 1), (2, 3, 2)):
-        ckpt_dir = random_hoe_checkpoint(base, n_experts=n_experts, rank=rank, seed=seed).save(tmp_path / f"c{seed}")
-        manifest = mf.swap_experts(folder, ckpt_dir)
-        assert (manifest["hoe"]["n_experts"], manifest["hoe"]["rank"]) == (n_experts, rank)
-        assert manifest["hoe"]["n_routers"] == n_experts + 1
-        mf.load_manifest(folder, verify=True)
-        report = validate_export(folder, base_dir, ckpt_dir, ValidationConfig(threads=1, decode_steps=5))
-        assert report["passed"] and report["max_abs_logits"] < 1e-4, report["max_abs_logits"]
+    ckpt_dir = random_hoe_checkpoint(base, n_experts=3, rank=4, seed=1).save(tmp_path / "c1")
+    manifest = mf.swap_experts(folder, ckpt_dir)
+    assert (manifest["hoe"]["n_experts"], manifest["hoe"]["rank"], manifest["hoe"]["n_routers"]) == (3, 4, 4)
+    mf.load_manifest(folder, verify=True)
+    report = validate_export(folder, base_dir, ckpt_dir, ValidationConfig(threads=1, decode_steps=5))
+    assert report["passed"] and report["max_abs_logits"] < 1e-4, report["max_abs_logits"]
+    # the CLI, with E, r and K all different, and its own parity check
+    from hoe.core.cli import main
+
+    ckpt_dir = random_hoe_checkpoint(base, n_experts=2, rank=3, seed=2).save(tmp_path / "c2")
+    assert main(["swap-experts", str(folder), str(ckpt_dir), "--validate", "--base", str(base_dir),
+                 "--threads", "1"]) == 0
+    manifest = mf.load_manifest(folder, verify=True)
+    assert (manifest["hoe"]["n_experts"], manifest["hoe"]["rank"], manifest["hoe"]["n_routers"]) == (2, 3, 3)
+    report = json.loads((folder / mf.VALIDATION_FILE).read_text())
+    assert report["passed"] and report["max_abs_logits"] < 1e-4, report["max_abs_logits"]
 
 
 def test_swap_refuses_other_modules(tiny_export, tmp_path):
@@ -139,7 +153,7 @@ def test_fp16_export(tmp_path, tiny_folders):
     assert v["max_rel_logits"] < 2e-2 and v["argmax_agreement"] >= 0.9
     manifest = mf.load_manifest(tmp_path / "out")
     assert manifest["inputs"]["past_key_values.0.key"]["dtype"] == "float16"
-    assert manifest["inputs"][names.ROUTER_MASK]["dtype"] == "float32"
+    assert {manifest["inputs"][n]["dtype"] for n in manifest["hoe"]["expert_inputs"]} == {"float16"}
     assert manifest["inputs"]["router_mix"]["dtype"] == "float32"
     model = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "out" / mf.MODEL_FILE),
                                                         load_external_data=False))
@@ -248,3 +262,22 @@ def test_tied_embeddings_stored_once(tmp_path):
     vocab = {i.name for i in model.graph.initializer if cfg.vocab_size in i.dims}
     lm_head = [n for n in model.graph.node if n.op_type == "Gemm" and vocab & set(n.input)]
     assert len(lm_head) == 1 and lm_head[0].attribute[0].name == "transB"
+
+
+def test_exported_tensors_unpack_to_the_checkpoint(tiny_export):
+    """The packed files hold the checkpoint: unpacking gives its tensors (scaling folded into lora_B)."""
+    from hoe.core.checkpoint import HoECheckpoint
+
+    _, ckpt_dir, out, _ = tiny_export("qwen2")
+    ckpt = HoECheckpoint.load(ckpt_dir)
+    got = mf.read_checkpoint_tensors(out)
+    want = {n: v.float().numpy() for n, v in {**ckpt.experts, **ckpt.routers}.items()}
+    assert set(got) == set(want)
+    for module in ckpt.config.target_modules:
+        s = want[names.scaling(module)]
+        np.testing.assert_allclose(got[names.lora_b(module)], want[names.lora_b(module)] * s[:, None, None], rtol=1e-6)
+        np.testing.assert_array_equal(got[names.lora_a(module)], want[names.lora_a(module)])
+        np.testing.assert_array_equal(got[names.router_weight(module)], want[names.router_weight(module)])
+        active = want[names.ROUTER_MASK] > 0
+        np.testing.assert_array_equal(got[names.router_bias(module)][active], want[names.router_bias(module)][active])
+    np.testing.assert_array_equal(got[names.ROUTER_MASK], want[names.ROUTER_MASK])
