@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from hoe.core.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -28,8 +30,11 @@ def cached_base_export(base_dir: str | Path, cache: str | Path | None = None, op
     maker = "export" if _exporter() is not None else "bench"
     folder = Path(cache or cache_dir() / "bench") / f"base-ort-{maker}-{key}"
     if (folder / "hoe_config.json").is_file():
-        Manifest.load(folder, verify=False)
-        return folder
+        try:
+            Manifest.load(folder, verify=False)
+            return folder
+        except ConfigError as e:  # made by an older exporter
+            log.info("re-exporting the cached base graph %s: %s", folder, e)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
@@ -117,7 +122,7 @@ def _export_base_here(base_dir: Path, out_dir: Path, opset: int) -> Path:
 
 def _write_manifest(base_dir: Path, out_dir: Path, cfg, dims, in_specs, out_specs, opset: int) -> None:
     from hoe.export import io_spec
-    from hoe.export.manifest import hoe_section, write_manifest
+    from hoe.export.manifest import FORMAT_VERSION, hoe_section, write_manifest
 
     files = {}
     for key, name in (("tokenizer", "tokenizer.json"), ("tokenizer_config", "tokenizer_config.json"),
@@ -128,14 +133,14 @@ def _write_manifest(base_dir: Path, out_dir: Path, cfg, dims, in_specs, out_spec
     eos = cfg.eos_token_id if isinstance(cfg.eos_token_id, list) else [cfg.eos_token_id]
     eos = [int(e) for e in eos if e is not None]
     manifest = {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "model": {"file": "model.onnx", "external_data": "model.onnx.data", "dtype": "fp32", "opset": opset},
         "architecture": {"model_type": cfg.model_type, "num_layers": dims.num_layers,
                          "num_attention_heads": cfg.num_attention_heads, "num_kv_heads": dims.num_kv_heads,
                          "head_dim": dims.head_dim, "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size,
                          "max_position_embeddings": cfg.max_position_embeddings},
         "inputs": {s.name: s.to_dict() for s in in_specs}, "outputs": {s.name: s.to_dict() for s in out_specs},
-        "kv_cache": dict(io_spec.KV_CACHE), "hoe": hoe_section(None, [], []), "files": files,
+        "kv_cache": dict(io_spec.KV_CACHE), "hoe": hoe_section(None, [], [], []), "files": files,
         "tokens": {"eos_token_ids": eos, "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None
                    else (eos or [0])[0], "bos_token_id": cfg.bos_token_id},
         "generation": {"max_new_tokens": 128}, "tools": {"exporter": "hoe.bench.base_export"},

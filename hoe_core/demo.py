@@ -10,6 +10,7 @@ The export uses `hoe.export.export_hoe(base_dir, ckpt_dir, out_dir)` (or the `ex
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import time
@@ -60,6 +61,16 @@ def default_exporter(base_dir: Path, ckpt_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def _readable(folder: Path) -> bool:
+    """Whether this runtime reads the exported folder's format version (an older exporter's folder is redone)."""
+    from hoe.runtime.manifest import FORMAT_VERSIONS, MANIFEST_FILE
+
+    try:
+        return json.loads((folder / MANIFEST_FILE).read_text()).get("format_version") in FORMAT_VERSIONS
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def cached_export(base_dir: Path, ckpt_dir: Path, root: Path, exporter=None) -> Path:
     """The exported folder for (base, checkpoint), built once: keyed by the checkpoint's content and the
     base's preparation stamp (or config), written to a temporary folder and renamed when whole."""
@@ -68,13 +79,16 @@ def cached_export(base_dir: Path, ckpt_dir: Path, root: Path, exporter=None) -> 
     key = content_key(*ckpt_files, stamp if stamp.is_file() else base_dir / "config.json")[:16]
     folder = root / f"{ckpt_dir.name}-{key}"
     if (folder / "hoe_config.json").is_file():
-        return folder
+        if _readable(folder):
+            return folder
+        log.info("re-exporting %s: it was made by an older exporter", folder)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     log.info("exporting %s + %s to %s (once)", base_dir, ckpt_dir, folder)
     try:
         (exporter or default_exporter)(base_dir, ckpt_dir, tmp)
+        shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

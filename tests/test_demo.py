@@ -1,5 +1,6 @@
 """Smoke test of `hoe demo` on a tiny chat model: cached export, three preferences, scores, speed line."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "train"))
 from hoe.core.demo import DemoConfig, cached_export, run_demo  # noqa: E402
 from hoe.core.errors import HoEError  # noqa: E402
+from hoe.export.manifest import FORMAT_VERSION  # noqa: E402
 from tiny_chat import tiny_chat_hoe  # noqa: E402
 
 
@@ -49,15 +51,19 @@ def test_export_cache_key_follows_checkpoint_content(tiny, tmp_path):
     tmp, base_dir, ckpt_dir = tiny
     made = []
 
-    def fake(base, ckpt, out):
+    def fake(base, ckpt, out, version=FORMAT_VERSION):
         out.mkdir()
-        (out / "hoe_config.json").write_text("{}")
+        (out / "hoe_config.json").write_text(json.dumps({"format_version": version}))
         made.append(out)
 
     first = cached_export(base_dir, ckpt_dir, tmp_path, fake)
     assert cached_export(base_dir, ckpt_dir, tmp_path, fake) == first and len(made) == 1
     (ckpt_dir / "hoe.json").write_text((ckpt_dir / "hoe.json").read_text() + " ")
-    assert cached_export(base_dir, ckpt_dir, tmp_path, fake) != first and len(made) == 2
+    second = cached_export(base_dir, ckpt_dir, tmp_path, fake)
+    assert second != first and len(made) == 2
+    (second / "hoe_config.json").write_text(json.dumps({"format_version": 1}))  # made by an older exporter
+    assert cached_export(base_dir, ckpt_dir, tmp_path, fake) == second and len(made) == 3
+    assert json.loads((second / "hoe_config.json").read_text())["format_version"] == FORMAT_VERSION
 
     def broken(base, ckpt, out):
         out.mkdir()
