@@ -14,6 +14,9 @@ def test_smollm2_export_validates_and_is_tensorrt_ready(smollm2_export):
     print(f"\nSmolLM2 export {seconds:.0f}s {result.seconds}; max abs logits {v['max_abs_logits']:.3g} "
           f"(scale {v['logit_scale']:.1f}, max rel {v['max_rel_logits']:.2g}); files {result.file_sizes}")
     print("ops:", result.trt["op_counts"])
+    f = v["fp64"]  # both sides vs float64: the export is as close to exact as fp32 arithmetic gets
+    print(f"vs float64: ORT {f['ort_vs_fp64']:.3g}, torch fp32 {f['torch_fp32_vs_fp64']:.3g}")
+    assert f["ort_vs_fp64_rel"] < 1e-4 and f["torch_fp32_vs_fp64_rel"] < 1e-4, f
     assert v["passed"] and v["max_rel_logits"] < 1e-4, v["max_abs_logits"]
     assert v["argmax_agreement"] == 1.0 and v["n_cases"] >= 3
     assert result.trt["ready"], result.trt["problems"]
