@@ -2,6 +2,7 @@
 
 Torch-free (numpy, safetensors and hoe.core's torch-free modules only), so the runtime can use it:
 
+    read_manifest(folder) -> dict                  the parsed JSON (the runtime's Manifest checks it its way)
     load_manifest(folder, verify=True) -> dict     read, check structure, check every sha256
     refresh_hashes(folder) -> dict                 recompute `sha256` after files changed
     swap_experts(folder, ckpt_dir) -> dict         install another HoE checkpoint's experts/routers
@@ -12,7 +13,6 @@ Torch-free (numpy, safetensors and hoe.core's torch-free modules only), so the r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from hoe.core import names, packing
-from hoe.core.config import HoEConfig, atomic_write_text
+from hoe.core.config import HoEConfig, atomic_write_text, sha256_file
 from hoe.core.errors import CheckpointError, ConfigError, ShapeMismatchError
 from hoe.core.packing import SiteGroup
 
@@ -43,14 +43,6 @@ REQUIRED = ("format_version", "model", "architecture", "inputs", "outputs", "kv_
 # ---------------------------------------------------------------------------- hashing
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def folder_hashes(folder: str | os.PathLike) -> dict[str, str]:
     """sha256 of every regular file of the folder except the manifest and validation.json."""
     folder = Path(folder)
@@ -60,13 +52,19 @@ def folder_hashes(folder: str | os.PathLike) -> dict[str, str]:
 def verify_hashes(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:
     """Raise CheckpointError when a file listed under `sha256` is missing or differs."""
     folder = Path(folder)
-    for name, expected in manifest["sha256"].items():
+    hashes = manifest.get("sha256") or {}
+    if not hashes:
+        log.warning("%s has no sha256 entries; files are not verified", MANIFEST_FILE)
+    for name, expected in hashes.items():
+        if name in UNHASHED:
+            continue
         path = folder / name
         if not path.is_file():
-            raise CheckpointError(f"{folder}: {name} is listed in {MANIFEST_FILE} but missing")
+            raise CheckpointError(f"{folder}: file {name} listed in {MANIFEST_FILE} sha256 is missing")
         actual = sha256_file(path)
         if actual != expected:
-            raise CheckpointError(f"{path}: sha256 is {actual}, {MANIFEST_FILE} says {expected}")
+            raise CheckpointError(f"{path}: sha256 mismatch, expected {expected} ({MANIFEST_FILE}), got {actual}; "
+                                  "the file was changed or damaged after export")
 
 
 # ---------------------------------------------------------------------------- write / read
@@ -109,16 +107,23 @@ def check_manifest(manifest: Any) -> None:
         raise ConfigError(f"{MANIFEST_FILE} lacks sections {missing}; expected all of {list(REQUIRED)}")
 
 
-def load_manifest(folder: str | os.PathLike, verify: bool = False) -> dict[str, Any]:
-    """Read `folder/hoe_config.json`; with `verify`, check the sha256 of every listed file too."""
+def read_manifest(folder: str | os.PathLike) -> Any:
+    """The parsed `folder/hoe_config.json` (unchecked); CheckpointError / ConfigError when absent or not JSON."""
     folder = Path(folder)
     path = folder / MANIFEST_FILE
+    if not folder.is_dir():
+        raise CheckpointError(f"exported folder not found: {folder}")
     if not path.is_file():
         raise CheckpointError(f"{folder} is not an exported HoE folder: {MANIFEST_FILE} not found")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid JSON ({e})") from e
+
+
+def load_manifest(folder: str | os.PathLike, verify: bool = False) -> dict[str, Any]:
+    """Read `folder/hoe_config.json` and check its structure; with `verify`, the sha256 of every listed file too."""
+    manifest = read_manifest(folder)
     check_manifest(manifest)
     if verify:
         verify_hashes(folder, manifest)

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -15,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .config import atomic_write_text
+from .config import atomic_write_text, sha256_file
 from .errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -28,14 +27,6 @@ STAMP = "hoe_prepared.json"
 
 def cache_dir() -> Path:
     return Path(os.environ.get("HOE_CACHE", Path.home() / ".cache" / "hoe"))
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def gguf_path() -> Path:

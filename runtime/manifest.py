@@ -6,8 +6,6 @@ anchors and token ids all come from it, never from guesses.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +13,11 @@ from typing import Any
 
 import numpy as np
 from hoe.core.errors import CheckpointError, ConfigError, ShapeMismatchError
+from hoe.export.manifest import FORMAT_VERSION, MANIFEST_FILE, read_manifest, verify_hashes
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "hoe_config.json"
-FORMAT_VERSIONS = (2,)  # manifest versions this runtime reads (2: packed experts, hoe.core.packing)
-_UNHASHED = (MANIFEST_FILE, "validation.json")
+FORMAT_VERSIONS = (FORMAT_VERSION,)  # manifest versions this runtime reads (2: packed experts, hoe.core.packing)
 _REQUIRED = ("format_version", "model", "architecture", "inputs", "outputs", "kv_cache", "hoe", "files", "tokens")
 
 
@@ -36,15 +33,7 @@ class Manifest:
     def load(cls, folder: str | Path, verify: bool = True) -> Manifest:
         """Read and check the manifest; with `verify`, check every file's sha256 too."""
         folder = Path(folder)
-        path = folder / MANIFEST_FILE
-        if not folder.is_dir():
-            raise CheckpointError(f"exported folder not found: {folder}")
-        if not path.is_file():
-            raise CheckpointError(f"{folder} is not an exported HoE folder: {MANIFEST_FILE} not found")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path} is not valid JSON ({e})") from e
+        data = read_manifest(folder)
         manifest = cls(folder, data)
         manifest.check()
         if verify:
@@ -77,19 +66,7 @@ class Manifest:
 
     def verify_files(self) -> None:
         """Every file listed under `sha256` exists and has that digest."""
-        hashes = self.data.get("sha256") or {}
-        if not hashes:
-            log.warning("%s has no sha256 entries; files are not verified", MANIFEST_FILE)
-        for name, expected in hashes.items():
-            if name in _UNHASHED:
-                continue
-            path = self.folder / name
-            if not path.is_file():
-                raise CheckpointError(f"{self.folder}: file {name} listed in {MANIFEST_FILE} sha256 is missing")
-            actual = sha256_file(path)
-            if actual != expected:
-                raise CheckpointError(f"{path}: sha256 mismatch, expected {expected} (manifest), got {actual}; "
-                                      "the file was changed or damaged after export")
+        verify_hashes(self.folder, self.data)
 
     # -- typed views ---------------------------------------------------------------------------------
     @property
@@ -208,10 +185,3 @@ class Manifest:
         name = self.files.get(key)
         return self.folder / name if name else None
 
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from hoe.core import names, packing
+from hoe.core.config import sha256_file
 from hoe.core.errors import CheckpointError, ConfigError, ShapeMismatchError
 from hoe.core.packing import SiteGroup
 from hoe.export import manifest as mf
@@ -106,10 +107,10 @@ def test_manifest_hashes_every_file_and_detects_changes(tmp_path):
     assert mf.load_manifest(tmp_path, verify=True)["sha256"] == written["sha256"]
     (tmp_path / mf.VALIDATION_FILE).write_text("{}")  # not hashed
     (tmp_path / "model.onnx").write_bytes(b"other graph")
-    with pytest.raises(CheckpointError, match="model.onnx: sha256 is"):
+    with pytest.raises(CheckpointError, match="model.onnx: sha256 mismatch, expected"):
         mf.load_manifest(tmp_path, verify=True)
     refreshed = mf.refresh_hashes(tmp_path)
-    assert refreshed["sha256"]["model.onnx"] == mf.sha256_file(tmp_path / "model.onnx")
+    assert refreshed["sha256"]["model.onnx"] == sha256_file(tmp_path / "model.onnx")
     mf.load_manifest(tmp_path, verify=True)
 
 

@@ -143,7 +143,7 @@ def graph(path: Path, seed: int = 0) -> None:
 
 def make_folder(folder: Path, seed: int = 0) -> Path:
     """Write a complete toy exported folder; returns it."""
-    from hoe.runtime.manifest import sha256_file
+    from hoe.core.config import sha256_file
     from safetensors.numpy import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
