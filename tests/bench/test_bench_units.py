@@ -39,6 +39,10 @@ def test_compare_fails_past_tolerance_and_ignores_padding():
     out[1, 0] += 1e3  # a padded position: not compared
     ok = parity.compare(ref, out, real, atol=1e-4, rtol=1e-5)
     assert ok["passed"] and ok["max_abs"] == 0.0
+    small = np.unravel_index(np.argmin(np.abs(ref[0])), ref[0].shape)  # the bound is the case's scale
+    out[0][small] += 2e-4  # < 1e-4 + 1e-5·max|ref|, though > 1e-4 + 1e-5·|ref| at that logit
+    assert parity.compare(ref, out, real, atol=1e-4, rtol=1e-5)["passed"]
+    out = ref.copy()
     out[0, 2, 5] += 1e-3
     bad = parity.compare(ref, out, real, atol=1e-4, rtol=1e-5)
     assert not bad["passed"] and bad["max_abs"] == pytest.approx(1e-3, rel=1e-2)
