@@ -10,9 +10,12 @@ ones. Compared are the logits of real (unpadded) positions and the present K/V o
 padded positions are garbage on both sides by design. `max_rel` is max|ort - torch| / max|torch|.
 
 Tolerance: fp32 logits may differ by `tol_fp32` (1e-4) times the logit scale max(1, max|logit|);
-fp16 logits by `tol_fp16` (2e-2) times that scale. The scale matters on real models: on
-SmolLM2-135M with random experts (|logits| up to ~35), PyTorch itself moves its logits by 2.7e-4
-between 1 and 2 CPU threads, so an absolute 1e-4 would be below the reference's own reproducibility.
+fp16 logits by `tol_fp16` (2e-2) times that scale. An fp16 export is compared with the fp32 PyTorch model
+(the model it approximates): PyTorch's own fp16 CPU kernels are the less accurate side — on SmolLM2 a
+left-padded prefill in torch fp16 is 1.6 off torch fp32 where the fp16 ONNX graph on ORT is 0.17 off.
+The scale matters on real models: on SmolLM2-135M with random experts (|logits| up to ~35), PyTorch
+itself moves its logits by 2.7e-4 between 1 and 2 CPU threads, so an absolute 1e-4 would be below the
+reference's own reproducibility.
 
 fp32 exports are also measured against a float64 PyTorch reference (fp64_reference.py) on the first
 `fp64_cases` cases: `fp64.ort_vs_fp64` is how far the export is from the exact result, `fp64.torch_fp32_vs_fp64`
@@ -45,6 +48,9 @@ class ParityError(HoEError):
     """The exported graph does not reproduce the PyTorch reference within tolerance."""
 
 
+REFERENCE_DTYPE = {"fp16": "fp32"}  # an fp16 export is judged against the fp32 model it approximates
+
+
 @dataclass
 class ValidationConfig(JsonConfig):
     """What the parity check runs."""
@@ -71,7 +77,7 @@ def validate_export(folder, base_dir, ckpt_dir, config: ValidationConfig | None 
     folder = Path(folder)
     manifest = mf.load_manifest(folder)
     dtype = manifest["model"]["dtype"]
-    ref = _Reference(base_dir, ckpt_dir, dtype, config.threads)
+    ref = _Reference(base_dir, ckpt_dir, REFERENCE_DTYPE.get(dtype, dtype), config.threads)
     exact = dtype == "fp32" and config.fp64_cases > 0
     ref64 = _Reference(base_dir, ckpt_dir, "fp64", config.threads) if exact else None
     ort = _OrtModel(folder, manifest, config.threads)
@@ -90,7 +96,8 @@ def validate_export(folder, base_dir, ckpt_dir, config: ValidationConfig | None 
 
 def format_report(report: dict) -> str:
     """Per-output max abs / rel diff table (present K/V summarised by their worst layer)."""
-    lines = [f"validation ({report['dtype']}, {report['n_cases']} cases x {report['steps_per_case']} steps): "
+    lines = [f"validation ({report['dtype']} vs PyTorch {report.get('reference', report['dtype'])}, "
+             f"{report['n_cases']} cases x {report['steps_per_case']} steps): "
              f"{'PASSED' if report['passed'] else 'FAILED'}  max abs logits {report['max_abs_logits']:.3g} "
              f"(tolerance {report['tolerance']:.3g}), greedy agreement {report['argmax_agreement']:.3f}"]
     outputs = report["outputs"]
@@ -105,9 +112,6 @@ def format_report(report: dict) -> str:
         f = report["fp64"]
         lines.append(f"  vs float64 PyTorch ({f['cases']} case(s)): max abs logits ORT {f['ort_vs_fp64']:.3g}, "
                      f"torch fp32 {f['torch_fp32_vs_fp64']:.3g} (fp32 rounding of both; see validate.py)")
-    if report.get("vs_fp32"):
-        lines.append(f"  vs fp32 PyTorch  max abs logits {report['vs_fp32']['max_abs_logits']:.3g}, "
-                     f"greedy agreement {report['vs_fp32']['argmax_agreement']:.3f}")
     for note in report.get("not_validated", []):
         lines.append(f"  not validated: {note}")
     return "\n".join(lines)
@@ -293,6 +297,7 @@ def _report(stats: _Stats, cases: list, manifest: dict, config: ValidationConfig
             "between casts, so GPU/TensorRT fp16 accumulation is not reproduced here",
             "TensorRT engine build and run (TensorRT is not installable on this machine)"]
     return {"passed": bool(np.isfinite(measure) and measure <= tolerance), "dtype": dtype,
+            "reference": REFERENCE_DTYPE.get(dtype, dtype),
             "max_abs_logits": logits["max_abs"], "max_rel_logits": logits["max_rel"], "tolerance": tolerance,
             "logit_scale": logits["max_ref"],
             "argmax_agreement": float(np.mean(stats.agree)), "n_cases": len(cases),
