@@ -9,15 +9,18 @@ from pathlib import Path
 from ..errors import ConfigError, InputError
 
 
-def repo_root() -> Path:
-    """The checkout this package runs from (editable install): data/ and models/ live there."""
-    return Path(__file__).resolve().parents[2]
+def package_folder(package: str) -> Path:
+    """Folder of a data package (`hoe.models`, `hoe.data`): the checkout's models/ or data/ in an editable
+    install, site-packages in a wheel."""
+    from importlib import import_module
+
+    return Path(import_module(package).__file__).resolve().parent
 
 
 def default_prompts(split: str) -> Path:
     if split not in ("train", "heldout"):
         raise ConfigError(f"prompt split must be 'train' or 'heldout', got {split!r}")
-    return repo_root() / "data" / "prompts" / f"{split}.jsonl"
+    return package_folder("hoe.data") / "prompts" / f"{split}.jsonl"
 
 
 def load_prompts(path: str | Path, limit: int = 0) -> list[str]:

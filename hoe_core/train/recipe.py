@@ -24,7 +24,7 @@ from ..config import atomic_write_text
 from ..errors import ConfigError
 from ..objectives import make_objectives
 from .config import RecipeConfig
-from .data import ChatCodec, default_prompts, load_prompts, repo_root
+from .data import ChatCodec, default_prompts, load_prompts, package_folder
 from .state import RunState
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def default_work() -> Path:
 
 
 def default_out() -> Path:
-    return repo_root() / "models" / "smollm2-hoe"
+    return package_folder("hoe.models") / "smollm2-hoe"
 
 
 def base_dir(cfg: RecipeConfig) -> Path:

@@ -1,0 +1,1 @@
+"""Prompt sets shipped as package data (`hoe.data`): `prompts/train.jsonl`, `prompts/heldout.jsonl`."""

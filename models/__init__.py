@@ -1,0 +1,1 @@
+"""Embedded HoE checkpoints, shipped as package data (`hoe.models`): `smollm2-hoe/` is the default model."""
