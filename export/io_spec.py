@@ -2,7 +2,7 @@
 
 One list of `TensorSpec` drives everything that must agree: the dynamic shapes given to the
 exporter, the example inputs it traces with, the manifest's `inputs`/`outputs` and the checks the
-runtime (or `manifest.swap_experts`) makes on expert tensors before feeding them.
+runtime (`Manifest.hoe_tensors`, with `bind_shapes`) makes on expert tensors before feeding them.
 
     input_ids [B,T]  attention_mask [B,P+T]  position_ids [B,T]  router_mix [B,K]
     past_key_values.{i}.key|value [B,Hkv,P,D]  experts.*.packed / routers.*.packed  (E, r, K dynamic)
