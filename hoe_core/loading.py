@@ -24,9 +24,10 @@ def load_base(base_dir: str | Path, dtype: str = "fp32"):
     return model.eval()
 
 
-def load_hoe(base_dir: str | Path, ckpt_dir: str | Path, dtype: str = "fp32") -> HoEModel:
+def load_hoe(base_dir: str | Path, ckpt: str | Path | HoECheckpoint, dtype: str = "fp32") -> HoEModel:
+    """Base + HoE checkpoint (a folder, or one already in memory), validated against each other."""
     base = load_base(base_dir, dtype)
-    ckpt = HoECheckpoint.load(ckpt_dir)
+    ckpt = ckpt if isinstance(ckpt, HoECheckpoint) else HoECheckpoint.load(ckpt)
     ckpt.validate(base)
     return hoe_from_checkpoint(base, ckpt)
 

@@ -41,8 +41,8 @@ class TorchBackend(Backend):
         base, ckpt = self._sources()
         start = time.perf_counter()
         dtype = self.manifest.data["model"].get("dtype", "fp32")
-        self.model = _from_export(base, ckpt, dtype) if (ckpt / "hoe_config.json").is_file() else \
-            load_hoe(base, ckpt, dtype=dtype)
+        experts = _export_checkpoint(ckpt) if (ckpt / "hoe_config.json").is_file() else ckpt
+        self.model = load_hoe(base, experts, dtype=dtype)
         self.load_ms = (time.perf_counter() - start) * 1e3
         self._layers = [self.manifest.kv_names(i) for i in range(self.manifest.num_layers)]
         log.info("torch %s reference model ready in %.0f ms (base %s, experts %s, threads=%s)",
@@ -109,18 +109,14 @@ class TorchBackend(Backend):
                 "torch": getattr(torch, "__version__", None)}
 
 
-def _from_export(base_dir: Path, folder: Path, dtype: str):
-    """HoEModel of the base and the experts/routers an exported folder holds (packed; unpacked here)."""
+def _export_checkpoint(folder: Path):
+    """The HoE checkpoint an exported folder holds (its packed experts/routers, unpacked)."""
     import torch
     from hoe.core.checkpoint import HoECheckpoint
     from hoe.core.config import HoEConfig
-    from hoe.core.loading import hoe_from_checkpoint, load_base
     from hoe.export.manifest import HOE_FILE, read_checkpoint_tensors
 
     tensors = {n: torch.from_numpy(v) for n, v in read_checkpoint_tensors(folder).items()}
     experts = {n: v for n, v in tensors.items() if n.startswith("experts.")}
     routers = {n: v for n, v in tensors.items() if n.startswith("routers.")}
-    ckpt = HoECheckpoint(HoEConfig.load(folder / HOE_FILE), experts, routers)
-    base = load_base(base_dir, dtype)
-    ckpt.validate(base)
-    return hoe_from_checkpoint(base, ckpt)
+    return HoECheckpoint(HoEConfig.load(folder / HOE_FILE), experts, routers)
