@@ -7,6 +7,7 @@ Torch-free (numpy, safetensors and hoe.core's torch-free modules only), so the r
     refresh_hashes(folder) -> dict                 recompute `sha256` after files changed
     swap_experts(folder, ckpt_dir) -> dict         install another HoE checkpoint's experts/routers
     write_packed(folder, tensors, groups, dtype)   checkpoint tensors -> packed experts/routers files
+    read_packed(folder, manifest) -> dict          the folder's packed tensors, checked against the graph inputs
     read_checkpoint_tensors(folder) -> dict        the folder's packed tensors as checkpoint tensors
     input_specs(manifest, names) -> [TensorSpec]   the declared specs of some graph inputs
 """
@@ -27,7 +28,7 @@ from hoe.core.config import HoEConfig, atomic_write_text, sha256_file
 from hoe.core.errors import CheckpointError, ConfigError, ShapeMismatchError
 from hoe.core.packing import SiteGroup
 
-from .io_spec import TensorSpec
+from .io_spec import TensorSpec, bind_shapes
 
 log = logging.getLogger(__name__)
 
@@ -163,16 +164,43 @@ def write_packed(folder: Path, tensors: dict[str, np.ndarray], groups: list[Site
     return {"experts": EXPERTS_FILE, "routers": ROUTERS_FILE}
 
 
+def read_packed(folder: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The folder's experts and routers by graph-input name ({} for a plain base export), checked against the
+    declared inputs: every one present, its dtype, and its shape with the `hoe` section's E, r and K."""
+    folder, hoe = Path(folder), manifest["hoe"]
+    if not hoe.get("enabled", True):
+        return {}
+    arrays = {n: v for key in ("experts", "routers") for n, v in _read_numpy(folder / manifest["files"][key]).items()}
+    specs = input_specs(manifest, hoe["expert_inputs"] + hoe["router_inputs"])
+    try:
+        bind_shapes(specs, {n: a.shape for n, a in arrays.items()}, known=packed_sizes(manifest))
+    except ShapeMismatchError as e:
+        raise CheckpointError(f"experts/routers files of {folder} do not fit the graph: {e}") from e
+    for spec in specs:
+        if arrays[spec.name].dtype != np.dtype(spec.dtype):
+            raise CheckpointError(f"{spec.name}: the graph takes {spec.dtype}, the file holds "
+                                  f"{arrays[spec.name].dtype}")
+    return {s.name: arrays[s.name] for s in specs}
+
+
+def packed_sizes(manifest: dict[str, Any]) -> dict[str, int]:
+    """E, r and K of the experts/routers the folder holds (its `hoe` section)."""
+    hoe = manifest.get("hoe") or {}
+    try:
+        return {"experts": int(hoe["n_experts"]), "rank": int(hoe["rank"]), "routers": int(hoe["n_routers"])}
+    except KeyError as e:
+        raise ConfigError(f"{MANIFEST_FILE} 'hoe' lacks {e.args[0]!r}; expected n_experts, rank, n_routers") from e
+
+
 def read_checkpoint_tensors(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     """The exported folder's experts and routers as HoE checkpoint tensors (canonical names, float32), e.g.
     for the PyTorch reference or a weight merge. The scaling comes folded into lora_B (hoe.core.packing)."""
-    folder = Path(folder)
     manifest = load_manifest(folder)
-    hoe = manifest["hoe"]
-    if not hoe.get("enabled", True):
+    if not manifest["hoe"].get("enabled", True):
         raise ConfigError(f"{folder} is a plain base export: it holds no experts")
-    packed = {n: v for key in ("experts", "routers") for n, v in _read_numpy(folder / manifest["files"][key]).items()}
-    return packing.unpack(packed, groups_of(manifest), int(hoe["n_experts"]), int(hoe["rank"]), int(hoe["n_routers"]))
+    sizes = packed_sizes(manifest)
+    return packing.unpack(read_packed(folder, manifest), groups_of(manifest), sizes["experts"], sizes["rank"],
+                          sizes["routers"])
 
 
 # ---------------------------------------------------------------------------- expert swap

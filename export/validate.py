@@ -78,8 +78,7 @@ def validate_export(folder, base_dir, ckpt_dir, config: ValidationConfig | None 
     manifest = mf.load_manifest(folder)
     dtype = manifest["model"]["dtype"]
     ref = _Reference(base_dir, ckpt_dir, REFERENCE_DTYPE.get(dtype, dtype), config.threads)
-    exact = dtype == "fp32" and config.fp64_cases > 0
-    ref64 = _Reference(base_dir, ckpt_dir, "fp64", config.threads) if exact else None
+    ref64 = _Reference(base_dir, ckpt_dir, "fp64", config.threads) if dtype == "fp32" and config.fp64_cases else None
     ort = _OrtModel(folder, manifest, config.threads)
     stats, stats64 = _Stats(), _Stats()
     cases = []

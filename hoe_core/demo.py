@@ -10,7 +10,6 @@ The export uses `hoe.export.export_hoe(base_dir, ckpt_dir, out_dir)` (or the `ex
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import time
@@ -63,11 +62,12 @@ def default_exporter(base_dir: Path, ckpt_dir: Path, out_dir: Path) -> Path:
 
 def _readable(folder: Path) -> bool:
     """Whether this runtime reads the exported folder's format version (an older exporter's folder is redone)."""
-    from hoe.runtime.manifest import FORMAT_VERSIONS, MANIFEST_FILE
+    from hoe.export.manifest import read_manifest
+    from hoe.runtime.manifest import FORMAT_VERSIONS
 
     try:
-        return json.loads((folder / MANIFEST_FILE).read_text()).get("format_version") in FORMAT_VERSIONS
-    except (OSError, ValueError, AttributeError):
+        return read_manifest(folder).get("format_version") in FORMAT_VERSIONS
+    except (HoEError, AttributeError):
         return False
 
 

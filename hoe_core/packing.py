@@ -51,20 +51,21 @@ class SiteGroup:
         return cls(tuple(d["modules"]), int(d["d_in"]), tuple(int(o) for o in d["d_outs"]))
 
 
+# Packed names are the checkpoint names (names.py) of the group, or of the module for lora_B, plus ".packed".
 def lora_a(group: SiteGroup) -> str:
-    return f"experts.{group.name}.lora_A{PACKED}"
+    return names.lora_a(group.name) + PACKED
 
 
 def lora_b(module: str) -> str:
-    return f"experts.{module}.lora_B{PACKED}"
+    return names.lora_b(module) + PACKED
 
 
 def router_weight(group: SiteGroup) -> str:
-    return f"routers.{group.name}.weight{PACKED}"
+    return names.router_weight(group.name) + PACKED
 
 
 def router_bias(group: SiteGroup) -> str:
-    return f"routers.{group.name}.bias{PACKED}"
+    return names.router_bias(group.name) + PACKED
 
 
 def expert_names(groups: list[SiteGroup]) -> list[str]:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hoe.core.errors import CheckpointError, ConfigError, ShapeMismatchError
-from hoe.export.manifest import FORMAT_VERSION, MANIFEST_FILE, read_manifest, verify_hashes
+from hoe.core.errors import CheckpointError, ConfigError
+from hoe.export.manifest import FORMAT_VERSION, MANIFEST_FILE, read_manifest, read_packed, verify_hashes
 
 log = logging.getLogger(__name__)
 
@@ -157,28 +157,9 @@ class Manifest:
         return spec["dtype"], int(shape[1]), int(shape[3])
 
     def hoe_tensors(self) -> dict[str, np.ndarray]:
-        """Experts and routers by graph-input name, checked against the declared inputs: every one present,
-        its dtype, and its shape with the E, r and K of the `hoe` section."""
-        from hoe.export.io_spec import TensorSpec, bind_shapes
-        from safetensors.numpy import load_file
-
-        arrays = {}
-        for key in ("experts", "routers"):
-            if self.path(key) is not None:
-                arrays.update(load_file(str(self.path(key))))
-        wanted = self.hoe["expert_inputs"] + self.hoe["router_inputs"]
-        specs = [TensorSpec(n, self.inputs[n]["dtype"], tuple(self.inputs[n]["shape"])) for n in wanted]
-        sizes = {"experts": int(self.hoe["n_experts"]), "rank": int(self.hoe["rank"]),
-                 "routers": int(self.hoe["n_routers"])}
-        try:
-            bind_shapes(specs, {n: a.shape for n, a in arrays.items()}, known=sizes)
-        except ShapeMismatchError as e:
-            raise CheckpointError(f"experts/routers files of {self.folder} do not fit the graph: {e}") from e
-        for spec in specs:
-            if arrays[spec.name].dtype != np.dtype(spec.dtype):
-                raise CheckpointError(f"{spec.name}: the graph takes {spec.dtype}, the file holds "
-                                      f"{arrays[spec.name].dtype}")
-        return {n: arrays[n] for n in wanted}
+        """Experts and routers by graph-input name ({} for a plain base export), checked against the declared
+        inputs: every one present, its dtype, and its shape with the E, r and K of the `hoe` section."""
+        return read_packed(self.folder, self.data)
 
     def path(self, key: str) -> Path | None:
         """Absolute path of a file named under `files` (None when the export has none)."""

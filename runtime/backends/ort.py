@@ -95,7 +95,7 @@ class OrtBackend(Backend):
 
     def _load_tensors(self) -> dict:
         """Experts and routers as OrtValues on the session's device, checked against the graph inputs."""
-        arrays = self.manifest.hoe_tensors() if self.manifest.hoe_enabled else {}
+        arrays = self.manifest.hoe_tensors()
         for n, arr in arrays.items():
             _check_input(self._graph_inputs[n], arr)
         return {n: self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), self.device, 0)

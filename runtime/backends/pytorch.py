@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from hoe.core.errors import BackendError
 
+from ..manifest import MANIFEST_FILE
 from .base import Backend, DecodeState
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class TorchBackend(Backend):
         base, ckpt = self._sources()
         start = time.perf_counter()
         dtype = self.manifest.data["model"].get("dtype", "fp32")
-        experts = _export_checkpoint(ckpt) if (ckpt / "hoe_config.json").is_file() else ckpt
+        experts = _export_checkpoint(ckpt) if (ckpt / MANIFEST_FILE).is_file() else ckpt
         self.model = load_hoe(base, experts, dtype=dtype)
         self.load_ms = (time.perf_counter() - start) * 1e3
         self._layers = [self.manifest.kv_names(i) for i in range(self.manifest.num_layers)]

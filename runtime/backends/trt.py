@@ -128,7 +128,7 @@ class TrtBackend(Backend):
         return ctx
 
     def _load_tensors(self) -> dict[str, np.ndarray]:
-        arrays = self.manifest.hoe_tensors() if self.manifest.hoe_enabled else {}
+        arrays = self.manifest.hoe_tensors()
         return {n: _as_dtype(arr, self.manifest.inputs[n]["dtype"], n) for n, arr in arrays.items()}
 
     def _alloc(self, nbytes: int) -> int:

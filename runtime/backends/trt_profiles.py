@@ -22,6 +22,7 @@ from typing import Any
 from hoe.core.config import JsonConfig, atomic_write_text
 from hoe.core.errors import CheckpointError, ConfigError, InputError, ShapeMismatchError
 from hoe.core.packing import dim_symbols, dim_value
+from hoe.export.manifest import packed_sizes as exported_sizes  # E, r, K of the exported experts/routers
 
 ENGINE_DIR = "trt"  # folder inside the exported folder
 ENGINE_FILE = "model.engine"
@@ -65,15 +66,6 @@ class EngineLimits(JsonConfig):
 
 
 # ---------------------------------------------------------------------------- profiles
-
-
-def exported_sizes(manifest: dict) -> dict[str, int]:
-    """E, r and K of the exported experts/routers (the `hoe` section of hoe_config.json)."""
-    hoe = manifest.get("hoe") or {}
-    try:
-        return {"experts": int(hoe["n_experts"]), "rank": int(hoe["rank"]), "routers": int(hoe["n_routers"])}
-    except KeyError as e:
-        raise ConfigError(f"hoe_config.json 'hoe' lacks {e.args[0]!r}; expected n_experts, rank, n_routers") from e
 
 
 def dim_ranges(manifest: dict, limits: EngineLimits) -> dict[str, dict[str, Range]]:
