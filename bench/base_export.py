@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 def cached_base_export(base_dir: str | Path, cache: str | Path | None = None, opset: int = 20) -> Path:
     """Folder of the base-only export of `base_dir` (exported once, then reused)."""
+    from hoe.contract.folder import Manifest
     from hoe.core.smollm2 import cache_dir
-    from hoe.runtime.manifest import Manifest
 
     base_dir = Path(base_dir).resolve()
     key = hashlib.sha256(str(base_dir).encode() + _weights_stamp(base_dir).encode()).hexdigest()[:16]
@@ -76,9 +76,9 @@ def export_base(base_dir: str | Path, out_dir: str | Path, opset: int = 20, thre
 
 def _export_base_here(base_dir: Path, out_dir: Path, opset: int) -> Path:
     import torch
+    from hoe.contract import io_spec
     from hoe.core.loading import load_base
     from hoe.core.model import cache_kwarg, output_cache
-    from hoe.export import io_spec
 
     model = load_base(base_dir)
     cfg = model.config
@@ -121,8 +121,8 @@ def _export_base_here(base_dir: Path, out_dir: Path, opset: int) -> Path:
 
 
 def _write_manifest(base_dir: Path, out_dir: Path, cfg, dims, in_specs, out_specs, opset: int) -> None:
-    from hoe.export import io_spec
-    from hoe.export.manifest import FORMAT_VERSION, hoe_section, write_manifest
+    from hoe.contract import io_spec
+    from hoe.contract.manifest import FORMAT_VERSION, hoe_section, write_manifest
 
     files = {}
     for key, name in (("tokenizer", "tokenizer.json"), ("tokenizer_config", "tokenizer_config.json"),

@@ -37,7 +37,7 @@ import types
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
-_PACKAGE_DIRS = {"core": "hoe_core", "export": "export", "runtime": "runtime", "bench": "bench"}
+_PACKAGE_DIRS = {"core": "hoe_core", "contract": "contract", "export": "export", "runtime": "runtime", "bench": "bench"}
 
 
 # ---------------------------------------------------------------------------- standalone imports

@@ -93,7 +93,7 @@ class Sources:
 
 
 def resolve_sources(src: Sources, need_base_export: bool) -> Sources:
-    from hoe.runtime.manifest import Manifest
+    from hoe.contract.folder import Manifest
 
     manifest = Manifest.load(src.hoe_export, verify=False)
     if not manifest.hoe_enabled:
@@ -139,7 +139,7 @@ def load_systems(cfg: LatencyConfig, src: Sources, preference, work: Path) -> Lo
 
 
 def _hoe_bytes(src: Sources) -> int:
-    from hoe.runtime.manifest import Manifest
+    from hoe.contract.folder import Manifest
 
     from .floor import file_bytes, graph_weight_bytes
 
@@ -149,7 +149,7 @@ def _hoe_bytes(src: Sources) -> int:
 
 
 def _load_hoe(cfg, src, preference, work, out):
-    from hoe.runtime.manifest import Manifest
+    from hoe.contract.folder import Manifest
     from hoe.runtime.preference import PreferenceRouter
 
     from .systems import BackendSystem, backend_config, load_backend
@@ -161,7 +161,7 @@ def _load_hoe(cfg, src, preference, work, out):
 
 
 def _load_torch(cfg, src, preference, work, out):
-    from hoe.runtime.manifest import Manifest
+    from hoe.contract.folder import Manifest
     from hoe.runtime.preference import PreferenceRouter
 
     from .systems import BackendSystem, backend_config, load_backend
@@ -182,7 +182,7 @@ def _load_base(cfg, src, preference, work, out):
 
 
 def _load_mod(cfg, src, preference, work, out):
-    from hoe.runtime.manifest import Manifest
+    from hoe.contract.folder import Manifest
 
     from .systems import ModSystem, backend_config, expert_weights, load_backend, vertex_folder
 
@@ -195,8 +195,8 @@ def _load_mod(cfg, src, preference, work, out):
 
 
 def _load_merged(cfg, src, preference, work, out):
-    from hoe.export.manifest import read_checkpoint_tensors
-    from hoe.runtime.manifest import Manifest
+    from hoe.contract.folder import Manifest
+    from hoe.contract.manifest import read_checkpoint_tensors
 
     from .floor import graph_weight_bytes
     from .merge import Merger, locate_weights, read_base_weights, read_initializers, remerge
@@ -299,7 +299,7 @@ def switch_times(loaded: Loaded, cfg: LatencyConfig, preference) -> dict:
 
 def run_latency(src: Sources, cfg: LatencyConfig | None = None) -> dict:
     """Load every system, time every case round-robin, measure switches and the floor -> the result dict."""
-    from hoe.runtime.manifest import Manifest
+    from hoe.contract.folder import Manifest
 
     from .floor import copy_bandwidth_gbs, floor_ms
     from .machine import machine_info, peak_mb

@@ -202,8 +202,8 @@ def candidate_labels() -> list[str]:
 
 
 def open_runner(label: str, folder: Path, threads: int) -> Runner:
+    from hoe.contract.folder import Manifest
     from hoe.runtime.backends import BackendConfig, create_backend
-    from hoe.runtime.manifest import Manifest
     from hoe.runtime.preference import PreferenceRouter
 
     name, _, provider = label.partition(":")
@@ -217,8 +217,8 @@ def open_runner(label: str, folder: Path, threads: int) -> Runner:
 
 
 def reference_runner(folder: Path, threads: int, base: str | None, hoe: str | None) -> Runner:
+    from hoe.contract.folder import Manifest
     from hoe.runtime.backends import BackendConfig, create_backend
-    from hoe.runtime.manifest import Manifest
     from hoe.runtime.preference import PreferenceRouter
 
     manifest = Manifest.load(folder, verify=False)
@@ -232,7 +232,7 @@ def reference_runner(folder: Path, threads: int, base: str | None, hoe: str | No
 def run_parity(folder: str | Path, cfg: ParityConfig | None = None, base: str | None = None,
                hoe: str | None = None) -> dict:
     """Every available backend against the PyTorch reference on an exported folder -> the result dict."""
-    from hoe.runtime.manifest import Manifest
+    from hoe.contract.folder import Manifest
     from tqdm import tqdm
 
     from .machine import machine_info

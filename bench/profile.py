@@ -56,7 +56,7 @@ def decode_op_times(events: list[dict]) -> tuple[dict[str, float], dict[str, int
 def profile_decode(folder: str | Path, router_mix: np.ndarray, threads: int, work: str | Path,
                    prompt_len: int = 32, steps: int = 16, vocab: int | None = None) -> dict:
     """{"ms_per_token": {op: ms}, "nodes_per_token": {op: n}, "total_ms": float, "steps": int}."""
-    from hoe.runtime.manifest import Manifest
+    from hoe.contract.folder import Manifest
 
     from .systems import BackendSystem, backend_config, greedy_run
 

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from hoe.contract.folder import Manifest
 from hoe.core import names
 from hoe.core.config import HoEConfig
 from hoe.core.errors import ConfigError
 from hoe.core.routing import simplex_lstsq, validate_preference
 from hoe.runtime.backends import BackendConfig, create_backend
-from hoe.runtime.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def vertex_folder(export_dir: str | Path, work_dir: str | Path) -> Path:
 
     Built with the exporter's own `swap_experts`, so it is a valid exported folder (manifest, hashes).
     """
-    from hoe.export.manifest import read_checkpoint_tensors, swap_experts
+    from hoe.contract.manifest import read_checkpoint_tensors, swap_experts
     from safetensors.numpy import save_file
 
     export_dir, work_dir = Path(export_dir), Path(work_dir)

@@ -3,7 +3,7 @@
 Importing this package does not import torch. Entry points:
   * `export_hoe(base_dir, ckpt_dir, out_dir, config=None)`  (onnx_export.export)
   * `export_base(base_dir, out_dir, config=None)`            plain base graph, no experts
-  * `hoe.export.manifest`                                  torch-free reader/writer of hoe_config.json
+  * `hoe.contract.manifest`                                  torch-free reader/writer of hoe_config.json
 """
 
 

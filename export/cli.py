@@ -67,7 +67,7 @@ def _export(args) -> int:
 
 
 def _swap(args) -> int:
-    from .manifest import swap_experts
+    from hoe.contract.manifest import swap_experts
 
     manifest = swap_experts(args.export_dir, args.ckpt_dir)
     hoe = manifest["hoe"]
@@ -106,7 +106,8 @@ def _print_result(result, format_report) -> None:
 def _trt_check(args) -> int:
     from pathlib import Path
 
-    from .manifest import MODEL_FILE
+    from hoe.contract.manifest import MODEL_FILE
+
     from .trt_ops import check_model
 
     path = Path(args.path)

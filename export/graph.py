@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 
 import torch
+from hoe.contract.io_spec import BATCH, PAST, SEQUENCE, TOTAL, TensorSpec
 from torch import nn
 
 from .hoe_graph import SITE_DOMAIN, SITE_OP
-from .io_spec import BATCH, PAST, SEQUENCE, TOTAL, TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+from hoe.contract.io_spec import TensorSpec
 from hoe.core import packing
 from hoe.core.packing import SiteGroup
-
-from .io_spec import TensorSpec
 
 SITE_DOMAIN, SITE_OP = "hoe", "LoraSite"
 

@@ -19,11 +19,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hoe.contract import manifest as mf
+from hoe.contract.io_spec import (
+    KV_CACHE,
+    ROUTER_MIX,
+    ModelDims,
+    TensorSpec,
+    expert_tensor_specs,
+    graph_inputs,
+    graph_outputs,
+)
 from hoe.core.config import HoEConfig, JsonConfig
 from hoe.core.errors import CheckpointError, ConfigError, UnsupportedModelError
-
-from . import manifest as mf
-from .io_spec import KV_CACHE, ROUTER_MIX, ModelDims, TensorSpec, expert_tensor_specs, graph_inputs, graph_outputs
 
 log = logging.getLogger(__name__)
 

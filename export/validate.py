@@ -34,12 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from hoe.contract import manifest as mf
+from hoe.contract.io_spec import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, ROUTER_MIX
 from hoe.core.config import JsonConfig, atomic_write_text
 from hoe.core.errors import HoEError
 from hoe.core.routing import route
-
-from . import manifest as mf
-from .io_spec import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, ROUTER_MIX
 
 log = logging.getLogger(__name__)
 

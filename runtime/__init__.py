@@ -10,10 +10,11 @@ Only numpy, tokenizers, safetensors, jinja2 and onnxruntime are imported (the "t
 imports torch when it is chosen).
 """
 
+from hoe.contract.folder import Manifest
+
 from .backends import BackendConfig, available_backends, register_backend
 from .config import GenerationConfig
 from .generator import Generator
-from .manifest import Manifest
 from .model import Model, load
 from .result import Result
 

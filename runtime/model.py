@@ -16,12 +16,12 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from hoe.contract.folder import Manifest
 from hoe.core.errors import InputError
 
 from .backends import BackendConfig, create_backend
 from .config import GenerationConfig
 from .generator import Generator
-from .manifest import Manifest
 from .preference import PreferenceRouter
 from .result import Result
 from .tokenizer import Tokenizer

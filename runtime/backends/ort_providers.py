@@ -73,7 +73,7 @@ def provider_options(providers: list[str], cache_dir: str | Path, settings: Prov
 
     cache_dir: where the TensorRT EP keeps its engines and timing cache (created if missing).
     profile: {"min": {input: shape}, "opt": {...}, "max": {...}} for the TensorRT EP's dynamic shapes
-    (see `hoe.runtime.backends.trt_profiles.ort_profile_shapes`); without it the EP rebuilds its
+    (see `hoe.contract.engine.ort_profile_shapes`); without it the EP rebuilds its
     engine whenever an input shape leaves the range it has seen.
     """
     settings = settings or ProviderSettings()

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from hoe.contract.manifest import MANIFEST_FILE
 from hoe.core.errors import BackendError
 
-from ..manifest import MANIFEST_FILE
 from .base import Backend, DecodeState
 
 log = logging.getLogger(__name__)
@@ -113,9 +113,9 @@ class TorchBackend(Backend):
 def _export_checkpoint(folder: Path):
     """The HoE checkpoint an exported folder holds (its packed experts/routers, unpacked)."""
     import torch
+    from hoe.contract.manifest import HOE_FILE, read_checkpoint_tensors
     from hoe.core.checkpoint import HoECheckpoint
     from hoe.core.config import HoEConfig
-    from hoe.export.manifest import HOE_FILE, read_checkpoint_tensors
 
     tensors = {n: torch.from_numpy(v) for n, v in read_checkpoint_tensors(folder).items()}
     experts = {n: v for n, v in tensors.items() if n.startswith("experts.")}

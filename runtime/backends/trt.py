@@ -23,10 +23,10 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from hoe.contract import engine as tp
 from hoe.core.errors import BackendError, CheckpointError, InputError
 
 from . import cuda_memory
-from . import trt_profiles as tp
 from .base import Backend, DecodeState
 
 log = logging.getLogger(__name__)

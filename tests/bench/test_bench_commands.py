@@ -24,7 +24,7 @@ def test_parity_passes_and_reports_every_case(bench_model, tmp_path):
 
 def _corrupted_export(bench_model, tmp_path):
     """A copy of the export whose expert B factors are 50 % off (hashes refreshed, so it still loads)."""
-    from hoe.export.manifest import refresh_hashes
+    from hoe.contract.manifest import refresh_hashes
     from safetensors.numpy import load_file, save_file
 
     folder = tmp_path / "corrupt"

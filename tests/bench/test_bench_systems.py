@@ -9,10 +9,10 @@ import pytest
 import torch
 from hoe.bench import systems
 from hoe.bench.merge import Merger, locate_weights, read_base_weights, read_initializers, remerge
+from hoe.contract.folder import Manifest
 from hoe.core.checkpoint import HoECheckpoint
 from hoe.core.loading import hoe_from_checkpoint, load_base
 from hoe.core.routers import constant_routers
-from hoe.runtime.manifest import Manifest
 from hoe.runtime.preference import PreferenceRouter
 
 PROMPT = np.array([[5, 9, 3, 7, 22, 40, 11], [8, 14, 6, 12, 13, 3, 20]], dtype=np.int64)
@@ -79,7 +79,7 @@ def merger(bench_model):
     inits = read_initializers(bench_model.base_export / "model.onnx")
     slots = locate_weights(inits, read_base_weights(bench_model.base_dir, modules))
     assert sorted(slots) == sorted(modules)
-    from hoe.export.manifest import read_checkpoint_tensors
+    from hoe.contract.manifest import read_checkpoint_tensors
 
     return Merger(inits, slots, read_checkpoint_tensors(bench_model.export), export.hoe["expert_prefs"])
 

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from hoe.export import manifest as mf
+from hoe.contract import manifest as mf
 
 pytestmark = pytest.mark.slow
 

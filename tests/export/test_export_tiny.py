@@ -6,9 +6,9 @@ import json
 import numpy as np
 import onnx
 import pytest
+from hoe.contract import manifest as mf
 from hoe.core import names, packing
 from hoe.core.errors import CheckpointError, ConfigError, ShapeMismatchError, UnsupportedModelError
-from hoe.export import manifest as mf
 from hoe.export.onnx_export import ExportConfig, export
 from hoe.export.validate import ValidationConfig, validate_export
 

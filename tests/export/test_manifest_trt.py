@@ -5,12 +5,12 @@ import json
 import numpy as np
 import onnx
 import pytest
+from hoe.contract import manifest as mf
+from hoe.contract.io_spec import ModelDims, TensorSpec, bind_shapes, expert_tensor_specs, graph_inputs, graph_outputs
 from hoe.core import names, packing
 from hoe.core.config import sha256_file
 from hoe.core.errors import CheckpointError, ConfigError, ShapeMismatchError
 from hoe.core.packing import SiteGroup
-from hoe.export import manifest as mf
-from hoe.export.io_spec import ModelDims, TensorSpec, bind_shapes, expert_tensor_specs, graph_inputs, graph_outputs
 from hoe.export.trt_ops import check_model
 from onnx import TensorProto, helper
 
@@ -132,7 +132,7 @@ def test_manifest_module_is_torch_free():
     import subprocess
     import sys
 
-    code = "import sys, hoe.export.manifest, hoe.export.io_spec, hoe.export; print('torch' in sys.modules)"
+    code = "import sys, hoe.contract.manifest, hoe.contract.io_spec, hoe.export; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

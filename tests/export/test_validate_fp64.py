@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from hoe.export import manifest as mf
+from hoe.contract import manifest as mf
 from hoe.export.fp64_reference import Float64RMSNorm, Float64Rotary, exact_float64
 from hoe.export.validate import ValidationConfig, validate_export
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from hoe.contract.folder import Manifest
 from hoe.runtime.backends import Backend, DecodeState
-from hoe.runtime.manifest import Manifest
 from hoe.runtime.model import Model
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "

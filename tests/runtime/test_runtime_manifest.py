@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from hoe.contract.folder import Manifest
 from hoe.core.config import sha256_file
 from hoe.core.errors import BackendError, CheckpointError, ConfigError
 from hoe.runtime import available_backends, register_backend
 from hoe.runtime.backends import BackendConfig, create_backend
-from hoe.runtime.manifest import Manifest
 from runtime_helpers import fake_manifest
 
 

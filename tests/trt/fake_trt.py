@@ -247,7 +247,7 @@ def make_module(version: str = "10.3.0.30", memory: HostMemory | None = None, pa
             return self._output_shapes()[name]
 
         def _output_shapes(self):
-            from hoe.runtime.backends.trt_profiles import concrete_shape
+            from hoe.contract.engine import concrete_shape
 
             manifest = self.engine.manifest
             dims = {}

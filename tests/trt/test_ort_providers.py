@@ -40,7 +40,7 @@ def test_resolve_merges_user_options(tmp_path):
 
 
 def test_profile_from_manifest_formats_for_ort():
-    from hoe.runtime.backends.trt_profiles import EngineLimits, ort_profile_shapes, profiles
+    from hoe.contract.engine import EngineLimits, ort_profile_shapes, profiles
 
     shapes = ort_profile_shapes(profiles(te.manifest(), EngineLimits(max_context=32, max_prefill=8)))
     text = op.format_shapes(shapes["max"])

@@ -13,10 +13,10 @@ import fake_trt
 import numpy as np
 import pytest
 import toy_export as te
+from hoe.contract import engine as tp
+from hoe.contract.folder import Manifest
 from hoe.core.errors import BackendError, CheckpointError, ConfigError, InputError, ShapeMismatchError
-from hoe.runtime.backends import trt_profiles as tp
 from hoe.runtime.backends.base import BackendConfig
-from hoe.runtime.manifest import Manifest
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ SMALL = dict(max_batch=2, max_context=24, max_prefill=4)
 
 
 def _build(folder, fake, **limits):
-    from hoe.export.trt_build import BuildConfig, build_engine
+    from hoe.runtime.backends.trt_build import BuildConfig, build_engine
 
     trt, memory = fake()
     cfg = BuildConfig(limits=tp.EngineLimits(**{"max_batch": 2, "max_context": 24, "max_prefill": 4, **limits}))
@@ -77,7 +77,7 @@ def test_build_writes_engine_manifest_and_timing_cache(toy, fake):
 
 
 def test_parser_errors_are_all_reported(toy, fake):
-    from hoe.export.trt_build import BuildConfig, build_engine
+    from hoe.runtime.backends.trt_build import BuildConfig, build_engine
 
     fake(parse_errors=["Unsupported op Foo", "bad attribute on Bar"])
     with pytest.raises(BackendError, match="2 errors") as e:
@@ -86,7 +86,7 @@ def test_parser_errors_are_all_reported(toy, fake):
 
 
 def test_fp16_flag_only_on_trt10(toy, fake):
-    from hoe.export.trt_build import BuildConfig, build_engine
+    from hoe.runtime.backends.trt_build import BuildConfig, build_engine
 
     cfg, gpu = BuildConfig(limits=tp.EngineLimits(**SMALL), fp16=True), {"name": "x", "compute_capability": "8.7"}
     trt, _ = fake("10.3.0.30")
@@ -243,6 +243,6 @@ def test_importing_the_backend_needs_neither_tensorrt_nor_torch():
     import sys
 
     code = ("import sys; import hoe.runtime.backends.trt, hoe.runtime.backends.ort_providers, "
-            "hoe.export.trt_cli; print('tensorrt' in sys.modules, 'torch' in sys.modules)")
+            "hoe.runtime.trt_cli; print('tensorrt' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

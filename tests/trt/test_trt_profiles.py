@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import toy_export as te
+from hoe.contract import engine as tp
 from hoe.core.errors import CheckpointError, ConfigError, InputError, ShapeMismatchError
-from hoe.runtime.backends import trt_profiles as tp
 
 
 def smollm2_manifest() -> dict:

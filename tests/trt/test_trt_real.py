@@ -10,9 +10,9 @@ import importlib.util
 import numpy as np
 import pytest
 import toy_export as te
+from hoe.contract.folder import Manifest
 from hoe.core.errors import BackendError
 from hoe.runtime.backends.base import BackendConfig
-from hoe.runtime.manifest import Manifest
 
 pytestmark = pytest.mark.gpu
 
@@ -29,9 +29,9 @@ def _cuda_memory():
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
                     reason="TensorRT is not installed (it cannot be on the dev/CI machines; see ENVIRONMENT.md)")
 def test_real_engine_generation_matches_onnxruntime(tmp_path):
-    from hoe.export.trt_build import BuildConfig, build_engine
+    from hoe.contract.engine import EngineLimits
     from hoe.runtime.backends.trt import TrtBackend
-    from hoe.runtime.backends.trt_profiles import EngineLimits
+    from hoe.runtime.backends.trt_build import BuildConfig, build_engine
 
     memory = _cuda_memory()
     folder = te.make_folder(tmp_path / "export")

@@ -22,7 +22,8 @@ from typing import Any
 from hoe.core.config import JsonConfig, atomic_write_text
 from hoe.core.errors import CheckpointError, ConfigError, InputError, ShapeMismatchError
 from hoe.core.packing import dim_symbols, dim_value
-from hoe.export.manifest import packed_sizes as exported_sizes  # E, r, K of the exported experts/routers
+
+from .manifest import packed_sizes as exported_sizes  # E, r, K of the exported experts/routers
 
 ENGINE_DIR = "trt"  # folder inside the exported folder
 ENGINE_FILE = "model.engine"

@@ -24,11 +24,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hoe.contract import engine as tp
+from hoe.contract.folder import Manifest
 from hoe.core.config import JsonConfig
 from hoe.core.errors import BackendError, CheckpointError, ConfigError
-from hoe.runtime.backends import trt_profiles as tp
-from hoe.runtime.backends.trt import import_tensorrt
-from hoe.runtime.manifest import Manifest
+
+from .trt import import_tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def build_engine(folder: str | Path, cfg: BuildConfig | None = None, gpu: dict |
 
 
 def _device_info() -> dict:
-    from hoe.runtime.backends.cuda_memory import select
+    from .cuda_memory import select
 
     return select().device_info()
 

@@ -32,9 +32,9 @@ def register(sub) -> None:
 
 
 def _build_engine(args) -> int:
-    from hoe.runtime.backends.trt_profiles import EngineLimits
+    from hoe.contract.engine import EngineLimits
 
-    from .trt_build import BuildConfig, build_engine
+    from .backends.trt_build import BuildConfig, build_engine
 
     limits = EngineLimits(max_batch=args.max_batch, max_context=args.max_context, max_prefill=args.max_prefill,
                           max_experts=args.max_experts, max_rank=args.max_rank, max_routers=args.max_routers,

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 from hoe.core.errors import CheckpointError, ConfigError
-from hoe.export.manifest import FORMAT_VERSION, MANIFEST_FILE, read_manifest, read_packed, verify_hashes
+
+from .manifest import FORMAT_VERSION, MANIFEST_FILE, read_manifest, read_packed, verify_hashes
 
 log = logging.getLogger(__name__)
 
