@@ -2,7 +2,7 @@
 export manifest, buffer sizes, the engine manifest (`engine.json`) and the checks that refuse an engine
 built by another TensorRT, for another GPU, or from another model.
 
-    hoe_config.json ─► dim_ranges(limits) ─► profiles {"prefill", "decode"} ─► builder (export/trt_build.py)
+    hoe_config.json ─► dim_ranges(limits) ─► profiles {"prefill", "decode"} ─► builder (runtime/backends/trt_build.py)
                                          └─► buffer_plan (max shape of every input/output) ─► trt backend
     engine.json ─► check_engine_compat(trt version, GPU) / check_tensor_fits(E, r, K) ─► trt backend
 

@@ -14,12 +14,9 @@ from typing import Any
 import numpy as np
 from hoe.core.errors import CheckpointError, ConfigError
 
-from .manifest import FORMAT_VERSION, MANIFEST_FILE, read_manifest, read_packed, verify_hashes
+from .manifest import MANIFEST_FILE, check_manifest, read_manifest, read_packed, verify_hashes
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSIONS = (FORMAT_VERSION,)  # manifest versions this runtime reads (2: packed experts, hoe.core.packing)
-_REQUIRED = ("format_version", "model", "architecture", "inputs", "outputs", "kv_cache", "hoe", "files", "tokens")
 
 
 @dataclass(frozen=True)
@@ -42,16 +39,8 @@ class Manifest:
         return manifest
 
     def check(self) -> None:
-        """Structure: known format version, required sections, files present."""
-        if not isinstance(self.data, dict):
-            raise ConfigError(f"{MANIFEST_FILE} must hold a JSON object, got {type(self.data).__name__}")
-        version = self.data.get("format_version")
-        if version not in FORMAT_VERSIONS:
-            raise ConfigError(f"{MANIFEST_FILE} format_version {version!r} is not one this runtime reads "
-                              f"(expected one of {list(FORMAT_VERSIONS)}); update hoe or re-export")
-        missing = [k for k in _REQUIRED if k not in self.data]
-        if missing:
-            raise ConfigError(f"{MANIFEST_FILE} lacks sections {missing}; expected all of {list(_REQUIRED)}")
+        """Structure: known format version, required sections (check_manifest), files present."""
+        check_manifest(self.data)
         for key in ("anchors", "objectives", "expert_inputs", "router_inputs") if self.hoe_enabled else ():
             if key not in self.hoe:
                 raise ConfigError(f"{MANIFEST_FILE} 'hoe' lacks {key!r}")

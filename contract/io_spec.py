@@ -24,6 +24,7 @@ DYNAMIC_DIMS = (BATCH, SEQUENCE, PAST, TOTAL, EXPERTS, RANK, ROUTERS)
 
 INPUT_IDS, ATTENTION_MASK, POSITION_IDS, ROUTER_MIX, LOGITS = (
     "input_ids", "attention_mask", "position_ids", "router_mix", "logits")
+STEP_INPUTS = (INPUT_IDS, ATTENTION_MASK, POSITION_IDS, ROUTER_MIX)  # fed every step, besides KV cache and experts
 KV_CACHE = {"past_key": "past_key_values.%d.key", "past_value": "past_key_values.%d.value",
             "present_key": "present.%d.key", "present_value": "present.%d.value"}
 

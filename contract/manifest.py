@@ -2,7 +2,8 @@
 
 Torch-free (numpy, safetensors and hoe.core's torch-free modules only), so the runtime can use it:
 
-    read_manifest(folder) -> dict                  the parsed JSON (the runtime's Manifest checks it its way)
+    read_manifest(folder) -> dict                  the parsed JSON, unchecked
+    check_manifest(manifest)                       format version and required sections (export and runtime)
     load_manifest(folder, verify=True) -> dict     read, check structure, check every sha256
     refresh_hashes(folder) -> dict                 recompute `sha256` after files changed
     swap_experts(folder, ckpt_dir) -> dict         install another HoE checkpoint's experts/routers
@@ -32,13 +33,14 @@ from .io_spec import TensorSpec, bind_shapes
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: experts/routers packed per site group (hoe.core.packing)
+FORMAT_VERSION = 2  # what the exporter writes; 2: experts/routers packed per site group (hoe.core.packing)
+FORMAT_VERSIONS = (FORMAT_VERSION,)  # what this hoe reads
 MANIFEST_FILE, VALIDATION_FILE = "hoe_config.json", "validation.json"
 MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
 EXPERTS_FILE, ROUTERS_FILE, HOE_FILE = "experts.safetensors", "routers.safetensors", "hoe.json"
 UNHASHED = (MANIFEST_FILE, VALIDATION_FILE)
-REQUIRED = ("format_version", "model", "architecture", "inputs", "outputs", "kv_cache", "hoe", "files",
-            "tokens", "generation", "tools", "sha256")
+# Sections a reader needs; the exporter also writes `generation`, `tools`, `sha256` and `source`.
+REQUIRED = ("format_version", "model", "architecture", "inputs", "outputs", "kv_cache", "hoe", "files", "tokens")
 
 
 # ---------------------------------------------------------------------------- hashing
@@ -101,8 +103,10 @@ def check_manifest(manifest: Any) -> None:
     if not isinstance(manifest, dict):
         raise ConfigError(f"{MANIFEST_FILE} must hold a JSON object, got {type(manifest).__name__}")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ConfigError(f"{MANIFEST_FILE} format_version must be {FORMAT_VERSION}, got {version!r}")
+    if version not in FORMAT_VERSIONS:
+        raise ConfigError(f"{MANIFEST_FILE} format_version must be {FORMAT_VERSION}, got {version!r}: format_version "
+                          f"{version!r} is not one this hoe reads (expected one of {list(FORMAT_VERSIONS)}); "
+                          "update hoe or re-export")
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise ConfigError(f"{MANIFEST_FILE} lacks sections {missing}; expected all of {list(REQUIRED)}")

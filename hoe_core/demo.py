@@ -62,8 +62,7 @@ def default_exporter(base_dir: Path, ckpt_dir: Path, out_dir: Path) -> Path:
 
 def _readable(folder: Path) -> bool:
     """Whether this runtime reads the exported folder's format version (an older exporter's folder is redone)."""
-    from hoe.contract.folder import FORMAT_VERSIONS
-    from hoe.contract.manifest import read_manifest
+    from hoe.contract.manifest import FORMAT_VERSIONS, read_manifest
 
     try:
         return read_manifest(folder).get("format_version") in FORMAT_VERSIONS

@@ -17,6 +17,7 @@ import logging
 import time
 
 import numpy as np
+from hoe.contract.io_spec import STEP_INPUTS as _STEP_INPUTS
 from hoe.core.errors import BackendError, CheckpointError, ShapeMismatchError
 
 from . import ort_providers
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
               "tensor(bfloat16)": None, "tensor(int32)": np.int32}
-_STEP_INPUTS = ("input_ids", "attention_mask", "position_ids", "router_mix")
 
 
 class OrtState(DecodeState):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from hoe.contract import engine as tp
+from hoe.contract.io_spec import STEP_INPUTS as _STEP_INPUTS
 from hoe.core.errors import BackendError, CheckpointError, InputError
 
 from . import cuda_memory
@@ -32,7 +33,6 @@ from .base import Backend, DecodeState
 log = logging.getLogger(__name__)
 
 _NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "bool": np.bool_}
-_STEP_INPUTS = ("input_ids", "attention_mask", "position_ids", "router_mix")
 
 
 def import_tensorrt():

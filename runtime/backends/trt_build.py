@@ -2,7 +2,7 @@
 
     model.onnx (+ model.onnx.data) ─► OnnxParser.parse_from_file ─► network (every parser error reported)
         builder config: WORKSPACE pool limit, timing cache (read, then saved back), precision,
-                        profile 0 "prefill" and profile 1 "decode" (trt_profiles.profiles)
+                        profile 0 "prefill" and profile 1 "decode" (hoe.contract.engine.profiles)
         ─► build_serialized_network ─► trt/model.engine, trt/engine.json, trt/timing.cache
 
 Precision. TensorRT 10 builds strongly typed networks when asked (precision comes from the ONNX
