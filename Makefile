@@ -13,6 +13,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test lint install clean
 
 $(PY):
+	@echo "creating $(VENV) and installing hoe with its export, cpu, dev, plot and train extras (once, a few minutes)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 

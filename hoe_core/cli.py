@@ -9,23 +9,35 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
+from . import verbosity
 from .errors import HoEError
 
 # Modules that contribute subcommands (those not installed or not present are skipped).
 CLI_MODULES = ("hoe.core.cli_commands", "hoe.core.cli_train", "hoe.core.cli_demo", "hoe.export.cli",
                "hoe.runtime.trt_cli", "hoe.runtime.cli", "hoe.bench.cli")
+VERBOSE_HELP = "every detail on stderr: our debug log, the libraries' INFO lines, warnings and progress bars"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hoe", description="Deploy multi-objective-aligned LLMs built the HoE way (experts, routers, preferences)."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
-    register_modules(parser.add_subparsers(dest="command", metavar="COMMAND", required=True), CLI_MODULES)
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    register_modules(subparsers, CLI_MODULES)
+    _add_verbose(subparsers)
     return parser
+
+
+def _add_verbose(subparsers) -> None:
+    """`hoe COMMAND [SUBCOMMAND] -v` too; SUPPRESS keeps the value of a `hoe -v COMMAND`."""
+    for command in subparsers.choices.values():
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        for action in command._actions:  # argparse has no public accessor for nested subcommands
+            if isinstance(action, argparse._SubParsersAction):
+                _add_verbose(action)
 
 
 def register_modules(subparsers, module_names) -> None:
@@ -42,8 +54,7 @@ def register_modules(subparsers, module_names) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    verbosity.configure(args.verbose)
     try:
         return int(args.func(args) or 0)
     except HoEError as e:

@@ -163,16 +163,23 @@ def run_demo(cfg: DemoConfig, exporter=None, echo=print) -> dict:
 
 def measure_speed(model, cfg: DemoConfig, base_dir: Path, ckpt_dir: Path, repeats: int = 2) -> dict:
     """Runtime vs PyTorch on the same prompt and preference (uniform), same number of greedy tokens
-    (EOS ignored), batch 1; best of `repeats` runs each."""
+    (EOS ignored), batch 1; best of `repeats` runs each. A progress bar on stderr while it runs."""
     import hoe.runtime as hr
+    from tqdm import tqdm
 
     pref = [1.0 / len(model.objectives)] * len(model.objectives)
     prompt_ids = model.encode(cfg.prompt, chat=True)
     timed = hr.GenerationConfig(max_new_tokens=cfg.speed_tokens, temperature=0.0, ignore_eos=True)
-    model.generate(prompt_ids, preference=pref, config=hr.GenerationConfig(max_new_tokens=2))  # warm-up
-    runs = [model.generate(prompt_ids, preference=pref, config=timed)[0] for _ in range(repeats)]
-    rt_ms = min(float(r.timings["decode_ms_per_token"]) for r in runs)
-    torch_ms, torch_ids = torch_decode_ms(base_dir, ckpt_dir, prompt_ids, pref, cfg.speed_tokens, cfg.threads, repeats)
+    with tqdm(total=2, desc="decode speed", unit="engine") as bar:
+        bar.set_postfix_str("runtime")
+        model.generate(prompt_ids, preference=pref, config=hr.GenerationConfig(max_new_tokens=2))  # warm-up
+        runs = [model.generate(prompt_ids, preference=pref, config=timed)[0] for _ in range(repeats)]
+        rt_ms = min(float(r.timings["decode_ms_per_token"]) for r in runs)
+        bar.update()
+        bar.set_postfix_str("PyTorch")
+        torch_ms, torch_ids = torch_decode_ms(base_dir, ckpt_dir, prompt_ids, pref, cfg.speed_tokens, cfg.threads,
+                                              repeats)
+        bar.update()
     return {"runtime_ms_per_token": rt_ms, "torch_ms_per_token": torch_ms, "speedup": torch_ms / rt_ms,
             "same_tokens": runs[0].token_ids == torch_ids[:len(runs[0].token_ids)]}
 
