@@ -155,7 +155,7 @@ def _load_hoe(cfg, src, preference, work, out):
     from .systems import BackendSystem, backend_config, load_backend
 
     out.router = PreferenceRouter.from_manifest(Manifest.load(src.hoe_export, verify=False))
-    out.mix = out.router.mix(out.router.rows(preference, 1)[0])
+    out.mix = out.router.route(preference, 1)[1][0]  # [K]
     out.bytes_per_token["hoe-ort"] = _hoe_bytes(src)
     return BackendSystem("hoe-ort", load_backend(src.hoe_export, backend_config(cfg.threads)), out.mix)
 
@@ -170,7 +170,7 @@ def _load_torch(cfg, src, preference, work, out):
     config = backend_config(cfg.threads, "torch", base=str(src.base_hf),
                             hoe=str(src.hoe_ckpt) if src.hoe_ckpt else None)
     out.bytes_per_token["torch"] = _hoe_bytes(src)
-    return BackendSystem("torch", load_backend(src.hoe_export, config), router.mix(router.rows(preference, 1)[0]))
+    return BackendSystem("torch", load_backend(src.hoe_export, config), router.route(preference, 1)[1][0])
 
 
 def _load_base(cfg, src, preference, work, out):
@@ -283,7 +283,7 @@ def switch_times(loaded: Loaded, cfg: LatencyConfig, preference) -> dict:
 
         def switch():
             p = prefs[next(counter) % m]
-            return router.mix(router.rows(p, 1)[0])
+            return router.route(p, 1)[1]
 
         out["hoe"] = summary(time_calls(switch, cfg.switch_repeats, warmup=5))
     if loaded.merger is not None:

@@ -117,7 +117,7 @@ class Runner:
         self.kv_dtype, self.kv_heads, self.head_dim = manifest.kv_spec()
 
     def mix(self, rows) -> np.ndarray:
-        return np.stack([self.router.mix(np.asarray(r, dtype=np.float64)) for r in rows]).astype(np.float32)
+        return self.router.route(rows, len(rows))[1]  # [B, K] float32
 
     def forward(self, case: Case) -> np.ndarray:
         """The past (if any), then the new tokens on the backend's own present K/V -> logits [B, T, V]."""

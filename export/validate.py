@@ -38,7 +38,7 @@ from hoe.contract import manifest as mf
 from hoe.contract.io_spec import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, ROUTER_MIX
 from hoe.core.config import JsonConfig, atomic_write_text
 from hoe.core.errors import HoEError
-from hoe.core.routing import route
+from hoe.core.routing import route_batch
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def _cases(manifest: dict, config: ValidationConfig):
     out = []
     for i, pref in enumerate(prefs):
         pair = [pref, prefs[(i + 1) % len(prefs)]]
-        mix = np.stack([route(p, hoe["anchors"], hoe["n_route"]) for p in pair]).astype(np.float32)
+        mix = route_batch(pair, hoe["anchors"], hoe["n_route"])  # [2, K] float32
         out.append((mix, pair))
     return out
 

@@ -113,11 +113,11 @@ def torch_decode_ms(base_dir: Path, ckpt_dir: Path, prompt_ids: list[int], prefe
 
     from .generate import generate
     from .loading import load_hoe
-    from .routing import route
+    from .routing import route_batch
 
     torch.set_num_threads(threads)
     model = load_hoe(base_dir, ckpt_dir)
-    mix = torch.tensor(route(preference, model.config.anchors, model.config.n_route)[None], dtype=torch.float32)
+    mix = torch.from_numpy(route_batch([preference], model.config.anchors, model.config.n_route))  # [1, K]
     ids = torch.tensor([prompt_ids])
     mask = torch.ones_like(ids)
     generate(model, ids, mask, mix, 2)  # warm-up

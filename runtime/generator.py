@@ -67,9 +67,7 @@ class Generator:
         bad = [r for r in idx if not 0 <= r < self.batch]
         if bad:
             raise InputError(f"set_preference rows must be in [0, {self.batch}), got {bad}")
-        for r, pref in zip(idx, self.model.router.rows(preference, len(idx))):
-            self.preferences[r] = pref
-            self.router_mix[r] = self.model.router.mix(pref)
+        self.preferences[idx], self.router_mix[idx] = self.model.router.route(preference, len(idx))
 
     # -- stepping --------------------------------------------------------------------------------------
     def is_done(self) -> bool:
@@ -128,8 +126,7 @@ class Generator:
         m = self.model
         self._check_prompts()
         b = self.batch = len(self._prompts)
-        self.preferences = m.router.rows(self._preference, b)
-        self.router_mix = np.stack([m.router.mix(p) for p in self.preferences])  # [B, K] float32
+        self.preferences, self.router_mix = m.router.route(self._preference, b)  # [B, m] float64, [B, K] float32
         lengths = np.array([len(p) for p in self._prompts])
         width = int(lengths.max())
         self._pad = m.manifest.pad_token_id

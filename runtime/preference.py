@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 from hoe.core.errors import PreferenceError
-from hoe.core.routing import route, validate_preference
+from hoe.core.routing import route, route_batch, validate_preference
 
 
 class PreferenceRouter:
@@ -61,6 +61,16 @@ class PreferenceRouter:
         if not self.enabled:
             return np.zeros(0, dtype=np.float32)
         return route(preference, self.anchors, self.n_route).astype(np.float32)
+
+    def route(self, preference, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The preference path of every caller: one vector for all `batch` rows, or one per row, validated
+        once (`rows`) and routed once per distinct row -> (preferences [B, m] float64 normalised,
+        router_mix [B, K] float32). A plain base export (preference None) gives [B, 0] and [B, 0]."""
+        rows = np.asarray(self.rows(preference, batch), dtype=np.float64).reshape(batch, self.n_objectives)  # [B, m]
+        if not self.enabled:
+            return rows, np.zeros((batch, 0), dtype=np.float32)
+        distinct, inverse = np.unique(rows, axis=0, return_inverse=True)  # [D, m], [B]
+        return rows, route_batch(distinct, self.anchors, self.n_route)[inverse.reshape(-1)]  # [B, K]
 
 
 def _as_array(preference) -> np.ndarray:
