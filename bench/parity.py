@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from hoe.core.config import JsonConfig
 from hoe.core.errors import BackendError, ConfigError
+from hoe.core.positions import positions
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,6 @@ def left_padded_mask(batch: int, width: int, pads: list[int]) -> np.ndarray:
     for b in range(batch):
         mask[b, : min(pads[b % len(pads)], width - 1)] = 0
     return mask
-
-
-def positions(mask: np.ndarray) -> np.ndarray:
-    """Position ids counting real tokens only: [B, W] -> [B, W] (padding gets 0)."""
-    return np.clip(mask.cumsum(1) - 1, 0, None).astype(np.int64)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from hoe.contract import manifest as mf
 from hoe.contract.io_spec import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, ROUTER_MIX
 from hoe.core.config import JsonConfig, atomic_write_text
 from hoe.core.errors import HoEError
+from hoe.core.positions import positions_from_mask
 from hoe.core.routing import route_batch
 
 log = logging.getLogger(__name__)
@@ -216,10 +217,6 @@ def _prompt(manifest: dict, config: ValidationConfig):
     return ids, mask
 
 
-def _positions(mask: np.ndarray, new: int) -> np.ndarray:
-    return np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, -new:].astype(np.int64)
-
-
 def _run_case(ref: _Reference, ort: _OrtModel, mix, manifest: dict, config: ValidationConfig, stats,
               exact: tuple | None = None) -> dict:
     """Prefill + decode steps; `exact` = (float64 reference, its _Stats): ORT and torch logits vs float64 too."""
@@ -230,7 +227,7 @@ def _run_case(ref: _Reference, ort: _OrtModel, mix, manifest: dict, config: Vali
     past = [np.zeros((b, kv["shape"][1], 0, kv["shape"][3]), dtype=np_dtype) for _ in ort.past_names]
     cache, cache64, steps, agree = None, None, [], []
     for step in range(config.decode_steps + 1):
-        pos = _positions(mask, ids.shape[1])
+        pos = positions_from_mask(mask, ids.shape[1])
         ref_logits, cache, ref_present = ref.step(ids, mask, pos, mix, cache)
         out = ort.step(ids, mask, pos, mix, past)
         real = mask[:, -ids.shape[1]:].astype(bool)  # [B,T] unpadded new positions

@@ -8,12 +8,7 @@ from __future__ import annotations
 import torch
 
 from .model import HoEModel
-
-
-def positions_from_mask(attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """Position ids [B, new_tokens] of the last `new_tokens` columns of a left-padded mask [B, P+T]."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.clamp(min=0)[:, -new_tokens:]
+from .positions import positions_from_mask
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 from hoe.core.errors import InputError
+from hoe.core.positions import positions
 
 from .config import GenerationConfig
 from .result import Result
@@ -136,7 +137,7 @@ class Generator:
             ids[r, width - len(p):] = p
             self._mask[r, width - len(p):width] = 1
         self._pending = ids
-        self._positions = np.clip(self._mask[:, :width].cumsum(1) - 1, 0, None)  # [B, T0]
+        self._positions = positions(self._mask[:, :width])  # [B, T0]
         self._real = lengths.astype(np.int64)
         self._last_position = m.manifest.context_length - 1
         self._columns = 0  # mask columns already in the KV cache

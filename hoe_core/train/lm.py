@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..model import HoEModel, cache_kwarg, output_cache
+from ..positions import positions
 
 
 def _inner_hf(model):
@@ -51,11 +52,6 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
             ids[i, width - len(r):] = torch.tensor(r)
             mask[i, width - len(r):] = 1
     return ids, mask
-
-
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids [B, T] counting real tokens only (left padding gets 0)."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def answer_logprobs(model, prompts: list[list[int]], answers: list[list[int]], pad_id: int,
