@@ -1,7 +1,7 @@
 """HoE reference: LoRA experts, router experts and preference routing on Hugging Face causal LMs.
 
 Importing this package does not import torch; the torch parts live in submodules
-(`experts`, `routers`, `model`, `checkpoint`, `builders`, `generate`).
+(`experts`, `routers`, `model`, `checkpoint`, `loading`, `assemble`, `generate`).
 """
 
 from .config import HoEConfig
