@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -37,7 +38,12 @@ import types
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
-_PACKAGE_DIRS = {"core": "hoe_core", "contract": "contract", "export": "export", "runtime": "runtime", "bench": "bench"}
+
+
+def _package_dirs() -> dict[str, str]:
+    """hoe.X -> folder, read from pyproject.toml's `package-dir` (what `pip install -e .` maps)."""
+    text = (_REPO / "pyproject.toml").read_text(encoding="utf-8")
+    return dict(re.findall(r'"hoe\.(\w+)"\s*=\s*"(\w+)"', text))
 
 
 # ---------------------------------------------------------------------------- standalone imports
@@ -46,11 +52,13 @@ _PACKAGE_DIRS = {"core": "hoe_core", "contract": "contract", "export": "export",
 class _RepoFinder(importlib.abc.MetaPathFinder):
     """Maps hoe.core -> hoe_core/ etc. of this repository (what `pip install -e .` would map)."""
 
+    dirs = _package_dirs()
+
     def find_spec(self, name, path=None, target=None):
         parts = name.split(".")
-        if len(parts) != 2 or parts[0] != "hoe" or parts[1] not in _PACKAGE_DIRS:
+        if len(parts) != 2 or parts[0] != "hoe" or parts[1] not in self.dirs:
             return None
-        folder = _REPO / _PACKAGE_DIRS[parts[1]]
+        folder = _REPO / self.dirs[parts[1]]
         return importlib.util.spec_from_file_location(name, folder / "__init__.py",
                                                       submodule_search_locations=[str(folder)])
 
@@ -124,17 +132,10 @@ def system_info(import_route: str) -> dict:
 
 
 def package_versions() -> dict:
-    from importlib import metadata
+    from hoe.bench.machine import versions
 
-    names = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "numpy",
-             "safetensors", "tokenizers", "peft", "tensorrt", "cuda-python", "cuda-bindings", "triton")
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return versions(("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "numpy",
+                     "safetensors", "tokenizers", "peft", "tensorrt", "cuda-python", "cuda-bindings", "triton"))
 
 
 def gpu_info() -> dict:
@@ -242,15 +243,16 @@ def effective_rope_theta(cfg) -> float | None:
 
 
 def build_models(shape: dict, n_experts: int, rank: int, device: str, seed: int = 0):
-    """(plain base, HoE model, router count, description), both fp32 on `device`, eval mode."""
+    """(plain base, HoE model, router count, description), both fp32 on `device`, eval mode: random
+    non-zero experts, vertex + uniform anchors, random routers, built by hoe.core's own assembly."""
     import copy
 
     import torch
-    from hoe.core import names
-    from hoe.core.config import HoEConfig
-    from hoe.core.experts import LoraFactors, stack_experts
-    from hoe.core.model import HoEModel, find_target_modules
-    from hoe.core.routers import active_mask
+    from hoe.core.assemble import build_checkpoint, in_features
+    from hoe.core.experts import LoraFactors
+    from hoe.core.loading import hoe_from_checkpoint
+    from hoe.core.model import find_target_modules
+    from hoe.core.routers import trainable_routers
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -259,25 +261,16 @@ def build_models(shape: dict, n_experts: int, rank: int, device: str, seed: int 
     plain = copy.deepcopy(base)
     modules = find_target_modules(base)
     g = torch.Generator().manual_seed(seed)
-    experts = []
-    for _ in range(n_experts):
-        factors = {}
-        for m in modules:
-            lin = base.get_submodule(m)
-            a = torch.randn(rank, lin.in_features, generator=g) / lin.in_features**0.5
-            factors[m] = LoraFactors(a, torch.randn(lin.out_features, rank, generator=g) * 0.02, 2.0)
-        experts.append(factors)
-    stacked = stack_experts(experts, modules, rank)
+    experts = [{m: LoraFactors(torch.randn(rank, base.get_submodule(m).in_features, generator=g)
+                               / base.get_submodule(m).in_features**0.5,
+                               torch.randn(base.get_submodule(m).out_features, rank, generator=g) * 0.02, 2.0)
+                for m in modules} for _ in range(n_experts)]
     eye = torch.eye(n_experts).tolist()
     anchors = eye + [[1.0 / n_experts] * n_experts]
-    hoe_cfg = HoEConfig(objectives=[f"obj{i}" for i in range(n_experts)], expert_prefs=eye, anchors=anchors,
-                        target_modules=modules, rank=rank)
-    routers = {names.ROUTER_MASK: active_mask(hoe_cfg.expert_prefs, hoe_cfg.anchors, hoe_cfg.n_active)}
-    for m in modules:
-        d_in = base.get_submodule(m).in_features
-        routers[names.router_weight(m)] = torch.randn(len(anchors), n_experts, d_in, generator=g) * 0.05
-        routers[names.router_bias(m)] = torch.randn(len(anchors), n_experts, generator=g) * 0.05
-    hoe = HoEModel(base, hoe_cfg, stacked, routers).eval()
+    routers = trainable_routers(modules, in_features(base, modules), eye, anchors, n_experts, init_std=0.05, seed=seed)
+    ckpt = build_checkpoint(base, experts, modules, [f"obj{i}" for i in range(n_experts)], anchors=anchors,
+                            routers=routers)
+    hoe = hoe_from_checkpoint(base, ckpt).eval()
     n_params = sum(p.numel() for p in plain.parameters())
     n_hoe = sum(t.numel() for t in hoe.named_tensors().values())
     desc = {"weights": "random (latency does not depend on weight values; real SmolLM2 weights not used)",
@@ -296,13 +289,6 @@ def _sync(device: str):
     return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
 def decode_latency(forward, batch: int, vocab: int, prompt_len: int, warmup: int, steps: int, device: str,
                    seed: int = 0) -> dict:
     """Prefill a random prompt, then time `warmup + steps` greedy decode steps one by one (synchronised).
@@ -310,6 +296,7 @@ def decode_latency(forward, batch: int, vocab: int, prompt_len: int, warmup: int
     forward(input_ids, attention_mask, position_ids, cache) -> (logits, cache).
     """
     import torch
+    from hoe.bench.timing import summary
 
     sync = _sync(device)
     g = torch.Generator().manual_seed(seed)
@@ -335,9 +322,10 @@ def decode_latency(forward, batch: int, vocab: int, prompt_len: int, warmup: int
                 times.append((time.perf_counter() - t) * 1e3)
     if not torch.isfinite(logits).all():
         raise FloatingPointError("non-finite logits during decode")
-    return {"median_ms": round(statistics.median(times), 3), "p90_ms": round(_percentile(times, 0.9), 3),
-            "mean_ms": round(statistics.fmean(times), 3), "min_ms": round(min(times), 3),
-            "tokens_per_s": round(1e3 * batch / statistics.median(times), 1), "prefill_ms": round(prefill_ms, 3),
+    stats = summary(times)
+    return {"median_ms": round(stats["median"], 3), "p90_ms": round(stats["p90"], 3),
+            "mean_ms": round(statistics.fmean(times), 3), "min_ms": round(stats["min"], 3),
+            "tokens_per_s": round(1e3 * batch / stats["median"], 1), "prefill_ms": round(prefill_ms, 3),
             "steps": steps, "warmup": warmup, "prompt_len": prompt_len}
 
 

@@ -40,9 +40,10 @@ def memory_gb() -> float | None:
     return round(pages * size / 2**30, 1)
 
 
-def versions() -> dict[str, str | None]:
+def versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution (None when absent)."""
     out = {}
-    for name in _PACKAGES:
+    for name in packages:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
