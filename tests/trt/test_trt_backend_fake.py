@@ -13,26 +13,10 @@ import fake_trt
 import numpy as np
 import pytest
 import toy_export as te
-from hoe.core.errors import BackendError, CheckpointError, ConfigError, InputError, ShapeMismatchError
+from hoe.core.errors import BackendError, CheckpointError, InputError, ShapeMismatchError
 from hoe.runtime.backends import trt_profiles as tp
 from hoe.runtime.backends.base import BackendConfig
 from hoe.runtime.manifest import Manifest
-
-
-@pytest.fixture
-def toy(tmp_path):
-    return te.make_folder(tmp_path / "export")
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    def install(version="10.3.0.30", gpu=None, parse_errors=None):
-        memory = fake_trt.HostMemory(gpu)
-        module = fake_trt.make_module(version, memory, parse_errors)
-        monkeypatch.setitem(__import__("sys").modules, "tensorrt", module)
-        return module, memory
-    return install
-
 
 SMALL = dict(max_batch=2, max_context=24, max_prefill=4)
 
@@ -59,42 +43,6 @@ def _inputs(batch=2, length=9, seed=3):
     pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)
     mix = rng.dirichlet(np.ones(te.N_ROUTERS), batch).astype(np.float32)
     return ids, mask, pos, mix
-
-
-def test_build_writes_engine_manifest_and_timing_cache(toy, fake):
-    out, trt, memory = _build(toy, fake)
-    info = json.loads((out / tp.ENGINE_MANIFEST).read_text())
-    assert (out / tp.ENGINE_FILE).is_file() and (out / tp.TIMING_CACHE).read_bytes() == b"fake-timing-cache+"
-    assert info["tensorrt"] == "10.3.0.30" and info["gpu"] == memory.device_info()
-    assert info["precision"] == "fp32" and info["strongly_typed"] is True
-    assert [info["profiles"][p]["index"] for p in tp.PHASES] == [0, 1]
-    assert info["profiles"]["decode"]["shapes"]["input_ids"] == {"min": [1, 1], "opt": [1, 1], "max": [2, 1]}
-    assert info["source_sha256"]["model.onnx"] == Manifest.load(toy).data["sha256"]["model.onnx"]
-    assert ("create_network", 1 << 5) in trt.calls  # STRONGLY_TYPED
-    # a second build starts from the saved timing cache
-    _build(toy, fake)
-    assert (out / tp.TIMING_CACHE).read_bytes() == b"fake-timing-cache++"
-
-
-def test_parser_errors_are_all_reported(toy, fake):
-    from hoe.export.trt_build import BuildConfig, build_engine
-
-    fake(parse_errors=["Unsupported op Foo", "bad attribute on Bar"])
-    with pytest.raises(BackendError, match="2 errors") as e:
-        build_engine(toy, BuildConfig(limits=tp.EngineLimits(**SMALL)), gpu={"name": "x", "compute_capability": "8.7"})
-    assert "Unsupported op Foo" in str(e.value) and "bad attribute on Bar" in str(e.value)
-
-
-def test_fp16_flag_only_on_trt10(toy, fake):
-    from hoe.export.trt_build import BuildConfig, build_engine
-
-    cfg, gpu = BuildConfig(limits=tp.EngineLimits(**SMALL), fp16=True), {"name": "x", "compute_capability": "8.7"}
-    trt, _ = fake("10.3.0.30")
-    build_engine(toy, cfg, gpu=gpu)
-    assert ("build_serialized_network", [0]) in trt.calls and ("create_network", 0) in trt.calls
-    fake("11.4.1.0")
-    with pytest.raises(ConfigError, match="hoe export --dtype fp16"):
-        build_engine(toy, cfg, gpu=gpu)
 
 
 def test_generation_matches_full_forward(toy, fake):
