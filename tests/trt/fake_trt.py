@@ -206,8 +206,9 @@ def make_module(version: str = "10.3.0.30", memory: HostMemory | None = None, pa
     trt.TensorLocation = enum.IntEnum("TensorLocation", {"DEVICE": 0, "HOST": 1})
     trt.DataType = enum.IntEnum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4, "UINT8": 5,
                                              "FP8": 6, "BF16": 7, "INT64": 8, "INT4": 9})
-    trt.ExecutionContextAllocationStrategy = enum.IntEnum(
-        "ExecutionContextAllocationStrategy", {"STATIC": 0, "ON_PROFILE_CHANGE": 1, "USER_MANAGED": 2})
+    Strategy = enum.IntEnum("ExecutionContextAllocationStrategy", {"STATIC": 0, "ON_PROFILE_CHANGE": 1,
+                                                                   "USER_MANAGED": 2})
+    trt.ExecutionContextAllocationStrategy = Strategy  # a test may delete it to play TensorRT 10.0
     trt.Logger = Logger
 
     def device_key() -> bytes:
@@ -375,7 +376,7 @@ def make_module(version: str = "10.3.0.30", memory: HostMemory | None = None, pa
             return name in host_tensors
 
         def create_execution_context(self, strategy=None):
-            strategy = trt.ExecutionContextAllocationStrategy(strategy or 0)
+            strategy = Strategy(strategy or 0)
             trt.calls.append(("create_execution_context", strategy.name))
             return Context(self, strategy)
 
@@ -393,7 +394,7 @@ def make_module(version: str = "10.3.0.30", memory: HostMemory | None = None, pa
         def __init__(self, engine, strategy):
             self.engine, self.strategy, self.profile, self.shapes, self.addresses = engine, strategy, 0, {}, {}
             self.scratch = None
-            if strategy != trt.ExecutionContextAllocationStrategy.USER_MANAGED and memory is not None:
+            if strategy != Strategy.USER_MANAGED and memory is not None:
                 self.scratch = memory.alloc(engine.device_memory_size_v2)  # the context's own activation memory
 
         def set_optimization_profile_async(self, index, stream):
@@ -403,7 +404,7 @@ def make_module(version: str = "10.3.0.30", memory: HostMemory | None = None, pa
             return True
 
         def set_device_memory(self, ptr, size):
-            if self.strategy != trt.ExecutionContextAllocationStrategy.USER_MANAGED:
+            if self.strategy != Strategy.USER_MANAGED:
                 trt.errors.append("set_device_memory on a context that manages its own memory")
             elif ptr % ALIGNMENT or size < self.engine.device_memory_size_v2:
                 trt.errors.append(f"set_device_memory({ptr:#x}, {size}): needs {ALIGNMENT}-byte alignment and "
