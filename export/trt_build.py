@@ -117,6 +117,12 @@ def check_network_io(network, manifest: dict) -> None:
             f"model.onnx does not match hoe_config.json: inputs missing {sorted(want_in - inputs)[:5]}, "
             f"extra {sorted(inputs - want_in)[:5]}; outputs missing {sorted(want_out - outputs)[:5]}, "
             f"extra {sorted(outputs - want_out)[:5]}")
+    shape = sorted(network.get_input(i).name for i in range(network.num_inputs)
+                   if getattr(network.get_input(i), "is_shape_tensor", False))
+    if shape:
+        raise BackendError(f"TensorRT's parser made the graph inputs {shape[:5]} shape tensors (their values decide "
+                           "shapes): the trt backend binds device data tensors only, and their profiles would need "
+                           "set_shape_input value ranges; export a graph that uses them only as data")
 
 
 def add_profiles(builder, config, profs: dict[str, tp.Profile]) -> None:

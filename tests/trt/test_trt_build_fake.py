@@ -125,3 +125,12 @@ def test_fp16_flag_only_on_trt10(toy, fake):
     fake("11.4.1.0")
     with pytest.raises(ConfigError, match="hoe export --dtype fp16"):
         build_engine(toy, cfg, gpu=ORIN)
+
+
+def test_inputs_the_parser_made_shape_tensors_are_refused_before_building(toy, fake):
+    from hoe.export.trt_build import BuildConfig, build_engine
+
+    trt, _ = fake(host_tensors=("position_ids",))
+    with pytest.raises(BackendError, match=r"\['position_ids'\] shape tensors"):
+        build_engine(toy, BuildConfig(limits=tp.EngineLimits(**SMALL)), gpu=ORIN)
+    assert not any(c[0] == "build_serialized_network" for c in trt.calls)
