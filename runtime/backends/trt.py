@@ -67,6 +67,8 @@ class TrtBackend(Backend):
         self._memory = memory  # injected in tests; else chosen at activate()
         self._lock = threading.Lock()
         self._owned: list[int] = []
+        self.stream = None
+        self.contexts: dict = {}
 
     # -- activate ----------------------------------------------------------------------------------
     def _activate(self) -> None:
@@ -87,11 +89,15 @@ class TrtBackend(Backend):
         self.engine = self._deserialize(trt)
         self._check_io(trt)
         self.stream = self.mem.new_stream()
-        self._scratch = self._shared_activation_memory(trt)
-        self.contexts = {p: self._context(trt, i) for i, p in enumerate(tp.PHASES)}
-        self.plan = tp.buffer_plan(self.manifest.data, self.limits)
-        self._bind_tensors(tensors)
-        self._bind_step_buffers()
+        try:
+            self._scratch = self._shared_activation_memory(trt)
+            self.contexts = {p: self._context(trt, i) for i, p in enumerate(tp.PHASES)}
+            self.plan = tp.buffer_plan(self.manifest.data, self.limits)
+            self._bind_tensors(tensors)
+            self._bind_step_buffers()
+        except BaseException:
+            self._release()  # a failed activate() keeps no stream, context or device memory
+            raise
         self._layers = [self.manifest.kv_names(i) for i in range(self.manifest.num_layers)]
         self._kv_dtype, self._kv_heads, self._head_dim = self.manifest.kv_spec()
         log.info("TensorRT %s engine ready on %s through %s (batch <= %d, context <= %d)", trt.__version__,
@@ -164,7 +170,11 @@ class TrtBackend(Backend):
                      trt.__version__)
             return None
         self._scratch_bytes = int(size)
-        return self._alloc(max(self._scratch_bytes, 1))  # cudaMalloc is 256-byte aligned, as TensorRT requires
+        ptr = self._alloc(max(self._scratch_bytes, 1))
+        if ptr % 256:  # set_device_memory needs 256-byte aligned memory (pyCoreDoc.h); cudaMalloc gives that
+            raise BackendError(f"{self.mem.name} returned device memory at {ptr:#x}, not 256-byte aligned as "
+                               "TensorRT requires")
+        return ptr
 
     def _context(self, trt, index: int):
         if self._scratch is None:
@@ -214,13 +224,19 @@ class TrtBackend(Backend):
         self._logits_dtype = _NP[self.manifest.outputs["logits"]["dtype"]]
 
     def _deactivate(self) -> None:
-        self.mem.sync(self.stream)
+        self._release()
+
+    def _release(self) -> None:
+        """Give back what activate() took, also after an activate() that failed half-way."""
+        if self.stream is not None:
+            self.mem.sync(self.stream)
         self.contexts, self.engine = {}, None  # contexts and engine go before the memory they use
         for ptr in self._owned:
             self.mem.free(ptr)
         self._owned = []
-        self.mem.destroy_stream(self.stream)
-        self.stream = None
+        if self.stream is not None:
+            self.mem.destroy_stream(self.stream)
+            self.stream = None
 
     # -- decode ------------------------------------------------------------------------------------
     def new_state(self, batch: int) -> TrtState:

@@ -263,3 +263,29 @@ def test_importing_the_backend_needs_neither_tensorrt_nor_torch():
             "hoe.export.trt_cli; print('tensorrt' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_unaligned_device_memory_is_refused_and_a_failed_activate_keeps_nothing(toy, fake):
+    """TensorRT takes only 256-byte aligned device memory; an allocator that breaks that (here: every block
+    8 bytes off) fails activate() with the reason, and activate() gives back what it took."""
+    _build(toy, fake)
+
+    class Unaligned(fake_trt.HostMemory):
+        def alloc(self, nbytes):
+            return super().alloc(nbytes + 8) + 8
+
+        def free(self, ptr):
+            super().free(ptr - 8)
+
+    _, memory = fake()
+    memory.__class__ = Unaligned
+    with pytest.raises(BackendError, match="not 256-byte aligned"):
+        _backend(toy, memory).activate()
+    assert memory.live_bytes == 0 and memory.live_streams == 0
+    trt, memory = fake()
+    del trt.ExecutionContextAllocationStrategy  # no shared block: the first refusal is set_tensor_address's
+    memory.__class__ = Unaligned
+    backend = _backend(toy, memory)
+    with pytest.raises(BackendError, match=r"set_tensor_address\(experts"):
+        backend.activate()
+    assert backend._owned == [] and memory.live_streams == 0  # (STATIC contexts hold their own memory till freed)
