@@ -214,7 +214,9 @@ def check_fallback(requested: list[str], session, strict: bool = True) -> list[s
     if missing:
         msg = (f"onnxruntime did not enable {missing}: the session runs on {active}. "
                f"This onnxruntime build offers {available_providers()}; install onnxruntime-gpu "
-               "(not together with onnxruntime) and the CUDA/cuDNN/TensorRT libraries it was built for")
+               "(not together with onnxruntime) and the CUDA/cuDNN/TensorRT libraries it was built for. "
+               "If onnxruntime printed 'EP Error' above, it rejected a provider option instead and retried "
+               "without any options")
         if strict:
             raise BackendError(msg)
         log.warning(msg)
