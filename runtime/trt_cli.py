@@ -9,8 +9,9 @@ def register(sub) -> None:
         description="Build a TensorRT engine from an exported folder (`hoe export`) with two optimisation "
                     "profiles (prefill, decode). Experts, rank and routers stay dynamic up to the --max-* values, "
                     "so experts/routers of another size swap in without a rebuild. Writes OUT_DIR/trt/model.engine, "
-                    "engine.json (TensorRT version, GPU, profiles, build time) and timing.cache. An engine only runs "
-                    "with the TensorRT release and the GPU (compute capability) that built it.")
+                    "engine.json (TensorRT version, GPU, profiles, build time) and timing.cache (reused by the next "
+                    "build on this device; one TensorRT refuses, e.g. from another GPU, is ignored and replaced). "
+                    "An engine only runs with the TensorRT release and the GPU (compute capability) that built it.")
     p.add_argument("out_dir", metavar="OUT_DIR", help="exported folder (holds hoe_config.json and model.onnx)")
     p.add_argument("--max-batch", type=int, default=1, help="rows per step at most (default 1)")
     p.add_argument("--max-context", type=int, default=2048,

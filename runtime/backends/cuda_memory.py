@@ -6,6 +6,12 @@
 
 Every allocator offers the same few calls on raw pointers (ints), which is all TensorRT's
 `set_tensor_address` / `execute_async_v3` need. Nothing here is imported before it is used.
+
+Contract: free(ptr) is safe while work queued on our streams may still use ptr (cudaFree synchronises
+the device; the torch allocator is told about our streams with record_stream), and a stream from
+new_stream() is given back with destroy_stream(). Host buffers are ordinary (pageable) numpy arrays:
+the copies per token are a few B x T integers and one B x V logits row, and every step synchronises
+for its logits, so pinned staging buffers would overlap little (docs/GPU.md; not measured).
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ class DeviceMemory:
         raise NotImplementedError
 
     def new_stream(self) -> int:
+        raise NotImplementedError
+
+    def destroy_stream(self, stream: int) -> None:
         raise NotImplementedError
 
     def h2d(self, ptr: int, host: np.ndarray, stream: int) -> None:
@@ -98,6 +107,9 @@ class CudaPython(RawCopies):
         self._streams[int(stream)] = stream
         return int(stream)
 
+    def destroy_stream(self, stream: int) -> None:
+        self._check(self.rt.cudaStreamDestroy(self._streams.pop(stream, stream)))
+
     def _copy(self, dst, src, nbytes, kind, stream):
         self._check(self.rt.cudaMemcpyAsync(dst, src, nbytes, self._kinds[kind], self._streams.get(stream, stream)))
 
@@ -126,12 +138,23 @@ class TorchCuda(DeviceMemory):
         return t.data_ptr()
 
     def free(self, ptr):
-        self._blocks.pop(ptr, None)
+        """Blocks are allocated on the current (default) stream but used on ours: record_stream makes the caching
+        allocator wait for the work queued on our streams before it hands the bytes out again."""
+        t = self._blocks.pop(ptr, None)
+        if t is not None:
+            for s in self._streams.values():
+                t.record_stream(s)
 
     def new_stream(self):
         s = self.torch.cuda.Stream()
         self._streams[s.cuda_stream] = s
         return s.cuda_stream
+
+    def destroy_stream(self, stream):
+        """torch owns its streams (a pool): we only stop using it, after its queued work is done."""
+        s = self._streams.pop(stream, None)
+        if s is not None:
+            s.synchronize()
 
     def _view(self, ptr: int, nbytes: int):
         """The bytes [ptr, ptr + nbytes) of one of our blocks, as a uint8 tensor view."""
@@ -186,6 +209,9 @@ class CtypesCudart(RawCopies):
         s = ctypes.c_void_p()
         _ctypes_check(self.lib.cudaStreamCreate(ctypes.byref(s)), "cudaStreamCreate")
         return int(s.value or 0)
+
+    def destroy_stream(self, stream):
+        _ctypes_check(self.lib.cudaStreamDestroy(ctypes.c_void_p(stream)), "cudaStreamDestroy")
 
     def _copy(self, dst, src, nbytes, kind, stream):
         _ctypes_check(self.lib.cudaMemcpyAsync(ctypes.c_void_p(dst), ctypes.c_void_p(src), ctypes.c_size_t(nbytes),

@@ -91,21 +91,54 @@ def provider_options(providers: list[str], cache_dir: str | Path, settings: Prov
 
 def _cuda_options(s: ProviderSettings) -> dict[str, str]:
     opts = {"device_id": str(s.device_id), "arena_extend_strategy": "kSameAsRequested",
-            "cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": "1"}
+            "cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": flag(True)}
     if s.cuda_graph:
-        opts["enable_cuda_graph"] = "1"
+        opts["enable_cuda_graph"] = flag(True)
     if s.gpu_mem_limit_mb > 0:
         opts["gpu_mem_limit"] = str(s.gpu_mem_limit_mb << 20)
     return opts
+
+
+# Boolean options of the TensorRT EP. onnxruntime's Python binding parses them itself and takes only
+# "True"/"true"/"False"/"false" (anything else throws "The value for the key '...' should be 'True' or 'False'",
+# which InferenceSession answers by silently retrying on CUDA/CPU without any options):
+# onnxruntime/python/onnxruntime_pybind_state.cc, CreateExecutionProviderFactoryInstance, TensorRT branch.
+TENSORRT_BOOL_OPTIONS = frozenset("""
+trt_bf16_enable trt_build_heuristics_enable trt_context_memory_sharing_enable trt_cuda_graph_enable
+trt_detailed_build_log trt_dla_enable trt_dump_ep_context_model trt_dump_subgraphs trt_engine_cache_enable
+trt_engine_decryption_enable trt_engine_hw_compatible trt_force_sequential_engine_build trt_force_timing_cache
+trt_fp16_enable trt_int8_enable trt_int8_use_native_calibration_table trt_layer_norm_fp32_fallback
+trt_sparsity_enable trt_timing_cache_enable trt_weight_stripped_engine_enable
+""".split())
+_TRUE, _FALSE = ("True", "true"), ("False", "false")
+
+
+def flag(on: bool) -> str:
+    """A boolean provider option as both GPU providers take it ("True"/"False"; the CUDA EP also takes "1"/"0",
+    the TensorRT EP does not)."""
+    return "True" if on else "False"
+
+
+def option_value(value) -> str:
+    """A caller's option value as the string onnxruntime wants (Python bools become "True"/"False")."""
+    return flag(value) if isinstance(value, bool) else str(value)
+
+
+def check_tensorrt_options(options: dict[str, str]) -> None:
+    """Refuse boolean TensorRT EP options the binding would reject (it would drop the provider silently)."""
+    bad = {k: v for k, v in options.items() if k in TENSORRT_BOOL_OPTIONS and v not in _TRUE + _FALSE}
+    if bad:
+        raise BackendError(f"TensorRT provider options {bad}: onnxruntime takes only 'True' or 'False' for these "
+                           "(not '1'/'0'); with any other value it drops the provider and runs on CUDA/CPU")
 
 
 def _tensorrt_options(s: ProviderSettings, cache_dir: Path, profile: dict | None) -> dict[str, str]:
     engines = cache_dir / "ort_trt_engines"
     engines.mkdir(parents=True, exist_ok=True)
     opts = {"device_id": str(s.device_id), "trt_max_workspace_size": str(s.workspace_mb << 20),
-            "trt_fp16_enable": "1" if s.fp16 else "0",
-            "trt_engine_cache_enable": "1", "trt_engine_cache_path": str(engines),
-            "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(engines)}
+            "trt_fp16_enable": flag(s.fp16),
+            "trt_engine_cache_enable": flag(True), "trt_engine_cache_path": str(engines),
+            "trt_timing_cache_enable": flag(True), "trt_timing_cache_path": str(engines)}
     if profile:
         missing = [k for k in ("min", "opt", "max") if k not in profile]
         if missing:
@@ -133,12 +166,16 @@ def resolve(providers: list | None, ort=None, cache_dir: str | Path | None = Non
             if len(entry) != 2 or not isinstance(entry[1], dict):
                 raise BackendError(f"a provider entry is a name or (name, options dict), got {entry!r}")
             name = normalize([entry[0]])[0]
-            user[name] = {k: str(v) for k, v in entry[1].items()}
+            user[name] = {k: option_value(v) for k, v in entry[1].items()}
         else:
             name = entry
         names.append(name)
     names, options = provider_options(names, cache_dir or default_cache_dir(), settings, profile)
-    return names, [{**opts, **user.get(name, {})} for name, opts in zip(names, options)]
+    merged = [{**opts, **user.get(name, {})} for name, opts in zip(names, options)]
+    for name, opts in zip(names, merged):
+        if name == TENSORRT:
+            check_tensorrt_options(opts)
+    return names, merged
 
 
 def check_used(requested: list[str], used: list[str]) -> str | None:
@@ -177,7 +214,9 @@ def check_fallback(requested: list[str], session, strict: bool = True) -> list[s
     if missing:
         msg = (f"onnxruntime did not enable {missing}: the session runs on {active}. "
                f"This onnxruntime build offers {available_providers()}; install onnxruntime-gpu "
-               "(not together with onnxruntime) and the CUDA/cuDNN/TensorRT libraries it was built for")
+               "(not together with onnxruntime) and the CUDA/cuDNN/TensorRT libraries it was built for. "
+               "If onnxruntime printed 'EP Error' above, it rejected a provider option instead and retried "
+               "without any options")
         if strict:
             raise BackendError(msg)
         log.warning(msg)

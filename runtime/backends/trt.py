@@ -2,7 +2,9 @@
 name-based API (set_input_shape / set_tensor_address / execute_async_v3).
 
     activate:  engine.json checked (TensorRT release, GPU compute capability, source graph, E/r/K maxima)
-               engine deserialised; one execution context per profile (0 prefill, 1 decode)
+               engine deserialised; its I/O checked (names, dtypes, fixed dims, all on the device)
+               one execution context per profile (0 prefill, 1 decode), sharing ONE activation block
+               (USER_MANAGED + set_device_memory: they never run at the same time, see the lock)
                experts/routers uploaded once and bound once in both contexts
                step inputs and logits: one device buffer each, sized for the engine's maxima
     new_state: KV buffers for the max context, two sets per layer (ping-pong):
@@ -11,7 +13,8 @@ name-based API (set_input_shape / set_tensor_address / execute_async_v3).
     step:      T == 1 -> decode context, T > 1 -> prefill context (prompts longer than max_prefill in
                chunks); the last position's logits are copied back
 
-Steps of different states share the step-input and logits buffers, so they run one at a time (a lock).
+Steps of different states share the step-input and logits buffers and the activation block, so they run
+one at a time (a lock), all on the backend's one CUDA stream (destroyed at deactivate()).
 tensorrt and the CUDA binding (cuda_memory.py) are imported at activate(), never at import.
 """
 
@@ -33,6 +36,10 @@ from .base import Backend, DecodeState
 log = logging.getLogger(__name__)
 
 _NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "bool": np.bool_}
+# tensorrt.DataType member names -> manifest dtypes (python/src/infer/pyFoundationalTypes.cpp)
+_TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
+               "BOOL": "bool", "INT8": "int8", "UINT8": "uint8", "FP8": "float8", "INT4": "int4"}
+
 
 
 def import_tensorrt():
@@ -61,6 +68,8 @@ class TrtBackend(Backend):
         self._memory = memory  # injected in tests; else chosen at activate()
         self._lock = threading.Lock()
         self._owned: list[int] = []
+        self.stream = None
+        self.contexts: dict = {}
 
     # -- activate ----------------------------------------------------------------------------------
     def _activate(self) -> None:
@@ -81,10 +90,15 @@ class TrtBackend(Backend):
         self.engine = self._deserialize(trt)
         self._check_io(trt)
         self.stream = self.mem.new_stream()
-        self.contexts = {p: self._context(i) for i, p in enumerate(tp.PHASES)}
-        self.plan = tp.buffer_plan(self.manifest.data, self.limits)
-        self._bind_tensors(tensors)
-        self._bind_step_buffers()
+        try:
+            self._scratch = self._shared_activation_memory(trt)
+            self.contexts = {p: self._context(trt, i) for i, p in enumerate(tp.PHASES)}
+            self.plan = tp.buffer_plan(self.manifest.data, self.limits)
+            self._bind_tensors(tensors)
+            self._bind_step_buffers()
+        except BaseException:
+            self._release()  # a failed activate() keeps no stream, context or device memory
+            raise
         self._layers = [self.manifest.kv_names(i) for i in range(self.manifest.num_layers)]
         self._kv_dtype, self._kv_heads, self._head_dim = self.manifest.kv_spec()
         log.info("TensorRT %s engine ready on %s through %s (batch <= %d, context <= %d)", trt.__version__,
@@ -111,6 +125,10 @@ class TrtBackend(Backend):
         return engine
 
     def _check_io(self, trt) -> None:
+        """The engine's I/O tensors are those of hoe_config.json, with its dtypes and fixed dimensions, and all
+        live on the device: we bind device buffers of the manifest's dtype. An input the parser turned into a
+        shape tensor (location HOST, is_shape_inference_io) would need a host pointer holding its values;
+        no exported graph has one, so such an engine is refused, not half-served."""
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = {n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
         outputs = set(names) - inputs
@@ -118,12 +136,61 @@ class TrtBackend(Backend):
         if inputs != want_in or outputs != want_out:
             raise CheckpointError(f"engine I/O does not match hoe_config.json: inputs missing "
                                   f"{sorted(want_in - inputs)[:5]}, outputs missing {sorted(want_out - outputs)[:5]}")
+        problems = [p for n in names for p in self._io_problems(trt, n)]
+        if problems:
+            raise CheckpointError("the engine's I/O tensors are not what the trt backend binds (hoe_config.json): "
+                                  + "; ".join(problems[:6]) + "; rebuild it with `hoe build-engine`")
 
-    def _context(self, index: int):
-        ctx = self.engine.create_execution_context()
+    def _io_problems(self, trt, name: str) -> list[str]:
+        spec = self.manifest.inputs.get(name) or self.manifest.outputs[name]
+        raw = self.engine.get_tensor_dtype(name)
+        dtype = _TRT_DTYPES.get(getattr(raw, "name", str(raw)), str(raw))
+        problems = [] if dtype == spec["dtype"] else [f"{name} is {dtype}, expected {spec['dtype']}"]
+        if self.engine.get_tensor_location(name) != trt.TensorLocation.DEVICE:
+            problems.append(f"{name} lives on the host (a shape tensor); only device tensors are bound")
+        elif self.engine.is_shape_inference_io(name):
+            problems.append(f"{name} is a shape tensor (is_shape_inference_io); only data tensors are bound")
+        dims, want = tuple(self.engine.get_tensor_shape(name)), spec["shape"]
+        if len(dims) != len(want) or any(isinstance(w, int) and d not in (-1, w) for d, w in zip(dims, want)):
+            problems.append(f"{name} has shape {list(dims)}, expected {want}")
+        return problems
+
+    def _shared_activation_memory(self, trt) -> int | None:
+        """One activation block for both contexts, or None (each context then holds its own for all profiles).
+
+        By default (STATIC) every context allocates the engine's largest activation memory, so two contexts
+        double it; with ExecutionContextAllocationStrategy.USER_MANAGED (TensorRT >= 10.1) both get this one
+        block through set_device_memory. That is valid because they never run at the same time: every use
+        (step, infer) holds self._lock and enqueues on self.stream, and TensorRT only forbids using the block
+        "in another execution context running in parallel" (IExecutionContext::setDeviceMemoryV2,
+        NvInferRuntime.h)."""
+        strategies = getattr(trt, "ExecutionContextAllocationStrategy", None)
+        size = getattr(self.engine, "device_memory_size_v2", None)
+        if strategies is None or size is None:
+            log.info("TensorRT %s has no user-managed context memory (10.1+): each context allocates its own",
+                     trt.__version__)
+            return None
+        self._scratch_bytes = int(size)
+        ptr = self._alloc(max(self._scratch_bytes, 1))
+        if ptr % 256:  # set_device_memory needs 256-byte aligned memory (pyCoreDoc.h); cudaMalloc gives that
+            raise BackendError(f"{self.mem.name} returned device memory at {ptr:#x}, not 256-byte aligned as "
+                               "TensorRT requires")
+        return ptr
+
+    def _context(self, trt, index: int):
+        if self._scratch is None:
+            ctx = self.engine.create_execution_context()
+        else:
+            ctx = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
         if ctx is None:
             raise BackendError("TensorRT could not create an execution context (out of device memory?)")
-        if not ctx.set_optimization_profile_async(index, self.stream):
+        if self._scratch is not None:
+            ctx.set_device_memory(self._scratch, self._scratch_bytes)
+        try:  # the Python binding raises RuntimeError where the C++ API returns false (pyCore.cpp)
+            ok = ctx.set_optimization_profile_async(index, self.stream)
+        except RuntimeError as e:
+            raise BackendError(f"TensorRT refused optimisation profile {index}: {e}") from e
+        if ok is False:
             raise BackendError(f"TensorRT refused optimisation profile {index}")
         return ctx
 
@@ -158,11 +225,19 @@ class TrtBackend(Backend):
         self._logits_dtype = _NP[self.manifest.outputs["logits"]["dtype"]]
 
     def _deactivate(self) -> None:
-        self.mem.sync(self.stream)
+        self._release()
+
+    def _release(self) -> None:
+        """Give back what activate() took, also after an activate() that failed half-way."""
+        if self.stream is not None:
+            self.mem.sync(self.stream)
+        self.contexts, self.engine = {}, None  # contexts and engine go before the memory they use
         for ptr in self._owned:
             self.mem.free(ptr)
         self._owned = []
-        self.contexts, self.engine = {}, None
+        if self.stream is not None:
+            self.mem.destroy_stream(self.stream)
+            self.stream = None
 
     # -- decode ------------------------------------------------------------------------------------
     def new_state(self, batch: int) -> TrtState:
@@ -250,43 +325,49 @@ class TrtBackend(Backend):
         unknown = sorted(set(feed) - set(self.manifest.inputs))
         if unknown:
             raise BackendError(f"feed has {unknown[:5]}, which are not graph inputs")
-        bound = ("experts.", "routers.")
-        missing = sorted(n for n in self.manifest.inputs if n not in feed and not n.startswith(bound))
+        hoe = ("experts.", "routers.")
+        fed = sorted(n for n in feed if n.startswith(hoe))
+        if fed:
+            raise BackendError(f"{fed[:3]}: experts/routers are bound at activate(), not fed")
+        missing = sorted(n for n in self.manifest.inputs if n not in feed and not n.startswith(hoe))
         if missing:
             raise BackendError(f"feed lacks graph inputs {missing[:6]}")
         phase = "decode" if feed["input_ids"].shape[1] == 1 else "prefill"
-        ctx, temp = self.contexts[phase], []
-        try:
-            with self._lock:
+        ctx = self.contexts[phase]
+        with self._lock:
+            temp: dict[str, int] = {}  # tensor name -> temporary device buffer bound to it in ctx
+            try:
                 for name, arr in feed.items():
-                    if name.startswith(("experts.", "routers.")):
-                        raise BackendError(f"{name}: experts/routers are bound at activate(), not fed")
                     arr = np.ascontiguousarray(_as_dtype(arr, self.manifest.inputs[name]["dtype"], name))
                     tp.check_step(self.profiles[phase], name, arr.shape, phase)
-                    ptr = self.mem.alloc(arr.nbytes)
-                    temp.append(ptr)
-                    self.mem.h2d(ptr, arr, self.stream)
-                    _ok(ctx.set_input_shape(name, arr.shape), f"set_input_shape({name})")
-                    _ok(ctx.set_tensor_address(name, ptr), f"set_tensor_address({name})")
+                    temp[name] = self.mem.alloc(arr.nbytes)
+                    self.mem.h2d(temp[name], arr, self.stream)
+                    _ok(ctx.set_input_shape(name, arr.shape), f"set_input_shape({name}, {arr.shape})")
+                    _ok(ctx.set_tensor_address(name, temp[name]), f"set_tensor_address({name})")
                 outs = {}
                 for name, spec in self.manifest.outputs.items():
                     outs[name] = np.empty(tuple(ctx.get_tensor_shape(name)), dtype=_NP[spec["dtype"]])
-                    ptr = self.mem.alloc(outs[name].nbytes)
-                    temp.append(ptr)
-                    _ok(ctx.set_tensor_address(name, ptr), f"set_tensor_address({name})")
+                    temp[name] = self.mem.alloc(outs[name].nbytes)
+                    _ok(ctx.set_tensor_address(name, temp[name]), f"set_tensor_address({name})")
                 _ok(ctx.execute_async_v3(self.stream), "execute_async_v3")
-                for arr, ptr in zip(outs.values(), temp[len(feed):]):
-                    self.mem.d2h(arr, ptr, self.stream)
+                for name, arr in outs.items():
+                    self.mem.d2h(arr, temp[name], self.stream)
                 self.mem.sync(self.stream)
-                self._rebind_shared(ctx)
-        finally:
-            for ptr in temp:
-                self.mem.free(ptr)
+            finally:
+                self._release_temporaries(ctx, temp)
         return outs
 
-    def _rebind_shared(self, ctx) -> None:
-        for name, ptr in self.buffers.items():
-            _ok(ctx.set_tensor_address(name, ptr), f"set_tensor_address({name})")
+    def _release_temporaries(self, ctx, temp: dict[str, int]) -> None:
+        """After infer(), whether it worked or not: let queued work finish, point every binding infer() changed
+        back at our own buffer (or unbind it: KV tensors are rebound by every step), then free the temporaries.
+        A step after a failed infer() must never read or write freed memory."""
+        try:
+            self.mem.sync(self.stream)
+        finally:
+            for name, ptr in temp.items():
+                if ctx.set_tensor_address(name, self.buffers.get(name, 0)) is False:
+                    log.warning("TensorRT would not restore the binding of %s after infer()", name)
+                self.mem.free(ptr)
 
     def describe(self) -> dict:
         info = getattr(self, "info", {})

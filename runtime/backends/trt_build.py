@@ -1,9 +1,11 @@
 """TensorRT engine from an exported folder (`hoe build-engine`), with TensorRT's name-based Python API.
 
     model.onnx (+ model.onnx.data) ─► OnnxParser.parse_from_file ─► network (every parser error reported)
-        builder config: WORKSPACE pool limit, timing cache (read, then saved back), precision,
+        builder config: WORKSPACE pool limit, timing cache (reused when TensorRT accepts it, else
+                        started empty; saved back after the build), precision,
                         profile 0 "prefill" and profile 1 "decode" (hoe.contract.engine.profiles)
-        ─► build_serialized_network ─► trt/model.engine, trt/engine.json, trt/timing.cache
+        ─► build_serialized_network ─► trt/model.engine + trt/engine.json (together or not at all),
+                                       trt/timing.cache
 
 Precision. TensorRT 10 builds strongly typed networks when asked (precision comes from the ONNX
 types) and weakly typed ones with BuilderFlag.FP16; TensorRT 11 is strongly typed only (the flag is
@@ -116,6 +118,12 @@ def check_network_io(network, manifest: dict) -> None:
             f"model.onnx does not match hoe_config.json: inputs missing {sorted(want_in - inputs)[:5]}, "
             f"extra {sorted(inputs - want_in)[:5]}; outputs missing {sorted(want_out - outputs)[:5]}, "
             f"extra {sorted(outputs - want_out)[:5]}")
+    shape = sorted(network.get_input(i).name for i in range(network.num_inputs)
+                   if getattr(network.get_input(i), "is_shape_tensor", False))
+    if shape:
+        raise BackendError(f"TensorRT's parser made the graph inputs {shape[:5]} shape tensors (their values decide "
+                           "shapes): the trt backend binds device data tensors only, and their profiles would need "
+                           "set_shape_input value ranges; export a graph that uses them only as data")
 
 
 def add_profiles(builder, config, profs: dict[str, tp.Profile]) -> None:
@@ -130,16 +138,54 @@ def add_profiles(builder, config, profs: dict[str, tp.Profile]) -> None:
                                "(an invalid profile is reported as -1; see the log above)")
 
 
-def configure(trt, builder, cfg: BuildConfig, plan: PrecisionPlan, timing_cache: bytes):
+def configure(trt, builder, cfg: BuildConfig, plan: PrecisionPlan, cache_path: Path):
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mb << 20)
     if plan.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
     if cfg.optimization_level is not None:
         config.builder_optimization_level = cfg.optimization_level
-    cache = config.create_timing_cache(timing_cache)
-    config.set_timing_cache(cache, False)  # ignore_mismatch=False: a cache from another device is not used
+    attach_timing_cache(config, cache_path)
     return config
+
+
+def attach_timing_cache(config, path: Path) -> bool:
+    """Start from the saved timing cache when TensorRT accepts it, else from an empty one. -> True if reused.
+
+    TensorRT refuses a cache whose device properties differ from this GPU's (set_timing_cache returns False:
+    IBuilderConfig::setTimingCache in NvInfer.h; we keep ignore_mismatch=False, as a foreign cache "may lead to
+    functional/performance bugs") and may return None from create_timing_cache for bytes it cannot read.
+    Either way the file is treated as absent (logged) and overwritten after the build: an exported folder
+    copied to a Jetson with the development GPU's trt/timing.cache must still build.
+    """
+    try:
+        data = path.read_bytes() if path.is_file() else b""
+    except OSError as e:
+        log.warning("cannot read the timing cache %s (%s); building without it", path, e)
+        data = b""
+    if data:
+        cache = config.create_timing_cache(data)
+        if cache is not None and config.set_timing_cache(cache, False):
+            return True
+        why = "TensorRT cannot read it" if cache is None else \
+            "it was made on a device with other properties (another GPU or TensorRT release)"
+        log.warning("ignoring the timing cache %s: %s; building without it, it will be replaced", path, why)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        log.warning("TensorRT gave no empty timing cache; building without one (none is saved)")
+    return False
+
+
+def save_timing_cache(config, path: Path) -> None:
+    """Write the build's timing cache (atomically) when there is one; a missing cache never fails the build."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        log.warning("TensorRT has no timing cache for this build; %s is not written", path)
+        return
+    try:
+        _atomic_write_bytes(path, bytes(cache.serialize()))
+    except OSError as e:
+        log.warning("could not save the timing cache %s (%s); the engine is complete without it", path, e)
 
 
 def build_engine(folder: str | Path, cfg: BuildConfig | None = None, gpu: dict | None = None) -> Path:
@@ -165,7 +211,7 @@ def build_engine(folder: str | Path, cfg: BuildConfig | None = None, gpu: dict |
     network = builder.create_network(network_flags(trt, plan))
     parser = parse_onnx(trt, network, logger, manifest.folder / export["model"]["file"])
     check_network_io(network, export)
-    config = configure(trt, builder, cfg, plan, cache_path.read_bytes() if cache_path.is_file() else b"")
+    config = configure(trt, builder, cfg, plan, cache_path)
     add_profiles(builder, config, profs)
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -175,14 +221,27 @@ def build_engine(folder: str | Path, cfg: BuildConfig | None = None, gpu: dict |
                            "rerun with --verbose for TensorRT's log")
     del parser  # the weights it owned are in the engine now
     engine_bytes = bytes(serialized)
-    _atomic_write_bytes(out / tp.ENGINE_FILE, engine_bytes)
-    _atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     data = tp.engine_manifest(export, cfg.limits, profs, trt.__version__, gpu, plan.precision, plan.strongly_typed,
                               cfg.workspace_mb, seconds, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                               hashlib.sha256(engine_bytes).hexdigest())
-    tp.save_engine_manifest(out, data)
+    publish_engine(out, engine_bytes, data)
+    save_timing_cache(config, cache_path)
     log.info("engine %s (%.1f MiB) built in %.0f s", out / tp.ENGINE_FILE, len(engine_bytes) / 2**20, seconds)
     return out
+
+
+def publish_engine(out: Path, engine_bytes: bytes, data: dict) -> None:
+    """model.engine and its engine.json, never one without the other: the old engine.json goes first (so an
+    engine.json only ever describes the model.engine beside it; the trt backend refuses a folder without one),
+    and if either write fails, model.engine is removed too."""
+    engine = out / tp.ENGINE_FILE
+    (out / tp.ENGINE_MANIFEST).unlink(missing_ok=True)
+    try:
+        _atomic_write_bytes(engine, engine_bytes)
+        tp.save_engine_manifest(out, data)
+    except BaseException:
+        engine.unlink(missing_ok=True)
+        raise
 
 
 def _device_info() -> dict:

@@ -1,8 +1,10 @@
-"""The trt backend and `hoe build-engine` against a fake TensorRT (tests/trt/fake_trt.py) on host memory.
+"""The trt backend against a fake TensorRT (tests/trt/fake_trt.py) on host memory.
 
-The fake's engine runs the toy graph with onnxruntime on the bytes behind the bound addresses, so these
-tests check our side of the API: profiles, bindings, KV ping-pong, chunked prefill, logits copies,
-and the refusals (other TensorRT, other GPU, changed graph, oversize experts, damaged engine).
+The fake's engine runs the toy graph with onnxruntime on the bytes behind the bound addresses, and its stream
+work runs only at synchronisation, so these tests check our side of the API: profiles, bindings, KV ping-pong,
+chunked prefill, logits copies, bindings after a failed infer(), the shared activation memory, the stream's
+lifetime, and the refusals (other TensorRT, other GPU, changed graph, oversize experts, damaged engine, I/O
+tensors of another dtype or on the host).
 """
 
 from __future__ import annotations
@@ -15,24 +17,8 @@ import pytest
 import toy_export as te
 from hoe.contract import engine as tp
 from hoe.contract.folder import Manifest
-from hoe.core.errors import BackendError, CheckpointError, ConfigError, InputError, ShapeMismatchError
+from hoe.core.errors import BackendError, CheckpointError, InputError, ShapeMismatchError
 from hoe.runtime.backends.base import BackendConfig
-
-
-@pytest.fixture
-def toy(tmp_path):
-    return te.make_folder(tmp_path / "export")
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    def install(version="10.3.0.30", gpu=None, parse_errors=None):
-        memory = fake_trt.HostMemory(gpu)
-        module = fake_trt.make_module(version, memory, parse_errors)
-        monkeypatch.setitem(__import__("sys").modules, "tensorrt", module)
-        return module, memory
-    return install
-
 
 SMALL = dict(max_batch=2, max_context=24, max_prefill=4)
 
@@ -61,42 +47,6 @@ def _inputs(batch=2, length=9, seed=3):
     return ids, mask, pos, mix
 
 
-def test_build_writes_engine_manifest_and_timing_cache(toy, fake):
-    out, trt, memory = _build(toy, fake)
-    info = json.loads((out / tp.ENGINE_MANIFEST).read_text())
-    assert (out / tp.ENGINE_FILE).is_file() and (out / tp.TIMING_CACHE).read_bytes() == b"fake-timing-cache+"
-    assert info["tensorrt"] == "10.3.0.30" and info["gpu"] == memory.device_info()
-    assert info["precision"] == "fp32" and info["strongly_typed"] is True
-    assert [info["profiles"][p]["index"] for p in tp.PHASES] == [0, 1]
-    assert info["profiles"]["decode"]["shapes"]["input_ids"] == {"min": [1, 1], "opt": [1, 1], "max": [2, 1]}
-    assert info["source_sha256"]["model.onnx"] == Manifest.load(toy).data["sha256"]["model.onnx"]
-    assert ("create_network", 1 << 5) in trt.calls  # STRONGLY_TYPED
-    # a second build starts from the saved timing cache
-    _build(toy, fake)
-    assert (out / tp.TIMING_CACHE).read_bytes() == b"fake-timing-cache++"
-
-
-def test_parser_errors_are_all_reported(toy, fake):
-    from hoe.runtime.backends.trt_build import BuildConfig, build_engine
-
-    fake(parse_errors=["Unsupported op Foo", "bad attribute on Bar"])
-    with pytest.raises(BackendError, match="2 errors") as e:
-        build_engine(toy, BuildConfig(limits=tp.EngineLimits(**SMALL)), gpu={"name": "x", "compute_capability": "8.7"})
-    assert "Unsupported op Foo" in str(e.value) and "bad attribute on Bar" in str(e.value)
-
-
-def test_fp16_flag_only_on_trt10(toy, fake):
-    from hoe.runtime.backends.trt_build import BuildConfig, build_engine
-
-    cfg, gpu = BuildConfig(limits=tp.EngineLimits(**SMALL), fp16=True), {"name": "x", "compute_capability": "8.7"}
-    trt, _ = fake("10.3.0.30")
-    build_engine(toy, cfg, gpu=gpu)
-    assert ("build_serialized_network", [0]) in trt.calls and ("create_network", 0) in trt.calls
-    fake("11.4.1.0")
-    with pytest.raises(ConfigError, match="hoe export --dtype fp16"):
-        build_engine(toy, cfg, gpu=gpu)
-
-
 def test_generation_matches_full_forward(toy, fake):
     """Prefill in chunks (max_prefill 4 < prompt 9), then decode through the ping-pong KV buffers: the logits
     of every step equal one full forward over the whole sequence."""
@@ -116,17 +66,84 @@ def test_generation_matches_full_forward(toy, fake):
     assert profiles == [0, 0, 1, 1, 1]  # two prefill chunks, then three decode steps
 
 
-def test_infer_matches_onnxruntime(toy, fake):
-    _, _, memory = _build(toy, fake)
-    ids, mask, pos, mix = _inputs(length=3)
+def _feed(ids, mask, pos, mix):
     feed = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "router_mix": mix}
     for i in range(te.LAYERS):
         for w in ("key", "value"):
-            feed[f"past_key_values.{i}.{w}"] = np.zeros((2, te.KV_HEADS, 0, te.HEAD_DIM), np.float32)
+            feed[f"past_key_values.{i}.{w}"] = np.zeros((ids.shape[0], te.KV_HEADS, 0, te.HEAD_DIM), np.float32)
+    return feed
+
+
+def test_infer_matches_onnxruntime(toy, fake):
+    _, _, memory = _build(toy, fake)
+    ids, mask, pos, mix = _inputs(length=3)
     with _backend(toy, memory) as backend:
-        out = backend.infer(feed)
-    np.testing.assert_allclose(out["logits"], te.full_forward_logits(toy, ids, mask, pos, mix), rtol=1e-5, atol=1e-4)
+        out = backend.infer(_feed(ids, mask, pos, mix))
+        # and the step path still works after it: infer() put its bindings back
+        logits = backend.step(backend.new_state(2), ids, mask, pos, mix)
+    ref = te.full_forward_logits(toy, ids, mask, pos, mix)
+    np.testing.assert_allclose(out["logits"], ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(logits, ref[:, -1], rtol=1e-5, atol=1e-4)
     assert out["present.1.value"].shape == (2, te.KV_HEADS, 3, te.HEAD_DIM)
+
+
+@pytest.mark.parametrize("failure", ["shape", "execute"])
+def test_failed_infer_leaves_no_binding_on_freed_memory(toy, fake, failure):
+    """infer() binds temporaries in the context; when it fails (a refused shape after input_ids was bound, or
+    execute_async_v3 returning False) the next step must not read the freed temporaries."""
+    _, _, memory = _build(toy, fake)
+    ids, mask, pos, mix = _inputs(length=3)
+    feed = _feed(ids, mask, pos, mix)
+    with _backend(toy, memory) as backend:
+        ctx = backend.contexts["prefill"]
+        if failure == "shape":
+            feed["attention_mask"] = np.ones((2, 30), np.int64)  # > max_context 24: refused after input_ids is bound
+            error = InputError
+        else:
+            ctx.execute_async_v3 = lambda stream: False
+            error = BackendError
+        with pytest.raises(error):
+            backend.infer(feed)
+        vars(ctx).pop("execute_async_v3", None)
+        logits = backend.step(backend.new_state(2), ids, mask, pos, mix)
+    np.testing.assert_allclose(logits, te.full_forward_logits(toy, ids, mask, pos, mix)[:, -1], rtol=1e-5, atol=1e-4)
+
+
+def test_contexts_share_one_activation_block(toy, fake):
+    """Both contexts run on one USER_MANAGED block of device_memory_size_v2 bytes instead of one each."""
+    _, trt, memory = _build(toy, fake)
+    with _backend(toy, memory) as backend:
+        shared = memory.live_bytes
+        assert [c for c in trt.calls if c[0] == "create_execution_context"] == [
+            ("create_execution_context", "USER_MANAGED")] * 2
+        assert {ctx.scratch for ctx in backend.contexts.values()} == {backend._scratch}
+        ids, mask, pos, mix = _inputs(length=5)
+        logits = backend.step(backend.new_state(2), ids, mask, pos, mix)
+    np.testing.assert_allclose(logits, te.full_forward_logits(toy, ids, mask, pos, mix)[:, -1], rtol=1e-5, atol=1e-4)
+    del trt.ExecutionContextAllocationStrategy  # a TensorRT without it (10.0): each context allocates its own
+    with _backend(toy, memory):
+        assert memory.live_bytes - shared == fake_trt.SCRATCH_BYTES
+
+
+def test_stream_is_destroyed_at_deactivate(toy, fake):
+    _, _, memory = _build(toy, fake)
+    for _ in range(2):
+        with _backend(toy, memory):
+            assert memory.live_streams == 1
+        assert memory.live_streams == 0 and memory.live_bytes == 0
+    assert memory.streams_created == 2
+
+
+@pytest.mark.parametrize("engine, match", [
+    (dict(dtypes={"input_ids": "INT32"}), "input_ids is int32, expected int64"),
+    (dict(dtypes={"logits": "HALF"}), "logits is float16, expected float32"),
+    (dict(host_tensors=("position_ids",)), "position_ids lives on the host"),
+])
+def test_engine_io_of_another_dtype_or_on_the_host_is_refused(toy, fake, engine, match):
+    _build(toy, fake)
+    _, memory = fake(**engine)
+    with pytest.raises(CheckpointError, match=match):
+        _backend(toy, memory).activate()
 
 
 @pytest.mark.parametrize("case, error, match", [
@@ -246,3 +263,29 @@ def test_importing_the_backend_needs_neither_tensorrt_nor_torch():
             "hoe.runtime.trt_cli; print('tensorrt' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_unaligned_device_memory_is_refused_and_a_failed_activate_keeps_nothing(toy, fake):
+    """TensorRT takes only 256-byte aligned device memory; an allocator that breaks that (here: every block
+    8 bytes off) fails activate() with the reason, and activate() gives back what it took."""
+    _build(toy, fake)
+
+    class Unaligned(fake_trt.HostMemory):
+        def alloc(self, nbytes):
+            return super().alloc(nbytes + 8) + 8
+
+        def free(self, ptr):
+            super().free(ptr - 8)
+
+    _, memory = fake()
+    memory.__class__ = Unaligned
+    with pytest.raises(BackendError, match="not 256-byte aligned"):
+        _backend(toy, memory).activate()
+    assert memory.live_bytes == 0 and memory.live_streams == 0
+    trt, memory = fake()
+    del trt.ExecutionContextAllocationStrategy  # no shared block: the first refusal is set_tensor_address's
+    memory.__class__ = Unaligned
+    backend = _backend(toy, memory)
+    with pytest.raises(BackendError, match=r"set_tensor_address\(experts"):
+        backend.activate()
+    assert backend._owned == [] and memory.live_streams == 0  # (STATIC contexts hold their own memory till freed)
