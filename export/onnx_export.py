@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hoe.core.config import HoEConfig, JsonConfig
-from hoe.core.errors import CheckpointError, ConfigError, UnsupportedModelError
+from hoe.core.errors import CheckpointError, ConfigError
 
 from . import manifest as mf
 from .io_spec import KV_CACHE, ROUTER_MIX, ModelDims, TensorSpec, expert_tensor_specs, graph_inputs, graph_outputs
@@ -65,20 +65,12 @@ class ExportResult:
 # ---------------------------------------------------------------------------- checks before work
 
 
-def check_base_dir(base_dir: Path) -> dict:
-    """config.json of a supported decoder (torch-free)."""
-    from hoe.core.model import SUPPORTED_MODEL_TYPES
+def check_base_dir(base_dir: Path, target_modules: list[str] | None = None) -> dict:
+    """config.json of a base the capability probe accepts (hoe.core.capability, no weights loaded)."""
+    from hoe.core.capability import probe_base
 
-    path = base_dir / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"base model folder {base_dir} lacks config.json")
-    config = json.loads(path.read_text())
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"base model_type {model_type!r} ({config.get('architectures')}) cannot be exported; "
-            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    return config
+    probe_base(base_dir, target_modules)
+    return json.loads((base_dir / "config.json").read_text())
 
 
 def check_out_dir(out_dir: Path, force: bool) -> None:
@@ -136,10 +128,11 @@ class _Export:
     # -- stages ------------------------------------------------------------------------------------
     def _check(self) -> None:
         check_out_dir(self.out_dir, self.config.force)
-        self.hf_config = check_base_dir(self.base_dir)
         if self.config.experts and self.ckpt_dir is None:
             raise ConfigError("a HoE checkpoint folder is required unless experts=False (--no-experts)")
         self.hoe_config = HoEConfig.load(self.ckpt_dir / mf.HOE_FILE) if self.ckpt_dir else None
+        targets = list(self.hoe_config.target_modules) if self.config.experts else None
+        self.hf_config = check_base_dir(self.base_dir, targets)
 
     def _load(self) -> None:
         from hoe.core.checkpoint import HoECheckpoint
