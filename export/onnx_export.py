@@ -88,8 +88,11 @@ def export(base_dir, ckpt_dir, out_dir, config: ExportConfig | None = None) -> E
     when the request cannot be served, and validate.ParityError when validation fails (the folder is
     then left at `OUT_DIR.failed` for inspection, OUT_DIR is untouched).
     """
+    from hoe.core.gguf import resolve_base
+
     config = config or ExportConfig()
-    return _Export(Path(base_dir), Path(ckpt_dir) if ckpt_dir else None, Path(out_dir), config).run()
+    check_out_dir(Path(out_dir), config.force)  # before a .gguf base is converted
+    return _Export(resolve_base(base_dir), Path(ckpt_dir) if ckpt_dir else None, Path(out_dir), config).run()
 
 
 def export_base(base_dir, out_dir, config: ExportConfig | None = None, ckpt_dir=None) -> ExportResult:
@@ -153,12 +156,14 @@ class _Export:
 
     def _trace(self) -> None:
         from .graph import mark_modules, trace
+        from .static_split import split_sequences_to_split
 
         mark_modules(self.model, self.modules)
         self.base_inputs = graph_inputs(self.dims, None)
         self.outputs = graph_outputs(self.dims)
         self.graph = trace(self.model, self.base_inputs, self.outputs, self.dims.num_layers,
                            self.dims.vocab_size, self.config.opset)
+        split_sequences_to_split(self.graph)  # fused projections' chunk: static Split for TensorRT
         del self.model
 
     def _experts(self) -> None:

@@ -240,10 +240,9 @@ def _run_case(ref: _Reference, ort: _OrtModel, mix, manifest: dict, config: Vali
             logits64, cache64, _ = exact[0].step(ids, mask, pos, mix, cache64)
             exact[1].add("ort", out[LOGITS][real], logits64[real])
             exact[1].add("torch_fp32", ref_logits[real], logits64[real])
-        cols = mask.astype(bool)  # [B,P+T] real cache columns
         for name, ref_t in zip(ort.output_names[1:], ref_present):
-            got = np.moveaxis(out[name], 2, 1)[cols]  # [n_real, Hkv, D]
-            diffs[name] = stats.add(name, got, np.moveaxis(ref_t, 2, 1)[cols])
+            got, want, cols = _held_columns(out[name], ref_t, mask)
+            diffs[name] = stats.add(name, got[cols], want[cols])  # [n_real, Hkv, D]
         agree += list(out[LOGITS][:, -1].argmax(-1) == ref_logits[:, -1].argmax(-1))
         steps.append({"step": step, "new_tokens": int(ids.shape[1]), "logits": diffs[LOGITS],
                       "present_max_abs": max((d["max_abs"] for n, d in diffs.items() if n != LOGITS), default=0.0)})
@@ -252,6 +251,17 @@ def _run_case(ref: _Reference, ort: _OrtModel, mix, manifest: dict, config: Vali
         mask = np.concatenate([mask, np.ones((b, 1), dtype=np.int64)], axis=1)
     stats.agree += agree
     return {"steps": steps, "argmax_agreement": float(np.mean(agree))}
+
+
+def _held_columns(got: np.ndarray, want: np.ndarray, mask: np.ndarray):
+    """The cache columns both sides hold, as ([B,n,Hkv,D], [B,n,Hkv,D], real columns [B,n]).
+
+    A sliding-window layer of the reference keeps only its last n = window-1 columns (transformers'
+    DynamicSlidingWindowLayer); the graph's present keeps all P+T, so the last n of them are compared.
+    """
+    n = want.shape[2]  # got, want: [B,Hkv,P+T,D], [B,Hkv,n,D] with n <= P+T
+    return (np.moveaxis(got[:, :, got.shape[2] - n:], 2, 1), np.moveaxis(want, 2, 1),
+            mask[:, mask.shape[1] - n:].astype(bool))
 
 
 class _Stats:

@@ -49,12 +49,14 @@ def assemble(base_dir: str | Path, objectives: list[str], out: str | Path, peft:
              finetuned: list | None = None, rank: int | None = None, force: bool = False) -> Path:
     """`hoe assemble`: PEFT adapters or fine-tuned checkpoints -> HoE checkpoint folder."""
     from .capability import probe_base
+    from .gguf import resolve_base
     from .loading import load_base
 
     if bool(peft) == bool(finetuned):
         raise ConfigError("give either PEFT adapter folders or fine-tuned checkpoints, not both nor neither")
     if finetuned and not rank:
         raise ConfigError("--rank is required with --finetuned")
+    base_dir = resolve_base(base_dir)  # a .gguf file: its converted folder (cached)
     if peft:
         experts, modules = experts_from_peft(peft)
         probe_base(base_dir, modules)  # before the base weights load
