@@ -158,13 +158,15 @@ def _check_cache_layers(cache, config, model_name: str) -> None:
     if len(cache.layers) != config.num_hidden_layers:
         raise UnsupportedModelError(f"{model_name}: the cache has {len(cache.layers)} layers, "
                                     f"num_hidden_layers is {config.num_hidden_layers}")
-    for i, layer in enumerate(cache.layers):
-        kind = type(layer).__name__
+    kinds = [type(layer).__name__ for layer in cache.layers]
+    for i, kind in enumerate(kinds):
         if kind not in CACHE_LAYERS:
             raise UnsupportedModelError(f"{model_name}: cache layer {i} is {kind}; supported cache layers: "
                                         f"{', '.join(CACHE_LAYERS)}")
+    for i, layer in enumerate(cache.layers):
         want = (2, heads, min(4, getattr(layer, "sliding_window", 5) - 1), head_dim)
-        for label, t in (("keys", layer.keys), ("values", layer.values)):
-            if tuple(t.shape) != want:
-                raise UnsupportedModelError(f"{model_name}: cache layer {i} holds {label} {tuple(t.shape)}; the "
+        for label in ("keys", "values"):
+            shape = tuple(getattr(getattr(layer, label), "shape", ()))
+            if shape != want:
+                raise UnsupportedModelError(f"{model_name}: cache layer {i} holds {label} {shape or None}; the "
                                             f"export declares [batch, num_kv_heads, length, head_dim] = {want}")

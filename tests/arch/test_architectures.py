@@ -100,14 +100,31 @@ def test_greedy_equals_peft(arch_run, name):
     assert want != base_tokens or len(want) < 3  # the experts change what the model writes
 
 
-def test_chat_template_missing_is_named(arch_run):
+def test_chat_template_missing_is_named(arch_run, capsys):
     """gemma3's case has no chat template: `--chat` is refused with a clear message, plain prompts work."""
     from hoe.core.cli import main
 
     run = arch_run("gemma3")
     assert not (run.out_dir / "chat_template.jinja").exists()
+    capsys.readouterr()
     rc = main(["generate", str(run.out_dir), "--prompt", PROMPT, "--preference", "1,0,0", "--chat",
                "--max-new-tokens", "2"])
-    assert rc == 2
+    assert rc == 2 and "has no chat template" in capsys.readouterr().err
     rc, rows = _hoe_generate(run, [1, 0, 0])
     assert rc == 0 and rows[0]["token_ids"]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", [c.name for c in CASES if c.sliding])
+def test_the_window_is_in_force(arch_run, name):
+    """The sliding cases' reference really attends within WINDOW tokens on the test prompt: the same weights
+    with a window wider than the prompt give other logits. So greedy = PEFT and validation above cover the
+    graph's sliding masks (the graph keeps every column for sliding layers and masks them, docs/ARCHITECTURES.md)."""
+    from transformers import AutoModelForCausalLM
+
+    run = arch_run(name)
+    ids = torch.randint(3, 97, (1, 3 * WINDOW), generator=torch.Generator().manual_seed(0))
+    wide = AutoModelForCausalLM.from_pretrained(run.base_dir, sliding_window=10_000).eval()
+    windowed, unwindowed = run.base(input_ids=ids).logits, wide(input_ids=ids).logits
+    assert torch.allclose(windowed[:, :WINDOW], unwindowed[:, :WINDOW], atol=1e-5)  # inside the window: same
+    assert (windowed[:, -1] - unwindowed[:, -1]).abs().max() > 1e-3
