@@ -73,7 +73,8 @@ def probe_config(config, target_modules: list[str] | None = None) -> ProbeReport
         target_linear(model, name)
     with torch.no_grad():
         cache_layers = _forward_with_cache(model, config)
-    kinds = list(getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers)
+    from_cache = ["sliding_attention" if c == "DynamicSlidingWindowLayer" else "full_attention" for c in cache_layers]
+    kinds = list(getattr(config, "layer_types", None) or from_cache)  # Mistral has none: its cache layers tell
     window = getattr(config, "sliding_window", None) if "sliding_attention" in kinds else None
     report = ProbeReport(config.model_type, causal_lm, blocks, kinds, cache_layers, window, list(target_modules))
     log.debug("probe: %s", report)
