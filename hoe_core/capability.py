@@ -14,6 +14,7 @@ UnsupportedModelError naming the part (module type, attention kind, cache class,
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ ATTENTION_KINDS = ("full_attention", "sliding_attention")  # config.layer_types 
 CACHE_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer")  # transformers cache layers we handle
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProbeReport:
     """What the probe found (logged; the export records the attention kinds)."""
 
@@ -42,17 +43,28 @@ class ProbeReport:
 
 
 def probe_base(base_dir: str | Path, target_modules: list[str] | None = None) -> ProbeReport:
-    """Probe the base model folder `base_dir` (its config.json only). See the module docstring."""
-    from transformers import AutoConfig
+    """Probe the base model folder `base_dir` (its config.json only). See the module docstring.
 
+    Remembered per process for the same config.json (path, size, mtime) and targets: export, validation and
+    the reference each ask."""
     path = Path(base_dir) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"base model folder {base_dir} lacks config.json")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, tuple(target_modules or ()) or None)
+    return _probe_base_cached(key, path.parent)
+
+
+@functools.lru_cache(maxsize=32)
+def _probe_base_cached(key: tuple, base_dir: Path) -> ProbeReport:
+    from transformers import AutoConfig
+
+    path = base_dir / "config.json"
     try:
         config = AutoConfig.from_pretrained(base_dir)
     except (ValueError, KeyError, OSError) as e:
         raise UnsupportedModelError(f"transformers cannot read {path}: {e}") from e
-    return probe_config(config, target_modules)
+    return probe_config(config, list(key[3]) if key[3] is not None else None)
 
 
 def probe_config(config, target_modules: list[str] | None = None) -> ProbeReport:
