@@ -3,8 +3,6 @@ random base + 3 PEFT adapters -> `hoe assemble` -> `hoe export` (validated), all
 
 from __future__ import annotations
 
-import contextlib
-import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +10,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parents[1] / "runtime"))  # runtime_helpers: the char tokenizer
 
 RANKS = (4, 3, 4)  # PEFT ranks of the three experts (padded to 4 inside HoE)
 
@@ -29,40 +26,11 @@ class ArchRun:
     export_stdout: str
 
 
-def cli(argv: list[str]) -> tuple[int, str]:
-    """`hoe ARGV` in process -> (exit code, stdout)."""
-    from hoe.core.cli import main
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = main(argv)
-    return rc, buf.getvalue()
-
-
-def make_base(case, folder: Path, seed: int = 0):
-    """Random tiny base of `case` (norms perturbed too) saved with a char tokenizer (+ ChatML if the case has
-    a chat template)."""
-    import torch
-    from runtime_helpers import write_char_tokenizer
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_config(case.config(), dtype=torch.float32).eval()
-    with torch.no_grad():
-        for name, p in base.named_parameters():
-            if "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    base.save_pretrained(folder)
-    write_char_tokenizer(folder)
-    if not case.chat_template:
-        (folder / "chat_template.jinja").unlink()
-    return base
-
-
 @pytest.fixture(scope="session")
 def arch_run(tmp_path_factory):
     """arch_run(name) -> ArchRun, made on first use."""
     from arch_cases import BY_NAME
+    from arch_helpers import cli, make_base
     from tiny_models import peft_adapter
 
     runs = {}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from arch_cases import CASES, WINDOW
-from conftest import cli
+from arch_helpers import cli
 from hoe.core.capability import probe_base
 
 NAMES = [c.name for c in CASES]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cli
+from arch_helpers import cli
 from tiny_gguf import write_llama_gguf
 
 VOCAB = 300  # the byte-level BPE needs 256 bytes + specials

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import cli
+from arch_helpers import cli
 from hoe.core.capability import CACHE_LAYERS, probe_base, probe_config
 from hoe.core.errors import CheckpointError, UnsupportedModelError
 
