@@ -13,7 +13,8 @@ with left padding, 3 preferences) written to OUT/validation.json; exit status 1 
 def register(sub) -> None:
     p = sub.add_parser("export", help="export base + HoE checkpoint to ONNX (validated against PyTorch)",
                        description=EXPORT_HELP)
-    p.add_argument("--base", required=True, metavar="BASE_DIR", help="Hugging Face base model folder (safetensors)")
+    p.add_argument("--base", required=True, metavar="BASE_DIR",
+                   help="Hugging Face base model folder (safetensors), or a .gguf file (converted once, cached)")
     p.add_argument("--hoe", metavar="CKPT_DIR", help="HoE checkpoint folder (hoe.json, experts/routers safetensors)")
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder (refused if it exists, see --force)")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (default 20; 18-20 for TensorRT 10.3)")

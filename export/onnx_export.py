@@ -30,7 +30,7 @@ from hoe.contract.io_spec import (
     graph_outputs,
 )
 from hoe.core.config import HoEConfig, JsonConfig
-from hoe.core.errors import CheckpointError, ConfigError, UnsupportedModelError
+from hoe.core.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +72,12 @@ class ExportResult:
 # ---------------------------------------------------------------------------- checks before work
 
 
-def check_base_dir(base_dir: Path) -> dict:
-    """config.json of a supported decoder (torch-free)."""
-    from hoe.core.model import SUPPORTED_MODEL_TYPES
+def check_base_dir(base_dir: Path, target_modules: list[str] | None = None) -> dict:
+    """config.json of a base the capability probe accepts (hoe.core.capability, no weights loaded)."""
+    from hoe.core.capability import probe_base
 
-    path = base_dir / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"base model folder {base_dir} lacks config.json")
-    config = json.loads(path.read_text())
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"base model_type {model_type!r} ({config.get('architectures')}) cannot be exported; "
-            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    return config
+    probe_base(base_dir, target_modules)
+    return json.loads((base_dir / "config.json").read_text())
 
 
 def check_out_dir(out_dir: Path, force: bool) -> None:
@@ -103,8 +95,11 @@ def export(base_dir, ckpt_dir, out_dir, config: ExportConfig | None = None) -> E
     when the request cannot be served, and validate.ParityError when validation fails (the folder is
     then left at `OUT_DIR.failed` for inspection, OUT_DIR is untouched).
     """
+    from hoe.core.gguf import resolve_base
+
     config = config or ExportConfig()
-    return _Export(Path(base_dir), Path(ckpt_dir) if ckpt_dir else None, Path(out_dir), config).run()
+    check_out_dir(Path(out_dir), config.force)  # before a .gguf base is converted
+    return _Export(resolve_base(base_dir), Path(ckpt_dir) if ckpt_dir else None, Path(out_dir), config).run()
 
 
 def export_base(base_dir, out_dir, config: ExportConfig | None = None, ckpt_dir=None) -> ExportResult:
@@ -143,10 +138,11 @@ class _Export:
     # -- stages ------------------------------------------------------------------------------------
     def _check(self) -> None:
         check_out_dir(self.out_dir, self.config.force)
-        self.hf_config = check_base_dir(self.base_dir)
         if self.config.experts and self.ckpt_dir is None:
             raise ConfigError("a HoE checkpoint folder is required unless experts=False (--no-experts)")
         self.hoe_config = HoEConfig.load(self.ckpt_dir / mf.HOE_FILE) if self.ckpt_dir else None
+        targets = list(self.hoe_config.target_modules) if self.config.experts else None
+        self.hf_config = check_base_dir(self.base_dir, targets)
 
     def _load(self) -> None:
         from hoe.core.checkpoint import HoECheckpoint
@@ -167,12 +163,14 @@ class _Export:
 
     def _trace(self) -> None:
         from .graph import mark_modules, trace
+        from .static_split import split_sequences_to_split
 
         mark_modules(self.model, self.modules)
         self.base_inputs = graph_inputs(self.dims, None)
         self.outputs = graph_outputs(self.dims)
         self.graph = trace(self.model, self.base_inputs, self.outputs, self.dims.num_layers,
                            self.dims.vocab_size, self.config.opset)
+        split_sequences_to_split(self.graph)  # fused projections' chunk: static Split for TensorRT
         del self.model
 
     def _experts(self) -> None:

@@ -48,18 +48,24 @@ def build_checkpoint(base: nn.Module, experts: list[Expert], modules: list[str],
 def assemble(base_dir: str | Path, objectives: list[str], out: str | Path, peft: list | None = None,
              finetuned: list | None = None, rank: int | None = None, force: bool = False) -> Path:
     """`hoe assemble`: PEFT adapters or fine-tuned checkpoints -> HoE checkpoint folder."""
+    from .capability import probe_base
+    from .gguf import resolve_base
     from .loading import load_base
 
     if bool(peft) == bool(finetuned):
         raise ConfigError("give either PEFT adapter folders or fine-tuned checkpoints, not both nor neither")
-    base = load_base(base_dir)
+    if finetuned and not rank:
+        raise ConfigError("--rank is required with --finetuned")
+    base_dir = resolve_base(base_dir)  # a .gguf file: its converted folder (cached)
     if peft:
         experts, modules = experts_from_peft(peft)
+        probe_base(base_dir, modules)  # before the base weights load
+        base = load_base(base_dir)
     else:
-        if not rank:
-            raise ConfigError("--rank is required with --finetuned")
+        probe_base(base_dir)
         from .model import find_target_modules
 
+        base = load_base(base_dir)
         modules = find_target_modules(base)
         base_state = base.state_dict()
         deltas = [task_vectors(base_state, load_base(d).state_dict(), modules) for d in finetuned]

@@ -26,8 +26,11 @@ def load_base(base_dir: str | Path, dtype: str = "fp32"):
 
 def load_hoe(base_dir: str | Path, ckpt: str | Path | HoECheckpoint, dtype: str = "fp32") -> HoEModel:
     """Base + HoE checkpoint (a folder, or one already in memory), validated against each other."""
-    base = load_base(base_dir, dtype)
+    from .capability import probe_base
+
     ckpt = ckpt if isinstance(ckpt, HoECheckpoint) else HoECheckpoint.load(ckpt)
+    probe_base(base_dir, ckpt.config.target_modules)  # before the base weights load
+    base = load_base(base_dir, dtype)
     ckpt.validate(base)
     return hoe_from_checkpoint(base, ckpt)
 

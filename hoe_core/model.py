@@ -16,9 +16,6 @@ from torch import nn
 from . import names
 from .errors import ConfigError, UnsupportedModelError
 
-# Decoder-only families whose block projections are plain nn.Linear and that we test.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-
 
 def routed_gates(x: torch.Tensor, weight, bias, mask, router_mix) -> torch.Tensor:
     """Token gates over the LoRA experts of one module.
@@ -78,12 +75,10 @@ class HoELinear(nn.Module):
 
 
 def check_supported(model: nn.Module) -> None:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"model_type {model_type!r} ({type(model).__name__}) is not supported; "
-            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    """The config-only part of the capability probe (hoe.core.capability; the full probe runs before loading)."""
+    from .capability import check_config
+
+    check_config(model.config)
 
 
 def find_target_modules(model: nn.Module, patterns: list[str] | None = None) -> list[str]:
@@ -91,10 +86,13 @@ def find_target_modules(model: nn.Module, patterns: list[str] | None = None) -> 
 
     `patterns` are PEFT-style short names ("q_proj") matched against the last name component.
     """
+    from .capability import decoder_blocks
+
     check_supported(model)
-    found = []
+    prefix = decoder_blocks(model) + "."
+    found, others = [], {}
     for name, module in model.named_modules():
-        if ".layers." not in f".{name}" or name.endswith("lm_head"):
+        if not name.startswith(prefix):
             continue
         short = name.rsplit(".", 1)[-1]
         if patterns is not None and short not in patterns:
@@ -105,9 +103,32 @@ def find_target_modules(model: nn.Module, patterns: list[str] | None = None) -> 
             raise UnsupportedModelError(
                 f"module {name} is {type(module).__name__}; only nn.Linear projections can be adapted"
             )
+        elif _is_projection(module):
+            others.setdefault(type(module).__name__, name)
     if not found:
-        raise UnsupportedModelError(f"no nn.Linear target modules found for patterns {patterns}")
+        kinds = ", ".join(f"{k} (e.g. {v})" for k, v in others.items()) or "none"
+        raise UnsupportedModelError(f"{type(model).__name__}: no nn.Linear target modules in {prefix[:-1]} for "
+                                    f"patterns {patterns}; projection modules found: {kinds}")
     return found
+
+
+def target_linear(model: nn.Module, name: str) -> nn.Linear:
+    """The nn.Linear `name` of `model`, or an UnsupportedModelError naming what is there instead."""
+    try:
+        module = model.get_submodule(name)
+    except AttributeError as e:
+        raise UnsupportedModelError(f"{type(model).__name__} has no module {name}") from e
+    if not isinstance(module, nn.Linear):
+        raise UnsupportedModelError(f"target {name} is {type(module).__name__}; only nn.Linear projections "
+                                    "can be adapted")
+    return module
+
+
+def _is_projection(module: nn.Module) -> bool:
+    """A leaf with a 2-D weight that is not an embedding: what an adapter would target."""
+    weight = getattr(module, "weight", None)
+    return (not list(module.children()) and isinstance(weight, torch.Tensor) and weight.dim() == 2
+            and not isinstance(module, nn.Embedding))
 
 
 class HoEModel(nn.Module):
@@ -128,10 +149,7 @@ class HoEModel(nn.Module):
         for name in config.target_modules:
             parent_name, _, child = name.rpartition(".")
             parent = self.model.get_submodule(parent_name)
-            base = getattr(parent, child)
-            if not isinstance(base, nn.Linear):
-                raise UnsupportedModelError(f"target {name} is {type(base).__name__}, expected nn.Linear")
-            setattr(parent, child, HoELinear(base, name, self.state))
+            setattr(parent, child, HoELinear(target_linear(self.model, name), name, self.state))
 
     def named_tensors(self) -> dict[str, torch.Tensor]:
         """Experts and routers under their canonical names."""

@@ -155,7 +155,7 @@ def test_unsupported_architecture_is_named():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(UnsupportedModelError, match="gpt2.*supported: llama"):
+    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel.*Conv1D"):
         find_target_modules(model)
 
 
