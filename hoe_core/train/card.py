@@ -27,13 +27,27 @@ def pareto_section(out: Path) -> list[str]:
     if not path.is_file():
         return ["Run `hoe bench pareto` to add the Pareto evaluation (pareto.json, pareto.png)."]
     data = json.loads(path.read_text())
+    boot = data.get("bootstrap")
     lines = [f"Held-out prompts: {data['n_prompts']}, greedy, {data['max_new_tokens']} new tokens, "
-             f"{len(data['grid'])} preferences; reference point {data['reference_point']}.", "",
-             "| system | hypervolume | note |", "|---|---|---|"]
+             f"{len(data['grid'])} preferences; reference point {data['reference_point']}."
+             + (f" Intervals: 95% percentile bootstrap over prompts ({boot['resamples']} resamples, seed "
+                f"{boot['seed']}, paired across systems)." if boot else ""), "",
+             "| system | hypervolume | ci95 | note |", "|---|---|---|---|"]
     for name, sys in data["systems"].items():
-        lines.append(f"| {name} | {sys['hypervolume']:.4f} | {sys.get('note', '')} |")
+        ci = sys.get("hypervolume_ci95")
+        lines.append(f"| {name} | {sys['hypervolume']:.4f} | {_ci(ci)} | {sys.get('note', '')} |")
+    if data.get("comparisons"):
+        lines += ["", "| comparison | HV difference | ci95 |", "|---|---|---|"]
+        lines += [f"| {k} | {c['hv_diff']:+.4f} | {_ci(c['ci95'], '+')} |" for k, c in data["comparisons"].items()]
+        lines += ["", f"HoE's scalarised reward Σ λ_i R_i is ≥ static mixing's at {data['grid_wins_vs_static']:.2f} of "
+                  f"the grid preferences ({data['grid_wins_vs_static_non_vertex']:.2f} of the non-vertex ones; at the "
+                  "vertices both are the expert alone)."]
     lines += ["", "![Pareto fronts](pareto.png)", "", *steering_lines(data)]
     return lines
+
+
+def _ci(ci, sign: str = "") -> str:
+    return "–" if ci is None else f"[{ci[0]:{sign}.4f}, {ci[1]:{sign}.4f}]"
 
 
 def steering_lines(data: dict) -> list[str]:
