@@ -14,7 +14,6 @@ routers are constant), so those points are decoded once and reported for both (m
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import time
@@ -25,7 +24,7 @@ import torch
 from hoe.core import names
 from hoe.core.config import atomic_write_text
 from hoe.core.objectives import make_objectives, score_all
-from hoe.core.routing import route
+from hoe.core.routing import route, simplex_grid
 from tqdm import tqdm
 
 from .hypervolume import pareto_mask
@@ -33,12 +32,6 @@ from .pareto_decode import decode, prefill, select
 from .pareto_stats import DECIMALS, rounded, uncertainty
 
 log = logging.getLogger(__name__)
-
-
-def simplex_grid(m: int, steps: int) -> list[list[float]]:
-    """Every point of the simplex whose coordinates are multiples of 1/steps (m=3, steps=4: 15 points)."""
-    pts = [c for c in itertools.product(range(steps + 1), repeat=m) if sum(c) == steps]
-    return [[v / steps for v in c] for c in sorted(pts, reverse=True)]
 
 
 def static_tensors(model) -> dict[str, torch.Tensor]:

@@ -67,6 +67,10 @@ def steering_lines(data: dict) -> list[str]:
     return lines
 
 
+def _anchors(anchors) -> str:
+    return ", ".join(_fmt(a) for a in anchors)
+
+
 def write_card(out: Path, cfg: RecipeConfig, summary: dict) -> Path:
     s, e, r = cfg.sample, cfg.expert, cfg.router
     secs = summary["seconds"]
@@ -94,11 +98,19 @@ def write_card(out: Path, cfg: RecipeConfig, summary: dict) -> Path:
         f"2. **Experts** (level 1): per objective, a PEFT LoRA (r={e.rank}, alpha={e.alpha}, "
         f"{', '.join(e.target_modules)}) fine-tuned on prompt → best candidate for that objective "
         f"({e.epochs} epochs, AdamW lr {e.lr}, batch {e.batch_size}, loss on answer tokens).",
-        f"3. **Routers** (level 2) at anchors {cfg.trained_anchors}: base and experts frozen, router rows of the "
-        f"anchor trained by REINFORCE with a leave-one-out baseline ({r.prompts_per_step} prompts × "
-        f"{r.group_size} samples per step, {r.steps} steps, Adam lr {r.lr_weight} (weights) / {r.lr_bias} "
-        f"(biases)) on Σ_i w_i A_i, with Tchebycheff scalarisation and OMD weights "
-        f"w_i ∝ w_i·exp({r.omd_eta}·λ_i·(z*_i − R_i)); z* = best-of-n mean reward {_fmt(best['best_of_n_mean'])}. "
+        f"3. **Routers** (level 2) at the {len(cfg.trained_anchors)} anchors {_anchors(cfg.trained_anchors)}, all "
+        f"trained together: base and experts frozen; each step {r.prompts_per_step} prompts × "
+        f"{len(cfg.trained_anchors)} anchors × {r.group_size} samples in one batch (T={r.temperature}, top-p "
+        f"{r.top_p}, at most {r.max_new_tokens} tokens), sampled by "
+        + ("our onnxruntime runtime on an export of the model, fed the current routers every step"
+           if r.rollout == "ort" else "the PyTorch reference")
+        + f"; {r.steps} steps, Adam lr {r.lr_weight} (weights) / {r.lr_bias} (biases), gradient clip {r.grad_clip}. "
+        "**Estimator**: REINFORCE with a leave-one-out baseline on teacher-forced PyTorch log-probs, loss "
+        "−Σ_rows (Σ_i w_i Â_i) Σ_t log π(a_t|s_t) / #tokens, with Â_i the leave-one-out advantage of objective i"
+        + (" divided by its batch standard deviation (reward normalisation)" if r.normalise else "")
+        + f"; Tchebycheff scalarisation with OMD weights per anchor w_i ∝ w_i·exp({r.omd_eta}·λ_i·(z*_i − R_i)), "
+        f"z* = best-of-n mean reward {_fmt(best['best_of_n_mean'])}. No KL or entropy term (on-policy samples "
+        "every step; the routers only re-mix frozen experts). The paper uses PPO. "
         "Vertex anchors keep constant routers (one expert each).", "",
         "Commands (seed " + str(cfg.seed) + f", {cfg.threads} torch thread(s)):", "", "```",
         "hoe train all            # = hoe train experts && hoe train routers (resumable)",
@@ -109,9 +121,17 @@ def write_card(out: Path, cfg: RecipeConfig, summary: dict) -> Path:
         f"Base samples, mean reward: {_fmt(best['base_mean'])}; best-of-n candidate mean: "
         f"{_fmt(best['best_of_n_mean'])} ({', '.join(cfg.objectives)}).",
     ]
-    for stage, info in summary["routers"].items():
-        lines.append(f"{stage} (anchor {info['anchor']}): sampled reward first 3 steps {_fmt(info['first_3_steps'])}"
-                     f" → last 3 steps {_fmt(info['last_3_steps'])}.")
+    if summary["routers"]:
+        lines += ["", "Per trained anchor, mean sampled reward (first 3 → last 3 steps) and the scalarised reward "
+                  "Σ λ_i R_i (the first steps are static mixing):", "",
+                  "| anchor | rewards first 3 | rewards last 3 | Σ λ_i R_i | Tchebycheff |", "|---|---|---|---|---|"]
+    for info in summary["routers"].values():
+        lines.append(f"| {_fmt(info['anchor'])} | {_fmt(info['first_3_steps'])} | {_fmt(info['last_3_steps'])} | "
+                     f"{info['scalarised_first_3']:.3f} → {info['scalarised_last_3']:.3f} | "
+                     f"{info['tchebycheff_first_3']:.3f} → {info['tchebycheff_last_3']:.3f} |")
+    roll = summary.get("rollout") or {}
+    if roll.get("tokens_per_s_median"):
+        lines += ["", f"Rollouts: {roll['backend']}, median {roll['tokens_per_s_median']:.0f} sampled tokens/s."]
     lines += ["", "![training curves](training_curves.png)", "", "## Pareto evaluation", "", *pareto_section(out), "",
               "## Limits", "",
               f"A 135M model, {s.max_new_tokens}-token answers and cheap proxy rewards: relevance by embedding "

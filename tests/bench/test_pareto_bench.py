@@ -12,11 +12,12 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
 from hoe.bench.hypervolume import hypervolume  # noqa: E402
 from hoe.bench.pareto import ParetoConfig, run, summary_lines  # noqa: E402
 from hoe.bench.pareto_decode import decode, prefill, select  # noqa: E402
-from hoe.bench.pareto_eval import simplex_grid, static_tensors  # noqa: E402
+from hoe.bench.pareto_eval import static_tensors  # noqa: E402
 from hoe.bench.pareto_stats import check_consistency  # noqa: E402
 from hoe.core.checkpoint import HoECheckpoint  # noqa: E402
 from hoe.core.generate import generate  # noqa: E402
 from hoe.core.loading import hoe_from_checkpoint, load_base  # noqa: E402
+from hoe.core.routing import simplex_grid  # noqa: E402
 from hoe.core.train.data import ChatCodec  # noqa: E402
 from hoe.core.train.lm import left_pad  # noqa: E402
 from tiny_chat import tiny_chat_hoe, write_prompts  # noqa: E402
