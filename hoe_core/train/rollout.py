@@ -79,58 +79,77 @@ class OrtRollouts:
 
     def sample(self, prompts: list[list[int]], mixes: np.ndarray, n: int, max_new_tokens: int, eos_id: int,
                pad_id: int, temperature: float, top_p: float, seed: int) -> Samples:
-        """Same contract as TorchRollouts.sample; `last_logp` keeps log π of each sampled token."""
-        rows = [p for p in prompts for _ in range(n)]
-        mix = np.repeat(np.asarray(mixes, np.float32), n, axis=0)  # [R, K]
-        tokens, logp = self.generate(rows, mix, max_new_tokens, eos_id, pad_id, temperature, top_p, seed)
-        answers, finished = [], []
-        self.last_logp = []
-        for row, lp in zip(tokens, logp):
-            done = eos_id in row
-            cut = row.index(eos_id) if done else len(row)
-            answers.append(row[:cut])
-            finished.append(done)
-            self.last_logp.append(lp[:cut + 1] if done else lp)  # the EOS token's log-prob too
-        return Samples(answers, finished)
+        """Same contract as TorchRollouts.sample; `last_logp` keeps log π of each sampled token (EOS included)."""
+        tokens, self.last_logp = self.generate(prompts, np.asarray(mixes, np.float32), n, max_new_tokens, eos_id,
+                                               pad_id, temperature, top_p, seed)
+        finished = [bool(t) and t[-1] == eos_id for t in tokens]
+        return Samples([t[:-1] if f else t for t, f in zip(tokens, finished)], finished)
 
-    def generate(self, rows: list[list[int]], mix: np.ndarray, max_new_tokens: int, eos_id: int, pad_id: int,
-                 temperature: float, top_p: float, seed: int) -> tuple[list[list[int]], list[list[float]]]:
-        """Sampled tokens [R][≤N] (EOS included) and their log-probs, through the KV cache of the backend."""
+    def generate(self, prompts: list[list[int]], mixes: np.ndarray, n: int, max_new_tokens: int, eos_id: int,
+                 pad_id: int, temperature: float, top_p: float, seed: int) -> tuple[list[list[int]], list[list[float]]]:
+        """Sampled tokens [U·n][≤N] (EOS included) and their log-probs.
+
+            prefill the U (prompt, mix) rows once ─► repeat logits and K/V n times (rows grouped by prompt)
+            ─► decode: sample, then drop the rows that emitted EOS from the batch and the cache, step the rest
+
+        The cache is held as numpy arrays and stepped with the backend's single-forward `infer` (experts and
+        routers bound by `set_routers`), so rows can be repeated and dropped between steps.
+        """
         from hoe.runtime.config import GenerationConfig
         from hoe.runtime.sampling import Sampler
 
-        b, width = len(rows), max(len(r) for r in rows)
-        ids = np.full((b, width), pad_id, dtype=np.int64)  # [R, T0] left-padded
-        mask = np.zeros((b, width + max_new_tokens), dtype=np.int64)  # [R, T0 + N]
-        for r, p in enumerate(rows):
-            ids[r, width - len(p):] = p
-            mask[r, width - len(p):width] = 1
-        positions = np.clip(mask[:, :width].cumsum(1) - 1, 0, None)  # [R, T0]
-        sampler = Sampler(GenerationConfig(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=1),
-                          b, self.manifest.vocab_size)
-        state, pending, cols = self.backend.new_state(b), ids, 0
-        done = np.zeros(b, dtype=bool)
-        out_t, out_lp = [[] for _ in range(b)], [[] for _ in range(b)]
-        for _ in range(max_new_tokens):
-            t = pending.shape[1]
-            logits = self.backend.step(state, pending, np.ascontiguousarray(mask[:, :cols + t]), positions, mix)
-            cols += t
-            token = sampler(logits)  # [R]
-            logp = _log_softmax(logits)[np.arange(b), token]  # [R] log π at temperature 1
-            for r in np.flatnonzero(~done):
-                out_t[r].append(int(token[r]))
-                out_lp[r].append(float(logp[r]))
-            done |= token == eos_id
-            if done.all():
+        ids, mask = _left_pad(prompts, pad_id)  # [U, T0]
+        kv = self._empty_cache(len(prompts))
+        logits, kv = self._forward(ids, mask, np.clip(mask.cumsum(1) - 1, 0, None), mixes, kv)
+        rep = np.repeat(np.arange(len(prompts)), n)  # [R]: row r continues prompt rep[r]
+        logits, kv, mask, mix = logits[rep], [x[rep] for x in kv], mask[rep], mixes[rep]
+        alive = np.arange(len(rep))  # original row of each live row
+        sampler = Sampler(GenerationConfig(temperature=temperature, top_p=top_p, seed=seed), len(rep),
+                          self.manifest.vocab_size)
+        out_t, out_lp = [[] for _ in rep], [[] for _ in rep]
+        for step in range(max_new_tokens):
+            token = sampler(logits)  # [A]
+            logp = _log_softmax(logits)[np.arange(len(token)), token]  # [A], temperature 1
+            for r, t, lp in zip(alive, token, logp):
+                out_t[r].append(int(t))
+                out_lp[r].append(float(lp))
+            keep = token != eos_id
+            if step + 1 == max_new_tokens or not keep.any():
                 break
-            token[done] = pad_id
-            pending = token[:, None]
-            positions = (mask[:, :cols].sum(1) - 0)[:, None]  # [R, 1] next real position (pad rows: harmless)
-            mask[:, cols] = 1
+            alive, token, kv, mask, mix = alive[keep], token[keep], [x[keep] for x in kv], mask[keep], mix[keep]
+            mask = np.concatenate([mask, np.ones_like(mask[:, :1])], axis=1)  # [A, P+1]
+            logits, kv = self._forward(token[:, None], mask, mask.sum(1, keepdims=True) - 1, mix, kv)
         return out_t, out_lp
+
+    def _empty_cache(self, batch: int) -> list[np.ndarray]:
+        dtype, heads, head_dim = self.manifest.kv_spec()
+        empty = np.zeros((batch, heads, 0, head_dim), dtype=np.dtype(dtype))
+        return [empty] * (2 * self.manifest.num_layers)
+
+    def _forward(self, ids, mask, positions, mix, kv) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One step through the graph: (logits of the last position [B, V] float32, new K/V per layer)."""
+        feed = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64),
+                "position_ids": positions.astype(np.int64), "router_mix": mix}
+        names_kv = [self.manifest.kv_names(i) for i in range(self.manifest.num_layers)]
+        for i, (past_k, past_v, _, _) in enumerate(names_kv):
+            feed[past_k], feed[past_v] = kv[2 * i], kv[2 * i + 1]
+        out = self.backend.infer(feed)
+        new_kv = [out[name] for _, _, pk, pv in names_kv for name in (pk, pv)]
+        return out["logits"][:, -1].astype(np.float32), new_kv
 
     def close(self) -> None:
         self.backend.deactivate()
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token lists -> (ids [B, T], mask [B, T]) int64, left-padded."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = r
+        mask[i, width - len(r):] = 1
+    return ids, mask
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
