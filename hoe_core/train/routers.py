@@ -5,7 +5,8 @@
                     fed the current router tensors, or the PyTorch reference)
                     ─► rewards R [A, P, k, m] ─► per anchor a: OMD weights w_a (Tchebycheff, tchebycheff.py)
                     ─► A = Σ_i w_a,i · (R_i − leave-one-out mean) / std_batch(R_i)
-                    ─► loss = −Σ_rows A · Σ_t log π(a_t|s_t) / #answer tokens   (teacher-forced, PyTorch)
+                    ─► loss = −Σ_rows A · Σ_t log π(a_t|s_t) / #answer tokens   (teacher-forced, PyTorch;
+                       each prompt computed once for its k answers)
                     ─► Adam on routers.{module}.weight/bias rows of the trained anchors (vertex rows: no gradient)
 
 Training starts from the trainable router of each anchor (zero weights, bias = log of the static mix), i.e.
@@ -37,7 +38,7 @@ from ..model import HoEModel
 from ..objectives import Objective, score_all
 from .config import RouterConfig
 from .data import ChatCodec
-from .lm import answer_logprobs
+from .lm import grouped_answer_logprobs
 from .state import RunState
 from .tchebycheff import omd_update, scalarised_advantages, tchebycheff
 
@@ -134,18 +135,18 @@ def pg_step(model, codec, batch, objectives, rows, lams, w, z_star, opt, params,
             rollouts):
     """One REINFORCE-LOO step for every trained anchor, Tchebycheff/OMD weights per anchor. -> (new w, record)"""
     n_a, n_p, k = len(rows), len(batch), cfg.group_size
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     prompt_ids = [codec.prompt_ids(p) for p in batch]
     mixes = np.zeros((n_a * n_p, model.config.n_routers), np.float32)  # row a·P + p routed by anchor rows[a]
     mixes[np.arange(n_a * n_p), np.repeat(rows, n_p)] = 1.0
     rollouts.set_routers(model.named_tensors())
     got = rollouts.sample(prompt_ids * n_a, mixes, k, cfg.max_new_tokens, codec.eos_id, codec.pad_id,
                           cfg.temperature, cfg.top_p, seed)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     texts = [codec.decode(t) for t in got.tokens]
     rewards = score_all(objectives, [p for _ in rows for p in batch for _ in range(k)], texts)  # [A·P·k, m]
     grouped = rewards.reshape(n_a, n_p, k, -1)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     anchors, adv = [], []
     for a in range(n_a):
         mean_r = grouped[a].reshape(-1, grouped.shape[-1]).mean(0)
@@ -155,30 +156,38 @@ def pg_step(model, codec, batch, objectives, rows, lams, w, z_star, opt, params,
                         "tchebycheff": round(tchebycheff(lams[a], mean_r, z_star), 6),
                         "scalarised": round(float(lams[a] @ mean_r), 6)})
     answers = [t + ([codec.eos_id] if f else []) or [codec.eos_id] for t, f in zip(got.tokens, got.finished)]
-    row_prompts = [p for p in prompt_ids * n_a for _ in range(k)]
-    row_mix = torch.as_tensor(np.repeat(mixes, k, axis=0))  # [A·P·k, K]
-    loss = accumulate_gradient(model, row_prompts, answers, torch.tensor(np.concatenate(adv), dtype=torch.float32),
-                               row_mix, codec.pad_id, cfg.grad_rows, opt)
+    loss = accumulate_gradient(model, prompt_ids * n_a, answers, torch.tensor(np.concatenate(adv), dtype=torch.float32),
+                               torch.as_tensor(mixes), k, codec.pad_id, cfg.grad_rows, opt)
     grad_norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
     opt.step()
-    t3 = time.perf_counter()
+    t3, c3 = time.perf_counter(), time.process_time()
     tokens = sum(len(a) for a in answers)
     record = {"anchors": anchors, "loss": round(loss, 6), "grad_norm": round(float(grad_norm), 6),
               "answer_tokens": tokens, "rollout": rollouts.name,
               "seconds": {"rollout": round(t1 - t0, 2), "score": round(t2 - t1, 2), "gradient": round(t3 - t2, 2)},
+              "cpu_seconds": {"rollout": round(c1 - c0, 2), "score": round(c2 - c1, 2), "gradient": round(c3 - c2, 2)},
               "rollout_tokens_per_s": round(tokens / max(t1 - t0, 1e-9), 2)}
     return w, record
 
 
-def accumulate_gradient(model, prompts, answers, adv, mix, pad_id: int, chunk: int, opt) -> float:
-    """−Σ_rows adv · Σ_t log π / #tokens, backpropagated in chunks of `chunk` rows (bounded memory) -> the loss."""
+def accumulate_gradient(model, prompts, answers, adv, mix, k: int, pad_id: int, chunk: int, opt) -> float:
+    """−Σ_rows adv · Σ_t log π / #tokens, backpropagated in chunks of about `chunk` rows -> the loss.
+
+    prompts [U] with router_mix [U, K]; answers [U·k] (k per prompt, consecutive). Each prompt is computed once for
+    its k answers (lm.grouped_answer_logprobs: same log-probs and gradient as per row, tests/train/test_lm.py);
+    groups are chunked in order of their longest answer, so a chunk pads little (the sum does not depend on it).
+    """
     total = float(sum(len(a) for a in answers))
+    per_chunk = max(1, chunk // k)
+    order = sorted(range(len(prompts)), key=lambda u: max(len(a) for a in answers[u * k:(u + 1) * k]))
     opt.zero_grad(set_to_none=True)
     loss_sum = 0.0
-    for s in range(0, len(answers), chunk):
-        sl = slice(s, s + chunk)
-        logp, _ = answer_logprobs(model, prompts[sl], answers[sl], pad_id, router_mix=mix[sl])
-        loss = -(adv[sl, None] * logp).sum() / total
+    for s in range(0, len(order), per_chunk):
+        units = order[s:s + per_chunk]
+        rows = [u * k + j for u in units for j in range(k)]
+        logp, _ = grouped_answer_logprobs(model, [prompts[u] for u in units], [answers[r] for r in rows], k, pad_id,
+                                          router_mix=mix[units])
+        loss = -(adv[rows, None] * logp).sum() / total
         loss.backward()
         loss_sum += float(loss.detach())
     return loss_sum
