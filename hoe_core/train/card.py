@@ -8,6 +8,7 @@ from pathlib import Path
 from ..config import atomic_write_text
 from ..objectives import _BUILDERS, CharFrequency
 from .config import RecipeConfig
+from .tchebycheff import tchebycheff
 
 
 def _objective_rows(names: list[str]) -> list[str]:
@@ -67,12 +68,17 @@ def steering_lines(data: dict) -> list[str]:
     return lines
 
 
+def _dot(a, b) -> float:
+    return float(sum(x * y for x, y in zip(a, b)))
+
+
 def _anchors(anchors) -> str:
     return ", ".join(_fmt(a) for a in anchors)
 
 
 def write_card(out: Path, cfg: RecipeConfig, summary: dict) -> Path:
     s, e, r = cfg.sample, cfg.expert, cfg.router
+    trained = [info["anchor"] for info in summary["routers"].values()] or cfg.trained_anchors
     secs = summary["seconds"]
     best = summary["best_of_n"]
     lines = [
@@ -98,9 +104,9 @@ def write_card(out: Path, cfg: RecipeConfig, summary: dict) -> Path:
         f"2. **Experts** (level 1): per objective, a PEFT LoRA (r={e.rank}, alpha={e.alpha}, "
         f"{', '.join(e.target_modules)}) fine-tuned on prompt → best candidate for that objective "
         f"({e.epochs} epochs, AdamW lr {e.lr}, batch {e.batch_size}, loss on answer tokens).",
-        f"3. **Routers** (level 2) at the {len(cfg.trained_anchors)} anchors {_anchors(cfg.trained_anchors)}, all "
+        f"3. **Routers** (level 2) at the {len(trained)} anchors {_anchors(trained)}, all "
         f"trained together: base and experts frozen; each step {r.prompts_per_step} prompts × "
-        f"{len(cfg.trained_anchors)} anchors × {r.group_size} samples in one batch (T={r.temperature}, top-p "
+        f"{len(trained)} anchors × {r.group_size} samples in one batch (T={r.temperature}, top-p "
         f"{r.top_p}, at most {r.max_new_tokens} tokens), sampled by "
         + ("our onnxruntime runtime on an export of the model, fed the current routers every step"
            if r.rollout == "ort" else "the PyTorch reference")
@@ -123,12 +129,15 @@ def write_card(out: Path, cfg: RecipeConfig, summary: dict) -> Path:
     ]
     if summary["routers"]:
         lines += ["", "Per trained anchor, mean sampled reward (first 3 → last 3 steps) and the scalarised reward "
-                  "Σ λ_i R_i (the first steps are static mixing):", "",
+                  "Σ λ_i R_i and Tchebycheff min_i λ_i (R_i − z*_i) of those means (the first steps are static "
+                  "mixing):", "",
                   "| anchor | rewards first 3 | rewards last 3 | Σ λ_i R_i | Tchebycheff |", "|---|---|---|---|---|"]
+    z_star = best["best_of_n_mean"]
     for info in summary["routers"].values():
-        lines.append(f"| {_fmt(info['anchor'])} | {_fmt(info['first_3_steps'])} | {_fmt(info['last_3_steps'])} | "
-                     f"{info['scalarised_first_3']:.3f} → {info['scalarised_last_3']:.3f} | "
-                     f"{info['tchebycheff_first_3']:.3f} → {info['tchebycheff_last_3']:.3f} |")
+        lam, first, last = info["anchor"], info["first_3_steps"], info["last_3_steps"]
+        lines.append(f"| {_fmt(lam)} | {_fmt(first)} | {_fmt(last)} | "
+                     f"{_dot(lam, first):.3f} → {_dot(lam, last):.3f} | "
+                     f"{tchebycheff(lam, first, z_star):.3f} → {tchebycheff(lam, last, z_star):.3f} |")
     roll = summary.get("rollout") or {}
     if roll.get("tokens_per_s_median"):
         lines += ["", f"Rollouts: {roll['backend']}, median {roll['tokens_per_s_median']:.0f} sampled tokens/s."]

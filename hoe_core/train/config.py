@@ -107,6 +107,7 @@ class RecipeConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RecipeConfig:
+        data = _migrate(data)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -126,3 +127,18 @@ class RecipeConfig:
         if not path.is_file():
             raise ConfigError(f"RecipeConfig: file not found: {path}")
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A recipe saved before the joint router stage (router.save_every present; e.g. the training.json of the
+    committed model) means: no reward normalisation, PyTorch rollouts, and `anchors: []` = the uniform anchor."""
+    router = data.get("router")
+    if not isinstance(router, dict) or "save_every" not in router:
+        return data
+    router = {k: v for k, v in router.items() if k != "save_every"}
+    router.setdefault("normalise", False)
+    router.setdefault("rollout", "torch")
+    if not router.get("anchors"):
+        m = len(data.get("objectives") or DEFAULT_OBJECTIVES)
+        router["anchors"] = [[1.0 / m] * m]
+    return {**data, "router": router}

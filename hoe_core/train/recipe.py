@@ -229,11 +229,7 @@ def training_summary(run: RunState) -> dict:
             mean = lambda rows, key: np.mean([r[key] for r in rows], 0)  # noqa: E731
             routers[f"anchor:{a}"] = {"anchor": anchor, "steps": len(per),
                                       "first_3_steps": mean(head, "rewards").round(4).tolist(),
-                                      "last_3_steps": mean(tail, "rewards").round(4).tolist(),
-                                      "scalarised_first_3": round(float(mean(head, "scalarised")), 4),
-                                      "scalarised_last_3": round(float(mean(tail, "scalarised")), 4),
-                                      "tchebycheff_first_3": round(float(mean(head, "tchebycheff")), 4),
-                                      "tchebycheff_last_3": round(float(mean(tail, "tchebycheff")), 4)}
+                                      "last_3_steps": mean(tail, "rewards").round(4).tolist()}
     speed = [r["rollout_tokens_per_s"] for r in recs if "rollout_tokens_per_s" in r]
     return {"recipe": run.config.to_dict(), "seconds": timings, "total_seconds": round(sum(timings.values()), 1),
             "best_of_n": rewards, "routers": routers,
