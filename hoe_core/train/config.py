@@ -48,7 +48,7 @@ class RouterConfig(JsonConfig):
 
     anchors: list[list[float]] = field(default_factory=list)  # trained anchors; [] -> covering_anchors(m, anchor_steps)
     anchor_steps: int = 2  # [] anchors: non-vertex points of the simplex grid of step 1/anchor_steps, + centre
-    steps: int = 60  # policy-gradient steps (each trains every anchor)
+    steps: int = 100  # policy-gradient steps (each trains every anchor; ~50 CPU-s each for SmolLM2, docs/TRAINING.md)
     prompts_per_step: int = 4  # prompts per step, shared by the anchors
     group_size: int = 4  # samples per (prompt, anchor) (the leave-one-out baseline averages the other k-1)
     temperature: float = 0.8
