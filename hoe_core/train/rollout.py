@@ -68,13 +68,14 @@ class OrtRollouts:
 
     def set_routers(self, tensors: dict[str, torch.Tensor]) -> None:
         """Current checkpoint tensors (canonical names, experts + routers) -> the graph's router inputs."""
+        import onnxruntime as ort
+
         from ..packing import pack
 
         arrays = {k: v.detach().float().cpu().numpy() for k, v in tensors.items()
                   if k.startswith((names.EXPERTS_PREFIX, names.ROUTERS_PREFIX))}
         packed = pack(arrays, self.groups, self.dtype)
-        ort = self.backend._ort
-        for name in self.router_inputs:  # new states bind these; the experts stay as loaded
+        for name in self.router_inputs:  # `infer` feeds backend.tensors; the experts stay as loaded
             self.backend.tensors[name] = ort.OrtValue.ortvalue_from_numpy(packed[name], self.backend.device, 0)
 
     def sample(self, prompts: list[list[int]], mixes: np.ndarray, n: int, max_new_tokens: int, eos_id: int,
