@@ -14,7 +14,6 @@ routers are constant), so those points are decoded once and reported for both (m
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import time
@@ -25,19 +24,14 @@ import torch
 from hoe.core import names
 from hoe.core.config import atomic_write_text
 from hoe.core.objectives import make_objectives, score_all
-from hoe.core.routing import route
+from hoe.core.routing import route, simplex_grid
 from tqdm import tqdm
 
-from .hypervolume import hypervolume, pareto_mask
+from .hypervolume import pareto_mask
 from .pareto_decode import decode, prefill, select
+from .pareto_stats import DECIMALS, rounded, uncertainty
 
 log = logging.getLogger(__name__)
-
-
-def simplex_grid(m: int, steps: int) -> list[list[float]]:
-    """Every point of the simplex whose coordinates are multiples of 1/steps (m=3, steps=4: 15 points)."""
-    pts = [c for c in itertools.product(range(steps + 1), repeat=m) if sum(c) == steps]
-    return [[v / steps for v in c] for c in sorted(pts, reverse=True)]
 
 
 def static_tensors(model) -> dict[str, torch.Tensor]:
@@ -170,7 +164,8 @@ def evaluate(cfg) -> dict:
     grid = simplex_grid(m, cfg.grid_steps)
     # Cache keys carry the hash of the weights each system runs on, so static/MOD/expert answers computed
     # with the same experts (e.g. before the routers were trained) are reused.
-    identity = {"config": {k: v for k, v in _public(cfg).items() if k != "checkpoint"}, "prompts": prompts}
+    decoding = {k: v for k, v in _public(cfg).items() if k not in ("checkpoint", "bootstrap", "seed")}
+    identity = {"config": decoding, "prompts": prompts}
     work = Path(cfg.work) if cfg.work else None
     runner = Runner(codec, cfg.max_new_tokens, cfg.batch_rows, AnswerCache(work and work / "answers.json", identity))
     static = static_tensors(model)
@@ -199,44 +194,54 @@ def evaluate(cfg) -> dict:
     for i, texts in zip(mixed, runner.mod(model, ids, [grid[i] for i in mixed], static, cfg.mod_chunk, static_tag)):
         answers["mod"][i] = texts
 
-    def mean_rewards(texts):
-        return score_all(objectives, prompts, texts).mean(0)
-
-    scores = {name: [mean_rewards(t) for t in rows] for name, rows in answers.items()}
-    return report(cfg, hc, grid, scores, answers, prompts, own, vertices, runner.seconds)
+    per_prompt = {name: rounded([score_all(objectives, prompts, t) for t in rows]) for name, rows in answers.items()}
+    return report(cfg, hc, grid, per_prompt, answers, prompts, own, vertices, runner.seconds)
 
 
-def _system(points, rewards, ref, notes=None, note="") -> dict:
-    pts = np.asarray(rewards)
-    out = {"points": [], "hypervolume": round(hypervolume(pts, ref), 6), "note": note}
-    front = pareto_mask(pts)
-    for i, (p, r) in enumerate(zip(points, pts)):
-        row = {"preference": p, "rewards": r.round(5).tolist(), "on_front": bool(front[i])}
+def _system(points, per_prompt: np.ndarray, stats: dict, name: str, notes=None, note="") -> dict:
+    """One system's entry: mean rewards per point with their intervals, hypervolume, per-prompt rewards."""
+    means = per_prompt.mean(axis=1)  # [G, m]
+    out = {"points": [], "hypervolume": stats["hypervolume"][name], "hypervolume_ci95": stats["hypervolume_ci95"][name],
+           "note": note}
+    front = pareto_mask(means)
+    for i, (p, r) in enumerate(zip(points, means)):
+        row = {"preference": p, "rewards": r.round(DECIMALS).tolist(), "rewards_ci95": stats["rewards_ci95"][name][i],
+               "on_front": bool(front[i])}
         if notes:
             row.update(notes[i])
         out["points"].append(row)
+    out["per_prompt_rewards"] = per_prompt.tolist()  # [G][n][m]
     return out
 
 
-def report(cfg, hc, grid, scores, answers, prompts, own, vertices, seconds) -> dict:
+def report(cfg, hc, grid, per_prompt, answers, prompts, own, vertices, seconds) -> dict:
+    """per_prompt: {"hoe" | "static" | "mod": [G, n, m], "base": [1, n, m]} at the stored precision."""
     ref = list(cfg.reference_point or [0.0] * hc.n_objectives)
-    systems = {
-        "hoe": _system(grid, scores["hoe"], ref, [{"same_as_static": i not in own} for i in range(len(grid))],
-                       "trained routers + preference routing"),
-        "static": _system(grid, scores["static"], ref, note="constant routers, g = λ (Rewarded-Soups-like)"),
-        "mod": _system(grid, scores["mod"], ref, note="log-prob mixing of the single-expert models, "
-                                                      "one forward per expert"),
-        "experts": _system([grid[i] for i in vertices], [scores["static"][i] for i in vertices], ref,
-                           note="the three single-objective experts alone (vertices)"),
-        "base": _system([None], scores["base"], ref, note="SmolLM2-135M-Instruct without experts"),
-    }
+    rows = {"hoe": (grid, per_prompt["hoe"]), "static": (grid, per_prompt["static"]),
+            "mod": (grid, per_prompt["mod"]), "experts": ([grid[i] for i in vertices], per_prompt["static"][vertices]),
+            "base": ([None], per_prompt["base"])}
     for i, name in zip(vertices, hc.objectives):
-        systems[f"expert:{name}"] = _system([grid[i]], [scores["static"][i]], ref, note="one expert alone")
-    example = {name: {str(grid[i] if name != "base" else "base"): rows[i][0]
-                      for i in range(len(rows))} for name, rows in answers.items()}
+        rows[f"expert:{name}"] = ([grid[i]], per_prompt["static"][[i]])
+    stats = uncertainty(grid, {k: v[1] for k, v in rows.items()}, ref, cfg.bootstrap, cfg.seed)
+    same = [{"same_as_static": i not in own} for i in range(len(grid))]
+    notes = {"hoe": ("trained routers + preference routing", same),
+             "static": ("constant routers, g = λ (Rewarded-Soups-like)", None),
+             "mod": ("log-prob mixing of the single-expert models, one forward per expert", None),
+             "experts": ("the single-objective experts alone (vertices)", None),
+             "base": ("the base model without experts", None)}
+    systems = {}
+    for name, (points, pp) in rows.items():
+        note, point_notes = notes.get(name, ("one expert alone", None))
+        systems[name] = _system(points, pp, stats, name, point_notes, note)
+    example = {name: {str(grid[i] if name != "base" else "base"): texts[i][0]
+                      for i in range(len(texts))} for name, texts in answers.items()}
     return {"objectives": hc.objectives, "n_prompts": len(prompts), "max_new_tokens": cfg.max_new_tokens,
             "decoding": "greedy", "grid": grid, "reference_point": ref, "anchors": hc.anchors,
             "mod_mixing": "next token = argmax_a Σ_i λ_i log π_i(a|s) over experts with λ_i > 0",
+            "bootstrap": {"resamples": cfg.bootstrap, "seed": cfg.seed, "unit": "prompt (paired across systems)",
+                          "interval": "95% percentile"},
+            "comparisons": stats["comparisons"], "grid_wins_vs_static": stats.get("grid_wins_vs_static"),
+            "grid_wins_vs_static_non_vertex": stats.get("grid_wins_vs_static_non_vertex"),
             "systems": systems, "seconds": {k: round(v, 1) for k, v in seconds.items()},
             "example_prompt": prompts[0], "example_answers": example, "config": _public(cfg)}
 

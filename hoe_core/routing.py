@@ -2,8 +2,15 @@
 
     λ_usr ──► N nearest anchors ──► w = argmin_{w ≥ 0, Σw = 1} ‖Σ_k w_k λ^(k) − λ_usr‖² ──► router_mix [K]
 
-`router_mix[k]` is the weight of router expert k; anchors not among the N nearest get 0.
+`router_mix[k]` is the weight of router expert k; anchors not used get 0.
 The runtime calls `route` once per preference change, on the host.
+
+Where our routing differs from the paper's "N nearest anchors": with more anchors than vertices the N nearest
+often do not contain λ_usr in their hull (7 covering anchors, N = 3: 25% of uniform random preferences, off by up
+to 0.16), and their best convex fit then serves another preference. When that happens `route` uses, among the
+2N nearest anchors, the set of at most N anchors that contains λ_usr with the smallest sum of distances to it
+(an exact representation by near anchors); only when no such set exists (λ_usr outside the anchors' hull) does
+it keep the N nearest's best convex fit. When the N nearest contain λ_usr, nothing changes.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from .errors import ConfigError, PreferenceError
 
 # Exact subset enumeration is used up to this many anchors (2^12 - 1 tiny solves).
 _MAX_EXACT_ANCHORS = 12
+_EXACT = 1e-9  # a convex fit this close to the preference represents it exactly
 
 
 def validate_preference(preference: Sequence[float] | np.ndarray, n_objectives: int) -> np.ndarray:
@@ -120,9 +128,55 @@ def route(
     if n < 1:
         raise ConfigError(f"n_route must be >= 1, got {n}")
     chosen = nearest_anchors(pref, anchors, n)
+    weights = simplex_lstsq(anchors[chosen], pref)
+    if np.linalg.norm(weights @ anchors[chosen] - pref) > _EXACT:
+        chosen, weights = _containing_set(pref, anchors, n, (chosen, weights))
     mix = np.zeros(anchors.shape[0])
-    mix[chosen] = simplex_lstsq(anchors[chosen], pref)
+    mix[chosen] = weights
     return mix
+
+
+def _containing_set(pref: np.ndarray, anchors: np.ndarray, n: int, fallback):
+    """(indices, convex weights) of the subset of at most n of the 2n nearest anchors that holds `pref` in its
+    hull with the smallest sum of distances to it; `fallback` when none does."""
+    cand = nearest_anchors(pref, anchors, 2 * n)
+    dist = np.linalg.norm(anchors[cand] - pref[None, :], axis=1)
+    best, best_cost = fallback, np.inf
+    for size in range(1, min(n, len(cand)) + 1):
+        for subset in itertools.combinations(range(len(cand)), size):
+            cost = float(dist[list(subset)].sum())
+            if cost >= best_cost - 1e-12:
+                continue
+            idx = cand[list(subset)]
+            w, unique = _affine_lstsq(anchors[idx], pref)
+            if unique and np.all(w >= -1e-12) and np.linalg.norm(w @ anchors[idx] - pref) <= _EXACT:
+                best, best_cost = (idx, _snap(w)), cost
+    return best
+
+
+def simplex_grid(m: int, steps: int) -> list[list[float]]:
+    """Every point of the simplex whose coordinates are multiples of 1/steps (m=3, steps=4: 15 points),
+    vertices first in lexicographically decreasing order."""
+    pts = [c for c in itertools.product(range(steps + 1), repeat=m) if sum(c) == steps]
+    return [[v / steps for v in c] for c in sorted(pts, reverse=True)]
+
+
+def covering_anchors(m: int, steps: int = 2) -> list[list[float]]:
+    """Interior anchors that, with the m vertices, cover the simplex: the non-vertex points of the grid of step
+    1/steps, plus the centre when the grid lacks it. m=3: steps=2 -> the 3 edge midpoints and the centre
+    (7 anchors with the vertices); steps=4 -> 12 points (15 with the vertices).
+
+    With these anchors and n_route = m, every point of a grid of step 1/(2·steps) or finer tested in
+    tests/core/test_routing.py lies in the hull of its m nearest anchors, so routing reproduces it exactly
+    and every non-vertex preference gets weight on trained anchors.
+    """
+    if m < 2 or steps < 1:
+        raise ConfigError(f"covering anchors need m >= 2 objectives and steps >= 1, got m={m}, steps={steps}")
+    out = [p for p in simplex_grid(m, steps) if max(p) < 1.0]
+    centre = [1.0 / m] * m
+    if not any(np.allclose(p, centre) for p in out):
+        out.append(centre)
+    return out
 
 
 def route_batch(preferences, anchors, n_route: int | None = None) -> np.ndarray:

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..config import atomic_write_text
 from ..objectives import _BUILDERS, CharFrequency
 from .config import RecipeConfig
+from .tchebycheff import tchebycheff
 
 
 def _objective_rows(names: list[str]) -> list[str]:
@@ -27,13 +28,27 @@ def pareto_section(out: Path) -> list[str]:
     if not path.is_file():
         return ["Run `hoe bench pareto` to add the Pareto evaluation (pareto.json, pareto.png)."]
     data = json.loads(path.read_text())
+    boot = data.get("bootstrap")
     lines = [f"Held-out prompts: {data['n_prompts']}, greedy, {data['max_new_tokens']} new tokens, "
-             f"{len(data['grid'])} preferences; reference point {data['reference_point']}.", "",
-             "| system | hypervolume | note |", "|---|---|---|"]
+             f"{len(data['grid'])} preferences; reference point {data['reference_point']}."
+             + (f" Intervals: 95% percentile bootstrap over prompts ({boot['resamples']} resamples, seed "
+                f"{boot['seed']}, paired across systems)." if boot else ""), "",
+             "| system | hypervolume | ci95 | note |", "|---|---|---|---|"]
     for name, sys in data["systems"].items():
-        lines.append(f"| {name} | {sys['hypervolume']:.4f} | {sys.get('note', '')} |")
+        ci = sys.get("hypervolume_ci95")
+        lines.append(f"| {name} | {sys['hypervolume']:.4f} | {_ci(ci)} | {sys.get('note', '')} |")
+    if data.get("comparisons"):
+        lines += ["", "| comparison | HV difference | ci95 |", "|---|---|---|"]
+        lines += [f"| {k} | {c['hv_diff']:+.4f} | {_ci(c['ci95'], '+')} |" for k, c in data["comparisons"].items()]
+        lines += ["", f"HoE's scalarised reward Σ λ_i R_i is ≥ static mixing's at {data['grid_wins_vs_static']:.2f} of "
+                  f"the grid preferences ({data['grid_wins_vs_static_non_vertex']:.2f} of the non-vertex ones; at the "
+                  "vertices both are the expert alone)."]
     lines += ["", "![Pareto fronts](pareto.png)", "", *steering_lines(data)]
     return lines
+
+
+def _ci(ci, sign: str = "") -> str:
+    return "–" if ci is None else f"[{ci[0]:{sign}.4f}, {ci[1]:{sign}.4f}]"
 
 
 def steering_lines(data: dict) -> list[str]:
@@ -53,8 +68,17 @@ def steering_lines(data: dict) -> list[str]:
     return lines
 
 
+def _dot(a, b) -> float:
+    return float(sum(x * y for x, y in zip(a, b)))
+
+
+def _anchors(anchors) -> str:
+    return ", ".join(_fmt(a) for a in anchors)
+
+
 def write_card(out: Path, cfg: RecipeConfig, summary: dict) -> Path:
     s, e, r = cfg.sample, cfg.expert, cfg.router
+    trained = [info["anchor"] for info in summary["routers"].values()] or cfg.trained_anchors
     secs = summary["seconds"]
     best = summary["best_of_n"]
     lines = [
@@ -80,11 +104,19 @@ def write_card(out: Path, cfg: RecipeConfig, summary: dict) -> Path:
         f"2. **Experts** (level 1): per objective, a PEFT LoRA (r={e.rank}, alpha={e.alpha}, "
         f"{', '.join(e.target_modules)}) fine-tuned on prompt → best candidate for that objective "
         f"({e.epochs} epochs, AdamW lr {e.lr}, batch {e.batch_size}, loss on answer tokens).",
-        f"3. **Routers** (level 2) at anchors {cfg.trained_anchors}: base and experts frozen, router rows of the "
-        f"anchor trained by REINFORCE with a leave-one-out baseline ({r.prompts_per_step} prompts × "
-        f"{r.group_size} samples per step, {r.steps} steps, Adam lr {r.lr_weight} (weights) / {r.lr_bias} "
-        f"(biases)) on Σ_i w_i A_i, with Tchebycheff scalarisation and OMD weights "
-        f"w_i ∝ w_i·exp({r.omd_eta}·λ_i·(z*_i − R_i)); z* = best-of-n mean reward {_fmt(best['best_of_n_mean'])}. "
+        f"3. **Routers** (level 2) at the {len(trained)} anchors {_anchors(trained)}, all "
+        f"trained together: base and experts frozen; each step {r.prompts_per_step} prompts × "
+        f"{len(trained)} anchors × {r.group_size} samples in one batch (T={r.temperature}, top-p "
+        f"{r.top_p}, at most {r.max_new_tokens} tokens), sampled by "
+        + ("our onnxruntime runtime on an export of the model, fed the current routers every step"
+           if r.rollout == "ort" else "the PyTorch reference")
+        + f"; {r.steps} steps, Adam lr {r.lr_weight} (weights) / {r.lr_bias} (biases), gradient clip {r.grad_clip}. "
+        "**Estimator**: REINFORCE with a leave-one-out baseline on teacher-forced PyTorch log-probs, loss "
+        "−Σ_rows (Σ_i w_i Â_i) Σ_t log π(a_t|s_t) / #tokens, with Â_i the leave-one-out advantage of objective i"
+        + (" divided by its batch standard deviation (reward normalisation)" if r.normalise else "")
+        + f"; Tchebycheff scalarisation with OMD weights per anchor w_i ∝ w_i·exp({r.omd_eta}·λ_i·(z*_i − R_i)), "
+        f"z* = best-of-n mean reward {_fmt(best['best_of_n_mean'])}. No KL or entropy term (on-policy samples "
+        "every step; the routers only re-mix frozen experts). The paper uses PPO. "
         "Vertex anchors keep constant routers (one expert each).", "",
         "Commands (seed " + str(cfg.seed) + f", {cfg.threads} torch thread(s)):", "", "```",
         "hoe train all            # = hoe train experts && hoe train routers (resumable)",
@@ -95,9 +127,20 @@ def write_card(out: Path, cfg: RecipeConfig, summary: dict) -> Path:
         f"Base samples, mean reward: {_fmt(best['base_mean'])}; best-of-n candidate mean: "
         f"{_fmt(best['best_of_n_mean'])} ({', '.join(cfg.objectives)}).",
     ]
-    for stage, info in summary["routers"].items():
-        lines.append(f"{stage} (anchor {info['anchor']}): sampled reward first 3 steps {_fmt(info['first_3_steps'])}"
-                     f" → last 3 steps {_fmt(info['last_3_steps'])}.")
+    if summary["routers"]:
+        lines += ["", "Per trained anchor, mean sampled reward (first 3 → last 3 steps) and the scalarised reward "
+                  "Σ λ_i R_i and Tchebycheff min_i λ_i (R_i − z*_i) of those means (the first steps are static "
+                  "mixing):", "",
+                  "| anchor | rewards first 3 | rewards last 3 | Σ λ_i R_i | Tchebycheff |", "|---|---|---|---|---|"]
+    z_star = best["best_of_n_mean"]
+    for info in summary["routers"].values():
+        lam, first, last = info["anchor"], info["first_3_steps"], info["last_3_steps"]
+        lines.append(f"| {_fmt(lam)} | {_fmt(first)} | {_fmt(last)} | "
+                     f"{_dot(lam, first):.3f} → {_dot(lam, last):.3f} | "
+                     f"{tchebycheff(lam, first, z_star):.3f} → {tchebycheff(lam, last, z_star):.3f} |")
+    roll = summary.get("rollout") or {}
+    if roll.get("tokens_per_s_median"):
+        lines += ["", f"Rollouts: {roll['backend']}, median {roll['tokens_per_s_median']:.0f} sampled tokens/s."]
     lines += ["", "![training curves](training_curves.png)", "", "## Pareto evaluation", "", *pareto_section(out), "",
               "## Limits", "",
               f"A 135M model, {s.max_new_tokens}-token answers and cheap proxy rewards: relevance by embedding "

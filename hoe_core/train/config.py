@@ -1,7 +1,7 @@
 """Configuration of the HoE training recipe (torch-free), one dataclass per stage, saved as `recipe.json`.
 
-The defaults are the recipe that produced `models/smollm2-hoe/` (see its MODEL_CARD.md): sized to run in
-well under an hour on 2 CPU cores.
+The defaults are the recipe for `models/smollm2-hoe/` (see its MODEL_CARD.md and docs/TRAINING.md): sized to
+run in about 3 hours on 2 quiet CPU cores.
 """
 
 from __future__ import annotations
@@ -46,18 +46,21 @@ class ExpertConfig(JsonConfig):
 class RouterConfig(JsonConfig):
     """Router training at interior anchors: Tchebycheff + online mirror descent + REINFORCE (leave-one-out)."""
 
-    anchors: list[list[float]] = field(default_factory=list)  # trained anchors; [] -> the uniform preference
-    steps: int = 8  # policy-gradient steps per trained anchor
-    prompts_per_step: int = 6
-    group_size: int = 4  # samples per prompt (the leave-one-out baseline averages the other group_size-1)
+    anchors: list[list[float]] = field(default_factory=list)  # trained anchors; [] -> covering_anchors(m, anchor_steps)
+    anchor_steps: int = 2  # [] anchors: non-vertex points of the simplex grid of step 1/anchor_steps, + centre
+    steps: int = 100  # policy-gradient steps (each trains every anchor; ~50 CPU-s each for SmolLM2, docs/TRAINING.md)
+    prompts_per_step: int = 4  # prompts per step, shared by the anchors
+    group_size: int = 4  # samples per (prompt, anchor) (the leave-one-out baseline averages the other k-1)
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = 40
-    lr_weight: float = 3e-4  # Adam lr of router weights [E, in]
+    lr_weight: float = 1e-3  # Adam lr of router weights [E, in]
     lr_bias: float = 3e-2  # Adam lr of router biases [E]
     omd_eta: float = 4.0  # mirror-descent step of the objective weights w
+    normalise: bool = True  # divide each objective's advantages by its batch std (tchebycheff.py)
     grad_clip: float = 1.0
-    save_every: int = 4  # steps between resumable saves
+    grad_rows: int = 16  # rows per teacher-forced forward/backward (gradients accumulate; bounds memory)
+    rollout: str = "ort"  # "ort": our onnxruntime runtime on an export of the model (rollout.py); "torch"
 
 
 @dataclass
@@ -79,6 +82,8 @@ class RecipeConfig:
     def __post_init__(self) -> None:
         if not self.objectives:
             raise ConfigError("objectives must name at least one objective, got []")
+        if self.router.rollout not in ("ort", "torch"):
+            raise ConfigError(f"router.rollout must be 'ort' or 'torch', got {self.router.rollout!r}")
         if self.sample.n_samples < 1 or self.router.group_size < 2:
             raise ConfigError(f"n_samples must be >= 1 and group_size >= 2, got {self.sample.n_samples}, "
                               f"{self.router.group_size}")
@@ -91,8 +96,10 @@ class RecipeConfig:
 
     @property
     def trained_anchors(self) -> list[list[float]]:
-        m = len(self.objectives)
-        return self.router.anchors or [[1.0 / m] * m]
+        """The interior anchors whose routers are trained (the vertices keep constant routers)."""
+        from ..routing import covering_anchors
+
+        return self.router.anchors or covering_anchors(len(self.objectives), self.router.anchor_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (getattr(self, f.name).to_dict() if f.name in self._NESTED else getattr(self, f.name))
@@ -100,6 +107,7 @@ class RecipeConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RecipeConfig:
+        data = _migrate(data)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -119,3 +127,18 @@ class RecipeConfig:
         if not path.is_file():
             raise ConfigError(f"RecipeConfig: file not found: {path}")
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A recipe saved before the joint router stage (router.save_every present; e.g. the training.json of the
+    committed model) means: no reward normalisation, PyTorch rollouts, and `anchors: []` = the uniform anchor."""
+    router = data.get("router")
+    if not isinstance(router, dict) or "save_every" not in router:
+        return data
+    router = {k: v for k, v in router.items() if k != "save_every"}
+    router.setdefault("normalise", False)
+    router.setdefault("rollout", "torch")
+    if not router.get("anchors"):
+        m = len(data.get("objectives") or DEFAULT_OBJECTIVES)
+        router["anchors"] = [[1.0 / m] * m]
+    return {**data, "router": router}

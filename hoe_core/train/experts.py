@@ -25,7 +25,7 @@ from .config import ExpertConfig, SampleConfig
 from .data import ChatCodec, sentence_prefixes
 from .lm import answer_logprobs
 from .sampling import sample
-from .state import RunState
+from .state import RunState, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def sample_answers(model, codec: ChatCodec, prompts: list[str], cfg: SampleConfi
                    out: Path) -> list[dict]:
     """n answers per prompt from `model`, appended to `out` (JSONL) batch by batch; finished batches
     are kept when resumed. -> rows {"prompt", "answers": [text], "finished": [bool]}"""
-    rows = [json.loads(x) for x in out.read_text().splitlines()] if out.is_file() else []
+    rows = read_jsonl(out)  # batches finished before an interruption (a partial last line is dropped)
     start = len(rows)
     batches = range(start, len(prompts), cfg.batch_prompts)
     for b in tqdm(batches, desc="best-of-n sampling", unit="batch", initial=start // cfg.batch_prompts,
@@ -112,6 +112,7 @@ def sft_adapter(base, codec: ChatCodec, data: list[tuple[str, str, bool]], cfg: 
 
     from peft import LoraConfig, get_peft_model
 
+    run.drop_records(stage, 0)  # an interrupted attempt restarts this expert from scratch
     torch.manual_seed(seed)
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=list(cfg.target_modules))
     model = get_peft_model(copy.deepcopy(base), lora)

@@ -76,3 +76,36 @@ def answer_logprobs(model, prompts: list[list[int]], answers: list[list[int]], p
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [B, A, V]
     token_logp = logp.gather(-1, a_ids[..., None]).squeeze(-1)  # [B, A]
     return token_logp * a_mask, a_mask
+
+
+def grouped_answer_logprobs(model, prompts: list[list[int]], answers: list[list[int]], k: int, pad_id: int,
+                            router_mix=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`answer_logprobs` for k answers per prompt, the prompt computed once per group (same values, same gradient).
+
+        prompts [U] (+ router_mix [U, K])  ─► one pass with a KV cache ─► cache and last logits repeated k times
+        answers [U·k] (row u·k + j answers prompt u) ─► answer tokens 0 .. A-2 on top of the shared cache
+
+    -> (logp [U·k, A], mask [U·k, A]); gradients flow through the shared prompt pass (autograd sums the k uses).
+    """
+    if len(answers) != k * len(prompts):
+        raise ValueError(f"expected {k} answers per prompt ({k * len(prompts)}), got {len(answers)}")
+    p_ids, p_mask = left_pad(prompts, pad_id)  # [U, P]
+    last, cache = forward_logits(model, p_ids, p_mask, positions(p_mask), keep=1, router_mix=router_mix)
+    width = max(1, max(len(a) for a in answers))
+    a_ids = torch.full((len(answers), width), pad_id, dtype=torch.long)
+    a_mask = torch.zeros((len(answers), width), dtype=torch.long)
+    for i, a in enumerate(answers):
+        a_ids[i, :len(a)] = torch.tensor(a, dtype=torch.long)
+        a_mask[i, :len(a)] = 1
+    logits = last.repeat_interleave(k, dim=0)  # [U·k, 1, V] predicts answer token 0
+    if width > 1:
+        cache.batch_repeat_interleave(k)
+        mix = router_mix.repeat_interleave(k, dim=0) if router_mix is not None and router_mix.shape[0] > 1 \
+            else router_mix
+        mask = torch.cat([p_mask.repeat_interleave(k, dim=0), a_mask[:, :-1]], dim=1)  # [U·k, P+A-1]
+        pos = positions(mask)[:, p_ids.shape[1]:]
+        rest, _ = forward_logits(model, a_ids[:, :-1], mask, pos, cache=cache, router_mix=mix)  # [U·k, A-1, V]
+        logits = torch.cat([logits, rest], dim=1)
+    logp = torch.log_softmax(logits.float(), dim=-1)  # [U·k, A, V]
+    token_logp = logp.gather(-1, a_ids[..., None]).squeeze(-1)
+    return token_logp * a_mask, a_mask

@@ -2,11 +2,12 @@
 
     experts:  sample (best-of-n from the base) → score → expert:<objective> (SFT, one per objective)
               → assemble (experts + constant vertex routers)                      WORK/experts_ckpt
-    routers:  router:<j> for each trained anchor (Tchebycheff/OMD policy gradient)
+    routers:  rollout_export (ORT rollouts: the model exported once, routers fed as graph inputs every step)
+              → routers (every trained anchor together, Tchebycheff/OMD policy gradient)
               → final fp16 checkpoint, training curves, model card               OUT/
 
-A stage whose name is in WORK/state.json is skipped; the sampling and router stages also resume
-inside the stage (per batch, per `save_every` steps).
+A stage whose name is in WORK/state.json is skipped; the sampling, SFT and router stages also resume inside
+the stage (per batch / per step). What a later session needs to resume is listed in docs/TRAINING.md.
 """
 
 from __future__ import annotations
@@ -127,10 +128,16 @@ def router_setup(base, experts_ckpt: HoECheckpoint, cfg: RecipeConfig):
     return HoEModel(base, config, experts_ckpt.experts, routers)
 
 
+ROUTER_STAGE = "routers"
+ROLLOUT_EXPORT = "rollout_export"
+
+
 def train_routers(cfg: RecipeConfig, work: str | Path, out: str | Path, force: bool = True) -> Path:
-    """Stages router:<j> for each trained anchor, then the fp16 checkpoint + curves + card in OUT."""
+    """Stages rollout_export (ORT rollouts only) and routers (every trained anchor), then the fp16 checkpoint,
+    curves and card in OUT."""
     from ..loading import load_base
-    from .routers import load_router_state, make_optimizer, router_params, train_anchor
+    from .rollout import make_rollouts
+    from .routers import train_anchors
 
     run = RunState(work, cfg)
     if not run.is_done("assemble"):
@@ -143,17 +150,43 @@ def train_routers(cfg: RecipeConfig, work: str | Path, out: str | Path, force: b
     objectives = make_objectives(cfg.objectives)
     prompts = load_prompts(cfg.train_prompts or default_prompts("train"), cfg.n_prompts)
     z_star = np.asarray(json.loads((run.work / "rewards.json").read_text())["best_of_n_mean"])
+    export_dir = None
+    if cfg.router.rollout == "ort":
+        export_dir = run.work / ROLLOUT_EXPORT
+        if not run.is_done(ROLLOUT_EXPORT) or not (export_dir / "hoe_config.json").is_file():  # a cache
+            timer(ROLLOUT_EXPORT, export_for_rollouts, model, folder, run.work, export_dir)
+            run.mark_done(ROLLOUT_EXPORT)
     m = len(cfg.objectives)
-    for j in range(len(cfg.trained_anchors)):
-        stage = f"router:{j}"
-        if run.is_done(stage):  # restore what that stage trained (its state holds every router row)
-            params = router_params(model)
-            load_router_state(run.work / stage, params, make_optimizer(params, cfg.router))
-            continue
-        timer(stage, train_anchor, model, codec, prompts, objectives, m + j, z_star, cfg.router,
-              cfg.seed + 100 + j, run, stage)
-        run.mark_done(stage)
+    rows = list(range(m, m + len(cfg.trained_anchors)))
+    if not run.is_done(ROUTER_STAGE):
+        rollouts = make_rollouts(cfg.router.rollout, model, export_dir, cfg.threads)
+        timer(ROUTER_STAGE, train_anchors, model, codec, prompts, objectives, rows, z_star, cfg.router,
+              cfg.seed + 100, run, ROUTER_STAGE, rollouts)
+        run.mark_done(ROUTER_STAGE)
+    else:  # restore what the stage trained
+        from .routers import load_router_state, make_optimizer, router_params
+
+        params = router_params(model)
+        if load_router_state(run.work / ROUTER_STAGE, params, make_optimizer(params, cfg.router)) is None:
+            raise ConfigError(f"{run.work}/state.json marks stage {ROUTER_STAGE} done but "
+                              f"{run.work / ROUTER_STAGE} holds no router state")
     return finish(model, run, Path(out), force)
+
+
+def export_for_rollouts(model, base_folder: Path, work: Path, export_dir: Path) -> Path:
+    """ONNX export of the model being trained (experts fixed; routers are graph inputs, fed every step).
+
+    Only the base and the experts matter (routers are rebound each step), so the export is made once per work
+    folder; it is a cache: a fresh machine rebuilds it from WORK/experts_ckpt (deterministic, minutes).
+    """
+    from hoe.export.onnx_export import ExportConfig, export
+
+    ckpt_dir = work / "rollout_ckpt"
+    tensors = model.named_tensors()
+    part = lambda prefix: {k: v.detach() for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+    HoECheckpoint(model.config, part("experts."), part("routers.")).save(ckpt_dir, overwrite=True)
+    export(base_folder, ckpt_dir, export_dir, ExportConfig(validate=False, force=True, threads=1))
+    return export_dir
 
 
 def finish(model, run: RunState, out: Path, force: bool) -> Path:
@@ -175,7 +208,7 @@ def finish(model, run: RunState, out: Path, force: bool) -> Path:
     for name in ("hoe.json", "experts.safetensors", "routers.safetensors"):
         (staging / name).replace(out / name)
     staging.rmdir()
-    plot_curves(run.records(), run.config.objectives, out / "training_curves.png")
+    plot_curves(run.records(), run.config.objectives, out / "training_curves.png", run.config.trained_anchors)
     summary = training_summary(run)
     atomic_write_text(out / "training.json", json.dumps(summary, indent=2) + "\n")
     write_card(out, run.config, summary)
@@ -186,12 +219,19 @@ def finish(model, run: RunState, out: Path, force: bool) -> Path:
 def training_summary(run: RunState) -> dict:
     timings = json.loads((run.work / "timings.json").read_text()) if (run.work / "timings.json").is_file() else {}
     rewards = json.loads((run.work / "rewards.json").read_text())
+    recs = run.records(ROUTER_STAGE)
+    anchors = run.config.trained_anchors
     routers = {}
-    for j in range(len(run.config.trained_anchors)):
-        recs = run.records(f"router:{j}")
-        if recs:
-            first, last = np.mean([r["rewards"] for r in recs[:3]], 0), np.mean([r["rewards"] for r in recs[-3:]], 0)
-            routers[f"router:{j}"] = {"anchor": run.config.trained_anchors[j], "first_3_steps": first.round(4).tolist(),
-                                      "last_3_steps": last.round(4).tolist(), "steps": len(recs)}
+    for a, anchor in enumerate(anchors):
+        per = [r["anchors"][a] for r in recs if "anchors" in r]
+        if per:
+            head, tail = per[:3], per[-3:]
+            mean = lambda rows, key: np.mean([r[key] for r in rows], 0)  # noqa: E731
+            routers[f"anchor:{a}"] = {"anchor": anchor, "steps": len(per),
+                                      "first_3_steps": mean(head, "rewards").round(4).tolist(),
+                                      "last_3_steps": mean(tail, "rewards").round(4).tolist()}
+    speed = [r["rollout_tokens_per_s"] for r in recs if "rollout_tokens_per_s" in r]
     return {"recipe": run.config.to_dict(), "seconds": timings, "total_seconds": round(sum(timings.values()), 1),
-            "best_of_n": rewards, "routers": routers}
+            "best_of_n": rewards, "routers": routers,
+            "rollout": {"backend": run.config.router.rollout,
+                        "tokens_per_s_median": round(float(np.median(speed)), 2) if speed else None}}

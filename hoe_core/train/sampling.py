@@ -31,13 +31,15 @@ def sample(model, prompts: list[list[int]], n: int, max_new_tokens: int, eos_id:
            temperature: float = 0.8, top_p: float = 1.0, seed: int = 0, router_mix=None) -> Samples:
     """n answers per prompt (rows grouped by prompt: prompt 0's n answers first). Greedy at temperature 0.
 
-    router_mix: [1 or B, K] for a HoEModel ([B, K] only with n == 1).
+    router_mix: [1 or B, K] for a HoEModel (row b's n answers all use row b's mix).
     """
     gen = torch.Generator().manual_seed(seed)
     ids, mask = left_pad(prompts, pad_id)  # [B, T]
     logits, cache = forward_logits(model, ids, mask, positions(mask), keep=1, router_mix=router_mix)
     logits = logits[:, -1].repeat_interleave(n, dim=0)  # [B·n, V]
     cache = repeat_cache(cache, n)
+    if router_mix is not None and router_mix.shape[0] > 1:
+        router_mix = router_mix.repeat_interleave(n, dim=0)  # [B·n, K]
     mask = mask.repeat_interleave(n, dim=0)
     rows = logits.shape[0]
     done = torch.zeros(rows, dtype=torch.bool)

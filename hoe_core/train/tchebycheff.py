@@ -9,7 +9,11 @@ For an anchor λ and an ideal point z* (HOE_METHOD.md, level 2):
 The max-min is smoothed by OMD: w starts at λ and follows the objective whose weighted gap to z* is
 largest, so the gradient pushes the worst-off objective, which is what the min does.
 Our estimator is REINFORCE with a leave-one-out baseline (the paper uses PPO): a group of k answers per
-prompt, A_i(answer j) = R_i(j) − mean_{l≠j} R_i(l).
+prompt, A_i(answer j) = R_i(j) − mean_{l≠j} R_i(l), then (reward normalisation) divided per objective by the
+standard deviation of that objective's rewards in the anchor's batch, so that w, not the objectives' very
+different spreads (conciseness varies far more than relevance), decides which objective the gradient pushes:
+
+    Â_i(j) = A_i(j) / (std_batch(R_i) + ε),    advantage(j) = Σ_i w_i Â_i(j)
 """
 
 from __future__ import annotations
@@ -47,6 +51,14 @@ def loo_advantages(rewards: np.ndarray) -> np.ndarray:
     return rewards - others
 
 
-def scalarised_advantages(rewards: np.ndarray, w) -> np.ndarray:
-    """rewards [P, k, m], OMD weights w [m] -> Σ_i w_i A_i, [P, k]."""
-    return loo_advantages(rewards) @ np.asarray(w, float)
+def normalised_advantages(rewards: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+    """rewards [P, k, m] -> leave-one-out advantages divided by each objective's batch std, [P, k, m]."""
+    adv = loo_advantages(rewards)
+    std = np.asarray(rewards, float).reshape(-1, adv.shape[-1]).std(axis=0)  # [m]
+    return adv / (std + eps)
+
+
+def scalarised_advantages(rewards: np.ndarray, w, normalise: bool = False) -> np.ndarray:
+    """rewards [P, k, m], OMD weights w [m] -> Σ_i w_i A_i (normalised per objective if asked), [P, k]."""
+    adv = normalised_advantages(rewards) if normalise else loo_advantages(rewards)
+    return adv @ np.asarray(w, float)

@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,10 +12,12 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
 from hoe.bench.hypervolume import hypervolume  # noqa: E402
 from hoe.bench.pareto import ParetoConfig, run, summary_lines  # noqa: E402
 from hoe.bench.pareto_decode import decode, prefill, select  # noqa: E402
-from hoe.bench.pareto_eval import simplex_grid, static_tensors  # noqa: E402
+from hoe.bench.pareto_eval import static_tensors  # noqa: E402
+from hoe.bench.pareto_stats import check_consistency  # noqa: E402
 from hoe.core.checkpoint import HoECheckpoint  # noqa: E402
 from hoe.core.generate import generate  # noqa: E402
 from hoe.core.loading import hoe_from_checkpoint, load_base  # noqa: E402
+from hoe.core.routing import simplex_grid  # noqa: E402
 from hoe.core.train.data import ChatCodec  # noqa: E402
 from hoe.core.train.lm import left_pad  # noqa: E402
 from tiny_chat import tiny_chat_hoe, write_prompts  # noqa: E402
@@ -115,7 +118,13 @@ def test_pareto_report(tiny):
         if max(p) == 1.0:  # at a vertex every system is the expert alone
             assert mod[i]["rewards"] == static[i]["rewards"]
     assert len(systems["experts"]["points"]) == 3 and len(systems["base"]["points"]) == 1
-    assert len(summary_lines(result)) == 1 + len(systems)
+    assert len(summary_lines(result)) == 1 + len(systems) + 2 + 1  # systems, 2 comparisons, win fraction
+    saved = json.loads((tmp / "out" / "pareto.json").read_text())
+    assert saved["bootstrap"]["resamples"] == 1000 and set(saved["comparisons"]) == {"hoe_minus_static",
+                                                                                     "hoe_minus_mod"}
+    assert np.asarray(saved["systems"]["hoe"]["per_prompt_rewards"]).shape == (10, 5, 3)
+    assert 0.0 <= saved["grid_wins_vs_static"] <= 1.0
+    assert check_consistency(saved) == []  # the generated file agrees with its own per-prompt rewards
 
 
 def test_pareto_resumes_from_decoded_batches(tiny, monkeypatch):

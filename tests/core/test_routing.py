@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
-from hoe.core.errors import PreferenceError
-from hoe.core.routing import nearest_anchors, route, route_batch, simplex_lstsq, validate_preference
+from hoe.core.errors import ConfigError, PreferenceError
+from hoe.core.routing import (
+    covering_anchors,
+    nearest_anchors,
+    route,
+    route_batch,
+    simplex_grid,
+    simplex_lstsq,
+    validate_preference,
+)
 
 VERTICES = np.eye(3)
 WITH_CENTRE = np.vstack([np.eye(3), [1 / 3, 1 / 3, 1 / 3]])
@@ -41,12 +49,42 @@ def test_inside_hull_of_nearest_reconstructed():
         lam = rng.dirichlet(np.ones(3))
         chosen = nearest_anchors(lam, WITH_CENTRE, 3)
         mix = route(lam, WITH_CENTRE)
-        assert set(np.flatnonzero(mix)) <= set(chosen)
-        # λ lies in the hull of the 3 nearest of {vertices, centre} iff the fit is exact
-        fit = np.linalg.norm(mix @ WITH_CENTRE - lam)
+        # λ in the hull of the 3 nearest of {vertices, centre}: those 3 mix it; otherwise a nearby containing set
         in_hull = all(w >= -1e-12 for w in np.linalg.lstsq(
             np.vstack([WITH_CENTRE[chosen].T, np.ones(3)]), np.append(lam, 1), rcond=None)[0])
-        assert (fit <= 1e-9) == in_hull
+        if in_hull:
+            assert set(np.flatnonzero(mix)) <= set(chosen)
+        assert len(np.flatnonzero(mix)) <= 3
+        np.testing.assert_allclose(mix @ WITH_CENTRE, lam, atol=1e-9)
+
+
+@pytest.mark.parametrize("steps", [2, 4])
+def test_covering_anchors_serve_every_preference_exactly(steps):
+    """With the vertices + covering anchors, routing to at most m anchors reproduces every preference, and every
+    non-vertex one puts weight on trained (non-vertex) anchors; the 3 nearest alone would miss 25% of them."""
+    anchors = np.vstack([np.eye(3), covering_anchors(3, steps)])
+    assert len(anchors) == {2: 7, 4: 16}[steps]
+    rng = np.random.default_rng(steps)
+    prefs = np.vstack([simplex_grid(3, 4), simplex_grid(3, 12), rng.dirichlet(np.ones(3), size=300)])
+    missed_by_nearest = 0
+    for lam in prefs:
+        mix = route(lam, anchors)
+        assert np.all(mix >= 0) and abs(mix.sum() - 1) < 1e-12 and len(np.flatnonzero(mix)) <= 3
+        np.testing.assert_allclose(mix @ anchors, lam, atol=1e-9)
+        if max(lam) < 1.0:
+            assert mix[3:].sum() > 0, lam
+        near = nearest_anchors(lam, anchors, 3)
+        missed_by_nearest += np.linalg.norm(simplex_lstsq(anchors[near], lam) @ anchors[near] - lam) > 1e-9
+    if steps == 2:
+        assert missed_by_nearest > 0.1 * len(prefs)  # why route looks beyond the 3 nearest
+
+
+def test_covering_anchors_and_grid():
+    assert covering_anchors(3) == [[0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3]]
+    assert covering_anchors(2, 2) == [[0.5, 0.5]]
+    assert len(simplex_grid(3, 4)) == 15 and simplex_grid(3, 4)[0] == [1.0, 0.0, 0.0]
+    with pytest.raises(ConfigError):
+        covering_anchors(1)
 
 
 def test_outside_hull_is_best_convex_fit():
@@ -61,8 +99,10 @@ def test_outside_hull_is_best_convex_fit():
 
 
 def test_only_n_nearest_anchors_used():
-    mix = route([0.5, 0.5, 0.0], WITH_CENTRE, n_route=2)
+    mix = route([0.4, 0.4, 0.2], WITH_CENTRE, n_route=2)
     assert set(np.flatnonzero(mix)) <= {0, 3}  # the centre and (tie, lower index) vertex 0 are nearest
+    # the 2 nearest (centre, vertex 0) do not hold [0.5, 0.5, 0]: the two vertices of its edge do
+    np.testing.assert_allclose(route([0.5, 0.5, 0.0], WITH_CENTRE, n_route=2), [0.5, 0.5, 0, 0], atol=1e-12)
 
 
 def test_normalises_and_batches():

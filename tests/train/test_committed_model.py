@@ -46,3 +46,21 @@ def test_checkpoint_fits_smollm2(smollm2_base):
     from hoe.core.loading import load_base
 
     HoECheckpoint.load(MODEL).validate(load_base(smollm2_base))
+
+
+def test_card_of_the_committed_model_renders_with_the_current_code(tmp_path):
+    """Its training.json predates the joint router stage: the recipe migrates (uniform anchor, PyTorch rollouts, no
+    reward normalisation) and the card (as `hoe bench pareto` refreshes it) still renders, old pareto.json too."""
+    import shutil
+
+    from hoe.core.train.card import write_card
+    from hoe.core.train.config import RecipeConfig
+
+    for name in ("training.json", "pareto.json"):
+        shutil.copy(MODEL / name, tmp_path / name)
+    summary = json.loads((tmp_path / "training.json").read_text())
+    cfg = RecipeConfig.from_dict(summary["recipe"])
+    assert cfg.trained_anchors == [[1 / 3] * 3] and cfg.router.rollout == "torch" and not cfg.router.normalise
+    card = write_card(tmp_path, cfg, summary).read_text()
+    assert "| [0.333, 0.333, 0.333] | [0.658, 0.682, 0.616] | [0.682, 0.675, 0.645] |" in card
+    assert "sampled by the PyTorch reference" in card and "| hoe | 0.3836 | – |" in card

@@ -25,14 +25,14 @@ def tiny_tokenizer():
     return fast
 
 
-def tiny_chat_model(folder: Path, seed: int = 0) -> Path:
-    """Folder with a tiny random Llama (vocab 97) and the character tokenizer."""
+def tiny_chat_model(folder: Path, seed: int = 0, arch: str = "llama") -> Path:
+    """Folder with a tiny random model of `arch` (tiny_models.ARCHS) and the character tokenizer."""
     import torch
     from tiny_models import tiny_config
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config("llama", vocab=len(tiny_tokenizer())), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, vocab=len(tiny_tokenizer())), dtype=torch.float32)
     with torch.no_grad():  # a head big enough that a LoRA can move the next-token distribution far
         model.lm_head.weight.normal_(0, 0.3)
     model.generation_config.pad_token_id = 0
@@ -48,7 +48,7 @@ def write_prompts(path: Path, prompts=PROMPTS) -> Path:
     return path
 
 
-def tiny_chat_hoe(tmp: Path, objectives=("char:a", "char:e", "concise")) -> tuple[Path, Path]:
+def tiny_chat_hoe(tmp: Path, objectives=("char:a", "char:e", "concise"), arch: str = "llama") -> tuple[Path, Path]:
     """(base folder, HoE checkpoint folder): random experts, constant vertex routers and a random
     router at the uniform anchor, on the tiny chat model."""
     import numpy as np
@@ -58,7 +58,7 @@ def tiny_chat_hoe(tmp: Path, objectives=("char:a", "char:e", "concise")) -> tupl
     from hoe.core.model import find_target_modules
     from tiny_models import random_experts, random_routers
 
-    base_dir = tiny_chat_model(tmp / "base")
+    base_dir = tiny_chat_model(tmp / "base", arch=arch)
     base = load_base(base_dir)
     modules = find_target_modules(base)
     m = len(objectives)
