@@ -52,8 +52,8 @@ class OrtRollouts:
     name = "ort"
 
     def __init__(self, folder: str | Path, threads: int = 1) -> None:
+        from hoe.contract.folder import Manifest
         from hoe.runtime.backends import BackendConfig, create_backend
-        from hoe.runtime.manifest import Manifest
 
         from ..packing import SiteGroup
 
