@@ -10,11 +10,10 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from .config import atomic_write_text, sha256_file
+from .atomic import atomic_write_text, staged_folder
+from .config import sha256_file
 from .errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -58,16 +57,10 @@ def prepare_base(root: str | Path | None = None) -> Path:
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     log.info("converting %s to a Hugging Face folder in %s (once, ~30 s)", GGUF_NAME, folder)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{FOLDER_NAME}."))
-    try:
+    with staged_folder(folder, replace=True) as tmp:
         _convert(gguf_path(), tmp)
         hashes = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         atomic_write_text(tmp / STAMP, json.dumps({"source": GGUF_NAME, "sha256": hashes}, indent=2))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
