@@ -69,7 +69,12 @@ def test_swap_whose_validation_fails_is_not_installed(world, monkeypatch, capsys
 
     folder = world.copy("out")
     before = _digests(folder)
-    monkeypatch.setattr(validate.ValidationConfig, "tol_fp32", 0.0)  # the parity check refuses anything
+    real = validate.validate_export
+
+    def failing(*args, **kwargs):  # the real parity check, judged failed (as a swap of bad experts would be)
+        return dict(real(*args, **kwargs), passed=False)
+
+    monkeypatch.setattr(validate, "validate_export", failing)
     code = main(["swap-experts", str(folder), world.path("hoe"), "--validate", "--threads", "1"])
     assert code == 1 and "nothing installed" in capsys.readouterr().out
     assert _digests(folder) == before
@@ -259,3 +264,14 @@ def test_garbage_preference_rows_stay_ours(world):
         with pytest.raises(PreferenceError):
             router.rows(bad, 2)
     assert np.allclose(router.rows([2, 2], 1)[0], [0.5, 0.5])
+
+
+def test_build_engine_defaults_fit_a_short_context(world, capsys):
+    """A 256-token model is not refused by build-engine's own defaults (2048 context, 512 prefill)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed: this would build a real engine")
+    code = main(["build-engine", world.path("out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "max_context" not in err and "TensorRT" in err, err

@@ -44,8 +44,8 @@ def test_adapter_scaling_and_rank_equal_peft(tmp_path, alpha_pattern, rank_patte
     model = _peft_model(tiny_model("llama"), alpha_pattern, rank_pattern)
     model.save_pretrained(tmp_path)
     expert, _ = read_peft_adapter(tmp_path)
-    peft_layers = {n.removeprefix("base_model.model."): m for n, m in model.named_modules() if hasattr(m, "scaling")
-                   and "default" in getattr(m, "scaling", {})}
+    peft_layers = {n.removeprefix("base_model.model."): m for n, m in model.named_modules()
+                   if isinstance(getattr(m, "scaling", None), dict) and "default" in m.scaling}
     assert sorted(expert) == sorted(peft_layers)
     for name, layer in peft_layers.items():
         assert expert[name].scaling == pytest.approx(layer.scaling["default"]), name
