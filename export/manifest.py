@@ -198,7 +198,7 @@ def read_packed(folder: str | os.PathLike, manifest: dict[str, Any]) -> dict[str
     if not hoe.get("enabled", True):
         return {}
     arrays = {n: v for key in ("experts", "routers") for n, v in _read_numpy(folder / manifest["files"][key]).items()}
-    check_finite(folder, arrays)
+    check_finite(folder, arrays, masked={packing.router_bias(g) for g in groups_of(manifest)})
     specs = input_specs(manifest, hoe["expert_inputs"] + hoe["router_inputs"])
     try:
         bind_shapes(specs, {n: a.shape for n, a in arrays.items()}, known=packed_sizes(manifest))
@@ -280,12 +280,16 @@ def swap_experts(folder: str | os.PathLike, ckpt_dir: str | os.PathLike, check=N
     return manifest
 
 
-def check_finite(where, tensors: dict[str, np.ndarray]) -> None:
-    """CheckpointError naming the tensor that holds NaN or inf (a NaN expert silently empties the output)."""
+def check_finite(where, tensors: dict[str, np.ndarray], masked=frozenset()) -> None:
+    """CheckpointError naming the tensor that holds NaN or inf (a NaN expert silently empties the output).
+    `masked`: packed router biases, whose -inf entries are routers.mask folded in (hoe.core.packing)."""
     for name, value in tensors.items():
-        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-            bad = int((~np.isfinite(value)).sum())
-            raise CheckpointError(f"{where}: {name} must be finite, got {bad} NaN/inf of {value.size} values")
+        if not np.issubdtype(value.dtype, np.floating):
+            continue
+        bad = np.isnan(value) | np.isposinf(value) | (np.isneginf(value) if name not in masked else False)
+        if bad.any():
+            raise CheckpointError(f"{where}: {name} must be finite, got {int(bad.sum())} NaN/inf of {value.size} "
+                                  "values")
 
 
 def _check_same_base(folder: Path, manifest: dict, ckpt_dir: Path, config: HoEConfig) -> None:

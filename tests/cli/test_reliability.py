@@ -275,3 +275,14 @@ def test_build_engine_defaults_fit_a_short_context(world, capsys):
     code = main(["build-engine", world.path("out")])
     err = capsys.readouterr().err
     assert code == 2 and "max_context" not in err and "TensorRT" in err, err
+
+
+def test_finiteness_allows_only_the_folded_router_mask():
+    """Packed router biases carry -inf where routers.mask is 0 (hoe.core.packing): that is not a NaN/inf defect;
+    NaN and +inf anywhere, and -inf elsewhere, are."""
+    bias, weight = "routers.g.bias.packed", "routers.g.weight.packed"
+    mf.check_finite("f", {bias: np.array([0.5, -np.inf], np.float32)}, masked={bias})
+    for tensors in ({bias: np.array([np.nan], np.float32)}, {bias: np.array([np.inf], np.float32)},
+                    {weight: np.array([-np.inf], np.float32)}):
+        with pytest.raises(CheckpointError, match="must be finite, got 1 NaN/inf of 1 values"):
+            mf.check_finite("f", tensors, masked={bias})
