@@ -12,6 +12,16 @@ from hoe.core.errors import CheckpointError
 from hoe.export import manifest as mf
 
 
+def _other_experts(world):
+    """The checkpoint of the world's base with other expert/router values (same base identity, same shapes)."""
+    from hoe.core.checkpoint import HoECheckpoint
+
+    ckpt = HoECheckpoint.load(world.hoe)
+    ckpt.experts = {k: v * 1.5 for k, v in ckpt.experts.items()}
+    ckpt.routers = {k: (v if k.endswith("mask") else -v) for k, v in ckpt.routers.items()}
+    return ckpt.save(world.scratch / f"other{len(list(world.scratch.iterdir()))}" / "hoe")
+
+
 def _digests(folder):
     return {p.name: mf.sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
 
@@ -48,9 +58,10 @@ def test_swap_interrupted_before_the_manifest_keeps_the_old_set(world, monkeypat
     def killed(*a, **k):
         raise KeyboardInterrupt
 
+    other = _other_experts(world)
     monkeypatch.setattr(mf, "write_manifest", killed)
     with pytest.raises(KeyboardInterrupt):
-        mf.swap_experts(folder, world.hoe)
+        mf.swap_experts(folder, other)
     assert _digests(folder) == before
     mf.load_manifest(folder, verify=True)  # still whole: every hash matches
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no temp left
@@ -75,7 +86,7 @@ def test_swap_whose_validation_fails_is_not_installed(world, monkeypatch, capsys
         return dict(real(*args, **kwargs), passed=False)
 
     monkeypatch.setattr(validate, "validate_export", failing)
-    code = main(["swap-experts", str(folder), world.path("hoe"), "--validate", "--threads", "1"])
+    code = main(["swap-experts", str(folder), str(_other_experts(world)), "--validate", "--threads", "1"])
     assert code == 1 and "nothing installed" in capsys.readouterr().out
     assert _digests(folder) == before
 
@@ -84,10 +95,12 @@ def test_swap_installs_a_whole_new_set(world):
     folder = world.copy("out")
     (folder / "validation.json").write_text('{"passed": true}')
     old = _digests(folder)
-    mf.swap_experts(folder, world.hoe)
+    mf.swap_experts(folder, _other_experts(world))
     new = _digests(folder)
     assert "validation.json" not in new  # stale after a swap
     assert new["model.onnx.data"] == old["model.onnx.data"]
+    assert new["experts.safetensors"] != old["experts.safetensors"]
+    assert new["routers.safetensors"] != old["routers.safetensors"]
     mf.load_manifest(folder, verify=True)
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
 
@@ -286,3 +299,13 @@ def test_finiteness_allows_only_the_folded_router_mask():
                     {weight: np.array([-np.inf], np.float32)}):
         with pytest.raises(CheckpointError, match="must be finite, got 1 NaN/inf of 1 values"):
             mf.check_finite("f", tensors, masked={bias})
+
+
+def test_task_svd_rank_clipped_with_notice(caplog):
+    import torch
+    from hoe.core.experts import task_svd
+
+    with caplog.at_level(logging.WARNING, logger="hoe.core.experts"):
+        factors = task_svd(torch.randn(6, 4, dtype=torch.float64), rank=16)
+    assert factors.lora_a.shape == (4, 4)
+    assert any("rank 16 > min(out, in) = 4" in r.getMessage() for r in caplog.records)
