@@ -309,3 +309,17 @@ def test_task_svd_rank_clipped_with_notice(caplog):
         factors = task_svd(torch.randn(6, 4, dtype=torch.float64), rank=16)
     assert factors.lora_a.shape == (4, 4)
     assert any("rank 16 > min(out, in) = 4" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("argv", [["generate", "{out}", "--prompt", "hi", "--preference", "1,0,0", "--seed=-5"],
+                                  ["trt-check", "{out}/hoe.json"]])
+def test_a_real_process_prints_one_line_and_exits_2(world, argv):
+    """The installed entry point, as a shell runs it: exit 2, one stderr line, no traceback."""
+    import subprocess
+    import sys
+
+    args = [a.replace("{out}", world.path("out")) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "hoe.core.cli", *args], capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and errors[0].startswith(f"hoe {argv[0]}: error: "), proc.stderr
