@@ -17,8 +17,9 @@ export, batch 1 / 7 new tokens / past 0 at the interior preference, positions 0-
 (|h| ~19,400 in layers 11-27, fp32 ulp 2e-3) that layer 28 cancels down to ~4,900: torch fp32 lands 1.9e-3
 and ORT 3.6e-3 from float64 there (5.5e-3 apart), while the other 19 prefill cases are 2e-5..2.6e-4 off. Both
 are fp32 rounding of the residual stream, not a defect of the graph; over the 20 prefill cases the ratio
-ORT/torch distance to float64 ranged 0.26..2.8, hence the factor 4. greedy
-passes when every row agrees with the reference, or first departs at a near-tie of the reference (top-2
+ORT/torch distance to float64 ranged 0.26..2.8, hence the factor 4.
+
+Greedy passes when every row agrees with the reference, or first departs at a near-tie of the reference (top-2
 margin <= 2·atol + rtol·|top-1|). `max_rel` is max |diff| / max |ref| over the compared logits.
 """
 
