@@ -131,9 +131,13 @@ def _read_onnx(path):
     from google.protobuf.message import DecodeError
 
     try:
-        return onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), format="protobuf", load_external_data=False)  # not guessed from the suffix
     except (DecodeError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path} is not a readable ONNX model ({e}); expected a file saved by onnx") from e
+    if not model.ir_version or not model.HasField("graph"):  # protobuf parses some garbage as an empty message
+        raise CheckpointError(f"{path} is not a readable ONNX model (no ir_version or graph); expected a file "
+                              "saved by onnx")
+    return model
 
 
 def _trt_check(args) -> int:

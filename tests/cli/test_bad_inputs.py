@@ -94,6 +94,12 @@ def _garbage_file(world):
     return {"bad": str(path)}
 
 
+def _empty_file(world):
+    path = world.scratch / "empty.onnx"
+    path.write_bytes(b"")
+    return {"bad": str(path)}
+
+
 def _drop(key):
     return _manifest_edit(lambda d, f: d.pop(key))
 
@@ -265,6 +271,9 @@ CLI_CASES = [
     Case("trt_garbage", ["trt-check", "{bad}"], r"garbage.onnx is not a readable ONNX model .*expected a file saved",
          _garbage_file),
     Case("trt_folder_without_model", ["trt-check", "{base}"], r"ONNX file not found: .*base/model.onnx"),
+    Case("trt_json_file", ["trt-check", "{out}/hoe.json"], r"hoe.json is not a readable ONNX model"),
+    Case("trt_empty_file", ["trt-check", "{bad}"], r"empty.onnx is not a readable ONNX model \(no ir_version",
+         _empty_file),
 ]
 
 
