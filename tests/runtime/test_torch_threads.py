@@ -44,7 +44,7 @@ def test_hoe_model_forward_threads_equal_serial(llama_export):
     model = llama_export.reference
     anchors = np.asarray(llama_export.reference.config.anchors)
     ids = torch.tensor([PROMPTS[0] * 4])
-    mixes = [torch.tensor([route(p, anchors, 3)], dtype=torch.float32) for p in PREFS]
+    mixes = [torch.from_numpy(np.asarray([route(p, anchors, 3)], dtype=np.float32)) for p in PREFS]  # [1, K]
 
     def forward(i):
         with torch.inference_mode():
