@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 from hoe.core.errors import ConfigError
@@ -21,6 +19,7 @@ log = logging.getLogger(__name__)
 def cached_base_export(base_dir: str | Path, cache: str | Path | None = None, opset: int = 20) -> Path:
     """Folder of the base-only export of `base_dir` (exported once, then reused)."""
     from hoe.contract.folder import Manifest
+    from hoe.core.atomic import staged_folder
     from hoe.core.smollm2 import cache_dir
 
     base_dir = Path(base_dir).resolve()
@@ -33,13 +32,8 @@ def cached_base_export(base_dir: str | Path, cache: str | Path | None = None, op
         except ConfigError as e:  # made by an older exporter
             log.info("re-exporting the cached base graph %s: %s", folder, e)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        export_base(base_dir, tmp / "out", opset)
-        shutil.rmtree(folder, ignore_errors=True)
-        (tmp / "out").rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with staged_folder(folder, replace=True, create=False) as tmp:  # export_base creates it
+        export_base(base_dir, tmp, opset)
     return folder
 
 

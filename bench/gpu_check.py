@@ -114,11 +114,9 @@ class Report:
     def write(self) -> None:
         self.data["elapsed_s"] = round(self.elapsed(), 2)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.out.parent, prefix=f".{self.out.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(self.data, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, self.out)
+        from hoe.core.atomic import atomic_write_text
+
+        atomic_write_text(self.out, json.dumps(self.data, indent=2, default=str) + "\n")
 
 
 # ---------------------------------------------------------------------------- environment sections

@@ -8,8 +8,18 @@
 
 A case passes when |logits - ref| <= atol + rtol·max|ref| everywhere (the case's logit scale, as the export
 validation: fp32 rounding grows with the scale of the activations, not with each logit — on SmolLM2, ORT and
-torch fp32 are each 2e-4..7e-4 from a float64 reference at |logits| ~35, see export/validate.py); greedy
-passes when every row agrees with the reference, or first departs at a near-tie of the reference (top-2
+torch fp32 are each 2e-4..7e-4 from a float64 reference at |logits| ~35, see export/validate.py).
+
+An fp32 case that fails this is judged again against the float64 reference (export/fp64_reference.py): it
+passes when the backend is within `fp64_factor` (4) times the fp32 reference's own distance from float64 on
+that input. Why: some inputs are ill-conditioned for every fp32 implementation. On the embedded SmolLM2
+export, batch 1 / 7 new tokens / past 0 at the interior preference, positions 0-2 carry massive activations
+(|h| ~19,400 in layers 11-27, fp32 ulp 2e-3) that layer 28 cancels down to ~4,900: torch fp32 lands 1.9e-3
+and ORT 3.6e-3 from float64 there (5.5e-3 apart), while the other 19 prefill cases are 2e-5..2.6e-4 off. Both
+are fp32 rounding of the residual stream, not a defect of the graph; over the 20 prefill cases the ratio
+ORT/torch distance to float64 ranged 0.26..2.8, hence the factor 4.
+
+Greedy passes when every row agrees with the reference, or first departs at a near-tie of the reference (top-2
 margin <= 2·atol + rtol·|top-1|). `max_rel` is max |diff| / max |ref| over the compared logits.
 """
 
@@ -45,6 +55,7 @@ class ParityConfig(JsonConfig):
     threads: int = 1  # ORT intra-op and torch threads
     seed: int = 0  # token ids and the random interior preference
     backends: list[str] | None = None  # labels to run ("ort:cpu", "ort:cuda", "trt"); None -> all available
+    fp64_factor: float = 4.0  # fp32: a failing case passes within this times torch fp32's distance to float64
 
     def __post_init__(self) -> None:
         for name in ("batches", "new_tokens", "pads", "greedy_prompts"):
@@ -261,7 +272,37 @@ def run_parity(folder: str | Path, cfg: ParityConfig | None = None, base: str | 
     _greedy_all(cfg, manifest, prefs, ref, runners, result, atol, rtol)
     for run in [ref, *runners]:
         run.backend.deactivate()
+    if dtype == "fp32" and cfg.fp64_factor > 0:
+        _judge_by_fp64(cfg, folder, cases, result, base, hoe)
     return _finish(result)
+
+
+def _judge_by_fp64(cfg: ParityConfig, folder: Path, cases: list[Case], result: dict, base, hoe) -> None:
+    """Failing fp32 cases, again: each backend and torch fp32 against a float64 reference (module docstring)."""
+    failing = sorted({i for e in result["backends"].values() for i, c in enumerate(e["cases"]) if not c["passed"]})
+    if not failing:
+        return
+    from hoe.export.fp64_reference import exact_float64
+
+    log.info("parity: %d failing case(s) judged against a float64 reference", len(failing))
+    ref32, ref64 = reference_runner(folder, cfg.threads, base, hoe), reference_runner(folder, cfg.threads, base, hoe)
+    exact_float64(ref64.backend.model)
+    runners = {label: open_runner(label, folder, cfg.threads) for label in result["backends"]}
+    for i in failing:
+        case = cases[i]
+        real = case.mask[:, case.past:] > 0
+        exact = ref64.forward(case).astype(np.float64)[real]
+        ref_err = float(np.abs(ref32.forward(case)[real] - exact).max())
+        for label, entry in result["backends"].items():
+            c = entry["cases"][i]
+            if c["passed"]:
+                continue
+            out = runners[label].forward(case)[real]
+            err = float(np.abs(out - exact).max())
+            c["fp64"] = {"backend_vs_fp64": err, "torch_fp32_vs_fp64": ref_err, "factor": cfg.fp64_factor}
+            c["passed"] = bool(np.isfinite(out).all()) and err <= cfg.fp64_factor * ref_err
+    for run in [ref32, ref64, *runners.values()]:
+        run.backend.deactivate()
 
 
 def _open_all(cfg: ParityConfig, folder: Path) -> tuple[list[Runner], dict[str, str]]:

@@ -47,8 +47,12 @@ def parity_tables(result: dict) -> str:
         for c in entry["cases"]:
             groups.setdefault((c["batch"], c["new_tokens"], c["past"]), []).append(c)
         for (b, t, p), cases in sorted(groups.items()):
-            rows.append([label, b, t, p, max(c["max_abs"] for c in cases), max(c["max_rel"] for c in cases),
-                         "ok" if all(c["passed"] for c in cases) else "FAIL"])
+            judged = [c["fp64"] for c in cases if c.get("fp64")]
+            verdict = "ok" if all(c["passed"] for c in cases) else "FAIL"
+            if judged:  # passed or failed against the float64 reference (bench/parity.py)
+                verdict += " (fp64: " + ", ".join(f"{j['backend_vs_fp64']:.2g} vs torch fp32 "
+                                                  f"{j['torch_fp32_vs_fp64']:.2g}" for j in judged) + ")"
+            rows.append([label, b, t, p, max(c["max_abs"] for c in cases), max(c["max_rel"] for c in cases), verdict])
     shapes = markdown_table(["backend", "batch", "new tokens", "past", "max abs", "max rel", "within tol"], rows)
     greedy = []
     for label, entry in result["backends"].items():

@@ -6,6 +6,7 @@ anchors and token ids all come from it, never from guesses.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,15 @@ from typing import Any
 import numpy as np
 from hoe.core.errors import CheckpointError, ConfigError
 
-from .manifest import MANIFEST_FILE, check_manifest, read_manifest, read_packed, verify_hashes
+from .manifest import (
+    MANIFEST_FILE,
+    VALIDATION_FILE,
+    check_inside,
+    check_manifest,
+    read_manifest,
+    read_packed,
+    verify_hashes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +45,22 @@ class Manifest:
         manifest.check()
         if verify:
             manifest.verify_files()
+        manifest.warn_if_failed()
         return manifest
+
+    def warn_if_failed(self) -> None:
+        """A folder whose validation.json says it failed parity is served, with a warning."""
+        path = self.folder / VALIDATION_FILE
+        if not path.is_file():
+            return
+        try:
+            passed = json.loads(path.read_text(encoding="utf-8")).get("passed")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            passed = None
+        if passed is not True:
+            log.warning("%s: %s says passed=%r: this export did not reproduce PyTorch within tolerance "
+                        "(see that file; re-export or `hoe swap-experts --validate`)", self.folder, VALIDATION_FILE,
+                        passed)
 
     def check(self) -> None:
         """Structure: known format version, required sections (check_manifest), files present."""
@@ -44,6 +68,7 @@ class Manifest:
         for key in ("anchors", "objectives", "expert_inputs", "router_inputs") if self.hoe_enabled else ():
             if key not in self.hoe:
                 raise ConfigError(f"{MANIFEST_FILE} 'hoe' lacks {key!r}")
+        check_inside(self.folder, self.data)
         for name in self.required_files():
             if not (self.folder / name).is_file():
                 raise CheckpointError(f"{self.folder}: file {name} named in {MANIFEST_FILE} is missing")

@@ -19,14 +19,15 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from hoe.core import names, packing
-from hoe.core.config import HoEConfig, atomic_write_text, sha256_file
+from hoe.core.atomic import atomic_write_text, link_or_copy, staged_folder
+from hoe.core.config import HoEConfig, sha256_file
 from hoe.core.errors import CheckpointError, ConfigError, ShapeMismatchError
+from hoe.core.identity import check_same_base
 from hoe.core.packing import SiteGroup
 
 from .io_spec import TensorSpec, bind_shapes
@@ -55,9 +56,14 @@ def folder_hashes(folder: str | os.PathLike) -> dict[str, str]:
 def verify_hashes(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:
     """Raise CheckpointError when a file listed under `sha256` is missing or differs."""
     folder = Path(folder)
-    hashes = manifest.get("sha256") or {}
-    if not hashes:
-        log.warning("%s has no sha256 entries; files are not verified", MANIFEST_FILE)
+    hashes = manifest.get("sha256")
+    if not isinstance(hashes, dict) or not hashes:
+        raise CheckpointError(f"{folder / MANIFEST_FILE} has no sha256 section (got {hashes!r}); expected the sha256 "
+                              "of every file: re-export, or skip verification explicitly (--no-verify, verify=False)")
+    unhashed = [n for n in named_files(manifest) if n not in hashes]
+    if unhashed:
+        raise CheckpointError(f"{folder}: files {unhashed} are named in {MANIFEST_FILE} but have no sha256 entry; "
+                              "expected every file hashed")
     for name, expected in hashes.items():
         if name in UNHASHED:
             continue
@@ -71,6 +77,21 @@ def verify_hashes(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------- write / read
+
+
+def named_files(manifest: dict[str, Any]) -> list[str]:
+    """Every file name the manifest points at (model, external data, `files`)."""
+    model = manifest.get("model") or {}
+    names_ = [model.get("file"), model.get("external_data"), *(manifest.get("files") or {}).values()]
+    return [n for n in names_ if n]
+
+
+def check_inside(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """Every named file is a relative name inside the folder: an absolute path or `..` would load a file that
+    no hash of this folder covers (a symlink inside the folder is fine: its content is what gets hashed)."""
+    for name in named_files(manifest):
+        if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise CheckpointError(f"{MANIFEST_FILE} names the file {name!r}; expected a file name inside {folder}")
 
 
 def hoe_section(config: HoEConfig | None, expert_inputs: list[str], router_inputs: list[str],
@@ -116,6 +137,9 @@ def read_manifest(folder: str | os.PathLike) -> Any:
     """The parsed `folder/hoe_config.json` (unchecked); CheckpointError / ConfigError when absent or not JSON."""
     folder = Path(folder)
     path = folder / MANIFEST_FILE
+    if folder.is_file():
+        raise CheckpointError(f"expected an exported folder (holding {MANIFEST_FILE}), got the file {folder}; "
+                              f"pass its folder {folder.parent}")
     if not folder.is_dir():
         raise CheckpointError(f"exported folder not found: {folder}")
     if not path.is_file():
@@ -175,6 +199,7 @@ def read_packed(folder: str | os.PathLike, manifest: dict[str, Any]) -> dict[str
     if not hoe.get("enabled", True):
         return {}
     arrays = {n: v for key in ("experts", "routers") for n, v in _read_numpy(folder / manifest["files"][key]).items()}
+    check_finite(folder, arrays, masked={packing.router_bias(g) for g in groups_of(manifest)})
     specs = input_specs(manifest, hoe["expert_inputs"] + hoe["router_inputs"])
     try:
         bind_shapes(specs, {n: a.shape for n, a in arrays.items()}, known=packed_sizes(manifest))
@@ -210,18 +235,21 @@ def read_checkpoint_tensors(folder: str | os.PathLike) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------- expert swap
 
 
-def swap_experts(folder: str | os.PathLike, ckpt_dir: str | os.PathLike) -> dict[str, Any]:
+def swap_experts(folder: str | os.PathLike, ckpt_dir: str | os.PathLike, check=None) -> dict[str, Any]:
     """Install the experts and routers of HoE checkpoint `ckpt_dir` into exported `folder`, no re-export.
 
-    E, r and K may change; the adapted modules and their feature sizes must not. Tensors are packed in the
-    graph's input dtype, `hoe.json` and the manifest's `hoe` section follow, sha256 are refreshed and the
-    now stale `validation.json` is removed. Each file is replaced atomically, the manifest last.
+    E, r and K may change; the adapted modules, their feature sizes and the base model (hoe.json `base`
+    identity) must not; every tensor must be finite. The new set is staged beside the folder (unchanged
+    files hard-linked, new experts/routers/hoe.json, manifest with fresh sha256; the stale validation.json
+    left out), `check(staged_folder)` may refuse it by raising, and only then does it replace the folder
+    in one rename (hoe.core.atomic): an interrupt or a refusal leaves the old set whole.
     """
     folder, ckpt_dir = Path(folder), Path(ckpt_dir)
-    manifest = load_manifest(folder)
+    manifest = load_manifest(folder, verify=True)
     if not manifest["hoe"].get("enabled", True):
         raise ConfigError(f"{folder} is a plain base export (no expert inputs); re-export it with experts")
     config = HoEConfig.load(ckpt_dir / HOE_FILE)
+    _check_same_base(folder, manifest, ckpt_dir, config)
     old = manifest["hoe"]
     if sorted(config.target_modules) != sorted(old["target_modules"]):
         diff = sorted(set(config.target_modules) ^ set(old["target_modules"]))
@@ -231,23 +259,51 @@ def swap_experts(folder: str | os.PathLike, ckpt_dir: str | os.PathLike) -> dict
                          (ROUTERS_FILE, names.router_names(config.target_modules))):
         part = _read_numpy(ckpt_dir / file)
         _check_names(ckpt_dir / file, part, wanted)
+        check_finite(ckpt_dir / file, part)
         tensors.update(part)
     _check_dims(ckpt_dir, config, tensors)
     groups = groups_of(manifest)
     dtype = input_specs(manifest, old["expert_inputs"][:1])[0].dtype
-    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".swap."))
-    try:
+    replaced = {EXPERTS_FILE, ROUTERS_FILE, HOE_FILE, MANIFEST_FILE, VALIDATION_FILE}
+    with staged_folder(folder, replace=True) as tmp:
+        for entry in folder.iterdir():
+            if entry.name not in replaced:
+                (shutil.copytree(entry, tmp / entry.name, copy_function=link_or_copy) if entry.is_dir()
+                 else link_or_copy(entry, tmp / entry.name))
         write_packed(tmp, tensors, groups, dtype)
         shutil.copyfile(ckpt_dir / HOE_FILE, tmp / HOE_FILE)
-        for file in (EXPERTS_FILE, ROUTERS_FILE, HOE_FILE):
-            os.replace(tmp / file, folder / file)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    (folder / VALIDATION_FILE).unlink(missing_ok=True)
-    manifest["hoe"] = hoe_section(config, old["expert_inputs"], old["router_inputs"], groups)
+        manifest["hoe"] = hoe_section(config, old["expert_inputs"], old["router_inputs"], groups)
+        manifest = write_manifest(tmp, manifest)
+        if check is not None:
+            check(tmp)
     log.info("installed experts of %s into %s (E=%d, r=%d, K=%d)", ckpt_dir, folder, config.n_experts,
              config.rank, config.n_routers)
-    return write_manifest(folder, manifest)
+    return manifest
+
+
+def check_finite(where, tensors: dict[str, np.ndarray], masked=frozenset()) -> None:
+    """CheckpointError naming the tensor that holds NaN or inf (a NaN expert silently empties the output).
+    `masked`: packed router biases, whose -inf entries are routers.mask folded in (hoe.core.packing)."""
+    for name, value in tensors.items():
+        if not np.issubdtype(value.dtype, np.floating):
+            continue
+        bad = np.isnan(value) | np.isposinf(value) | (np.isneginf(value) if name not in masked else False)
+        if bad.any():
+            raise CheckpointError(f"{where}: {name} must be finite, got {int(bad.sum())} NaN/inf of {value.size} "
+                                  "values")
+
+
+def _check_same_base(folder: Path, manifest: dict, ckpt_dir: Path, config: HoEConfig) -> None:
+    """The checkpoint was made for the base the graph bakes in (hoe.json `base` of both)."""
+    name = manifest["files"].get("hoe")
+    if not name or not (folder / name).is_file():
+        raise CheckpointError(f"{folder} records no base identity ({HOE_FILE} missing): cannot check that "
+                              f"{ckpt_dir} belongs to its base; re-export with the checkpoint instead")
+    expected = HoEConfig.load(folder / name).base
+    if not config.base:
+        raise CheckpointError(f"{ckpt_dir / HOE_FILE} records no base identity; expected the export's base "
+                              f"({expected.get('architecture')}, weights {str(expected.get('weights_sha256'))[:16]})")
+    check_same_base(expected, config.base, f"{folder}'s {HOE_FILE}", f"{ckpt_dir / HOE_FILE}")
 
 
 def _read_numpy(path: Path) -> dict[str, np.ndarray]:

@@ -68,23 +68,41 @@ def _export(args) -> int:
 
 
 def _swap(args) -> int:
-    from hoe.contract.manifest import swap_experts
+    from hoe.core.errors import ConfigError
 
-    manifest = swap_experts(args.export_dir, args.ckpt_dir)
+    from .manifest import load_manifest, swap_experts
+    from .validate import ParityError
+
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    check = None
+    if args.validate:  # the new set is validated staged, before it replaces the old one
+        base = args.base or load_manifest(args.export_dir).get("source", {}).get("base")
+        if not base:
+            raise ConfigError("--validate needs --base BASE_DIR (the export records no source.base)")
+        check = _swap_validation(base, args.ckpt_dir, args.threads)
+    try:
+        manifest = swap_experts(args.export_dir, args.ckpt_dir, check=check)
+    except ParityError as e:
+        print(f"hoe swap-experts: validation failed, nothing installed: {e}")
+        return 1
     hoe = manifest["hoe"]
     print(f"installed {args.ckpt_dir} into {args.export_dir}: E={hoe['n_experts']}, r={hoe['rank']}, "
           f"K={hoe['n_routers']}, {len(hoe['groups'])} site groups")
-    if not args.validate:
-        return 0
-    from .validate import ValidationConfig, format_report, validate_export
+    return 0
 
-    base = args.base or manifest.get("source", {}).get("base")
-    if not base:
-        print("hoe swap-experts: error: --validate needs --base BASE_DIR (the export records no source.base)")
-        return 2
-    report = validate_export(args.export_dir, base, args.ckpt_dir, ValidationConfig(threads=args.threads))
-    print(format_report(report))
-    return 0 if report["passed"] else 1
+
+def _swap_validation(base, ckpt_dir, threads: int):
+    """check(staged_folder) for swap_experts: the parity check; ParityError refuses the new set."""
+    def check(staged) -> None:
+        from .validate import ParityError, ValidationConfig, format_report, validate_export
+
+        report = validate_export(staged, base, ckpt_dir, ValidationConfig(threads=threads))
+        print(format_report(report))
+        if not report["passed"]:
+            raise ParityError(f"max abs logits diff {report['max_abs_logits']:.3g} > tolerance "
+                              f"{report['tolerance']:.3g}")
+    return check
 
 
 def _print_result(result, format_report) -> None:
@@ -104,6 +122,25 @@ def _print_result(result, format_report) -> None:
         print("validation skipped (--no-validate)")
 
 
+def _read_onnx(path):
+    """The ONNX proto of `path` (external data not read), else CheckpointError (missing file, garbage)."""
+    from hoe.core.errors import CheckpointError
+
+    if not path.is_file():
+        raise CheckpointError(f"ONNX file not found: {path}; expected model.onnx or an exported folder")
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), format="protobuf", load_external_data=False)  # not guessed from the suffix
+    except (DecodeError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a readable ONNX model ({e}); expected a file saved by onnx") from e
+    if not model.ir_version or not model.HasField("graph"):  # protobuf parses some garbage as an empty message
+        raise CheckpointError(f"{path} is not a readable ONNX model (no ir_version or graph); expected a file "
+                              "saved by onnx")
+    return model
+
+
 def _trt_check(args) -> int:
     from pathlib import Path
 
@@ -112,7 +149,7 @@ def _trt_check(args) -> int:
     from .trt_ops import check_model
 
     path = Path(args.path)
-    report = check_model(path / MODEL_FILE if path.is_dir() else path)
+    report = check_model(_read_onnx(path / MODEL_FILE if path.is_dir() else path))
     print(report.summary())
     print("ops: " + ", ".join(f"{k} {v}" for k, v in report.op_counts.items()))
     return 0 if report.ready else 1

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +29,13 @@ from hoe.contract.io_spec import (
     graph_outputs,
 )
 from hoe.core.config import HoEConfig, JsonConfig
-from hoe.core.errors import CheckpointError, ConfigError
+from hoe.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": "float32", "fp16": "float16"}
 MIN_OPSET = 18  # torch.onnx dynamo export of the KV-cache graph fails at 17
+MAX_OPSET = 23  # newest opset seen converted (torch traces at 18, onnxscript converts; an unknown one stays 18)
 TOKENIZER_FILES = {"tokenizer": "tokenizer.json", "tokenizer_config": "tokenizer_config.json",
                    "special_tokens_map": "special_tokens_map.json", "chat_template": "chat_template.jinja",
                    "generation_config": "generation_config.json"}
@@ -56,8 +56,11 @@ class ExportConfig(JsonConfig):
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.opset < MIN_OPSET:
-            raise ConfigError(f"opset must be >= {MIN_OPSET} (KV-cache export fails below), got {self.opset}")
+        if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ConfigError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}] (KV-cache export fails "
+                              f"below {MIN_OPSET}; newer ones are not converted), got {self.opset!r}")
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise ConfigError(f"threads must be an integer >= 1, got {self.threads!r}")
 
 
 @dataclass
@@ -80,9 +83,18 @@ def check_base_dir(base_dir: Path, target_modules: list[str] | None = None) -> d
     return json.loads((base_dir / "config.json").read_text())
 
 
-def check_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not force:
-        raise CheckpointError(f"output folder {out_dir} exists; pass --force (force=True) to replace it")
+def check_base_weights(base_dir: Path) -> None:
+    """Refuse a base folder whose weights are not safetensors (pickle is never loaded)."""
+    from hoe.core.loading import check_safetensors_folder
+
+    check_safetensors_folder(base_dir)
+
+
+def check_out_dir(out_dir: Path, force: bool, inputs=()) -> Path:
+    """The resolved output folder, refused when it exists (without `force`) or overlaps an input."""
+    from hoe.core.atomic import check_output
+
+    return check_output(out_dir, inputs, force)
 
 
 # ---------------------------------------------------------------------------- the export
@@ -98,7 +110,8 @@ def export(base_dir, ckpt_dir, out_dir, config: ExportConfig | None = None) -> E
     from hoe.core.gguf import resolve_base
 
     config = config or ExportConfig()
-    check_out_dir(Path(out_dir), config.force)  # before a .gguf base is converted
+    inputs = [Path(base_dir)] + ([Path(ckpt_dir)] if ckpt_dir else [])
+    check_out_dir(Path(out_dir), config.force, inputs)  # before a .gguf base is converted
     return _Export(resolve_base(base_dir), Path(ckpt_dir) if ckpt_dir else None, Path(out_dir), config).run()
 
 
@@ -137,7 +150,9 @@ class _Export:
 
     # -- stages ------------------------------------------------------------------------------------
     def _check(self) -> None:
-        check_out_dir(self.out_dir, self.config.force)
+        inputs = [self.base_dir] + ([self.ckpt_dir] if self.ckpt_dir else [])
+        self.out_dir = self.result.out_dir = check_out_dir(self.out_dir, self.config.force, inputs)
+        check_base_weights(self.base_dir)
         if self.config.experts and self.ckpt_dir is None:
             raise ConfigError("a HoE checkpoint folder is required unless experts=False (--no-experts)")
         self.hoe_config = HoEConfig.load(self.ckpt_dir / mf.HOE_FILE) if self.ckpt_dir else None
@@ -170,6 +185,10 @@ class _Export:
         self.outputs = graph_outputs(self.dims)
         self.graph = trace(self.model, self.base_inputs, self.outputs, self.dims.num_layers,
                            self.dims.vocab_size, self.config.opset)
+        got = self.graph.opset_imports.get("")
+        if got != self.config.opset:
+            raise ConfigError(f"the traced graph has opset {got}, expected the requested {self.config.opset} "
+                              "(the converter could not reach it)")
         split_sequences_to_split(self.graph)  # fused projections' chunk: static Split for TensorRT
         del self.model
 
@@ -195,9 +214,12 @@ class _Export:
 
     def _save(self) -> None:
         import onnx_ir as ir
+        from hoe.core.atomic import clean_stale, sibling
 
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.out_dir.parent, prefix=f".{self.out_dir.name}.tmp"))
+        clean_stale(self.out_dir.parent)  # what a killed earlier run left (our naming, its process gone)
+        self.tmp = sibling(self.out_dir)
+        self.tmp.mkdir()
         ir.save(self.graph, self.tmp / mf.MODEL_FILE, external_data=mf.DATA_FILE)
         del self.graph
         files = {}
@@ -236,9 +258,9 @@ class _Export:
                               f"folder left at {failed} (validation.json has every number)")
 
     def _publish(self) -> None:
-        from hoe.core.checkpoint import replace_folder
+        from hoe.core.atomic import publish_folder
 
-        replace_folder(self.tmp, self.out_dir)
+        publish_folder(self.tmp, self.out_dir)
         self.tmp = None
 
     # -- manifest ------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from torch import nn
 
+from .atomic import check_output
 from .checkpoint import HoECheckpoint
-from .config import HoEConfig
+from .config import HoEConfig, check_objectives
 from .errors import ConfigError
 from .experts import Expert, experts_from_peft, experts_from_task_vectors, stack_experts, task_vectors
 from .identity import base_identity
@@ -45,18 +46,35 @@ def build_checkpoint(base: nn.Module, experts: list[Expert], modules: list[str],
     return ckpt
 
 
+def check_request(objectives, peft, finetuned, rank) -> None:
+    """What `hoe assemble` can refuse without loading anything."""
+    check_objectives(objectives)
+    if bool(peft) == bool(finetuned):
+        raise ConfigError("give either PEFT adapter folders or fine-tuned checkpoints, not both nor neither")
+    sources = peft or finetuned
+    if len(sources) != len(objectives):
+        raise ConfigError(f"one expert folder per objective expected ({len(objectives)} objectives "
+                          f"{objectives}), got {len(sources)} folders")
+    if peft and rank is not None:
+        raise ConfigError(f"--rank applies to --finetuned (task-SVD) only; PEFT adapters keep their own ranks, "
+                          f"got --rank {rank}")
+    if finetuned and (rank is None or isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ConfigError(f"--rank must be a positive integer with --finetuned (task-SVD rank), got {rank!r}")
+
+
 def assemble(base_dir: str | Path, objectives: list[str], out: str | Path, peft: list | None = None,
              finetuned: list | None = None, rank: int | None = None, force: bool = False) -> Path:
     """`hoe assemble`: PEFT adapters or fine-tuned checkpoints -> HoE checkpoint folder."""
     from .capability import probe_base
     from .gguf import resolve_base
-    from .loading import load_base
+    from .loading import check_safetensors_folder, load_base
 
-    if bool(peft) == bool(finetuned):
-        raise ConfigError("give either PEFT adapter folders or fine-tuned checkpoints, not both nor neither")
-    if finetuned and not rank:
-        raise ConfigError("--rank is required with --finetuned")
+    check_request(objectives, peft, finetuned, rank)
+    inputs = [base_dir, *(peft or []), *(finetuned or [])]
+    out = check_output(out, inputs, force)  # before the slow loads
     base_dir = resolve_base(base_dir)  # a .gguf file: its converted folder (cached)
+    for folder in [base_dir, *(finetuned or [])]:
+        check_safetensors_folder(folder)
     if peft:
         experts, modules = experts_from_peft(peft)
         probe_base(base_dir, modules)  # before the base weights load

@@ -6,8 +6,6 @@ against a base model with errors that name the module and both shapes.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +15,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import names
+from .atomic import staged_folder
 from .config import HoEConfig
 from .errors import CheckpointError, ShapeMismatchError
-from .identity import base_identity
+from .identity import base_identity, check_same_base
 
 CONFIG_FILE, EXPERTS_FILE, ROUTERS_FILE = "hoe.json", "experts.safetensors", "routers.safetensors"
 
@@ -31,19 +30,12 @@ class HoECheckpoint:
     routers: dict[str, torch.Tensor]  # canonical names -> [K, E, in] / [K, E], plus routers.mask [K, E]
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write the folder atomically (hoe.core.atomic); an existing one only with `overwrite`."""
         folder = Path(folder)
-        if folder.exists() and not overwrite:
-            raise CheckpointError(f"{folder} exists; pass overwrite=True (--force) to replace it")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
-        try:
+        with staged_folder(folder, replace=overwrite) as tmp:
             self.config.save(tmp / CONFIG_FILE)
             save_file(_contiguous(self.experts), str(tmp / EXPERTS_FILE), metadata={"format": "pt"})
             save_file(_contiguous(self.routers), str(tmp / ROUTERS_FILE), metadata={"format": "pt"})
-            replace_folder(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return folder
 
     @classmethod
@@ -76,14 +68,17 @@ class HoECheckpoint:
             _expect(names.scaling(module), self.experts[names.scaling(module)], (e,))
             _expect(names.router_weight(module), self.routers[names.router_weight(module)], (k, e, d_in))
             _expect(names.router_bias(module), self.routers[names.router_bias(module)], (k, e))
+        for name, tensor in {**self.experts, **self.routers}.items():
+            check_finite(name, tensor)
         if base_model is not None and cfg.base:
-            actual = base_identity(base_model)
-            for key in ("architecture", "config_sha256", "shapes_sha256", "weights_sha256"):
-                if key in cfg.base and cfg.base[key] != actual[key]:
-                    raise CheckpointError(
-                        f"this checkpoint was made for another base model: {key} is {cfg.base[key][:16]} "
-                        f"in hoe.json, {actual[key][:16]} for the given base"
-                    )
+            check_same_base(cfg.base, base_identity(base_model), "hoe.json", "the given base")
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    """CheckpointError naming the tensor when it holds NaN or inf (a NaN expert silently empties the text)."""
+    bad = ~torch.isfinite(tensor)
+    if bool(bad.any()):
+        raise CheckpointError(f"{name}: expected finite values, got {int(bad.sum())} NaN/inf of {tensor.numel()}")
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -93,18 +88,6 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
-
-
-def replace_folder(tmp: Path, folder: Path) -> None:
-    """Move the finished `tmp` folder to `folder`, replacing an old one only once the new one is whole."""
-    old = None
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-    tmp.rename(folder)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -58,8 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except HoEError as e:
-        print(f"hoe {args.command}: error: {e}", file=sys.stderr)
+        print(f"hoe {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: writes are atomic, nothing half-written is left behind
+        print(f"hoe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

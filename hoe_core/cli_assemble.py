@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def _split(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
+    """'a,b,c' -> ['a', 'b', 'c']; empty names are kept so that `a,,b` is refused, not read as `a,b`."""
+    return [s.strip() for s in text.split(",")]
 
 
 def register(sub) -> None:

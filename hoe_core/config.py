@@ -10,28 +10,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text  # noqa: F401  (re-exported: older imports)
 from .errors import ConfigError
 
 FORMAT_VERSION = 1
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -43,10 +29,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def check_objectives(objectives) -> None:
+    """Objective names: a non-empty list of distinct, non-empty strings."""
+    if not isinstance(objectives, list) or not objectives or any(not isinstance(o, str) or not o.strip()
+                                                                  for o in objectives):
+        raise ConfigError(f"objectives must be non-empty names, e.g. helpful,positive,concise; got {objectives!r}")
+    dupes = sorted({o for o in objectives if objectives.count(o) > 1})
+    if dupes:
+        raise ConfigError(f"objective names must be distinct, got {dupes} more than once in {objectives}")
 
 
 class JsonConfig:
@@ -94,9 +84,8 @@ class HoEConfig(JsonConfig):
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        check_objectives(self.objectives)
         m = len(self.objectives)
-        if m < 1:
-            raise ConfigError("objectives must name at least one objective, got []")
         for what, rows in (("expert_prefs", self.expert_prefs), ("anchors", self.anchors)):
             if not rows:
                 raise ConfigError(f"{what} must have at least one row, got []")

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import staged_folder
 from .config import JsonConfig
 from .errors import HoEError
 
@@ -82,16 +82,9 @@ def cached_export(base_dir: Path, ckpt_dir: Path, root: Path, exporter=None) -> 
             return folder
         log.info("re-exporting %s: it was made by an older exporter", folder)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{folder.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     log.info("exporting %s + %s to %s (once)", base_dir, ckpt_dir, folder)
-    try:
+    with staged_folder(folder, replace=True, create=False) as tmp:  # the exporter creates it
         (exporter or default_exporter)(base_dir, ckpt_dir, tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

@@ -10,11 +10,12 @@ Every builder returns per-expert factors that `stack_experts` turns into the sta
 from __future__ import annotations
 
 import json
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from . import names
 from .errors import CheckpointError, ConfigError, ShapeMismatchError
@@ -28,6 +29,8 @@ class LoraFactors:
     lora_b: torch.Tensor  # [out, r]
     scaling: float  # alpha / r
 
+
+log = logging.getLogger(__name__)
 
 Expert = dict[str, LoraFactors]  # module name -> factors
 
@@ -76,12 +79,19 @@ def read_peft_adapter(folder: str | Path) -> tuple[Expert, dict]:
     for p in (cfg_path, weights_path):
         if not p.is_file():
             raise CheckpointError(f"PEFT adapter folder {folder} lacks {p.name}")
-    cfg = json.loads(cfg_path.read_text())
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_path} is not valid JSON ({e})") from e
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
     if cfg.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{folder}: peft_type must be LORA, got {cfg.get('peft_type')}")
     if cfg.get("use_dora") or cfg.get("use_rslora"):
         raise CheckpointError(f"{folder}: DoRA / rsLoRA adapters are not supported")
-    weights = load_file(str(weights_path))
+    from .checkpoint import load_tensors
+
+    weights = load_tensors(weights_path)
     rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
     expert: Expert = {}
     for key, a in weights.items():
@@ -92,15 +102,24 @@ def read_peft_adapter(folder: str | Path) -> tuple[Expert, dict]:
         if b_key not in weights:
             raise CheckpointError(f"{folder}: {key} has no matching {b_key}")
         r = a.shape[0]
-        short = module.rsplit(".", 1)[-1]
-        alpha = alpha_pattern.get(module, alpha_pattern.get(short, cfg.get("lora_alpha", r)))
-        declared_r = rank_pattern.get(module, rank_pattern.get(short, cfg.get("r", r)))
+        alpha = pattern_value(alpha_pattern, module, cfg.get("lora_alpha", r))
+        declared_r = pattern_value(rank_pattern, module, cfg.get("r", r))
         if declared_r != r:
             raise ShapeMismatchError(f"{folder}: {module} lora_A has rank {r}, config says {declared_r}")
         expert[module] = LoraFactors(a, weights[b_key], float(alpha) / r)
     if not expert:
         raise CheckpointError(f"{folder}: no lora_A/lora_B tensors found")
     return expert, cfg
+
+
+def pattern_value(pattern: dict, module: str, default):
+    """PEFT's own resolution of `rank_pattern` / `alpha_pattern` (peft.utils.other.get_pattern_key, 0.21):
+    the first key, in the dict's order, that as a regex matches the whole module name or a dotted suffix of
+    it (`(.*\\.)?(KEY)$`); `default` when none does."""
+    for key in pattern:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return pattern[key]
+    return default
 
 
 def experts_from_peft(folders: list[str | Path]) -> tuple[list[Expert], list[str]]:
@@ -126,6 +145,9 @@ def task_svd(delta: torch.Tensor, rank: int) -> LoraFactors:
         raise ConfigError(f"rank should be a positive integer, got {rank}")
     u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
     r = min(rank, s.shape[0])
+    if r < rank:
+        log.warning("task-SVD rank %d > min(out, in) = %d of a [%d, %d] delta: using rank %d (exact)", rank,
+                    s.shape[0], *delta.shape, r)
     root = s[:r].sqrt()
     a = root[:, None] * vh[:r]  # [r, in]
     b = u[:, :r] * root[None, :]  # [out, r]

@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from .config import atomic_write_text, sha256_file
+from .atomic import atomic_write_text, staged_folder
+from .config import sha256_file
 from .errors import CheckpointError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
@@ -90,20 +89,12 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path, force: bool = False
         raise CheckpointError(f"output folder {out} exists and was not made from {gguf.name}; pass --force "
                               "(force=True) to replace it")
     arch = gguf_architecture(gguf)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
-    try:
-        log.info("converting %s (%s) to a Hugging Face folder in %s", gguf.name, arch, out)
+    log.info("converting %s (%s) to a Hugging Face folder in %s", gguf.name, arch, out)
+    with staged_folder(out, replace=True) as tmp:
         _convert(gguf, tmp)
         hashes = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         stamp = {"source": gguf.name, "source_sha256": digest, "architecture": arch, "sha256": hashes}
         atomic_write_text(tmp / STAMP, json.dumps(stamp, indent=2) + "\n")
-        from .checkpoint import replace_folder
-
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

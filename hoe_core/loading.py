@@ -13,14 +13,31 @@ from .model import HoEModel
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def check_safetensors_folder(base_dir: str | Path) -> Path:
+    """A Hugging Face model folder with config.json and safetensors weights (pickle files are never loaded)."""
+    base_dir = Path(base_dir)
+    if not base_dir.is_dir():
+        raise CheckpointError(f"base model folder not found: {base_dir}")
+    if not (base_dir / "config.json").is_file():
+        raise CheckpointError(f"base model folder {base_dir} lacks config.json")
+    if not any(base_dir.glob("*.safetensors")):
+        found = sorted(p.name for p in base_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        raise CheckpointError(f"{base_dir}: expected model weights as *.safetensors, found "
+                              f"{found or 'none'}; convert pickle checkpoints to safetensors first")
+    return base_dir
+
+
 def load_base(base_dir: str | Path, dtype: str = "fp32"):
     """A Hugging Face causal LM from a safetensors folder, in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    base_dir = Path(base_dir)
-    if not (base_dir / "config.json").is_file():
-        raise CheckpointError(f"base model folder {base_dir} lacks config.json")
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=DTYPES[dtype], use_safetensors=True)
+    base_dir = check_safetensors_folder(base_dir)
+    if dtype not in DTYPES:
+        raise CheckpointError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=DTYPES[dtype], use_safetensors=True)
+    except (OSError, ValueError) as e:  # unreadable config or weights: say which folder
+        raise CheckpointError(f"{base_dir}: not a loadable Hugging Face causal LM ({e})") from e
     return model.eval()
 
 

@@ -7,6 +7,8 @@ same module runs from a checkpoint (reference) or from graph inputs (ONNX export
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 
 import torch
@@ -49,11 +51,39 @@ def lora_mixture(x: torch.Tensor, lora_a, lora_b, scaling, gates) -> torch.Tenso
 
 
 class HoEState:
-    """What all HoELinear modules of one model read during a forward: the tensors and the mix."""
+    """What all HoELinear modules of one model read during a forward: the tensors and the mix.
+
+    Per call, never on the shared module: the values live in a ContextVar, so each thread (and each
+    asyncio task) sees only what its own forward bound, and one model may serve several threads at once.
+    """
 
     def __init__(self) -> None:
-        self.tensors: dict[str, torch.Tensor] = {}
-        self.router_mix: torch.Tensor | None = None  # [B, K]
+        self._call: contextvars.ContextVar = contextvars.ContextVar(f"hoe_state_{id(self)}", default=({}, None))
+
+    @contextlib.contextmanager
+    def bind(self, tensors: dict[str, torch.Tensor], router_mix: torch.Tensor):
+        """tensors (canonical names) and router_mix [B, K] for the forward run inside this block."""
+        token = self._call.set((tensors, router_mix))
+        try:
+            yield
+        finally:
+            self._call.reset(token)
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return self._call.get()[0]
+
+    @tensors.setter
+    def tensors(self, value: dict[str, torch.Tensor]) -> None:  # this thread/context only (see bind)
+        self._call.set((value, self._call.get()[1]))
+
+    @property
+    def router_mix(self) -> torch.Tensor | None:  # [B, K]
+        return self._call.get()[1]
+
+    @router_mix.setter
+    def router_mix(self, value: torch.Tensor | None) -> None:
+        self._call.set((self._call.get()[0], value))
 
 
 class HoELinear(nn.Module):
@@ -161,10 +191,9 @@ class HoEModel(nn.Module):
             raise ConfigError(
                 f"router_mix must be [B={input_ids.shape[0]}, K], got {tuple(router_mix.shape)}"
             )
-        self.state.tensors = self.named_tensors() if tensors is None else tensors
-        self.state.router_mix = router_mix
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=True, **{self._cache_arg: cache})
+        with self.state.bind(self.named_tensors() if tensors is None else tensors, router_mix):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             use_cache=True, **{self._cache_arg: cache})
         return out.logits, output_cache(out)
 
 

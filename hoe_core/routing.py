@@ -46,10 +46,11 @@ def validate_preference(preference: Sequence[float] | np.ndarray, n_objectives: 
         raise PreferenceError(f"preference must be finite, got {pref.tolist()}")
     if np.any(pref < 0):
         raise PreferenceError(f"preference weights must be >= 0, got {pref.tolist()}")
-    total = float(pref.sum())
-    if total <= 0:
-        raise PreferenceError(f"preference must have a positive sum, got {pref.tolist()} (sum {total})")
-    return pref / total
+    top = float(pref.max())
+    if top <= 0:
+        raise PreferenceError(f"preference must have a positive sum, got {pref.tolist()} (sum {float(pref.sum())})")
+    pref = pref / top  # first by the largest weight: 1e308-sized weights would overflow the sum
+    return pref / pref.sum()
 
 
 def nearest_anchors(pref: np.ndarray, anchors: np.ndarray, n: int) -> np.ndarray:

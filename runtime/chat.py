@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from hoe.core.errors import InputError
 from hoe.core.routing import validate_preference
 
 from .config import GenerationConfig
@@ -44,7 +45,13 @@ class ChatSession:
     def send(self, user_text: str) -> Iterator[str]:
         """Stream the reply to `user_text`; the turn joins the history once the reply is complete."""
         pieces = []
-        for piece in self.model.stream(self.conversation(user_text), self.preference, self.config, chat=True):
+        conversation = self.conversation(user_text)
+        n_tokens = len(self.model.encode(conversation, chat=True)) if self.model.tokenizer is not None else 0
+        if n_tokens >= self.model.context_length:
+            raise InputError(f"the conversation is {n_tokens} tokens, the model's context {self.model.context_length}"
+                             f"; expected fewer: type /reset to start over (the history holds "
+                             f"{len(self.messages) // 2} turns)")
+        for piece in self.model.stream(conversation, self.preference, self.config, chat=True):
             pieces.append(piece)
             yield piece
         self.messages += [{"role": "user", "content": user_text}, {"role": "assistant", "content": "".join(pieces)}]

@@ -6,6 +6,9 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
+
+from hoe.contract.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +79,30 @@ def _load(args):
                 hoe=args.hoe)
 
 
+def _overrides(args) -> dict:
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop)
+
+
 def _config(model, args):
-    return model.default_config(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                                stop=args.stop)
+    return model.default_config(**_overrides(args))
+
+
+def _precheck(args, n_prompts: int, required: bool) -> None:
+    """What can be refused before the model is opened and hashed: the manifest's structure, sampling
+    options, backend options and the preference text (count and length against the objectives)."""
+    from .backends import BackendConfig
+    from .config import GenerationConfig
+    from .manifest import Manifest
+    from .preference import PreferenceRouter
+
+    manifest = Manifest(Path(args.folder), read_manifest(args.folder))
+    manifest.check()
+    GenerationConfig.from_defaults(manifest.generation, **_overrides(args))
+    BackendConfig(name=args.backend, threads=args.threads)
+    preference = _preference(args, n_prompts)
+    if preference is not None or required:
+        PreferenceRouter.from_manifest(manifest).rows(preference, n_prompts)
 
 
 def _preference(args, n_prompts: int):
@@ -99,6 +122,7 @@ def _preference(args, n_prompts: int):
 
 
 def _generate(args) -> int:
+    _precheck(args, len(args.prompt), required=True)
     model = _load(args)
     config, preference = _config(model, args), _preference(args, len(args.prompt))
     if args.stream:
@@ -127,6 +151,7 @@ def _generate(args) -> int:
 def _chat(args) -> int:
     from .chat import ChatSession
 
+    _precheck(args, 1, required=False)
     model = _load(args)
     session = ChatSession(model, _preference(args, 1), _config(model, args), system=args.system)
     print(f"chatting with {args.folder} ({model.describe()['backend']}); preference: "

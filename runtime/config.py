@@ -31,7 +31,8 @@ class GenerationConfig(JsonConfig):
         _check(_finite(self.top_p) and 0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p)
         _check(_finite(self.repetition_penalty) and self.repetition_penalty > 0,
                "repetition_penalty", "a number > 0", self.repetition_penalty)
-        _check(self.seed is None or isinstance(self.seed, int), "seed", "an integer or None", self.seed)
+        _check(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0),
+               "seed", "an integer >= 0 or None", self.seed)
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", "non-empty strings", self.stop)
         _check(all(isinstance(i, int) and i >= 0 for i in self.stop_token_ids),
                "stop_token_ids", "integers >= 0", self.stop_token_ids)

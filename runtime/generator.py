@@ -38,7 +38,7 @@ class Generator:
         if self.config.stop and model.tokenizer is None:
             raise InputError(f"stop strings {self.config.stop} need a tokenizer; this export has none")
         self._preference = preference
-        model.router.rows(preference, 1 if np.ndim(preference) < 2 else len(preference))  # validate early
+        model.router.rows(preference, model.router.n_rows(preference))  # validate early
         self._prompts: list[list[int]] = []
         self._state = None
         self.timings = {"prefill_ms": 0.0, "decode_ms": 0.0, "decode_steps": 0}
@@ -60,7 +60,7 @@ class Generator:
         """New preference for all rows, or for `rows` (indices); used from the next forward pass on."""
         if self._state is None and rows is None:
             self._preference = preference
-            self.model.router.rows(preference, 1 if np.ndim(preference) < 2 else len(preference))
+            self.model.router.rows(preference, self.model.router.n_rows(preference))
             return
         if self._state is None:
             self._start()

@@ -5,6 +5,8 @@ Nothing is re-merged or rebuilt when a preference changes: only this [B, K] floa
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from hoe.core.errors import PreferenceError
 from hoe.core.routing import route, route_batch, validate_preference
@@ -56,6 +58,13 @@ class PreferenceRouter:
             return [validate_preference(p, self.n_objectives) for p in arr]
         return [validate_preference(arr, self.n_objectives)] * batch
 
+    def n_rows(self, preference) -> int:
+        """1 for one vector (or None), B for [B, m] rows; PreferenceError when it is neither (ragged, text)."""
+        if preference is None:
+            return 1
+        arr = _as_array(preference)
+        return 1 if arr.ndim < 2 else arr.shape[0]
+
     def mix(self, preference: np.ndarray) -> np.ndarray:
         """One validated preference [m] -> router_mix [K] float32."""
         if not self.enabled:
@@ -85,8 +94,11 @@ def _as_array(preference) -> np.ndarray:
 
 
 def parse_preference(text: str) -> list[float]:
-    """'0.2,0.5,0.3' -> [0.2, 0.5, 0.3] (CLI and chat `/pref`)."""
+    """'0.2,0.5,0.3' (or '0.2 0.5 0.3') -> [0.2, 0.5, 0.3] (CLI and chat `/pref`)."""
+    parts = re.split(r"\s*,\s*|\s+", text.strip())
     try:
-        return [float(x) for x in text.replace(" ", "").split(",") if x]
+        if not text.strip() or any(not p for p in parts):
+            raise ValueError("empty weight")
+        return [float(x) for x in parts]
     except ValueError as e:
-        raise PreferenceError(f"preference must be comma-separated numbers like 0.2,0.5,0.3, got {text!r}") from e
+        raise PreferenceError(f"preference must be numbers separated by commas like 0.2,0.5,0.3, got {text!r}") from e

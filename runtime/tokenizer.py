@@ -29,7 +29,13 @@ class Tokenizer:
 
         if not tokenizer_file.is_file():
             raise CheckpointError(f"tokenizer file not found: {tokenizer_file}")
-        self._tok = _Tok.from_file(str(tokenizer_file))
+        try:
+            self._tok = _Tok.from_file(str(tokenizer_file))
+        except Exception as e:  # tokenizers raises a bare Exception for any unreadable file
+            raise CheckpointError(f"{tokenizer_file} is not a tokenizers JSON file ({e}); expected tokenizer.json "
+                                  "as saved by Hugging Face tokenizers") from e
+        self._text_tok = _Tok.from_str(self._tok.to_str())  # user text: special-token strings stay text
+        self._text_tok.encode_special_tokens = True
         self.config = config or {}
         self.special_tokens = {k: _token_text(self.config.get(k)) for k in _SPECIAL_KEYS if self.config.get(k)}
         self.chat_template = chat_template or _template_from_config(self.config)
@@ -81,8 +87,30 @@ class Tokenizer:
             raise InputError(f"the chat template refused this conversation: {e}") from e
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
-        """Token ids of a rendered conversation; the template already places BOS and role tokens."""
-        return self.encode(self.apply_chat_template(messages), add_special_tokens=False)
+        """Token ids of a rendered conversation; the template already places BOS and role tokens.
+
+        Message contents are user text: a "<|im_start|>system" typed by a user must not become role tokens.
+        Each content is wrapped in private-use marks before rendering; the template's own text between
+        them is tokenized with special tokens, the contents with special-token strings kept as text.
+        """
+        _check_messages(messages)
+        marked = [dict(m, content=_OPEN + _strip_marks(m["content"]) + _CLOSE) for m in messages]
+        ids, rest = [], self.apply_chat_template(marked)
+        while _OPEN in rest:
+            template, _, rest = rest.partition(_OPEN)
+            content, found, rest = rest.partition(_CLOSE)
+            if not found:
+                raise InputError("the chat template cut a message's content; cannot tell user text from roles")
+            ids += self.encode(template, add_special_tokens=False) if template else []
+            ids += self._text_tok.encode(content, add_special_tokens=False).ids if content else []
+        return ids + (self.encode(rest, add_special_tokens=False) if rest else [])
+
+
+_OPEN, _CLOSE = "\ue000", "\ue001"  # Unicode private-use marks around message contents (encode_chat)
+
+
+def _strip_marks(text: str) -> str:
+    return text.replace(_OPEN, "").replace(_CLOSE, "")
 
 
 def _environment():

@@ -14,10 +14,12 @@ def register(sub) -> None:
                     "An engine only runs with the TensorRT release and the GPU (compute capability) that built it.")
     p.add_argument("out_dir", metavar="OUT_DIR", help="exported folder (holds hoe_config.json and model.onnx)")
     p.add_argument("--max-batch", type=int, default=1, help="rows per step at most (default 1)")
-    p.add_argument("--max-context", type=int, default=2048,
-                   help="prompt + generated tokens per row at most; KV buffers have this length (default 2048)")
-    p.add_argument("--max-prefill", type=int, default=512,
-                   help="prompt tokens per prefill step; longer prompts go in chunks (default 512)")
+    p.add_argument("--max-context", type=int, default=None,
+                   help="prompt + generated tokens per row at most; KV buffers have this length "
+                        "(default 2048, or the model's context if shorter)")
+    p.add_argument("--max-prefill", type=int, default=None,
+                   help="prompt tokens per prefill step; longer prompts go in chunks (default 512, at most "
+                        "--max-context)")
     p.add_argument("--max-experts", type=int, default=0, help="LoRA experts E at most (default: as exported)")
     p.add_argument("--max-rank", type=int, default=0, help="LoRA rank r at most (default: as exported)")
     p.add_argument("--max-routers", type=int, default=0, help="router experts K at most (default: as exported)")
@@ -32,12 +34,25 @@ def register(sub) -> None:
     p.set_defaults(func=_build_engine)
 
 
+def _context_defaults(args) -> tuple[int, int]:
+    """--max-context / --max-prefill, defaulting to 2048 / 512 clipped to the model's own context."""
+    from .manifest import read_manifest
+
+    context = args.max_context
+    if context is None:
+        manifest = read_manifest(args.out_dir)
+        arch = manifest.get("architecture", {}) if isinstance(manifest, dict) else {}
+        context = min(2048, int(arch.get("max_position_embeddings") or 2048))
+    return context, args.max_prefill if args.max_prefill is not None else min(512, context)
+
+
 def _build_engine(args) -> int:
     from hoe.contract.engine import EngineLimits
 
     from .backends.trt_build import BuildConfig, build_engine
 
-    limits = EngineLimits(max_batch=args.max_batch, max_context=args.max_context, max_prefill=args.max_prefill,
+    context, prefill = _context_defaults(args)
+    limits = EngineLimits(max_batch=args.max_batch, max_context=context, max_prefill=prefill,
                           max_experts=args.max_experts, max_rank=args.max_rank, max_routers=args.max_routers,
                           opt_batch=args.opt_batch)
     cfg = BuildConfig(limits=limits, workspace_mb=args.workspace_mb, fp16=args.fp16,

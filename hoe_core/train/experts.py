@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import atomic_write_text
+from ..atomic import atomic_write_text, staged_folder
 from ..objectives import Objective, score_all
 from .config import ExpertConfig, SampleConfig
 from .data import ChatCodec, sentence_prefixes
@@ -140,13 +140,8 @@ def sft_adapter(base, codec: ChatCodec, data: list[tuple[str, str, bool]], cfg: 
                 bar.update()
                 step += 1
     model.eval()
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with staged_folder(out, replace=True) as tmp:
+        model.save_pretrained(tmp)
     return out
 
 

@@ -36,6 +36,15 @@ class BackendConfig(JsonConfig):
     hoe: str | None = None  # torch backend: HoE checkpoint folder (default: manifest "source.hoe", else the export)
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific settings (e.g. a TensorRT cache dir)
 
+    def __post_init__(self) -> None:
+        from hoe.core.errors import ConfigError
+
+        t = self.threads
+        if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t < 1):
+            raise ConfigError(f"threads must be an integer >= 1 or None (the library's default), got {t!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"backend name must be a non-empty string, got {self.name!r}")
+
 
 class DecodeState:
     """Per-generator state a backend keeps between steps (KV cache, bindings)."""

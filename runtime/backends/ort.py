@@ -45,8 +45,7 @@ class OrtBackend(Backend):
         self._ort = ort
         names, options = ort_providers.resolve(self.config.providers, ort)
         start = time.perf_counter()
-        self.session = ort.InferenceSession(str(self._model_path()), sess_options=self._session_options(ort),
-                                            providers=names, provider_options=options)
+        self.session = _session(ort, self._model_path(), self._session_options(ort), names, options)
         self.load_ms = (time.perf_counter() - start) * 1e3
         self.providers_requested = names
         self.providers_used = self.session.get_providers()
@@ -167,3 +166,17 @@ def _check_input(spec, arr: np.ndarray) -> None:
         raise ShapeMismatchError(f"{spec.name}: graph expects {spec.type}, file holds {arr.dtype}")
     if len(spec.shape) != arr.ndim or any(isinstance(d, int) and d != a for d, a in zip(spec.shape, arr.shape)):
         raise ShapeMismatchError(f"{spec.name}: graph expects shape {spec.shape}, file holds {list(arr.shape)}")
+
+
+def _session(ort, path, options, providers, provider_options):
+    """An InferenceSession; a graph onnxruntime cannot read (damaged file, `--no-verify`) -> CheckpointError."""
+    from hoe.core.errors import CheckpointError
+    from onnxruntime.capi import onnxruntime_pybind11_state as errors
+
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers,
+                                    provider_options=provider_options)
+    except (errors.Fail, errors.InvalidProtobuf, errors.NoSuchFile, errors.InvalidGraph, errors.RuntimeException) as e:
+        raise CheckpointError(f"{path}: onnxruntime cannot load it ({str(e)[:300]}); expected the exported graph "
+                              "and its .onnx.data intact (re-export, or load without --no-verify to check "
+                              "the sha256)") from e
