@@ -68,9 +68,9 @@ def _export(args) -> int:
 
 
 def _swap(args) -> int:
+    from hoe.contract.manifest import load_manifest, swap_experts
     from hoe.core.errors import ConfigError
 
-    from .manifest import load_manifest, swap_experts
     from .validate import ParityError
 
     if args.threads < 1:

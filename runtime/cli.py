@@ -91,9 +91,10 @@ def _config(model, args):
 def _precheck(args, n_prompts: int, required: bool) -> None:
     """What can be refused before the model is opened and hashed: the manifest's structure, sampling
     options, backend options and the preference text (count and length against the objectives)."""
+    from hoe.contract.folder import Manifest
+
     from .backends import BackendConfig
     from .config import GenerationConfig
-    from .manifest import Manifest
     from .preference import PreferenceRouter
 
     manifest = Manifest(Path(args.folder), read_manifest(args.folder))

@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 def _context_defaults(args) -> tuple[int, int]:
     """--max-context / --max-prefill, defaulting to 2048 / 512 clipped to the model's own context."""
-    from .manifest import read_manifest
+    from hoe.contract.manifest import read_manifest
 
     context = args.max_context
     if context is None:
