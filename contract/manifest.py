@@ -125,9 +125,8 @@ def check_manifest(manifest: Any) -> None:
         raise ConfigError(f"{MANIFEST_FILE} must hold a JSON object, got {type(manifest).__name__}")
     version = manifest.get("format_version")
     if version not in FORMAT_VERSIONS:
-        raise ConfigError(f"{MANIFEST_FILE} format_version must be {FORMAT_VERSION}, got {version!r}: format_version "
-                          f"{version!r} is not one this hoe reads (expected one of {list(FORMAT_VERSIONS)}); "
-                          "update hoe or re-export")
+        raise ConfigError(f"{MANIFEST_FILE} format_version {version!r} is not one this hoe reads (expected one of "
+                          f"{list(FORMAT_VERSIONS)}); update hoe or re-export")
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise ConfigError(f"{MANIFEST_FILE} lacks sections {missing}; expected all of {list(REQUIRED)}")

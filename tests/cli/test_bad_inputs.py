@@ -189,7 +189,7 @@ CLI_CASES = [
     Case("gen_manifest_not_json", ["generate", "{bad}", "--prompt", "hi", *P],
          r"hoe_config.json is not valid JSON", _file_edit("hoe_config.json", _garbage)),
     Case("gen_manifest_version", ["generate", "{bad}", "--prompt", "hi", *P],
-         r"format_version 99 is not one this runtime reads \(expected one of \[2\]\)",
+         r"format_version 99 is not one this hoe reads \(expected one of \[2\]\)",
          _manifest_edit(lambda d, f: d.update(format_version=99))),
     Case("gen_manifest_no_inputs", ["generate", "{bad}", "--prompt", "hi", *P],
          r"lacks sections \['inputs'\]; expected all of", _drop("inputs")),
