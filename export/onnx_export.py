@@ -152,12 +152,12 @@ class _Export:
     def _check(self) -> None:
         inputs = [self.base_dir] + ([self.ckpt_dir] if self.ckpt_dir else [])
         self.out_dir = self.result.out_dir = check_out_dir(self.out_dir, self.config.force, inputs)
-        check_base_weights(self.base_dir)
         if self.config.experts and self.ckpt_dir is None:
             raise ConfigError("a HoE checkpoint folder is required unless experts=False (--no-experts)")
         self.hoe_config = HoEConfig.load(self.ckpt_dir / mf.HOE_FILE) if self.ckpt_dir else None
         targets = list(self.hoe_config.target_modules) if self.config.experts else None
         self.hf_config = check_base_dir(self.base_dir, targets)
+        check_base_weights(self.base_dir)
 
     def _load(self) -> None:
         from hoe.core.checkpoint import HoECheckpoint

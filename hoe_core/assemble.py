@@ -73,14 +73,16 @@ def assemble(base_dir: str | Path, objectives: list[str], out: str | Path, peft:
     inputs = [base_dir, *(peft or []), *(finetuned or [])]
     out = check_output(out, inputs, force)  # before the slow loads
     base_dir = resolve_base(base_dir)  # a .gguf file: its converted folder (cached)
-    for folder in [base_dir, *(finetuned or [])]:
-        check_safetensors_folder(folder)
     if peft:
         experts, modules = experts_from_peft(peft)
         probe_base(base_dir, modules)  # before the base weights load
-        base = load_base(base_dir)
     else:
         probe_base(base_dir)
+    for folder in [base_dir, *(finetuned or [])]:
+        check_safetensors_folder(folder)
+    if peft:
+        base = load_base(base_dir)
+    else:
         from .model import find_target_modules
 
         base = load_base(base_dir)

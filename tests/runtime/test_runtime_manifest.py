@@ -64,7 +64,10 @@ def test_sha256_mismatch_names_both_digests(tmp_path):
     Manifest.load(folder, verify=False)  # explicitly skipped
 
 
-def test_unknown_backend_and_registry(tmp_path):
+def test_unknown_backend_and_registry(tmp_path, monkeypatch):
+    from hoe.runtime import backends
+
+    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))  # the registration ends with the test
     m = Manifest.load(_folder(tmp_path))
     with pytest.raises(BackendError, match=r"unknown backend 'tensorrt-llm'; expected one of \["):
         create_backend(m, BackendConfig(name="tensorrt-llm"))
