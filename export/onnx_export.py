@@ -169,7 +169,8 @@ class _Export:
         if self.ckpt is not None:
             self.ckpt.validate(self.model)  # module names, shapes and base identity, before any tracing
         cfg = self.model.config
-        self.dims = ModelDims(num_layers=cfg.num_hidden_layers, num_kv_heads=cfg.num_key_value_heads,
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads  # None: no GQA
+        self.dims = ModelDims(num_layers=cfg.num_hidden_layers, num_kv_heads=kv_heads,
                               head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
                               vocab_size=cfg.vocab_size, dtype=self.dtype)
         self.modules = list(self.hoe_config.target_modules) if self.config.experts else []

@@ -14,9 +14,9 @@ UnsupportedModelError naming the part (module type, attention kind, cache class,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CheckpointError, UnsupportedModelError
@@ -29,66 +29,74 @@ ATTENTION_KINDS = ("full_attention", "sliding_attention")  # config.layer_types 
 CACHE_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer")  # transformers cache layers we handle
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ProbeReport:
     """What the probe found (logged; the export records the attention kinds)."""
 
     model_type: str
     causal_lm: str  # transformers class, e.g. "Gemma3ForCausalLM"
     blocks: str  # name of the decoder-block ModuleList, e.g. "model.layers"
-    attention_kinds: list[str] = field(default_factory=list)  # per layer
-    cache_layers: list[str] = field(default_factory=list)  # reference cache layer class per layer
+    attention_kinds: list[str] = dataclasses.field(default_factory=list)  # per layer
+    cache_layers: list[str] = dataclasses.field(default_factory=list)  # reference cache layer class per layer
     sliding_window: int | None = None  # tokens, when some layer is sliding
-    target_modules: list[str] = field(default_factory=list)  # checked targets (default: every block linear)
+    target_modules: list[str] = dataclasses.field(default_factory=list)  # checked targets (default: every block linear)
 
 
 def probe_base(base_dir: str | Path, target_modules: list[str] | None = None) -> ProbeReport:
     """Probe the base model folder `base_dir` (its config.json only). See the module docstring.
 
-    Remembered per process for the same config.json (path, size, mtime) and targets: export, validation and
-    the reference each ask."""
+    The meta model and its forward are remembered per process for the same config.json (path, size, mtime):
+    export, validation and its references each ask."""
     path = Path(base_dir) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"base model folder {base_dir} lacks config.json")
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, tuple(target_modules or ()) or None)
-    return _probe_base_cached(key, path.parent)
-
-
-@functools.lru_cache(maxsize=32)
-def _probe_base_cached(key: tuple, base_dir: Path) -> ProbeReport:
-    from transformers import AutoConfig
-
-    path = base_dir / "config.json"
-    try:
-        config = AutoConfig.from_pretrained(base_dir)
-    except (ValueError, KeyError, OSError) as e:
-        raise UnsupportedModelError(f"transformers cannot read {path}: {e}") from e
-    return probe_config(config, list(key[3]) if key[3] is not None else None)
+    report, model = _probe_file((str(path.resolve()), stat.st_size, stat.st_mtime_ns), path.parent)
+    return _with_targets(report, model, target_modules)
 
 
 def probe_config(config, target_modules: list[str] | None = None) -> ProbeReport:
     """Probe a transformers config (see the module docstring); `target_modules`: full module names, or None
     for every nn.Linear of the decoder blocks."""
+    return _with_targets(*_probe(config), target_modules)
+
+
+@functools.lru_cache(maxsize=32)
+def _probe_file(key: tuple, base_dir: Path):
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(base_dir)
+    except (ValueError, KeyError, OSError) as e:
+        raise UnsupportedModelError(f"transformers cannot read {base_dir / 'config.json'}: {e}") from e
+    return _probe(config)
+
+
+def _probe(config):
+    """Everything but the targets -> (ProbeReport without targets, the model on the meta device)."""
     import torch
 
     causal_lm = check_config(config)
     config = copy.deepcopy(config)
     config._attn_implementation = "eager"  # what the export traces
     model = _build_on_meta(config)
-    from .model import find_target_modules, target_linear
-
     blocks = decoder_blocks(model)
-    if target_modules is None:
-        target_modules = find_target_modules(model)
-    for name in target_modules:
-        target_linear(model, name)
     with torch.no_grad():
         cache_layers = _forward_with_cache(model, config)
     from_cache = ["sliding_attention" if c == "DynamicSlidingWindowLayer" else "full_attention" for c in cache_layers]
     kinds = list(getattr(config, "layer_types", None) or from_cache)  # Mistral has none: its cache layers tell
     window = getattr(config, "sliding_window", None) if "sliding_attention" in kinds else None
-    report = ProbeReport(config.model_type, causal_lm, blocks, kinds, cache_layers, window, list(target_modules))
+    return ProbeReport(config.model_type, causal_lm, blocks, kinds, cache_layers, window), model
+
+
+def _with_targets(report: ProbeReport, model, target_modules: list[str] | None) -> ProbeReport:
+    """`report` with the targets checked: each an nn.Linear of `model` (default: every block linear)."""
+    from .model import find_target_modules, target_linear
+
+    targets = find_target_modules(model) if target_modules is None else list(target_modules)
+    for name in targets:
+        target_linear(model, name)
+    report = dataclasses.replace(report, target_modules=targets)
     log.debug("probe: %s", report)
     return report
 

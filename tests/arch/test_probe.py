@@ -33,8 +33,10 @@ def test_refused_by_config_with_the_part_named(tmp_path, cls_name, extra, words)
 
 
 def test_conv1d_projections_are_named():
+    from transformers import GPT2Config
+
     with pytest.raises(UnsupportedModelError, match=r"GPT2LMHeadModel.*Conv1D \(e\.g\. transformer\.h\.0\.attn"):
-        probe_config(_config("GPT2Config", n_embd=32, n_layer=2, n_head=4))
+        probe_config(GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4))
 
 
 def test_cache_layer_class_is_named():
