@@ -38,7 +38,9 @@ def test_export_matches_pytorch(tiny_export, arch):
 def test_tensorrt_ready(tiny_export, arch):
     from hoe.export.trt_ops import check_model
 
-    _, _, out, result = tiny_export(arch)
+    _, _, out, result = tiny_export(arch, "tensorrt")
+    assert result.validation["passed"] and result.validation["max_abs_logits"] < 1e-4
+    assert mf.load_manifest(out)["model"]["target"] == "tensorrt"
     report = check_model(out / mf.MODEL_FILE)
     assert report.ready, report.problems
     assert result.trt["ready"] and result.trt["op_counts"] == report.op_counts
@@ -147,7 +149,7 @@ def test_swap_refuses_other_modules(tiny_export, tmp_path):
 def test_fp16_export(tmp_path, tiny_folders):
     """fp16 weights/activations; softmax and norm reductions in fp32; parity within fp16 tolerance."""
     base_dir, ckpt_dir = tiny_folders(tmp_path, "qwen2")
-    result = export(base_dir, ckpt_dir, tmp_path / "out", ExportConfig(dtype="fp16", threads=1))
+    result = export(base_dir, ckpt_dir, tmp_path / "out", ExportConfig(dtype="fp16", threads=1, target="tensorrt"))
     v = result.validation
     assert v["passed"] and v["dtype"] == "fp16" and v["not_validated"], v
     assert v["max_rel_logits"] < 2e-2 and v["argmax_agreement"] >= 0.9
@@ -173,7 +175,7 @@ def test_export_base_without_experts(tiny_export, tmp_path, capsys):
 
     base_dir, ckpt_dir, _, _ = tiny_export("llama")
     code = main(["export", "--base", str(base_dir), "--hoe", str(ckpt_dir), "--out", str(tmp_path / "base"),
-                 "--no-experts", "--threads", "1"])
+                 "--no-experts", "--threads", "1", "--target", "tensorrt"])
     printed = capsys.readouterr().out
     assert code == 0 and "READY" in printed and "validation (fp32" in printed, printed
     validation = json.loads((tmp_path / "base" / mf.VALIDATION_FILE).read_text())
