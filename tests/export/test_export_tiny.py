@@ -49,6 +49,28 @@ def test_tensorrt_ready(tiny_export, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_fused_graph_for_onnxruntime(tiny_export, arch):
+    """--target ort-cpu (default): one GroupQueryAttention and two RotaryEmbedding per layer, RMSNorm fused,
+    and the past tensors feed nothing but GQA (no Concat or Slice copies a shared buffer)."""
+    _, _, out, result = tiny_export(arch)
+    manifest = mf.load_manifest(out)
+    assert manifest["model"]["target"] == "ort-cpu" and manifest["kv_cache"]["shared_buffer"] is True
+    assert result.trt["skipped"] and result.trt["ready"] is None
+    model, inputs, _ = graph_io(out)
+    ops = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    layers = manifest["architecture"]["num_layers"]
+    assert ops["GroupQueryAttention"] == layers and ops["RotaryEmbedding"] == 2 * layers
+    assert ops.get("SkipSimplifiedLayerNormalization", 0) + ops.get("SimplifiedLayerNormalization", 0) == 2 * layers + 1
+    assert not {"Pow", "ReduceMean", "Sqrt", "Reciprocal"} & set(ops), ops
+    assert ops["Softmax"] == layers * 4  # only the routers' (one per input-sharing group); attention's is in GQA
+    past = {n for n in inputs if n.startswith("past_key_values.")}
+    readers = {(n.op_type, n.domain) for n in model.graph.node for i in n.input if i in past}
+    assert readers <= {("GroupQueryAttention", "com.microsoft"), ("Shape", "")}, readers  # Shape: batch size only
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_manifest_is_the_graph_contract(tiny_export, arch):
     _, ckpt_dir, out, _ = tiny_export(arch)
     manifest = mf.load_manifest(out, verify=True)  # every sha256 checks out
@@ -223,6 +245,8 @@ def test_refuses_bad_config():
         ExportConfig(opset=17)
     with pytest.raises(ConfigError, match="dtype"):
         ExportConfig(dtype="bf16")
+    with pytest.raises(ConfigError, match="target must be one of"):
+        ExportConfig(target="ort-gpu")
 
 
 def test_failed_validation_leaves_out_dir_untouched(tmp_path, monkeypatch, tiny_folders):
