@@ -190,6 +190,15 @@ def test_fp16_export(tmp_path, tiny_folders):
     assert result.trt["ready"], result.trt["problems"]
 
 
+def test_fp16_fused_export(tmp_path, tiny_folders):
+    """fp16 on the onnxruntime target: GroupQueryAttention and the fused norms have fp16 CPU kernels."""
+    base_dir, ckpt_dir = tiny_folders(tmp_path, "qwen2")
+    result = export(base_dir, ckpt_dir, tmp_path / "out", ExportConfig(dtype="fp16", threads=1))
+    v = result.validation
+    assert v["passed"] and v["dtype"] == "fp16" and v["max_rel_logits"] < 2e-2 and v["argmax_agreement"] >= 0.9, v
+    assert result.trt["op_counts"]["GroupQueryAttention"] == 2
+
+
 def test_export_base_without_experts(tiny_export, tmp_path, capsys):
     """`hoe export --no-experts` (export_base): the same graph without router_mix and expert inputs."""
     from hoe.core.cli import main
