@@ -112,6 +112,15 @@ def _gqa_translation(q, k, v, past_k, past_v, position_ids, mask, cos, sin, num_
 TRANSLATIONS = {torch.ops.hoe.gqa.default: _gqa_translation}
 
 
+class RotaryCache(nn.Module):
+    """cos, sin [max_pos, D/2] as buffers of one module, so the graph holds one initializer of each."""
+
+    def __init__(self, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+
 class FusedAttention(nn.Module):
     """Replaces one layer's attention module: its own projections (and Qwen3's q/k norms) around hoe::gqa.
     `past` (set by the caller before each forward) is the layer's (key, value) graph input; the forward
@@ -119,11 +128,11 @@ class FusedAttention(nn.Module):
     length (by the mask), never for its tensors: any Concat or Slice on the graph's past would copy the
     whole (shared) buffer every step."""
 
-    def __init__(self, attn: nn.Module, num_heads: int, kv_heads: int, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    def __init__(self, attn: nn.Module, num_heads: int, kv_heads: int, rotary: RotaryCache) -> None:
         super().__init__()
         self.attn = attn
         self.num_heads, self.kv_heads = num_heads, kv_heads
-        self.cos, self.sin = cos, sin  # shared by every layer (one initializer each in the graph)
+        object.__setattr__(self, "rotary", rotary)  # not a submodule: registered once, on the model
         self.past: tuple[torch.Tensor, torch.Tensor] | None = None
         self.present: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -136,7 +145,8 @@ class FusedAttention(nn.Module):
         if hasattr(a, "q_norm"):  # Qwen3: RMSNorm over each head before the rotary
             q, k = a.q_norm(q.view(shape)).flatten(-2), a.k_norm(k.view(shape)).flatten(-2)
         out, *present = torch.ops.hoe.gqa(q, k, v, *self.past, position_ids, attention_mask.to(q.dtype),
-                                          self.cos, self.sin, self.num_heads, self.kv_heads, float(a.scaling))
+                                          self.rotary.cos, self.rotary.sin, self.num_heads, self.kv_heads,
+                                          float(a.scaling))
         self.present = tuple(present)
         return a.o_proj(out), None
 
@@ -165,8 +175,9 @@ def install(model: nn.Module) -> int:
     rope = (getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
     if rope.get("rope_type", "default") == "dynamic":
         raise ValueError("dynamic-NTK rotary (positions change the frequencies) cannot use a fixed cos/sin cache")
-    cos, sin = rotary_caches(model, int(cfg.max_position_embeddings), next(model.parameters()).dtype)
+    rotary = RotaryCache(*rotary_caches(model, int(cfg.max_position_embeddings), next(model.parameters()).dtype))
+    model.model.hoe_rotary_cache = rotary
     layers = model.model.layers
     for layer in layers:
-        layer.self_attn = FusedAttention(layer.self_attn, cfg.num_attention_heads, cfg.num_key_value_heads, cos, sin)
+        layer.self_attn = FusedAttention(layer.self_attn, cfg.num_attention_heads, cfg.num_key_value_heads, rotary)
     return len(layers)
