@@ -5,9 +5,9 @@ from __future__ import annotations
 EXPORT_HELP = """\
 Export a base model and a HoE checkpoint to an ONNX folder for the runtime: base weights baked in,
 LoRA experts and routers as graph inputs (swap them without re-export), KV cache in/out, and
-hoe_config.json describing every input/output. The export ends with a static TensorRT 10.3
-readiness check and a parity check (onnxruntime CPU vs PyTorch, prefill + decode steps, batch 2
-with left padding, 3 preferences) written to OUT/validation.json; exit status 1 if it fails."""
+hoe_config.json describing every input/output. The export ends (--target tensorrt) with a static
+TensorRT 10.3 readiness check, and always with a parity check (onnxruntime CPU vs PyTorch, prefill +
+decode steps, batch 2 with left padding, 3 preferences) written to OUT/validation.json; exit status 1 if it fails."""
 
 
 def register(sub) -> None:
@@ -20,6 +20,10 @@ def register(sub) -> None:
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (default 20; 18-20 for TensorRT 10.3)")
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
                    help="fp32, or fp16 weights/activations with softmax, norms and router softmax in fp32")
+    p.add_argument("--target", choices=("ort-cpu", "ort-cuda", "tensorrt"), default="ort-cpu",
+                   help="what the graph is built for (docs/GRAPH.md): ort-cpu / ort-cuda = onnxruntime graph with "
+                        "fused attention (GroupQueryAttention, shared KV buffer) and fused RMSNorm (default); "
+                        "tensorrt = standard ONNX ops only, checked for TensorRT 10.3")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime vs PyTorch parity check")
     p.add_argument("--no-experts", action="store_true",
@@ -54,7 +58,7 @@ def _export(args) -> int:
         print("hoe export: error: --hoe CKPT_DIR is required unless --no-experts")
         return 2
     config = ExportConfig(opset=args.opset, dtype=args.dtype, experts=not args.no_experts,
-                          validate=not args.no_validate, force=args.force, threads=args.threads)
+                          validate=not args.no_validate, force=args.force, threads=args.threads, target=args.target)
     try:
         if args.no_experts:
             result = export_base(args.base, args.out, config, ckpt_dir=args.hoe)
@@ -112,7 +116,10 @@ def _print_result(result, format_report) -> None:
     for name, size in result.file_sizes.items():
         print(f"  {name:<28} {size / 1e6:10.2f} MB")
     ops = ", ".join(f"{k} {v}" for k, v in result.trt["op_counts"].items())
-    print(f"TensorRT {result.trt['trt_version']} readiness: {'READY' if result.trt['ready'] else 'NOT READY'}")
+    if result.trt.get("skipped"):
+        print(f"TensorRT readiness: not checked ({result.trt['skipped']}; export --target tensorrt for TensorRT)")
+    else:
+        print(f"TensorRT {result.trt['trt_version']} readiness: {'READY' if result.trt['ready'] else 'NOT READY'}")
     for problem in result.trt["problems"]:
         print(f"  - {problem}")
     print(f"ops: {ops}")

@@ -86,12 +86,23 @@ class CausalLMGraph(nn.Module):
     def forward(self, input_ids, attention_mask, position_ids, *past):
         from transformers import DynamicCache
 
+        from .fused_attention import fused_modules
+
         # past: 2L tensors [B,Hkv,P,D] -> present: 2L tensors [B,Hkv,P+T,D]
-        cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(self.num_layers)])
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.num_layers)]
+        fused = fused_modules(self.model)
+        if fused:  # the cache only tells the mask its length: [1,1,P,1], P = mask columns - T (no K/V data;
+            # transformers counts an empty tensor as length 0)
+            length = attention_mask.shape[1] - input_ids.shape[1]
+            stub = attention_mask.new_zeros((1, 1, length, 1), dtype=past[0].dtype)
+            for module, pair in zip(fused, pairs):
+                module.past = pair
+            pairs = [(stub, stub)] * self.num_layers
+        cache = DynamicCache(ddp_cache_data=pairs)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          use_cache=True, **{self.cache_arg: cache})
-        present = [t for layer in cache.layers for t in (layer.keys, layer.values)]
-        return (out.logits, *present)
+        layers = [m.present for m in fused] if fused else [(layer.keys, layer.values) for layer in cache.layers]
+        return (out.logits, *[t for pair in layers for t in pair])
 
 
 def example_inputs(specs: list[TensorSpec], vocab_size: int) -> tuple[torch.Tensor, ...]:
@@ -129,15 +140,20 @@ def dynamic_shapes(specs: list[TensorSpec], n_fixed: int):
 
 
 def trace(model: nn.Module, inputs: list[TensorSpec], outputs: list[TensorSpec], num_layers: int,
-          vocab_size: int, opset: int):
-    """torch.onnx.export (dynamo) of the flat-tensor forward -> onnx_ir Model (not yet optimised)."""
+          vocab_size: int, opset: int, fused_attention: bool = False):
+    """torch.onnx.export (dynamo) of the flat-tensor forward -> onnx_ir Model (not yet optimised).
+    `fused_attention`: every layer's attention becomes GroupQueryAttention (fused_attention.py)."""
+    from . import fused_attention as fa
+
     n_fixed = len(inputs) - 2 * num_layers
+    if fused_attention:
+        fa.install(model)
     graph = CausalLMGraph(model, num_layers).eval()
     with torch.no_grad():
         program = torch.onnx.export(
             graph, example_inputs(inputs, vocab_size), dynamo=True, opset_version=opset, optimize=False,
             dynamic_shapes=dynamic_shapes(inputs, n_fixed), input_names=[s.name for s in inputs],
             output_names=[s.name for s in outputs], verbose=False,
-            custom_translation_table={torch.ops.hoe.lora_site.default: _site_translation},
+            custom_translation_table={torch.ops.hoe.lora_site.default: _site_translation, **fa.TRANSLATIONS},
         )
     return program.model

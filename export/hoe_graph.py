@@ -162,6 +162,7 @@ def insert_experts(model: ir.Model, groups: list[SiteGroup], specs: list[TensorS
         b.flush_before(group_sites[0])
         for module, site, h in zip(g.modules, group_sites, hs):
             z = b.op("Add", [site.inputs[1], b.op("MatMul", [h, inputs[packing.lora_b(module)]])])  # [B,T,out]
+            z.shape, z.type = site.outputs[0].shape, site.outputs[0].type  # as traced (fusion rules check shapes)
             b.flush_before(site)
             _bypass(graph, site, z)
     for site in sites.values():

@@ -34,6 +34,10 @@ from hoe.core.errors import ConfigError
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": "float32", "fp16": "float16"}
+# What the graph is built for (docs/GRAPH.md): the onnxruntime targets get fused attention (GroupQueryAttention,
+# KV buffer shared by past and present) and fused RMSNorm (com.microsoft ops); tensorrt keeps standard ONNX ops.
+TARGETS = ("ort-cpu", "ort-cuda", "tensorrt")
+FUSED_TARGETS = ("ort-cpu", "ort-cuda")
 MIN_OPSET = 18  # torch.onnx dynamo export of the KV-cache graph fails at 17
 MAX_OPSET = 23  # newest opset seen converted (torch traces at 18, onnxscript converts; an unknown one stays 18)
 TOKENIZER_FILES = {"tokenizer": "tokenizer.json", "tokenizer_config": "tokenizer_config.json",
@@ -52,8 +56,11 @@ class ExportConfig(JsonConfig):
     validate: bool = True  # ORT CPU vs PyTorch parity check at the end (validation.json)
     force: bool = False  # replace an existing output folder
     threads: int = 2  # torch / onnxruntime threads during validation
+    target: str = "ort-cpu"  # ort-cpu | ort-cuda (fused graph, onnxruntime contrib ops) | tensorrt (standard ops)
 
     def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ConfigError(f"target must be one of {list(TARGETS)}, got {self.target!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -129,6 +136,7 @@ class _Export:
         self.dtype = DTYPES[config.dtype]
         self.result = ExportResult(out_dir)
         self.tmp: Path | None = None
+        self.fused = config.target in FUSED_TARGETS
 
     def run(self) -> ExportResult:
         from tqdm import tqdm
@@ -185,7 +193,7 @@ class _Export:
         self.base_inputs = graph_inputs(self.dims, None)
         self.outputs = graph_outputs(self.dims)
         self.graph = trace(self.model, self.base_inputs, self.outputs, self.dims.num_layers,
-                           self.dims.vocab_size, self.config.opset)
+                           self.dims.vocab_size, self.config.opset, fused_attention=self.fused)
         got = self.graph.opset_imports.get("")
         if got != self.config.opset:
             raise ConfigError(f"the traced graph has opset {got}, expected the requested {self.config.opset} "
@@ -210,7 +218,7 @@ class _Export:
     def _optimise(self) -> None:
         from .optimize import optimize
 
-        optimize(self.graph)
+        optimize(self.graph, fused=self.fused)
         _set_io_shapes(self.graph, self.inputs, self.outputs)
 
     def _save(self) -> None:
@@ -237,6 +245,10 @@ class _Export:
     def _tensorrt(self) -> None:
         from .trt_ops import check_model
 
+        if self.fused:  # com.microsoft ops by design: TensorRT is the `tensorrt` target's business
+            self.result.trt = {"skipped": f"target {self.config.target}: onnxruntime graph (contrib ops)",
+                               "ready": None, "op_counts": _op_counts(self.tmp / mf.MODEL_FILE), "problems": []}
+            return
         report = check_model(self.tmp / mf.MODEL_FILE)
         self.result.trt = report.to_dict()
         log.info("%s", report.summary())
@@ -273,14 +285,15 @@ class _Export:
         return {
             "format_version": mf.FORMAT_VERSION,
             "model": {"file": mf.MODEL_FILE, "external_data": mf.DATA_FILE, "dtype": self.config.dtype,
-                      "opset": self.config.opset, "variant": "hoe" if self.config.experts else "base"},
+                      "opset": self.config.opset, "variant": "hoe" if self.config.experts else "base",
+                      "target": self.config.target},
             "architecture": {"model_type": hf["model_type"], "num_layers": d.num_layers,
                              "num_attention_heads": hf["num_attention_heads"], "num_kv_heads": d.num_kv_heads,
                              "head_dim": d.head_dim, "hidden_size": hf["hidden_size"], "vocab_size": d.vocab_size,
                              "max_position_embeddings": hf.get("max_position_embeddings")},
             "inputs": {s.name: s.to_dict() for s in self.inputs},
             "outputs": {s.name: s.to_dict() for s in self.outputs},
-            "kv_cache": dict(KV_CACHE),
+            "kv_cache": {**KV_CACHE, "shared_buffer": self.fused},
             "hoe": mf.hoe_section(self.hoe_config, experts, routers, getattr(self, "groups", [])),
             "files": files,
             "tokens": _token_ids(self.base_dir, hf),
@@ -300,6 +313,16 @@ def _use_eager_attention(model) -> None:
         model.set_attn_implementation("eager")
     else:
         model.config._attn_implementation = "eager"
+
+
+def _op_counts(path: Path) -> dict[str, int]:
+    """Node count per op type of a saved graph (external data not read), most frequent first."""
+    from collections import Counter
+
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return dict(Counter(n.op_type for n in graph.node).most_common())
 
 
 def _set_io_shapes(model, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:

@@ -10,6 +10,11 @@ attention softmax can land in fp16 even where PyTorch asks for `softmax(..., dty
 A transposed weight that is also used untransposed (tied embeddings: `lm_head = embed_tokensᵀ`)
 is not folded (that would store it twice) nor transposed at run time: its MatMul becomes a Gemm
 with transB=1 on the stored weight.
+
+For the onnxruntime targets (`fused`), onnxscript's ORT fusion rules for RMSNorm then turn each
+Pow/ReduceMean/Add/Sqrt/Reciprocal/Mul/Mul chain into SimplifiedLayerNormalization and each residual
+Add feeding one into SkipSimplifiedLayerNormalization (onnxruntime 1.32 fuses neither itself at load;
+only these two rule sets are run, which cost seconds where the full rewriter costs minutes).
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from onnxscript.optimizer import _constant_folding
 from .hoe_graph import GraphBuilder
 
 
-def optimize(model: ir.Model) -> None:
-    """Optimise `model` in place."""
+def optimize(model: ir.Model, fused: bool = False) -> None:
+    """Optimise `model` in place; `fused` (onnxruntime targets) also fuses RMSNorm (fuse_norms)."""
     logging.getLogger("onnx_ir.passes.common.initializer_deduplication").setLevel(logging.WARNING)
     gemm_for_shared_transposes(model)
     softmax_in_fp32(model)
@@ -34,8 +39,10 @@ def optimize(model: ir.Model) -> None:
                                              should_fold=lambda node: None),
          common.RemoveUnusedNodesPass(), common.RemoveUnusedOpsetsPass()],
         steps=2, early_stop=True)
+    fold(model)
+    if fused:
+        fuse_norms(model)
     ir.passes.Sequential(
-        fold,
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
         common.DeduplicateInitializersPass(),
         common.CommonSubexpressionEliminationPass(),
@@ -43,6 +50,18 @@ def optimize(model: ir.Model) -> None:
         common.OutputFixPass(),
         common.NameFixPass(),
     )(model)
+
+
+def fuse_norms(model: ir.Model) -> dict[str, int]:
+    """RMSNorm -> SimplifiedLayerNormalization, residual Add + RMSNorm -> SkipSimplifiedLayerNormalization
+    (onnxscript.rewriter.ort_fusions rules). Returns the counts."""
+    from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
+    from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_rms_normalization
+
+    counts = {"SimplifiedLayerNormalization": fuse_rms_normalization(model)}
+    counts["SkipSimplifiedLayerNormalization"] = fuse_skip_rms_normalization(model)
+    logging.getLogger(__name__).info("fused norms: %s", counts)
+    return counts
 
 
 def gemm_for_shared_transposes(model: ir.Model) -> int:

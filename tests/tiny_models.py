@@ -8,22 +8,22 @@ ARCHS = ("llama", "qwen2", "mistral")
 OBJECTIVES = ["helpful", "positive", "concise"]
 
 
-def tiny_config(arch: str, vocab: int = 97):
+def tiny_config(arch: str, vocab: int = 97, context: int = 256):
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
                   eos_token_id=1, bos_token_id=0, pad_token_id=0)
     cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[arch]
     extra = {"sliding_window": None} if arch in ("mistral", "qwen2") else {}
     return cls(**common, **extra)
 
 
-def tiny_model(arch: str, seed: int = 0):
+def tiny_model(arch: str, seed: int = 0, context: int = 256):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    cfg = tiny_config(arch)
+    cfg = tiny_config(arch, context=context)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     with torch.no_grad():  # non-trivial norms too
         for name, p in model.named_parameters():
@@ -68,12 +68,12 @@ def random_routers(ckpt, seed: int = 0, std: float = 0.5):
 
 
 def tiny_hoe(arch: str, tmp_path, n_experts: int = 3, rank: int = 4, routed: bool = True, seed: int = 0,
-             anchors=None):
+             anchors=None, context: int = 256):
     """(base model, HoECheckpoint) with PEFT experts of different ranks; random routers if `routed`."""
     from hoe.core.assemble import build_checkpoint
     from hoe.core.experts import experts_from_peft
 
-    base = tiny_model(arch, seed)
+    base = tiny_model(arch, seed, context)
     folders = [peft_adapter(base, tmp_path / f"{arch}_adapter{i}", seed=100 * seed + i, rank=rank - (i % 2))
                for i in range(n_experts)]
     experts, modules = experts_from_peft(folders)

@@ -7,6 +7,12 @@
                run, take the logits of the last position, then bind each present.{i} output
                OrtValue as the next step's past_key_values.{i} input (no copy through numpy)
 
+Graphs built for an onnxruntime target (`kv_cache.shared_buffer` in hoe_config.json: fused attention,
+docs/GRAPH.md) keep each layer's cache in one preallocated buffer [B,Hkv,C,D] per key and value, bound
+as both past input and present output; the attention writes the new columns in place, so a step costs
+the same whatever the cache length (no Concat, no copy). C grows by doubling when P+T exceeds it (one
+copy, amortised), up to the context length; the logits of a decode step land in one reused buffer.
+
 `InferenceSession.run_with_iobinding` is thread-safe across bindings, so states of different
 generators can step concurrently.
 """
@@ -27,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
               "tensor(bfloat16)": None, "tensor(int32)": np.int32}
+MIN_CAPACITY = 256  # first shared KV buffer length (columns); doubled when full
 
 
 class OrtState(DecodeState):
@@ -34,6 +41,10 @@ class OrtState(DecodeState):
         super().__init__(batch)
         self.binding = binding
         self.host_inputs: tuple = ()  # host arrays bound this step, kept alive until the next one
+        self.capacity = 0  # shared KV buffer: columns allocated
+        self.kv: list = []  # shared KV buffer: per layer (key, value) host arrays [B,Hkv,C,D]
+        self.kv_values: list = []  # their OrtValues (on the session's device)
+        self.logits = None  # decode logits buffer [B,1,V] (host array, OrtValue)
 
 
 class OrtBackend(Backend):
@@ -59,6 +70,7 @@ class OrtBackend(Backend):
         self._check_graph()
         self.tensors = self._load_tensors()  # name -> OrtValue, bound to every state
         self._kv_dtype, self._kv_heads, self._head_dim = self.manifest.kv_spec()
+        self.shared_kv = bool(self.manifest.data["kv_cache"].get("shared_buffer"))
         log.info("onnxruntime %s session ready in %.0f ms on %s (threads=%s, %d expert/router inputs)",
                  ort.__version__, self.load_ms, self.providers_used, self.config.threads, len(self.tensors))
 
@@ -120,6 +132,8 @@ class OrtBackend(Backend):
         binding = self.session.io_binding()
         for name, value in self.tensors.items():  # bound once for the whole generation
             binding.bind_ortvalue_input(name, value)
+        if self.shared_kv:
+            return OrtState(batch, binding)  # buffers come with the first step (their size depends on it)
         empty = np.zeros((batch, self._kv_heads, 0, self._head_dim), dtype=_numpy_dtype(self._kv_dtype))
         for past_k, past_v, _, _ in self._layers:
             binding.bind_cpu_input(past_k, empty)
@@ -135,6 +149,8 @@ class OrtBackend(Backend):
             if name in self._graph_inputs:
                 b.bind_cpu_input(name, arr)
         state.host_inputs = arrays
+        if self.shared_kv:
+            return self._shared_step(state, input_ids.shape[1], attention_mask.shape[1])
         for name in self._output_names:  # fresh outputs: present grows by T every step
             b.bind_output(name, self.device)
         self.session.run_with_iobinding(b)
@@ -146,6 +162,55 @@ class OrtBackend(Backend):
         b.clear_binding_outputs()
         state.past_length += input_ids.shape[1]
         return logits if logits.dtype == np.float32 else logits.astype(np.float32)
+
+    # -- shared KV buffer (fused graphs) -------------------------------------------------------------
+    def _shared_step(self, state: OrtState, new: int, total: int) -> np.ndarray:
+        """One run with past = present = the state's buffers; T = `new` tokens, P+T = `total` columns."""
+        if total > state.capacity:
+            self._grow(state, total)
+        host, value = self._logits_buffer(state, new)
+        state.binding.bind_ortvalue_output("logits", value)
+        self.session.run_with_iobinding(state.binding)
+        logits = (host if self.device == "cpu" else value.numpy())[:, -1].copy()  # [B, V]
+        state.past_length += new
+        return logits if logits.dtype == np.float32 else logits.astype(np.float32)
+
+    def _logits_buffer(self, state: OrtState, new: int) -> tuple:
+        """(host array, OrtValue) [B,T,V] for the logits; the decode one (T = 1) is kept and reused."""
+        if new == 1 and state.logits is not None:
+            return state.logits
+        host = np.empty((state.batch, new, self.manifest.vocab_size), dtype=_numpy_dtype(self._kv_dtype))
+        buffer = (host, self._ortvalue(host))
+        if new == 1:
+            state.logits = buffer
+        return buffer
+
+    def _grow(self, state: OrtState, needed: int) -> None:
+        """(Re)allocate the per-layer buffers with >= `needed` columns, keeping the cached columns."""
+        limit = max(needed, self.manifest.context_length)
+        capacity = min(limit, max(needed, MIN_CAPACITY, 2 * state.capacity))
+        shape = (state.batch, self._kv_heads, capacity, self._head_dim)
+        dtype = _numpy_dtype(self._kv_dtype)
+        old = [a if self.device == "cpu" else v.numpy() for a, v in zip(state.kv, state.kv_values)]
+        state.kv, state.kv_values = [], []
+        for i, (past_k, past_v, present_k, present_v) in enumerate(self._layers):
+            for j, (past, present) in enumerate(((past_k, present_k), (past_v, present_v))):
+                host = np.zeros(shape, dtype=dtype)
+                if old:
+                    host[:, :, : state.capacity] = old[2 * i + j]
+                value = self._ortvalue(host)
+                state.kv.append(host)
+                state.kv_values.append(value)
+                state.binding.bind_ortvalue_input(past, value)
+                state.binding.bind_ortvalue_output(present, value)
+        if self.device != "cpu":  # device copies made: the host arrays are not the buffers
+            state.kv = [None] * len(state.kv)
+        log.debug("shared KV buffer: %d -> %d columns (batch %d)", state.capacity, capacity, state.batch)
+        state.capacity = capacity
+
+    def _ortvalue(self, host: np.ndarray):
+        """An OrtValue on the session's device; on CPU it shares `host`'s memory (no copy)."""
+        return self._ort.OrtValue.ortvalue_from_numpy(host, self.device, 0)
 
     def describe(self) -> dict:
         return {"backend": self.name, "providers": list(getattr(self, "providers_used", [])),

@@ -194,6 +194,10 @@ def build_engine(folder: str | Path, cfg: BuildConfig | None = None, gpu: dict |
     cfg = cfg or BuildConfig()
     manifest = Manifest.load(folder, verify=True)
     export = manifest.data
+    target = export["model"].get("target", "tensorrt")  # exports before targets existed were standard graphs
+    if target != "tensorrt":
+        raise ConfigError(f"{folder} was exported for target {target!r} (onnxruntime contrib ops); TensorRT needs "
+                          f"a graph exported with --target tensorrt")
     profs = tp.profiles(export, cfg.limits)  # ConfigError on bad limits, before TensorRT is touched
     trt = import_tensorrt()
     plan = precision_plan(trt_major(trt.__version__), export["model"].get("dtype", "fp32"), cfg.fp16)

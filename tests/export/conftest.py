@@ -23,17 +23,21 @@ def tiny_folders():
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory):
-    """arch -> (base_dir, ckpt_dir, out_dir, ExportResult), exporting (fp32, validated) on first use."""
+    """(arch, target="ort-cpu") -> (base_dir, ckpt_dir, out_dir, ExportResult), exporting (fp32, validated) on
+    first use; one tiny model per arch, whatever the target."""
     from hoe.export.onnx_export import ExportConfig, export
 
-    done = {}
+    done, folders = {}, {}
 
-    def get(arch: str):
-        if arch not in done:
-            root = tmp_path_factory.mktemp(f"export_{arch}")
-            base_dir, ckpt_dir = make_tiny(root, arch)
-            result = export(base_dir, ckpt_dir, root / "out", ExportConfig(threads=1))
-            done[arch] = (base_dir, ckpt_dir, root / "out", result)
-        return done[arch]
+    def get(arch: str, target: str = "ort-cpu"):
+        if (arch, target) not in done:
+            if arch not in folders:
+                root = tmp_path_factory.mktemp(f"export_{arch}")
+                folders[arch] = (root, *make_tiny(root, arch))
+            root, base_dir, ckpt_dir = folders[arch]
+            out = root / f"out-{target}"
+            result = export(base_dir, ckpt_dir, out, ExportConfig(threads=1, target=target))
+            done[arch, target] = (base_dir, ckpt_dir, out, result)
+        return done[arch, target]
 
     return get

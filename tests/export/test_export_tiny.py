@@ -38,12 +38,36 @@ def test_export_matches_pytorch(tiny_export, arch):
 def test_tensorrt_ready(tiny_export, arch):
     from hoe.export.trt_ops import check_model
 
-    _, _, out, result = tiny_export(arch)
+    _, _, out, result = tiny_export(arch, "tensorrt")
+    assert result.validation["passed"] and result.validation["max_abs_logits"] < 1e-4
+    assert mf.load_manifest(out)["model"]["target"] == "tensorrt"
     report = check_model(out / mf.MODEL_FILE)
     assert report.ready, report.problems
     assert result.trt["ready"] and result.trt["op_counts"] == report.op_counts
     # one router softmax per input-sharing group (q/k/v, o, gate/up, down) + attention, per layer, 2 layers
     assert report.op_counts["Softmax"] == 2 * 4 + 2
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fused_graph_for_onnxruntime(tiny_export, arch):
+    """--target ort-cpu (default): one GroupQueryAttention and two RotaryEmbedding per layer, RMSNorm fused,
+    and the past tensors feed nothing but GQA (no Concat or Slice copies a shared buffer)."""
+    _, _, out, result = tiny_export(arch)
+    manifest = mf.load_manifest(out)
+    assert manifest["model"]["target"] == "ort-cpu" and manifest["kv_cache"]["shared_buffer"] is True
+    assert result.trt["skipped"] and result.trt["ready"] is None
+    model, inputs, _ = graph_io(out)
+    ops = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    layers = manifest["architecture"]["num_layers"]
+    assert ops["GroupQueryAttention"] == layers and ops["RotaryEmbedding"] == 2 * layers
+    assert ops.get("SkipSimplifiedLayerNormalization", 0) + ops.get("SimplifiedLayerNormalization", 0) == 2 * layers + 1
+    assert not {"Pow", "ReduceMean", "Sqrt", "Reciprocal"} & set(ops), ops
+    assert ops["Softmax"] == layers * 4  # only the routers' (one per input-sharing group); attention's is in GQA
+    past = {n for n in inputs if n.startswith("past_key_values.")}
+    readers = {(n.op_type, n.domain) for n in model.graph.node for i in n.input if i in past}
+    assert readers <= {("GroupQueryAttention", "com.microsoft"), ("Shape", "")}, readers  # Shape: batch size only
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -147,7 +171,7 @@ def test_swap_refuses_other_modules(tiny_export, tmp_path):
 def test_fp16_export(tmp_path, tiny_folders):
     """fp16 weights/activations; softmax and norm reductions in fp32; parity within fp16 tolerance."""
     base_dir, ckpt_dir = tiny_folders(tmp_path, "qwen2")
-    result = export(base_dir, ckpt_dir, tmp_path / "out", ExportConfig(dtype="fp16", threads=1))
+    result = export(base_dir, ckpt_dir, tmp_path / "out", ExportConfig(dtype="fp16", threads=1, target="tensorrt"))
     v = result.validation
     assert v["passed"] and v["dtype"] == "fp16" and v["not_validated"], v
     assert v["max_rel_logits"] < 2e-2 and v["argmax_agreement"] >= 0.9
@@ -166,6 +190,15 @@ def test_fp16_export(tmp_path, tiny_folders):
     assert result.trt["ready"], result.trt["problems"]
 
 
+def test_fp16_fused_export(tmp_path, tiny_folders):
+    """fp16 on the onnxruntime target: GroupQueryAttention and the fused norms have fp16 CPU kernels."""
+    base_dir, ckpt_dir = tiny_folders(tmp_path, "qwen2")
+    result = export(base_dir, ckpt_dir, tmp_path / "out", ExportConfig(dtype="fp16", threads=1))
+    v = result.validation
+    assert v["passed"] and v["dtype"] == "fp16" and v["max_rel_logits"] < 2e-2 and v["argmax_agreement"] >= 0.9, v
+    assert result.trt["op_counts"]["GroupQueryAttention"] == 2
+
+
 def test_export_base_without_experts(tiny_export, tmp_path, capsys):
     """`hoe export --no-experts` (export_base): the same graph without router_mix and expert inputs."""
     from hoe.core.cli import main
@@ -173,7 +206,7 @@ def test_export_base_without_experts(tiny_export, tmp_path, capsys):
 
     base_dir, ckpt_dir, _, _ = tiny_export("llama")
     code = main(["export", "--base", str(base_dir), "--hoe", str(ckpt_dir), "--out", str(tmp_path / "base"),
-                 "--no-experts", "--threads", "1"])
+                 "--no-experts", "--threads", "1", "--target", "tensorrt"])
     printed = capsys.readouterr().out
     assert code == 0 and "READY" in printed and "validation (fp32" in printed, printed
     validation = json.loads((tmp_path / "base" / mf.VALIDATION_FILE).read_text())
@@ -221,6 +254,8 @@ def test_refuses_bad_config():
         ExportConfig(opset=17)
     with pytest.raises(ConfigError, match="dtype"):
         ExportConfig(dtype="bf16")
+    with pytest.raises(ConfigError, match="target must be one of"):
+        ExportConfig(target="ort-gpu")
 
 
 def test_failed_validation_leaves_out_dir_untouched(tmp_path, monkeypatch, tiny_folders):
