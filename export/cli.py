@@ -24,6 +24,22 @@ def register(sub) -> None:
     p.add_argument("--no-experts", action="store_true",
                    help="export the plain base graph (no router_mix, no expert/router inputs) for baselines")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the validation (default 2)")
+    q = p.add_argument_group("base weight precision (export/quantize.py, docs/FORMAT.md)")
+    q.add_argument("--weights", choices=("fp32", "fp16", "int8", "int4"), default="fp32",
+                   help="base linear weights and the tied embedding/lm_head: fp32 (as the graph dtype), fp16 "
+                        "storage, or block-wise int8/int4 weight-only quantization (experts/routers stay inputs)")
+    q.add_argument("--block-size", type=int, default=32, help="int8/int4: inputs per scale (power of 2 >= 16)")
+    sym = q.add_mutually_exclusive_group()
+    sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=True,
+                     help="int8/int4: scale only, zero point 2^(bits-1) (default)")
+    sym.add_argument("--asymmetric", dest="symmetric", action="store_false",
+                     help="int8/int4: a scale and a zero point per block")
+    q.add_argument("--accuracy-level", type=int, default=4, choices=(0, 1, 2, 3, 4),
+                   help="MatMulNBits activations on onnxruntime: 0 fp32 (exact), 4 int8 (default, fastest on CPU)")
+    if not any(a.dest == "target" for a in p._actions):
+        q.add_argument("--target", choices=("ort-cpu", "ort-cuda", "tensorrt"), default="ort-cpu",
+                       help="runtime the graph is built for (int8/int4: MatMulNBits for ort-*, block-wise "
+                            "DequantizeLinear at opset 21 for tensorrt)")
     p.set_defaults(func=_export)
 
     w = sub.add_parser("swap-experts", help="install another HoE checkpoint's experts/routers, no re-export",
@@ -53,7 +69,9 @@ def _export(args) -> int:
         print("hoe export: error: --hoe CKPT_DIR is required unless --no-experts")
         return 2
     config = ExportConfig(opset=args.opset, dtype=args.dtype, experts=not args.no_experts,
-                          validate=not args.no_validate, force=args.force, threads=args.threads)
+                          validate=not args.no_validate, force=args.force, threads=args.threads,
+                          weights=args.weights, block_size=args.block_size, symmetric=args.symmetric,
+                          accuracy_level=args.accuracy_level, target=args.target)
     try:
         if args.no_experts:
             result = export_base(args.base, args.out, config, ckpt_dir=args.hoe)

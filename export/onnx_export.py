@@ -24,6 +24,7 @@ from hoe.core.errors import CheckpointError, ConfigError, UnsupportedModelError
 
 from . import manifest as mf
 from .io_spec import KV_CACHE, ROUTER_MIX, ModelDims, TensorSpec, expert_tensor_specs, graph_inputs, graph_outputs
+from .quantize import QuantConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ MIN_OPSET = 18  # torch.onnx dynamo export of the KV-cache graph fails at 17
 TOKENIZER_FILES = {"tokenizer": "tokenizer.json", "tokenizer_config": "tokenizer_config.json",
                    "special_tokens_map": "special_tokens_map.json", "chat_template": "chat_template.jinja",
                    "generation_config": "generation_config.json"}
-STAGES = ("check", "load", "trace", "experts", "optimise", "save", "tensorrt", "validate", "publish")
+STAGES = ("check", "load", "trace", "experts", "optimise", "quantize", "save", "tensorrt", "validate", "publish")
 
 
 @dataclass
@@ -45,12 +46,22 @@ class ExportConfig(JsonConfig):
     validate: bool = True  # ORT CPU vs PyTorch parity check at the end (validation.json)
     force: bool = False  # replace an existing output folder
     threads: int = 2  # torch / onnxruntime threads during validation
+    weights: str = "fp32"  # base weight precision: fp32 | fp16 | int8 | int4 (quantize.py)
+    block_size: int = 32  # int8/int4: inputs per quantization block
+    symmetric: bool = True  # int8/int4: False adds a zero point per block
+    accuracy_level: int = 4  # MatMulNBits activations: 0 exact fp32, 4 int8 (fastest on CPU)
+    target: str = "ort-cpu"  # ort-cpu | ort-cuda | tensorrt: the runtime the graph is built for
 
     def __post_init__(self) -> None:
+        self.quant_config()  # refuses bad weights/target/block-size combinations before any work
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.opset < MIN_OPSET:
             raise ConfigError(f"opset must be >= {MIN_OPSET} (KV-cache export fails below), got {self.opset}")
+
+    def quant_config(self) -> QuantConfig:
+        return QuantConfig(weights=self.weights, block_size=self.block_size, symmetric=self.symmetric,
+                           accuracy_level=self.accuracy_level, target=self.target)
 
 
 @dataclass
@@ -188,6 +199,12 @@ class _Export:
         optimize(self.graph)
         _set_io_shapes(self.graph, self.inputs, self.outputs)
 
+    def _quantize(self) -> None:
+        from .quantize import quantize_model
+
+        self.quantization = quantize_model(self.graph, self.config.quant_config())
+        self.opset = self.graph.opset_imports.get("", self.config.opset)
+
     def _save(self) -> None:
         import onnx_ir as ir
 
@@ -245,7 +262,8 @@ class _Export:
         return {
             "format_version": mf.FORMAT_VERSION,
             "model": {"file": mf.MODEL_FILE, "external_data": mf.DATA_FILE, "dtype": self.config.dtype,
-                      "opset": self.config.opset, "variant": "hoe" if self.config.experts else "base"},
+                      "opset": self.opset, "variant": "hoe" if self.config.experts else "base",
+                      "weights": self.config.weights},
             "architecture": {"model_type": hf["model_type"], "num_layers": d.num_layers,
                              "num_attention_heads": hf["num_attention_heads"], "num_kv_heads": d.num_kv_heads,
                              "head_dim": d.head_dim, "hidden_size": hf["hidden_size"], "vocab_size": d.vocab_size,
@@ -254,6 +272,7 @@ class _Export:
             "outputs": {s.name: s.to_dict() for s in self.outputs},
             "kv_cache": dict(KV_CACHE),
             "hoe": mf.hoe_section(self.hoe_config, experts, routers, getattr(self, "groups", [])),
+            "quantization": self.quantization,
             "files": files,
             "tokens": _token_ids(self.base_dir, hf),
             "generation": _generation_defaults(self.base_dir),
