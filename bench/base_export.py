@@ -10,6 +10,7 @@ by which exporter made them, and reused.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import tempfile
@@ -20,14 +21,20 @@ from hoe.core.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def cached_base_export(base_dir: str | Path, cache: str | Path | None = None, opset: int = 20) -> Path:
-    """Folder of the base-only export of `base_dir` (exported once, then reused)."""
+def cached_base_export(base_dir: str | Path, cache: str | Path | None = None, opset: int = 20,
+                       quant: dict | None = None) -> Path:
+    """Folder of the base-only export of `base_dir` (exported once, then reused), at the weight precision of
+    `quant` (a manifest's `quantization` section; None or fp32: as exported)."""
     from hoe.core.smollm2 import cache_dir
     from hoe.runtime.manifest import Manifest
 
     base_dir = Path(base_dir).resolve()
-    key = hashlib.sha256(str(base_dir).encode() + _weights_stamp(base_dir).encode()).hexdigest()[:16]
+    weights = _weight_options(quant)
+    stamp = _weights_stamp(base_dir) + ("" if not weights else json.dumps(weights, sort_keys=True))
+    key = hashlib.sha256(str(base_dir).encode() + stamp.encode()).hexdigest()[:16]
     maker = "export" if _exporter() is not None else "bench"
+    if weights:
+        maker += f"-{weights['weights']}"
     folder = Path(cache or cache_dir() / "bench") / f"base-ort-{maker}-{key}"
     if (folder / "hoe_config.json").is_file():
         try:
@@ -38,12 +45,20 @@ def cached_base_export(base_dir: str | Path, cache: str | Path | None = None, op
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        export_base(base_dir, tmp / "out", opset)
+        export_base(base_dir, tmp / "out", opset, weights=weights)
         shutil.rmtree(folder, ignore_errors=True)
         (tmp / "out").rename(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _weight_options(quant: dict | None) -> dict:
+    """ExportConfig fields of a manifest's `quantization` section ({} for fp32)."""
+    if not quant or quant.get("weights", "fp32") == "fp32":
+        return {}
+    keys = ("weights", "block_size", "symmetric", "accuracy_level", "target")
+    return {k: quant[k] for k in keys if k in quant}
 
 
 def _weights_stamp(base_dir: Path) -> str:
@@ -60,15 +75,18 @@ def _exporter():
     return exporter_export_base
 
 
-def export_base(base_dir: str | Path, out_dir: str | Path, opset: int = 20, threads: int = 1) -> Path:
-    """Export the plain base model of `base_dir` to `out_dir` (docs/FORMAT.md folder, `hoe.enabled` false)."""
+def export_base(base_dir: str | Path, out_dir: str | Path, opset: int = 20, threads: int = 1,
+                weights: dict | None = None) -> Path:
+    """Export the plain base model of `base_dir` to `out_dir` (docs/FORMAT.md folder, `hoe.enabled` false);
+    `weights`: ExportConfig weight-precision fields (the exporter's own export_base only)."""
     exporter_export_base = _exporter()
     if exporter_export_base is not None:
         from hoe.export.onnx_export import ExportConfig
 
         # Not validated here: base-ort is checked against the plain base model by tests/bench, and
         # `hoe bench parity` is the place where numbers are compared.
-        exporter_export_base(base_dir, out_dir, ExportConfig(opset=opset, threads=threads, validate=False))
+        exporter_export_base(base_dir, out_dir, ExportConfig(opset=opset, threads=threads, validate=False,
+                                                             **(weights or {})))
         return Path(out_dir)
     log.info("hoe.export has no export_base: exporting the base graph with torch.onnx here")
     return _export_base_here(Path(base_dir), Path(out_dir), opset)

@@ -188,6 +188,7 @@ def quantize_model(model, cfg: QuantConfig) -> dict:
     if cfg.weights != "fp32":
         _GraphQuantizer(model, cfg, report).run()
     if cfg.quantized:
+        report["bits"] = cfg.bits
         report["scale_dtype"] = report.pop("_scale_dtype", None)
         report["quantizer"] = _quantizer_version()
     if not cfg.quantized:
