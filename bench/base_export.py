@@ -57,7 +57,7 @@ def _weight_options(quant: dict | None) -> dict:
     """ExportConfig fields of a manifest's `quantization` section ({} for fp32)."""
     if not quant or quant.get("weights", "fp32") == "fp32":
         return {}
-    keys = ("weights", "block_size", "symmetric", "accuracy_level", "target")
+    keys = ("weights", "block_size", "symmetric", "accuracy_level", "target", "table")
     return {k: quant[k] for k in keys if k in quant}
 
 

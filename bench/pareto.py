@@ -27,6 +27,7 @@ class ParetoConfig(JsonConfig):
     threads: int = 1
     reference_point: list[float] = field(default_factory=list)  # hypervolume reference; [] -> zeros
     work: str = ""  # folder keeping decoded batches so an interrupted run resumes; "" -> none
+    export: str = ""  # exported folder: its base weight precision (hoe_config.json `quantization`) is applied
 
     def resolve(self) -> tuple[Path, Path, Path]:
         from hoe.core.train.data import default_prompts
@@ -90,6 +91,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", help="folder for pareto.json/png (default: the checkpoint folder)")
     p.add_argument("--work", help="resume folder for decoded batches (default: $HOE_CACHE/bench/pareto)")
+    p.add_argument("--export", help="exported folder (e.g. hoe export --weights int4): evaluate with its "
+                                    "dequantized base weights, the weights its graph computes with")
     p.set_defaults(func=_main)
 
 
@@ -102,7 +105,8 @@ def _default_work() -> str:
 def _main(args) -> int:
     cfg = ParetoConfig(checkpoint=args.checkpoint or "", base=args.base or "", prompts=args.prompts or "",
                        n_prompts=args.n_prompts, grid_steps=args.grid_steps, max_new_tokens=args.max_new_tokens,
-                       batch_rows=args.batch_rows, threads=args.threads, work=args.work or _default_work())
+                       batch_rows=args.batch_rows, threads=args.threads, work=args.work or _default_work(),
+                       export=args.export or "")
     result = run(cfg, Path(args.out) if args.out else None)
     print("\n".join(summary_lines(result)))
     return 0

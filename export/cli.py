@@ -34,6 +34,8 @@ def register(sub) -> None:
                      help="int8/int4: scale only, zero point 2^(bits-1) (default)")
     sym.add_argument("--asymmetric", dest="symmetric", action="store_false",
                      help="int8/int4: a scale and a zero point per block")
+    q.add_argument("--embedding-weights", dest="table", choices=("fp32", "fp16", "int8", "int4"), default="",
+                   help="the embedding table and a tied lm_head (default: as --weights)")
     q.add_argument("--accuracy-level", type=int, default=4, choices=(0, 1, 2, 3, 4),
                    help="MatMulNBits activations on onnxruntime: 0 fp32 (exact), 4 int8 (default, fastest on CPU)")
     if not any(a.dest == "target" for a in p._actions):
@@ -71,7 +73,7 @@ def _export(args) -> int:
     config = ExportConfig(opset=args.opset, dtype=args.dtype, experts=not args.no_experts,
                           validate=not args.no_validate, force=args.force, threads=args.threads,
                           weights=args.weights, block_size=args.block_size, symmetric=args.symmetric,
-                          accuracy_level=args.accuracy_level, target=args.target)
+                          accuracy_level=args.accuracy_level, target=args.target, table=args.table)
     try:
         if args.no_experts:
             result = export_base(args.base, args.out, config, ckpt_dir=args.hoe)
@@ -112,8 +114,11 @@ def _print_result(result, format_report) -> None:
         print(f"  {name:<28} {size / 1e6:10.2f} MB")
     ops = ", ".join(f"{k} {v}" for k, v in result.trt["op_counts"].items())
     print(f"TensorRT {result.trt['trt_version']} readiness: {'READY' if result.trt['ready'] else 'NOT READY'}")
-    for problem in result.trt["problems"]:
+    problems = result.trt["problems"]
+    for problem in problems[:5]:
         print(f"  - {problem}")
+    if len(problems) > 5:  # e.g. every MatMulNBits of an onnxruntime-target int4 graph
+        print(f"  ... {len(problems) - 5} more (hoe trt-check {result.out_dir} lists them)")
     print(f"ops: {ops}")
     if result.validation is not None:
         print(format_report(result.validation))

@@ -51,6 +51,7 @@ class ExportConfig(JsonConfig):
     symmetric: bool = True  # int8/int4: False adds a zero point per block
     accuracy_level: int = 4  # MatMulNBits activations: 0 exact fp32, 4 int8 (fastest on CPU)
     target: str = "ort-cpu"  # ort-cpu | ort-cuda | tensorrt: the runtime the graph is built for
+    table: str = ""  # embedding table / tied lm_head precision: "" = as `weights`, else fp32|fp16|int8|int4
 
     def __post_init__(self) -> None:
         self.quant_config()  # refuses bad weights/target/block-size combinations before any work
@@ -61,7 +62,7 @@ class ExportConfig(JsonConfig):
 
     def quant_config(self) -> QuantConfig:
         return QuantConfig(weights=self.weights, block_size=self.block_size, symmetric=self.symmetric,
-                           accuracy_level=self.accuracy_level, target=self.target)
+                           accuracy_level=self.accuracy_level, target=self.target, table=self.table)
 
 
 @dataclass

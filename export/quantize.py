@@ -57,8 +57,13 @@ class QuantConfig(JsonConfig):
     symmetric: bool = True  # False: a uint zero point per block too
     accuracy_level: int = 4  # MatMulNBits: 0 = fp32 activations (exact), 4 = int8 activations (fastest on CPU)
     target: str = "ort-cpu"  # ort-cpu | ort-cuda | tensorrt
+    table: str = ""  # the embedding table and a tied lm_head: "" = as `weights`, or one of WEIGHTS
 
     def __post_init__(self) -> None:
+        if self.table and self.table not in WEIGHTS:
+            raise ConfigError(f"table must be '' or one of {list(WEIGHTS)}, got {self.table!r}")
+        if self.table and self.weights == "fp32" and self.table != "fp32":
+            raise ConfigError("a table precision needs quantized weights too (--weights)")
         if self.weights not in WEIGHTS:
             raise ConfigError(f"weights must be one of {list(WEIGHTS)}, got {self.weights!r}")
         if self.target not in TARGETS:
@@ -73,6 +78,12 @@ class QuantConfig(JsonConfig):
         if self.target == "tensorrt" and self.quantized and not self.symmetric:
             raise ConfigError("the tensorrt target needs --symmetric: TensorRT's DequantizeLinear requires zero "
                               "points of 0")
+        if self.table:
+            self.table_config()  # the table's precision obeys the same rules
+
+    def table_config(self) -> QuantConfig:
+        """The precision of the embedding table / tied lm_head."""
+        return QuantConfig(**{**self.to_dict(), "weights": self.table or self.weights, "table": ""})
 
     @property
     def quantized(self) -> bool:
@@ -185,6 +196,7 @@ def embedding_quantizable(d: int, cfg: QuantConfig) -> bool:
 def quantize_model(model, cfg: QuantConfig) -> dict:
     """Rewrite `model` (onnx_ir.Model) in place. Returns the manifest's `quantization` section."""
     report = {**cfg.to_dict(), "form": cfg.form, "linear": 0, "lm_head": None, "embedding": None}
+    report["table"] = cfg.table or cfg.weights
     if cfg.weights != "fp32":
         _GraphQuantizer(model, cfg, report).run()
     if cfg.quantized:
@@ -199,6 +211,7 @@ def quantize_model(model, cfg: QuantConfig) -> dict:
 class _GraphQuantizer:
     def __init__(self, model, cfg: QuantConfig, report: dict) -> None:
         self.model, self.graph, self.cfg, self.report = model, model.graph, cfg, report
+        self.tcfg = cfg.table_config()  # the embedding table / tied lm_head
         self.tables: dict[str, BlockQuant] = {}  # tied/embedding tables quantized as [V,D] rows, by initializer name
         self.values: dict[tuple, object] = {}  # shared new initializers / DQ outputs
         self.tied: dict[str, bool] = {}  # embedding table -> also read by another node (the tied lm_head)
@@ -211,7 +224,7 @@ class _GraphQuantizer:
                 continue
             if node.op_type == "MatMul" and self._weight(node.inputs[1]) is not None:
                 plan.append((self._matmul, node, node.inputs[1]))
-            elif node.op_type == "Gemm" and self._is_tied_head(node):
+            elif node.op_type == "Gemm" and self.tcfg.weights != "fp32" and self._is_tied_head(node):
                 plan.append((self._lm_head, node, node.inputs[1]))
             elif node.op_type == "Gather" and self._is_embedding(node):
                 self.tied[node.inputs[0].name] = len(node.inputs[0].uses()) > 1
@@ -220,9 +233,9 @@ class _GraphQuantizer:
             rewrite(node, weight)
         for name in [n for n, v in self.graph.initializers.items() if not v.uses()]:
             self.graph.initializers.pop(name)
-        if self.cfg.form == "MatMulNBits":
+        if "MatMulNBits" in (self.cfg.form, self.tcfg.form):
             self.model.opset_imports[MS_DOMAIN] = 1
-        elif self.cfg.form == "DequantizeLinear" and self.model.opset_imports.get("", 0) < DQ_OPSET:
+        if "DequantizeLinear" in (self.cfg.form, self.tcfg.form) and self.model.opset_imports.get("", 0) < DQ_OPSET:
             log.info("raising the opset to %d for block-wise DequantizeLinear", DQ_OPSET)
             self.model.opset_imports[""] = DQ_OPSET
 
@@ -243,7 +256,7 @@ class _GraphQuantizer:
     def _is_embedding(self, node) -> bool:
         axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
         table = self._weight(node.inputs[0])
-        return axis == 0 and table is not None and embedding_quantizable(table.shape[1], self.cfg)
+        return axis == 0 and table is not None and embedding_quantizable(table.shape[1], self.tcfg)
 
     # -- rewrites ----------------------------------------------------------------------------------
     def _matmul(self, node, w) -> None:
@@ -258,23 +271,23 @@ class _GraphQuantizer:
         self.report["linear"] += 1
 
     def _lm_head(self, node, table) -> None:
-        if self.cfg.weights == "fp16":
+        if self.tcfg.weights == "fp16":
             self._cast_uses(table)
-        elif self.cfg.form == "MatMulNBits":
+        elif self.tcfg.form == "MatMulNBits":
             q = self._table(table)
             self._replace(node, self._nbits(node.inputs[0], q, self._init_set(table.name, q)))
         else:
             self._dq_uses(table, self._table(table), axis=1)
         self.report["linear"] += 1
-        self.report["lm_head"] = {"tied": True, "op": "MatMulNBits" if self.cfg.form == "MatMulNBits" else
-                                  ("Gemm" if self.cfg.form != "Cast" else "Gemm (Cast)")}
+        op = {"MatMulNBits": "MatMulNBits", "Cast": "Gemm (Cast)"}.get(self.tcfg.form, "Gemm")
+        self.report["lm_head"] = {"tied": True, "weights": self.tcfg.weights, "op": op}
 
     def _embedding(self, node, table) -> None:
         tied = self.tied[table.name]
-        if self.cfg.weights == "fp16":
+        if self.tcfg.weights == "fp16":
             self._cast_uses(table)
             op = "Gather (Cast)"
-        elif self.cfg.form == "MatMulNBits":
+        elif self.tcfg.form == "MatMulNBits":
             op = "GatherBlockQuantized"
             q = self._table(table)
             packed, scales, zp = self._init_set(table.name, q)  # the lm_head's, when tied
@@ -285,17 +298,17 @@ class _GraphQuantizer:
             self.graph.insert_before(node, data)
             inputs = [data.outputs[0], node.inputs[1], scales] + ([zp] if zp is not None else [])
             self._replace(node, self._node("GatherBlockQuantized", inputs, MS_DOMAIN, gather_axis=0, quantize_axis=1,
-                                           block_size=self.cfg.block_size, bits=self.cfg.bits))
+                                           block_size=self.tcfg.block_size, bits=self.tcfg.bits))
         else:
             op = "Gather (DequantizeLinear)"
             self._dq_uses(table, self._table(table), axis=1)
-        self.report["embedding"] = {"op": op, "tied": tied}
+        self.report["embedding"] = {"op": op, "tied": tied, "weights": self.tcfg.weights}
 
     def _table(self, table) -> BlockQuant:
         """A [V, D] table quantized per row along D (the lm_head's K), once per initializer."""
         if table.name not in self.tables:
             w = np.ascontiguousarray(table.const_value.numpy().T)  # [D, V] = [K, N]
-            self.tables[table.name] = quantize_blocks(w, self.cfg.bits, self.cfg.block_size, self.cfg.symmetric)
+            self.tables[table.name] = quantize_blocks(w, self.tcfg.bits, self.tcfg.block_size, self.tcfg.symmetric)
         return self.tables[table.name]
 
     # -- building blocks ---------------------------------------------------------------------------
@@ -398,31 +411,43 @@ def dequantize_reference(model, quant: dict | None) -> int:
 
     if not quant or quant.get("weights", "fp32") == "fp32":
         return 0
-    cfg = QuantConfig.from_dict({k: quant[k] for k in ("weights", "block_size", "symmetric", "target")
-                                 if k in quant} | ({"accuracy_level": quant["accuracy_level"]}
-                                                   if "accuracy_level" in quant else {}))
+    cfg = QuantConfig.from_dict({k: quant[k] for k in ("weights", "block_size", "symmetric", "target",
+                                                       "accuracy_level") if k in quant})
+    tcfg = cfg.table_config() if quant.get("table") is None else QuantConfig(
+        **{**cfg.to_dict(), "weights": quant["table"], "table": ""})
     lm = getattr(model, "model", model)  # HoEModel wraps the causal LM
     embed = lm.get_input_embeddings()
     head = lm.get_output_embeddings()
     done: dict[int, torch.Tensor] = {}
 
-    def new_weight(param: torch.Tensor) -> torch.Tensor:
+    def new_weight(param: torch.Tensor, cfg: QuantConfig = cfg) -> torch.Tensor:
         if id(param) not in done:
             w = param.detach().float().numpy().T  # [in, out] = [K, N]
-            done[id(param)] = torch.from_numpy(np.ascontiguousarray(round_trip(w, cfg).T)).to(param.dtype)
+            if quant.get("scale_dtype") == "float16":  # an fp16 graph quantized its fp16 weights
+                w = w.astype(np.float16)
+            done[id(param)] = torch.from_numpy(np.ascontiguousarray(round_trip(w, cfg).T).astype(np.float32)).to(
+                param.dtype)
         return done[id(param)]
 
     linears = [m for m in lm.modules() if isinstance(m, nn.Linear)]
     tied = head is not None and embed is not None and head.weight is embed.weight
     quantize_embed = quant.get("embedding") is not None
+    quantize_head = not tied or quant.get("lm_head") is not None  # a tied head follows the table
     with torch.no_grad():
-        if tied and not quantize_embed:
+        if tied and quantize_head and not quantize_embed:
             head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+        changed = 0
         for m in linears:
+            if m is head and tied:
+                if quantize_head:
+                    m.weight.copy_(new_weight(m.weight, tcfg))
+                    changed += 1
+                continue
             m.weight.copy_(new_weight(m.weight))
-        if quantize_embed and not tied:
-            embed.weight.copy_(new_weight(embed.weight))
-    return len(linears)
+            changed += 1
+        if quantize_embed and not (tied and quantize_head):
+            embed.weight.copy_(new_weight(embed.weight, tcfg))
+    return changed
 
 
 def quantized_form(manifest: dict) -> str:

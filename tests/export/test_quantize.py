@@ -125,7 +125,7 @@ def test_manifest_and_graph_record_the_precision(quantized, case):
     m = json.loads((out / "hoe_config.json").read_text())
     q = m["quantization"]
     assert m["model"]["weights"] == weights == q["weights"] and q["target"] == target
-    assert q["linear"] == 15 and q["embedding"]["tied"] is False
+    assert q["linear"] == 15 and q["embedding"]["tied"] is False and q["table"] == weights
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
     ops = [n.op_type for n in graph.graph.node]
     consts = {i.name for i in graph.graph.initializer}
@@ -178,8 +178,10 @@ def test_swap_experts_on_a_quantized_export(quantized, tmp_path):
     assert report["passed"], report["max_abs_logits"]
 
 
-def test_tied_embedding_shares_one_int4_table(tmp_path, monkeypatch):
-    """A tied lm_head: GatherBlockQuantized and the lm_head's MatMulNBits read the same packed initializer."""
+@pytest.mark.parametrize("table", ["", "int8", "fp32"])
+def test_tied_table_is_quantized_once_and_shared(tmp_path, monkeypatch, table):
+    """A tied lm_head: GatherBlockQuantized and the lm_head's MatMulNBits read the same packed initializer, at
+    the table's own precision (--embedding-weights); an fp32 table stays a Gather + Gemm."""
     import tiny_models
     from conftest import make_tiny
     from hoe.export.onnx_export import ExportConfig, export
@@ -194,14 +196,22 @@ def test_tied_embedding_shares_one_int4_table(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tiny_models, "tiny_config", tied)
     base_dir, ckpt_dir = make_tiny(tmp_path, "llama")
-    export(base_dir, ckpt_dir, tmp_path / "out", ExportConfig(threads=1, validate=False, weights="int4"))
+    export(base_dir, ckpt_dir, tmp_path / "out", ExportConfig(threads=1, validate=False, weights="int4", table=table))
     q = json.loads((tmp_path / "out" / "hoe_config.json").read_text())["quantization"]
-    assert q["lm_head"] == {"tied": True, "op": "MatMulNBits"} and q["embedding"]["tied"] is True
     graph = onnx.load(str(tmp_path / "out" / "model.onnx"), load_external_data=False).graph
-    nodes = {n.output[0]: n for n in graph.node}
-    gbq = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
-    table = nodes[gbq.input[0]].input[0]  # Reshape(packed) -> GatherBlockQuantized
-    head = [n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1] == table]
-    assert len(head) == 1 and head[0].input[2] == gbq.input[2]  # same packed weights, same scales
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    if table == "fp32":
+        assert q["lm_head"] is None and q["embedding"] is None and q["linear"] == 14 and len(nbits) == 14
+        assert [n.op_type for n in graph.node].count("Gemm") == 1
+    else:
+        bits = {"": 4, "int8": 8}[table]
+        assert q["lm_head"] == {"tied": True, "weights": table or "int4", "op": "MatMulNBits"}
+        assert q["embedding"]["tied"] is True and q["linear"] == 15
+        nodes = {n.output[0]: n for n in graph.node}
+        gbq = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+        packed = nodes[gbq.input[0]].input[0]  # Reshape(packed) -> GatherBlockQuantized
+        head = [n for n in nbits if n.input[1] == packed]
+        assert len(head) == 1 and head[0].input[2] == gbq.input[2]  # same packed weights, same scales
+        assert {a.name: a.i for a in head[0].attribute}["bits"] == bits == {a.name: a.i for a in gbq.attribute}["bits"]
     report = validate_export(tmp_path / "out", base_dir, ckpt_dir, ValidationConfig(**{**FAST, "quality_prompts": 0}))
     assert report["passed"], report["max_abs_logits"]
