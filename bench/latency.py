@@ -164,6 +164,17 @@ def _hoe_bytes(src: Sources) -> int:
                                                                                     m.path("routers"))
 
 
+def _torch_bytes(src: Sources) -> int:
+    """What the PyTorch systems read per token: the HF base's own (fp32) weights + experts and routers,
+    whatever precision the export's graph has."""
+    from hoe.runtime.manifest import Manifest
+
+    from .floor import file_bytes
+
+    m = Manifest.load(src.hoe_export, verify=False)
+    return file_bytes(*sorted(Path(src.base_hf).glob("*.safetensors")), m.path("experts"), m.path("routers"))
+
+
 def _load_hoe(cfg, src, preference, work, out):
     from hoe.runtime.manifest import Manifest
     from hoe.runtime.preference import PreferenceRouter
@@ -185,7 +196,7 @@ def _load_torch(cfg, src, preference, work, out):
     router = PreferenceRouter.from_manifest(Manifest.load(src.hoe_export, verify=False))
     config = backend_config(cfg.threads, "torch", base=str(src.base_hf),
                             hoe=str(src.hoe_ckpt) if src.hoe_ckpt else None)
-    out.bytes_per_token["torch"] = _hoe_bytes(src)
+    out.bytes_per_token["torch"] = _torch_bytes(src)
     return BackendSystem("torch", load_backend(src.hoe_export, config), router.mix(router.rows(preference, 1)[0]))
 
 
@@ -261,7 +272,7 @@ def _load_torch_compile(cfg, src, preference, work, out):
     router = PreferenceRouter.from_manifest(manifest)
     base = load_base(src.base_hf)
     ckpt = HoECheckpoint.load(src.hoe_ckpt) if src.hoe_ckpt is not None else _export_checkpoint(src.hoe_export)
-    out.bytes_per_token["torch-compile"] = _hoe_bytes(src)
+    out.bytes_per_token["torch-compile"] = _torch_bytes(src)
     return TorchCompileSystem(hoe_from_checkpoint(base, ckpt), router.mix(router.rows(preference, 1)[0]),
                               cfg.threads, _max_length(cfg))
 
