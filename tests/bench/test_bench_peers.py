@@ -10,6 +10,40 @@ needs_og = pytest.mark.skipif(not ortgenai.available(),
                               reason="onnxruntime-genai is not installed (pip install 'hoe[bench]')")
 
 
+@pytest.fixture(scope="module")
+def peer_model(tmp_path_factory, monkeypatch_module):
+    """Like bench_model, with head_dim 16: onnxruntime-genai's GroupQueryAttention needs a multiple of 16."""
+    from types import SimpleNamespace
+
+    import tiny_models
+    from hoe.bench.base_export import export_base
+    from runtime_export import exported_folder
+    from runtime_helpers import write_char_tokenizer
+
+    plain = tiny_models.tiny_config
+
+    def wider(arch, vocab=97):
+        cfg = plain(arch, vocab)
+        cfg.hidden_size, cfg.intermediate_size = 64, 96
+        return cfg
+
+    monkeypatch_module.setattr(tiny_models, "tiny_config", wider)
+    root = tmp_path_factory.mktemp("peer_tiny")
+    base, ckpt = tiny_models.tiny_hoe("llama", root)
+    base.save_pretrained(root / "base")
+    write_char_tokenizer(root / "base")
+    ckpt.save(root / "hoe")
+    export = exported_folder(root / "base", root / "hoe", root / "out")
+    return SimpleNamespace(base_dir=root / "base", ckpt_dir=root / "hoe", export=export,
+                           base_export=export_base(root / "base", root / "base_out"))
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
 def test_builder_command_follows_the_export_precision(tmp_path):
     fp32 = ortgenai.builder_args(tmp_path, tmp_path / "o", tmp_path / "c", None)
     assert fp32[fp32.index("-p") + 1] == "fp32" and fp32[-1] == "hf_token=false"
@@ -20,12 +54,12 @@ def test_builder_command_follows_the_export_precision(tmp_path):
 
 
 @needs_og
-def test_ortgenai_fp32_build_decodes_like_our_base_graph(bench_model, tmp_path):
+def test_ortgenai_fp32_build_decodes_like_our_base_graph(peer_model, tmp_path):
     """Same base, two exporters: greedy tokens of onnxruntime-genai's fp32 build equal base-ort's."""
-    folder = ortgenai.cached_build(bench_model.base_dir, None, cache=tmp_path)
-    assert ortgenai.cached_build(bench_model.base_dir, None, cache=tmp_path) == folder  # cached
+    folder = ortgenai.cached_build(peer_model.base_dir, None, cache=tmp_path)
+    assert ortgenai.cached_build(peer_model.base_dir, None, cache=tmp_path) == folder  # cached
     peer = ortgenai.OrtGenaiSystem(folder, threads=1, max_length=64)
-    ours = BackendSystem("base-ort", load_backend(bench_model.base_export, backend_config(1)), np.zeros(0))
+    ours = BackendSystem("base-ort", load_backend(peer_model.base_export, backend_config(1)), np.zeros(0))
     prompt = np.random.default_rng(3).integers(3, 97, size=(1, 9))
     a, b = greedy_run(peer, prompt, 12), greedy_run(ours, prompt, 12)
     np.testing.assert_array_equal(a.tokens, b.tokens)
@@ -52,14 +86,14 @@ def test_torch_compile_decodes_like_eager(bench_model, reference):
 
 
 @needs_og
-def test_latency_reports_the_peer_and_the_long_context(bench_model, tmp_path, monkeypatch):
+def test_latency_reports_the_peer_and_the_long_context(peer_model, tmp_path, monkeypatch):
     from hoe.bench.latency import LatencyConfig, Sources, run_latency
 
     monkeypatch.setenv("HOE_CACHE", str(tmp_path))  # the peer's build goes here, not into the user's cache
     cfg = LatencyConfig(batches=[1], prompt_lengths=[5], new_tokens=3, repeats=1, switch_repeats=5,
                         bandwidth_mb=8, systems=["hoe-ort", "base-ort", "ortgenai"], long_context=60,
                         long_new_tokens=3)
-    result = run_latency(Sources(bench_model.export, bench_model.base_export, bench_model.base_dir, None), cfg)
+    result = run_latency(Sources(peer_model.export, peer_model.base_export, peer_model.base_dir, None), cfg)
     assert set(result["cases"]) == {"batch1_prompt5", "batch1_prompt60"}
     assert set(result["systems"]) == {"hoe-ort", "base-ort", "ortgenai"}
     ratios = result["ratios"]

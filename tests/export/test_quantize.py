@@ -72,6 +72,17 @@ def test_cli_refuses_before_work(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- exports of tiny models
 
+
+def make_tiny(root, arch: str):
+    """(base folder, HoE checkpoint folder) of a tiny random model with PEFT experts and random routers."""
+    from tiny_models import tiny_hoe
+
+    base, ckpt = tiny_hoe(arch, root)
+    base.save_pretrained(root / "base")
+    ckpt.save(root / "hoe")
+    return root / "base", root / "hoe"
+
+
 FAST = dict(threads=1, decode_steps=2, quality_prompts=2, quality_tokens=6, fp64_cases=0)
 CASES = [("llama", "int4", True, 32, "ort-cpu"), ("qwen2", "int8", False, 16, "ort-cpu"),
          ("mistral", "int4", False, 16, "ort-cpu"), ("llama", "int8", True, 16, "ort-cpu"),
@@ -81,7 +92,6 @@ CASES = [("llama", "int4", True, 32, "ort-cpu"), ("qwen2", "int8", False, 16, "o
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory):
     """(arch, weights, symmetric, block, target) -> (base_dir, ckpt_dir, out, validation report)."""
-    from conftest import make_tiny
     from hoe.export.onnx_export import ExportConfig, export
     from hoe.export.validate import ValidationConfig, validate_export
 
@@ -183,7 +193,6 @@ def test_tied_table_is_quantized_once_and_shared(tmp_path, monkeypatch, table):
     """A tied lm_head: GatherBlockQuantized and the lm_head's MatMulNBits read the same packed initializer, at
     the table's own precision (--embedding-weights); an fp32 table stays a Gather + Gemm."""
     import tiny_models
-    from conftest import make_tiny
     from hoe.export.onnx_export import ExportConfig, export
     from hoe.export.validate import ValidationConfig, validate_export
 
