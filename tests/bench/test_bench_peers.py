@@ -24,7 +24,7 @@ def peer_model(tmp_path_factory, monkeypatch_module):
 
     def wider(arch, vocab=97):
         cfg = plain(arch, vocab)
-        cfg.hidden_size, cfg.intermediate_size = 64, 96
+        cfg.hidden_size, cfg.intermediate_size, cfg.head_dim = 64, 96, 16
         return cfg
 
     monkeypatch_module.setattr(tiny_models, "tiny_config", wider)

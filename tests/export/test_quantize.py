@@ -224,3 +224,18 @@ def test_tied_table_is_quantized_once_and_shared(tmp_path, monkeypatch, table):
         assert {a.name: a.i for a in head[0].attribute}["bits"] == bits == {a.name: a.i for a in gbq.attribute}["bits"]
     report = validate_export(tmp_path / "out", base_dir, ckpt_dir, ValidationConfig(**{**FAST, "quality_prompts": 0}))
     assert report["passed"], report["max_abs_logits"]
+
+
+def test_bench_parity_reports_the_quantization_cost(quantized):
+    """`hoe bench parity` on a quantized export: the reference holds the dequantized weights (so the shipped graph
+    passes at the int8-activation tolerance) and the cost against fp32 is reported apart."""
+    from hoe.bench.parity import TOLERANCES, ParityConfig, run_parity
+
+    _, _, out, _ = quantized(*CASES[0])
+    cfg = ParityConfig(batches=[1], new_tokens=[1, 3], past=[0, 4], greedy_tokens=4, greedy_prompts=[3, 5],
+                       backends=["ort:cpu"])
+    result = run_parity(out, cfg)
+    assert result["passed"] and (result["tolerances"]["atol"], result["tolerances"]["rtol"]) == \
+        TOLERANCES["int8-activations"]
+    cost = result["quantization_cost"]
+    assert cost["weights"] == "int4" and cost["prompts"] == 8 and 0 <= cost["teacher_forced_top1"] <= 1
