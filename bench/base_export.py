@@ -8,6 +8,7 @@ expert mixture. Exports are cached under `$HOE_CACHE/bench/` by base identity, a
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -16,15 +17,21 @@ from hoe.core.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def cached_base_export(base_dir: str | Path, cache: str | Path | None = None, opset: int = 20) -> Path:
-    """Folder of the base-only export of `base_dir` (exported once, then reused)."""
+def cached_base_export(base_dir: str | Path, cache: str | Path | None = None, opset: int = 20,
+                       quant: dict | None = None) -> Path:
+    """Folder of the base-only export of `base_dir` (exported once, then reused), at the weight precision of
+    `quant` (a manifest's `quantization` section; None or fp32: as exported)."""
     from hoe.contract.folder import Manifest
     from hoe.core.atomic import staged_folder
     from hoe.core.smollm2 import cache_dir
 
     base_dir = Path(base_dir).resolve()
-    key = hashlib.sha256(str(base_dir).encode() + _weights_stamp(base_dir).encode()).hexdigest()[:16]
-    folder = Path(cache or cache_dir() / "bench") / f"base-ort-export-{key}"  # "export": made by hoe.export
+    weights = _weight_options(quant)
+    # the graph kind is part of the key: a cache made for another target or precision is never reused
+    stamp = _weights_stamp(base_dir) + json.dumps({"target": "ort-cpu", **weights}, sort_keys=True)
+    key = hashlib.sha256(str(base_dir).encode() + stamp.encode()).hexdigest()[:16]
+    maker = "export" + (f"-{weights['weights']}" if weights else "")  # "export": made by hoe.export
+    folder = Path(cache or cache_dir() / "bench") / f"base-ort-{maker}-{key}"
     if (folder / "hoe_config.json").is_file():
         try:
             Manifest.load(folder, verify=False)
@@ -33,8 +40,16 @@ def cached_base_export(base_dir: str | Path, cache: str | Path | None = None, op
             log.info("re-exporting the cached base graph %s: %s", folder, e)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with staged_folder(folder, replace=True, create=False) as tmp:  # export_base creates it
-        export_base(base_dir, tmp, opset)
+        export_base(base_dir, tmp, opset, weights=weights)
     return folder
+
+
+def _weight_options(quant: dict | None) -> dict:
+    """ExportConfig fields of a manifest's `quantization` section ({} for fp32)."""
+    if not quant or quant.get("weights", "fp32") == "fp32":
+        return {}
+    keys = ("weights", "block_size", "symmetric", "accuracy_level", "target", "table")
+    return {k: quant[k] for k in keys if k in quant}
 
 
 def _weights_stamp(base_dir: Path) -> str:
@@ -42,12 +57,15 @@ def _weights_stamp(base_dir: Path) -> str:
     return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 
-def export_base(base_dir: str | Path, out_dir: str | Path, opset: int = 20, threads: int = 1) -> Path:
-    """Export the plain base model of `base_dir` to `out_dir` (docs/FORMAT.md folder, `hoe.enabled` false)."""
+def export_base(base_dir: str | Path, out_dir: str | Path, opset: int = 20, threads: int = 1,
+                weights: dict | None = None) -> Path:
+    """Export the plain base model of `base_dir` to `out_dir` (docs/FORMAT.md folder, `hoe.enabled` false);
+    `weights`: ExportConfig weight-precision fields."""
     from hoe.export.onnx_export import ExportConfig
     from hoe.export.onnx_export import export_base as exporter_export_base
 
     # Not validated here: base-ort is checked against the plain base model by tests/bench, and
     # `hoe bench parity` is the place where numbers are compared.
-    exporter_export_base(base_dir, out_dir, ExportConfig(opset=opset, threads=threads, validate=False))
+    exporter_export_base(base_dir, out_dir, ExportConfig(opset=opset, threads=threads, validate=False,
+                                                         **(weights or {})))
     return Path(out_dir)

@@ -15,7 +15,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-_ONNX_ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+_ONNX_ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2,
+                  21: 0.5, 22: 0.5}  # UINT4 / INT4: two per byte
+# Embedding lookups read a few rows per token: the table input of these ops is not counted.
+_LOOKUP_OPS = {"Gather": (0,), "GatherBlockQuantized": (0, 2, 3)}
 
 
 def copy_bandwidth_gbs(size_mb: int = 256, repeats: int = 5) -> float:
@@ -34,8 +37,9 @@ def copy_bandwidth_gbs(size_mb: int = 256, repeats: int = 5) -> float:
 def graph_weight_bytes(onnx_path: str | Path) -> int:
     """Bytes of the graph's initializers that one decode step reads in full.
 
-    An initializer consumed only by Gather nodes (an embedding table) contributes a few rows per token,
-    so it is not counted; a tied embedding that also feeds the LM head's MatMul is counted.
+    An initializer consumed only by Gather / GatherBlockQuantized nodes (an embedding table, its scales and
+    zero points) contributes a few rows per token, so it is not counted; a tied embedding that also feeds
+    the LM head's MatMul(NBits) is counted. Packed int4 weights count half a byte per value.
     """
     import onnx
 
@@ -45,7 +49,7 @@ def graph_weight_bytes(onnx_path: str | Path) -> int:
     for init in model.graph.initializer:
         if init.name in gather_only:
             continue
-        total += int(np.prod(init.dims, dtype=np.int64)) * _ONNX_ITEMSIZE.get(init.data_type, 4)
+        total += int(np.ceil(int(np.prod(init.dims, dtype=np.int64)) * _ONNX_ITEMSIZE.get(init.data_type, 4)))
     return total
 
 
@@ -54,8 +58,13 @@ def _gather_only_inputs(graph) -> set[str]:
     for node in graph.node:
         for i, name in enumerate(node.input):
             # Gather's data is input 0; as its indices (input 1) a tensor is read in full.
-            users.setdefault(name, set()).add("Gather" if node.op_type == "Gather" and i == 0 else node.op_type)
-    return {name for name, ops in users.items() if ops == {"Gather"}}
+            users.setdefault(name, set()).add("lookup" if i in _LOOKUP_OPS.get(node.op_type, ()) else node.op_type)
+    # a Reshape of a table that only feeds lookups (the shared int4 table, see export/quantize.py) is a lookup too
+    for node in graph.node:
+        if node.op_type == "Reshape" and users.get(node.output[0]) == {"lookup"}:
+            users.setdefault(node.input[0], set()).discard("Reshape")
+            users[node.input[0]].add("lookup")
+    return {name for name, ops in users.items() if ops == {"lookup"}}
 
 
 def file_bytes(*paths: str | Path | None) -> int:

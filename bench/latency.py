@@ -1,6 +1,9 @@
 """`hoe bench latency`: our runtime against PyTorch eager and the peers' ways of serving preferences.
 
-    systems   hoe-ort, torch, base-ort, mod, merged (systems.py), all loaded in this one process
+    systems   hoe-ort, torch, base-ort, mod, merged (systems.py), ortgenai (ortgenai.py: onnxruntime-genai's
+              build of the base at the export's weight precision), torch-compile (torch_compile.py: the
+              reference under torch.compile with a static KV cache; compile time reported apart), all
+              loaded in this one process; base-ort is exported at the HoE export's weight precision
     cases     batch {1, 4} × prompt {32, 256} tokens, 64 new tokens, greedy, one interior preference
     timing    repetition r runs every system once, starting with system r (round-robin), so a noisy
               machine hits all of them alike; decode ms/token = median / p90 over every decode step of
@@ -9,7 +12,10 @@
     memory    per system: RSS retained by loading it + peak RSS growth while it generates (Linux VmHWM)
     switch    hoe: preference -> router_mix on the host (route()); merged: re-merge every module in numpy
               + a new ORT session with the merged initializers
-    floor     weight bytes read per decode token / measured copy bandwidth (floor.py)
+    floor     weight bytes read per decode token / measured copy bandwidth (floor.py), per system: each
+              counts its own graph's bytes, so int4 systems get int4 floors
+    long      batch 1 with a `long_context`-token prompt (decode past 1024): ratios.long_over_short is
+              decode(past long) / decode(past 32) of hoe-ort (per system in `long_over_short_by_system`)
 """
 
 from __future__ import annotations
@@ -26,9 +32,16 @@ from hoe.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SYSTEMS = ("hoe-ort", "torch", "base-ort", "mod", "merged")
+SYSTEMS = ("hoe-ort", "torch", "base-ort", "mod", "merged", "ortgenai", "torch-compile")
+# ortgenai (needs the bench extra and a builder run) and torch-compile (minutes of compile on a 2-core machine)
+# are opt-in: --systems
+DEFAULT_SYSTEMS = ("hoe-ort", "torch", "base-ort", "mod", "merged")
 # Targets of the issue, on SmolLM2-135M with 3 experts, batch 1, 1 thread.
 TARGETS = {"torch_over_hoe": (">=", 3.0), "hoe_over_base": ("<=", 1.15), "mod_over_hoe": (">=", 2.5)}
+# Issue 11 (edge-class decode): against the peer, long context, per weight precision.
+FP32_TARGETS = {"hoe_over_ortgenai": ("<=", 1.10), "long_over_short": ("<=", 1.15)}
+QUANT_TARGETS = {"hoe_over_ortgenai": ("<=", 1.2), "long_over_short": ("<=", 1.15), "hoe_over_base": ("<=", 1.25),
+                 "torch_over_hoe": (">=", 6.0), "torch_compile_over_hoe": (">=", 4.0)}
 SWITCH_TARGET_MS = 1.0
 
 
@@ -43,7 +56,9 @@ class LatencyConfig(JsonConfig):
     warmup_tokens: int = 4  # one untimed run of this length per system and case
     threads: int = 1  # ORT intra-op threads = torch threads
     preference: list[float] | None = None  # None -> a fixed interior point (uniform mixed with a tilt)
-    systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
+    systems: list[str] = field(default_factory=lambda: list(DEFAULT_SYSTEMS))
+    long_context: int = 1024  # prompt tokens of the long-context case (0: none); decode runs past it
+    long_new_tokens: int = 16  # tokens generated per run in the long-context case
     switch_repeats: int = 200  # preference switches timed for hoe
     remerge_repeats: int = 2  # re-merges (numpy + new session) timed for merged
     bandwidth_mb: int = 256  # array size of the copy-bandwidth measurement
@@ -68,7 +83,7 @@ class LatencyConfig(JsonConfig):
     def quick(cls, **overrides) -> LatencyConfig:
         """The batch-1, 32-token-prompt case only, 32 new tokens, 2 repetitions (`--quick`)."""
         base = dict(batches=[1], prompt_lengths=[32], new_tokens=32, repeats=2, switch_repeats=100,
-                    remerge_repeats=1, bandwidth_mb=128)
+                    remerge_repeats=1, bandwidth_mb=128, long_new_tokens=12)
         return cls(**{**base, **overrides})
 
 
@@ -105,7 +120,7 @@ def resolve_sources(src: Sources, need_base_export: bool) -> Sources:
     if base_export is None and need_base_export:
         from .base_export import cached_base_export
 
-        base_export = cached_base_export(base_hf)
+        base_export = cached_base_export(base_hf, quant=manifest.data.get("quantization"))
     return Sources(src.hoe_export, base_export, Path(base_hf), src.hoe_ckpt)
 
 
@@ -122,6 +137,7 @@ class Loaded:
         self.base_manifest = None
         self.router = None
         self.mix = None
+        self.ortgenai_folder: Path | None = None
 
 
 def load_systems(cfg: LatencyConfig, src: Sources, preference, work: Path) -> Loaded:
@@ -148,6 +164,17 @@ def _hoe_bytes(src: Sources) -> int:
                                                                                     m.path("routers"))
 
 
+def _torch_bytes(src: Sources) -> int:
+    """What the PyTorch systems read per token: the HF base's own (fp32) weights + experts and routers,
+    whatever precision the export's graph has."""
+    from hoe.contract.folder import Manifest
+
+    from .floor import file_bytes
+
+    m = Manifest.load(src.hoe_export, verify=False)
+    return file_bytes(*sorted(Path(src.base_hf).glob("*.safetensors")), m.path("experts"), m.path("routers"))
+
+
 def _load_hoe(cfg, src, preference, work, out):
     from hoe.contract.folder import Manifest
     from hoe.runtime.preference import PreferenceRouter
@@ -169,7 +196,7 @@ def _load_torch(cfg, src, preference, work, out):
     router = PreferenceRouter.from_manifest(Manifest.load(src.hoe_export, verify=False))
     config = backend_config(cfg.threads, "torch", base=str(src.base_hf),
                             hoe=str(src.hoe_ckpt) if src.hoe_ckpt else None)
-    out.bytes_per_token["torch"] = _hoe_bytes(src)
+    out.bytes_per_token["torch"] = _torch_bytes(src)
     return BackendSystem("torch", load_backend(src.hoe_export, config), router.route(preference, 1)[1][0])
 
 
@@ -216,8 +243,42 @@ def _load_merged(cfg, src, preference, work, out):
     return BackendSystem("merged", backend, np.zeros(0))
 
 
+def _max_length(cfg: LatencyConfig) -> int:
+    return max([*cfg.prompt_lengths, cfg.long_context]) + max(cfg.new_tokens, cfg.long_new_tokens) + 1
+
+
+def _load_ortgenai(cfg, src, preference, work, out):
+    from hoe.contract.folder import Manifest
+
+    from .floor import graph_weight_bytes
+    from .ortgenai import OrtGenaiSystem, cached_build, model_file
+
+    folder = cached_build(src.base_hf, Manifest.load(src.hoe_export, verify=False).data.get("quantization"))
+    out.bytes_per_token["ortgenai"] = graph_weight_bytes(model_file(folder))
+    out.ortgenai_folder = folder
+    return OrtGenaiSystem(folder, cfg.threads, _max_length(cfg))
+
+
+def _load_torch_compile(cfg, src, preference, work, out):
+    from hoe.contract.folder import Manifest
+    from hoe.core.checkpoint import HoECheckpoint
+    from hoe.core.loading import hoe_from_checkpoint, load_base
+    from hoe.runtime.backends.pytorch import _export_checkpoint
+    from hoe.runtime.preference import PreferenceRouter
+
+    from .torch_compile import TorchCompileSystem
+
+    manifest = Manifest.load(src.hoe_export, verify=False)
+    router = PreferenceRouter.from_manifest(manifest)
+    base = load_base(src.base_hf)
+    ckpt = HoECheckpoint.load(src.hoe_ckpt) if src.hoe_ckpt is not None else _export_checkpoint(src.hoe_export)
+    out.bytes_per_token["torch-compile"] = _torch_bytes(src)
+    return TorchCompileSystem(hoe_from_checkpoint(base, ckpt), router.mix(router.rows(preference, 1)[0]),
+                              cfg.threads, _max_length(cfg))
+
+
 _LOADERS = {"hoe-ort": _load_hoe, "torch": _load_torch, "base-ort": _load_base, "mod": _load_mod,
-            "merged": _load_merged}
+            "merged": _load_merged, "ortgenai": _load_ortgenai, "torch-compile": _load_torch_compile}
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -264,8 +325,17 @@ def ratios(systems: dict) -> dict[str, float | None]:
             return None
         return systems[a]["decode_ms_per_token"]["median"] / systems[b]["decode_ms_per_token"]["median"]
 
-    return {"torch_over_hoe": ratio("torch", "hoe-ort"), "hoe_over_base": ratio("hoe-ort", "base-ort"),
-            "mod_over_hoe": ratio("mod", "hoe-ort"), "merged_over_base": ratio("merged", "base-ort")}
+    out = {"torch_over_hoe": ratio("torch", "hoe-ort"), "hoe_over_base": ratio("hoe-ort", "base-ort"),
+           "mod_over_hoe": ratio("mod", "hoe-ort"), "merged_over_base": ratio("merged", "base-ort")}
+    extra = {"hoe_over_ortgenai": ratio("hoe-ort", "ortgenai"), "base_over_ortgenai": ratio("base-ort", "ortgenai"),
+             "torch_compile_over_hoe": ratio("torch-compile", "hoe-ort")}  # present only when both were timed
+    return {**out, **{k: v for k, v in extra.items() if v is not None}}
+
+
+def long_over_short(short: dict, long: dict) -> dict[str, float]:
+    """decode ms/token past the long prompt / past the short prompt, per system timed in both cases."""
+    return {n: long[n]["decode_ms_per_token"]["median"] / short[n]["decode_ms_per_token"]["median"]
+            for n in long if n in short}
 
 
 def switch_times(loaded: Loaded, cfg: LatencyConfig, preference) -> dict:
@@ -321,6 +391,10 @@ def run_latency(src: Sources, cfg: LatencyConfig | None = None) -> dict:
                 log.info("timing batch %d, prompt %d, %d new tokens, %d repetitions", b, p, cfg.new_tokens, cfg.repeats)
                 cases[f"batch{b}_prompt{p}"] = {"batch": b, "prompt_tokens": p,
                                                 "systems": time_case(loaded, cfg, b, p, manifest.vocab_size)}
+        long = long_case(loaded, cfg, manifest)
+        if long is not None:
+            cases[f"batch1_prompt{cfg.long_context}"] = long
+        compile_ms = getattr(loaded.systems.get("torch-compile"), "compile_ms", None)
         for system in loaded.systems.values():
             system.close()
         profile = run_profiles(cfg, src, loaded, Path(work)) if cfg.profile else None
@@ -334,9 +408,26 @@ def run_latency(src: Sources, cfg: LatencyConfig | None = None) -> dict:
         case["ratios"] = ratios(case["systems"])
     machine["load_average_after"] = machine_info()["load_average"]
     result = _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch, cases, top_floor, peak_mb())
+    if compile_ms is not None:
+        result["torch_compile_ms"] = compile_ms  # first call per shape: compile + one run (not in the decode times)
     if profile is not None:
         result["profile"] = profile
     return result
+
+
+def long_case(loaded: Loaded, cfg: LatencyConfig, manifest) -> dict | None:
+    """Batch 1, a `long_context`-token prompt: the decode steps run past it (None when off or too long)."""
+    if not cfg.long_context:
+        return None
+    context = manifest.arch.get("max_position_embeddings") or 0
+    if cfg.long_context + cfg.long_new_tokens > context:
+        log.warning("long-context case skipped: %d + %d tokens exceed the context %d", cfg.long_context,
+                    cfg.long_new_tokens, context)
+        return None
+    log.info("timing the long-context case: prompt %d, %d new tokens", cfg.long_context, cfg.long_new_tokens)
+    long_cfg = LatencyConfig(**{**cfg.to_dict(), "new_tokens": cfg.long_new_tokens})
+    return {"batch": 1, "prompt_tokens": cfg.long_context, "long_context": True,
+            "systems": time_case(loaded, long_cfg, 1, cfg.long_context, manifest.vocab_size)}
 
 
 def run_profiles(cfg: LatencyConfig, src: Sources, loaded: Loaded, work: Path) -> dict:
@@ -355,6 +446,10 @@ def run_profiles(cfg: LatencyConfig, src: Sources, loaded: Loaded, work: Path) -
 def _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch, cases, top_floor, peak) -> dict:
     key = "batch1_prompt32" if "batch1_prompt32" in cases else next(iter(cases))
     head = cases[key]
+    long = next((c for c in cases.values() if c.get("long_context")), None)
+    by_system = long_over_short(head["systems"], long["systems"]) if long is not None else {}
+    if "hoe-ort" in by_system:
+        head["ratios"]["long_over_short"] = by_system["hoe-ort"]
     result = {
         "machine": machine, "threads": cfg.threads,
         "case": {"batch": head["batch"], "prompt_tokens": head["prompt_tokens"], "new_tokens": cfg.new_tokens},
@@ -366,17 +461,25 @@ def _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch
         "bytes_per_token": loaded.bytes_per_token,
         "preference": preference,
         "switch_detail": switch,
+        "long_over_short_by_system": by_system,
+        "weights": (manifest.data.get("quantization") or {}).get("weights", "fp32"),
         "load_ms": loaded.load_ms, "process_peak_rss_mb": peak,
         "cases": cases, "config": cfg.to_dict(),
         "model": {"export": str(src.hoe_export), "base_export": str(src.base_export) if src.base_export else None,
                   "architecture": manifest.arch, "objectives": manifest.objectives,
                   "n_experts": manifest.hoe.get("n_experts"), "rank": manifest.hoe.get("rank"),
-                  "n_routers": manifest.hoe.get("n_routers")},
+                  "n_routers": manifest.hoe.get("n_routers"),
+                  "quantization": manifest.data.get("quantization"),
+                  "ortgenai_build": str(loaded.ortgenai_folder) if loaded.ortgenai_folder else None},
         "notes": {"mod": "each expert model is the HoE graph held at that expert's vertex (constant one-hot "
                          "routers, router_mix e_j), run by the same runtime; one forward per member per token",
                   "merged": "W_pre + sum_j w_j s_j B_j A_j in numpy, baked into the base-ort graph via "
                             "SessionOptions.add_initializer; remerge = numpy merge + new session",
                   "peak_rss_mb": "RSS retained by loading the system + peak RSS growth while it generates",
+                  "ortgenai": "onnxruntime-genai's model builder on the same HF base at the export's weight "
+                              "precision (base only, no experts), its Generator fed our greedy tokens",
+                  "torch-compile": "hoe.core's HoEModel under torch.compile(dynamic=False) with a StaticCache; "
+                                   "torch_compile_ms is the first call of each shape (compile), untimed",
                   "bandwidth": "numpy copy, bytes read + written per second (STREAM convention), 1 thread"},
     }
     result["targets"] = targets(result)
@@ -385,7 +488,9 @@ def _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch
 
 def targets(result: dict) -> dict:
     out = {}
-    for name, (op, bound) in TARGETS.items():
+    quantized = result.get("weights", "fp32") in ("int4", "int8")
+    goals = {**TARGETS, **(QUANT_TARGETS if quantized else FP32_TARGETS)}
+    for name, (op, bound) in goals.items():
         value = result["ratios"].get(name)
         met = None if value is None else (value >= bound if op == ">=" else value <= bound)
         out[name] = {"target": f"{op} {bound}", "value": value, "met": met}

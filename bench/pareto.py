@@ -30,6 +30,7 @@ class ParetoConfig(JsonConfig):
     work: str = ""  # folder keeping decoded batches so an interrupted run resumes; "" -> none
     bootstrap: int = 1000  # resamples of the prompt bootstrap (pareto_stats.py)
     seed: int = 0  # seed of the bootstrap draws
+    export: str = ""  # exported folder: its base weight precision (hoe_config.json `quantization`) is applied
 
     def resolve(self) -> tuple[Path, Path, Path]:
         from hoe.core.train.data import default_prompts
@@ -94,7 +95,7 @@ def summary_lines(result: dict) -> list[str]:
 
 # CLI flag -> ParetoConfig field; a new option is one add_argument line plus one entry here.
 CLI_FIELDS = ("checkpoint", "base", "prompts", "n_prompts", "grid_steps", "max_new_tokens", "batch_rows", "threads",
-              "work", "bootstrap", "seed")
+              "work", "bootstrap", "seed", "export")
 
 
 def register(sub) -> None:
@@ -116,6 +117,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, help=f"bootstrap seed (default {d.seed})")
     p.add_argument("--out", help="folder for pareto.json/png (default: the checkpoint folder)")
     p.add_argument("--work", help="resume folder for decoded batches (default: $HOE_CACHE/bench/pareto)")
+    p.add_argument("--export", help="exported folder (e.g. hoe export --weights int4): evaluate with its "
+                                    "dequantized base weights, the weights its graph computes with")
     p.set_defaults(func=_main)
 
 

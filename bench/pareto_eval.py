@@ -155,6 +155,11 @@ def evaluate(cfg) -> dict:
     plain = load_base(base_dir)
     ckpt.validate(plain)
     model = hoe_from_checkpoint(load_base(base_dir), ckpt)
+    if cfg.export:  # the export's quantized base weights, dequantized (export/quantize.py)
+        from hoe.contract.manifest import load_manifest
+        from hoe.export.quantize import dequantize_reference
+
+        dequantize_reference(model, load_manifest(cfg.export).get("quantization"))
     hc = model.config
     codec = ChatCodec.from_folder(base_dir)
     objectives = make_objectives(hc.objectives)

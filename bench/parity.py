@@ -21,6 +21,12 @@ ORT/torch distance to float64 ranged 0.26..2.8, hence the factor 4.
 
 Greedy passes when every row agrees with the reference, or first departs at a near-tie of the reference (top-2
 margin <= 2·atol + rtol·|top-1|). `max_rel` is max |diff| / max |ref| over the compared logits.
+
+A quantized export (`hoe export --weights int4`) is compared with the reference holding the graph's own
+dequantized base weights (export/quantize.py), so parity still proves the graph; what the quantization
+costs against the fp32 model is `quantization_cost` (export/quality.py: greedy agreement over 64 tokens on
+held-out prompts, next-token KL). Note: backends run the graph as shipped (MatMulNBits at its accuracy
+level; 4 = int8 activations), so their logits carry that kernel's rounding too — pass --atol accordingly.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from hoe.core.positions import positions
 log = logging.getLogger(__name__)
 
 # Default tolerances per graph dtype: (atol, rtol) on logits.
-TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (5e-2, 1e-2), "bf16": (1e-1, 2e-2)}
+TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (5e-2, 1e-2), "bf16": (1e-1, 2e-2),
+              "int8-activations": (5e-2, 3e-2)}  # quantized graphs whose MatMuls quantize activations to int8
 
 
 @dataclass
@@ -56,6 +63,7 @@ class ParityConfig(JsonConfig):
     seed: int = 0  # token ids and the random interior preference
     backends: list[str] | None = None  # labels to run ("ort:cpu", "ort:cuda", "trt"); None -> all available
     fp64_factor: float = 4.0  # fp32: a failing case passes within this times torch fp32's distance to float64
+    quality: bool = True  # quantized exports: greedy agreement / next-token KL vs the fp32 model (quality.py)
 
     def __post_init__(self) -> None:
         for name in ("batches", "new_tokens", "pads", "greedy_prompts"):
@@ -225,12 +233,29 @@ def open_runner(label: str, folder: Path, threads: int) -> Runner:
 
 def reference_runner(folder: Path, threads: int, base: str | None, hoe: str | None) -> Runner:
     from hoe.contract.folder import Manifest
+    from hoe.export.quantize import dequantize_reference
     from hoe.runtime.backends import BackendConfig, create_backend
     from hoe.runtime.preference import PreferenceRouter
 
     manifest = Manifest.load(folder, verify=False)
     backend = create_backend(manifest, BackendConfig(name="torch", threads=threads, base=base, hoe=hoe)).activate()
+    dequantize_reference(backend.model, manifest.data.get("quantization"))  # the graph's own base weights
     return Runner("torch", backend, PreferenceRouter.from_manifest(manifest))
+
+
+def quantization_cost(folder: Path, threads: int, base: str | None, hoe: str | None) -> dict | None:
+    """A quantized export against its fp32 model (export/quality.py); None for fp32 weights."""
+    from hoe.contract.folder import Manifest
+    from hoe.export.quality import QualityConfig, quality_report
+    from hoe.runtime.backends.pytorch import _export_checkpoint
+
+    manifest = Manifest.load(folder, verify=False)
+    if (manifest.data.get("quantization") or {}).get("weights", "fp32") == "fp32":
+        return None
+    base = base or manifest.source.get("base")
+    if base is None:
+        raise ConfigError(f"{folder} records no source.base: pass --base for the fp32 reference")
+    return quality_report(folder, base, hoe or _export_checkpoint(folder), QualityConfig(threads=threads))
 
 
 # ------------------------------------------------------------------------------------------ the benchmark
@@ -248,7 +273,8 @@ def run_parity(folder: str | Path, cfg: ParityConfig | None = None, base: str | 
     cfg, folder = cfg or ParityConfig(), Path(folder)
     manifest = Manifest.load(folder, verify=True)
     dtype = manifest.data["model"].get("dtype", "fp32")
-    atol, rtol = TOLERANCES.get(dtype, TOLERANCES["fp32"])
+    atol, rtol = TOLERANCES[_tolerance_key(manifest.data)] if dtype == "fp32" else TOLERANCES.get(dtype,
+                                                                                                   TOLERANCES["fp32"])
     atol, rtol = cfg.atol if cfg.atol is not None else atol, cfg.rtol if cfg.rtol is not None else rtol
     set_torch_threads(cfg.threads)
     ref = reference_runner(folder, cfg.threads, base, hoe)
@@ -274,6 +300,9 @@ def run_parity(folder: str | Path, cfg: ParityConfig | None = None, base: str | 
         run.backend.deactivate()
     if dtype == "fp32" and cfg.fp64_factor > 0:
         _judge_by_fp64(cfg, folder, cases, result, base, hoe)
+    result["quantization"] = manifest.data.get("quantization")
+    if cfg.quality:
+        result["quantization_cost"] = quantization_cost(folder, cfg.threads, base, hoe)
     return _finish(result)
 
 
@@ -303,6 +332,15 @@ def _judge_by_fp64(cfg: ParityConfig, folder: Path, cases: list[Case], result: d
             c["passed"] = bool(np.isfinite(out).all()) and err <= cfg.fp64_factor * ref_err
     for run in [ref32, ref64, *runners.values()]:
         run.backend.deactivate()
+
+
+def _tolerance_key(manifest: dict) -> str:
+    """int8-activations when onnxruntime runs the quantized MatMuls with int8 activations: MatMulNBits at an
+    accuracy level > 0, or DequantizeLinear+MatMul, which onnxruntime fuses into MatMulNBits at level 4."""
+    quant = manifest.get("quantization") or {}
+    if quant.get("form") == "DequantizeLinear" or quant.get("form") == "MatMulNBits" and quant.get("accuracy_level"):
+        return "int8-activations"
+    return "fp32"
 
 
 def _open_all(cfg: ParityConfig, folder: Path) -> tuple[list[Runner], dict[str, str]]:

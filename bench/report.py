@@ -66,7 +66,15 @@ def parity_tables(result: dict) -> str:
     greedy_table = markdown_table(["backend", "preferences", "greedy agreement", "first divergence", "passed"],
                                   greedy)
     skipped = "".join(f"\nskipped {k}: {v}" for k, v in result.get("skipped", {}).items())
-    return f"{head}\n\n{shapes}\n\n{greedy_table}\n{skipped}\nresult: {'PASS' if result['passed'] else 'FAIL'}\n"
+    cost = result.get("quantization_cost")
+    quality = "" if not cost else (
+        f"\nquantization cost ({cost['weights']} vs {cost['vs']}, {cost['prompts']} held-out prompts x "
+        f"{cost['new_tokens']} greedy tokens): greedy agreement {100 * cost['greedy_agreement']:.1f}%, "
+        f"token agreement {100 * cost['token_agreement']:.1f}%, teacher-forced top-1 "
+        f"{100 * cost['teacher_forced_top1']:.1f}%, mean next-token KL {cost['mean_kl']:.4g} "
+        f"(max {cost['max_kl']:.3g})\n")
+    return (f"{head}\n\n{shapes}\n\n{greedy_table}\n{skipped}{quality}\n"
+            f"result: {'PASS' if result['passed'] else 'FAIL'}\n")
 
 
 # ------------------------------------------------------------------------------------------ latency
@@ -95,6 +103,12 @@ def latency_tables(result: dict) -> str:
     hoe = f"{sw['hoe']:.4f} ms" if sw["hoe"] is not None else "–"
     merged = f"{sw['merged_remerge']:.0f} ms" if sw["merged_remerge"] is not None else "–"
     parts.append(f"preference switch: hoe {hoe}, merged re-merge {merged}")
+    if result.get("long_over_short_by_system"):
+        parts.append("decode past the long prompt / past the short one: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in result["long_over_short_by_system"].items()))
+    if result.get("torch_compile_ms"):
+        parts.append("torch-compile, first call per shape (compile, untimed): " + ", ".join(
+            f"{k} {v / 1e3:.1f} s" for k, v in result["torch_compile_ms"].items()))
     rows = [[name, t["target"], t["value"], {True: "yes", False: "NO", None: "–"}[t["met"]]]
             for name, t in result["targets"].items()]
     parts.append(markdown_table(["target (batch 1, prompt 32)", "wanted", "measured", "met"], rows))

@@ -23,12 +23,27 @@ def register(sub) -> None:
     p.add_argument("--target", choices=("ort-cpu", "ort-cuda", "tensorrt"), default="ort-cpu",
                    help="what the graph is built for (docs/GRAPH.md): ort-cpu / ort-cuda = onnxruntime graph with "
                         "fused attention (GroupQueryAttention, shared KV buffer) and fused RMSNorm (default); "
-                        "tensorrt = standard ONNX ops only, checked for TensorRT 10.3")
+                        "tensorrt = standard ONNX ops only, checked for TensorRT 10.3 (int8/int4: MatMulNBits "
+                        "for ort-*, block-wise DequantizeLinear at opset 21 for tensorrt)")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime vs PyTorch parity check")
     p.add_argument("--no-experts", action="store_true",
                    help="export the plain base graph (no router_mix, no expert/router inputs) for baselines")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the validation (default 2)")
+    q = p.add_argument_group("base weight precision (export/quantize.py, docs/FORMAT.md)")
+    q.add_argument("--weights", choices=("fp32", "fp16", "int8", "int4"), default="fp32",
+                   help="base linear weights and the tied embedding/lm_head: fp32 (as the graph dtype), fp16 "
+                        "storage, or block-wise int8/int4 weight-only quantization (experts/routers stay inputs)")
+    q.add_argument("--block-size", type=int, default=32, help="int8/int4: inputs per scale (power of 2 >= 16)")
+    sym = q.add_mutually_exclusive_group()
+    sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=True,
+                     help="int8/int4: scale only, zero point 2^(bits-1) (default)")
+    sym.add_argument("--asymmetric", dest="symmetric", action="store_false",
+                     help="int8/int4: a scale and a zero point per block")
+    q.add_argument("--embedding-weights", dest="table", choices=("fp32", "fp16", "int8", "int4"), default="",
+                   help="the embedding table and a tied lm_head (default: as --weights)")
+    q.add_argument("--accuracy-level", type=int, default=4, choices=(0, 1, 2, 3, 4),
+                   help="MatMulNBits activations on onnxruntime: 0 fp32 (exact), 4 int8 (default, fastest on CPU)")
     p.set_defaults(func=_export)
 
     w = sub.add_parser("swap-experts", help="install another HoE checkpoint's experts/routers, no re-export",
@@ -58,7 +73,9 @@ def _export(args) -> int:
         print("hoe export: error: --hoe CKPT_DIR is required unless --no-experts")
         return 2
     config = ExportConfig(opset=args.opset, dtype=args.dtype, experts=not args.no_experts,
-                          validate=not args.no_validate, force=args.force, threads=args.threads, target=args.target)
+                          validate=not args.no_validate, force=args.force, threads=args.threads,
+                          weights=args.weights, block_size=args.block_size, symmetric=args.symmetric,
+                          accuracy_level=args.accuracy_level, target=args.target, table=args.table)
     try:
         if args.no_experts:
             result = export_base(args.base, args.out, config, ckpt_dir=args.hoe)
@@ -120,8 +137,11 @@ def _print_result(result, format_report) -> None:
         print(f"TensorRT readiness: not checked ({result.trt['skipped']}; export --target tensorrt for TensorRT)")
     else:
         print(f"TensorRT {result.trt['trt_version']} readiness: {'READY' if result.trt['ready'] else 'NOT READY'}")
-    for problem in result.trt["problems"]:
+    problems = result.trt["problems"]
+    for problem in problems[:5]:
         print(f"  - {problem}")
+    if len(problems) > 5:  # e.g. every MatMulNBits of an onnxruntime-target int4 graph
+        print(f"  ... {len(problems) - 5} more (hoe trt-check {result.out_dir} lists them)")
     print(f"ops: {ops}")
     if result.validation is not None:
         print(format_report(result.validation))

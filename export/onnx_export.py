@@ -31,6 +31,8 @@ from hoe.contract.io_spec import (
 from hoe.core.config import HoEConfig, JsonConfig
 from hoe.core.errors import ConfigError
 
+from .quantize import QuantConfig
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": "float32", "fp16": "float16"}
@@ -43,7 +45,7 @@ MAX_OPSET = 23  # newest opset seen converted (torch traces at 18, onnxscript co
 TOKENIZER_FILES = {"tokenizer": "tokenizer.json", "tokenizer_config": "tokenizer_config.json",
                    "special_tokens_map": "special_tokens_map.json", "chat_template": "chat_template.jinja",
                    "generation_config": "generation_config.json"}
-STAGES = ("check", "load", "trace", "experts", "optimise", "save", "tensorrt", "validate", "publish")
+STAGES = ("check", "load", "trace", "experts", "optimise", "quantize", "save", "tensorrt", "validate", "publish")
 
 
 @dataclass
@@ -57,10 +59,16 @@ class ExportConfig(JsonConfig):
     force: bool = False  # replace an existing output folder
     threads: int = 2  # torch / onnxruntime threads during validation
     target: str = "ort-cpu"  # ort-cpu | ort-cuda (fused graph, onnxruntime contrib ops) | tensorrt (standard ops)
+    weights: str = "fp32"  # base weight precision: fp32 | fp16 | int8 | int4 (quantize.py)
+    block_size: int = 32  # int8/int4: inputs per quantization block
+    symmetric: bool = True  # int8/int4: False adds a zero point per block
+    accuracy_level: int = 4  # MatMulNBits activations: 0 exact fp32, 4 int8 (fastest on CPU)
+    table: str = ""  # embedding table / tied lm_head precision: "" = as `weights`, else fp32|fp16|int8|int4
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ConfigError(f"target must be one of {list(TARGETS)}, got {self.target!r}")
+        self.quant_config()  # refuses bad weights/target/block-size combinations before any work
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -68,6 +76,10 @@ class ExportConfig(JsonConfig):
                               f"below {MIN_OPSET}; newer ones are not converted), got {self.opset!r}")
         if not isinstance(self.threads, int) or self.threads < 1:
             raise ConfigError(f"threads must be an integer >= 1, got {self.threads!r}")
+
+    def quant_config(self) -> QuantConfig:
+        return QuantConfig(weights=self.weights, block_size=self.block_size, symmetric=self.symmetric,
+                           accuracy_level=self.accuracy_level, target=self.target, table=self.table)
 
 
 @dataclass
@@ -221,6 +233,12 @@ class _Export:
         optimize(self.graph, fused=self.fused)
         _set_io_shapes(self.graph, self.inputs, self.outputs)
 
+    def _quantize(self) -> None:
+        from .quantize import quantize_model
+
+        self.quantization = quantize_model(self.graph, self.config.quant_config())
+        self.opset = self.graph.opset_imports.get("", self.config.opset)
+
     def _save(self) -> None:
         import onnx_ir as ir
         from hoe.core.atomic import clean_stale, sibling
@@ -285,8 +303,8 @@ class _Export:
         return {
             "format_version": mf.FORMAT_VERSION,
             "model": {"file": mf.MODEL_FILE, "external_data": mf.DATA_FILE, "dtype": self.config.dtype,
-                      "opset": self.config.opset, "variant": "hoe" if self.config.experts else "base",
-                      "target": self.config.target},
+                      "opset": self.opset, "variant": "hoe" if self.config.experts else "base",
+                      "target": self.config.target, "weights": self.config.weights},
             "architecture": {"model_type": hf["model_type"], "num_layers": d.num_layers,
                              "num_attention_heads": hf["num_attention_heads"], "num_kv_heads": d.num_kv_heads,
                              "head_dim": d.head_dim, "hidden_size": hf["hidden_size"], "vocab_size": d.vocab_size,
@@ -295,6 +313,7 @@ class _Export:
             "outputs": {s.name: s.to_dict() for s in self.outputs},
             "kv_cache": {**KV_CACHE, "shared_buffer": self.fused},
             "hoe": mf.hoe_section(self.hoe_config, experts, routers, getattr(self, "groups", [])),
+            "quantization": self.quantization,
             "files": files,
             "tokens": _token_ids(self.base_dir, hf),
             "generation": _generation_defaults(self.base_dir),

@@ -19,6 +19,10 @@ The 10.x table has no rule on Range (the "floating-point inputs only if they are
 7.x-8.2), and TopK's K need not be an initializer any more (an 8.2-8.5 rule).
 It cannot prove that an engine builds (memory, tactic and shape-profile limits, rules on attributes it does
 not check such as Resize modes or pooling dilations); that needs the device.
+  * block-wise weight-only quantization (`hoe export --target tensorrt --weights int4`): INT4 tensors are
+    accepted only as initializers read by DequantizeLinear (TensorRT 10's INT4 weight-only path, with zero
+    points absent), and such a graph may import opset 21 (QDQ_OPSET), the first with DequantizeLinear's
+    `block_size` (TensorRT 10.0+ reads it for INT4 weights; not verified on hardware here).
 
 To add a rule (e.g. for another op or opset), extend CONST_INPUTS or NODE_RULES; each rule names its row of
 the table.
@@ -38,6 +42,7 @@ from onnx import numpy_helper
 TRT_VERSION = "10.3"
 TABLE = "onnx-tensorrt 10.1-GA docs/operators.md"
 OPSET_RANGE = (9, 20)
+QDQ_OPSET = 21  # the opset of block-wise DequantizeLinear, accepted for INT4 weight-only graphs
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 # The "Y" rows of the 10.1-GA operator matrix (all of them exist at opset <= 20).
@@ -164,7 +169,10 @@ def check_model(model: onnx.ModelProto | str | Path) -> TrtReport:
         model = onnx.load(str(model), load_external_data=False)
     opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 0)
     problems = []
-    if not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
+    block_dq = any(n.op_type == "DequantizeLinear" and any(a.name == "block_size" for a in n.attribute)
+                   for n in model.graph.node)
+    top = QDQ_OPSET if block_dq else OPSET_RANGE[1]
+    if not OPSET_RANGE[0] <= opset <= top:
         problems.append(f"opset {opset} is outside TensorRT {TRT_VERSION}'s range {OPSET_RANGE}")
     foreign = sorted({o.domain for o in model.opset_import if o.domain not in STANDARD_DOMAINS})
     if foreign:
@@ -181,7 +189,10 @@ def _check_graph(graph: onnx.GraphProto, counts: Counter, problems: list[str], o
     io_names = {v.name for v in (*graph.input, *graph.output)} if outer is None else set()
     for value in (*graph.input, *graph.output, *graph.value_info):
         _check_dtype(value.name, value.type.tensor_type.elem_type, value.name in io_names, problems)
+    dq_weights = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and len(n.input) < 3}
     for init in graph.initializer:
+        if init.data_type == _P.INT4 and init.name in dq_weights:
+            continue  # INT4 weight-only: DequantizeLinear's quantized input, no zero point
         _check_dtype(init.name, init.data_type, False, problems)
     for node in graph.node:
         counts[node.op_type] += 1

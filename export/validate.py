@@ -63,6 +63,8 @@ class ValidationConfig(JsonConfig):
     tol_fp16: float = 2e-2  # fp16: the same, times max(1, max |logit|)
     threads: int = 2
     fp64_cases: int = 1  # fp32 exports: cases also run by a float64 PyTorch reference (0: none)
+    quality_prompts: int = 8  # quantized exports: held-out prompts of the quality report vs fp32 (0: none)
+    quality_tokens: int = 64  # greedy tokens per prompt in the quality report
 
 
 def default_preferences(m: int) -> list[list[float]]:
@@ -77,9 +79,11 @@ def validate_export(folder, base_dir, ckpt_dir, config: ValidationConfig | None 
     folder = Path(folder)
     manifest = mf.load_manifest(folder)
     dtype = manifest["model"]["dtype"]
-    ref = _Reference(base_dir, ckpt_dir, REFERENCE_DTYPE.get(dtype, dtype), config.threads)
-    ref64 = _Reference(base_dir, ckpt_dir, "fp64", config.threads) if dtype == "fp32" and config.fp64_cases else None
-    ort = _OrtModel(folder, manifest, config.threads)
+    quant = manifest.get("quantization")
+    ref = _Reference(base_dir, ckpt_dir, REFERENCE_DTYPE.get(dtype, dtype), config.threads, quant)
+    ref64 = (_Reference(base_dir, ckpt_dir, "fp64", config.threads, quant)
+             if dtype == "fp32" and config.fp64_cases else None)
+    ort = _OrtModel(folder, manifest, config.threads, exact=True)
     stats, stats64 = _Stats(), _Stats()
     cases = []
     for i, (mix, prefs) in enumerate(_cases(manifest, config)):
@@ -90,6 +94,13 @@ def validate_export(folder, base_dir, ckpt_dir, config: ValidationConfig | None 
     report["not_validated"] += _window_note(base_dir, config)
     if ref64 is not None:
         report["fp64"] = _fp64_report(stats64, min(config.fp64_cases, len(cases)))
+    if quant and quant.get("weights", "fp32") != "fp32":
+        report["quantization"] = _quant_report(quant, ref, ort, folder, manifest, config)
+        if config.quality_prompts:
+            from .quality import QualityConfig, quality_report
+
+            report["quality"] = quality_report(folder, base_dir, ckpt_dir, QualityConfig(
+                prompts=config.quality_prompts, new_tokens=config.quality_tokens, threads=config.threads))
     atomic_write_text(folder / mf.VALIDATION_FILE, json.dumps(report, indent=2) + "\n")
     return report
 
@@ -124,14 +135,20 @@ class _Reference:
     """PyTorch side: HoEModel (or the plain base model) in the export's dtype, or "fp64": the fp32 model
     computed in float64 throughout (fp64_reference.py)."""
 
-    def __init__(self, base_dir, ckpt_dir, dtype: str, threads: int) -> None:
+    def __init__(self, base_dir, ckpt_dir, dtype: str, threads: int, quant: dict | None = None) -> None:
         import torch
         from hoe.core.loading import load_base, load_hoe
+
+        from .quantize import dequantize_reference
 
         torch.set_num_threads(threads)
         self.hoe = ckpt_dir is not None
         load_dtype = "fp32" if dtype == "fp64" else dtype
         self.model = load_hoe(base_dir, ckpt_dir, load_dtype) if self.hoe else load_base(base_dir, load_dtype)
+        self.linears = dequantize_reference(self.model, quant)  # the graph's own (dequantized) base weights
+        if quant and quant.get("weights", "fp32") != "fp32" and self.linears != quant.get("linear"):
+            raise ParityError(f"the graph quantized {quant.get('linear')} linear weights but the reference has "
+                              f"{self.linears} nn.Linear modules: the two sides would not hold the same weights")
         if dtype == "fp64":
             from .fp64_reference import exact_float64
 
@@ -157,17 +174,31 @@ class _Reference:
 
 
 class _OrtModel:
-    """onnxruntime CPU side, fed the experts/routers shipped in the folder."""
+    """onnxruntime CPU side, fed the experts/routers shipped in the folder.
 
-    def __init__(self, folder: Path, manifest: dict, threads: int) -> None:
+    `exact`: MatMulNBits nodes run with accuracy_level 0 (fp32 activations), so the graph computes
+    x·Ŵ with the dequantized weights Ŵ exactly as the reference does; the shipped accuracy level (int8
+    activations at 4) is measured apart (validation.json `quantization.shipped`)."""
+
+    def __init__(self, folder: Path, manifest: dict, threads: int, exact: bool = False) -> None:
         import onnxruntime as ort
         from safetensors.numpy import load_file
+
+        from .quantize import exact_accuracy_model, quantized_form
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(folder / manifest["model"]["file"]), opts,
+        path = folder / manifest["model"]["file"]
+        model = exact_accuracy_model(path) if exact else None
+        self.exact_twin = model is not None
+        if model is not None:  # in memory; external data read from the folder
+            opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
+        if exact:  # onnxruntime fuses DequantizeLinear+MatMul (tensorrt target) into MatMulNBits at level 4
+            opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+            self.exact_twin = self.exact_twin or quantized_form(manifest) == "DequantizeLinear"
+        self.session = ort.InferenceSession(model if model is not None else str(path), opts,
                                             providers=["CPUExecutionProvider"])
         self.static = {}
         for key in ("experts", "routers"):
@@ -291,6 +322,25 @@ def _window_note(base_dir, config: ValidationConfig) -> list[str]:
         return []
     return [f"sliding-window masks: the cases reach {longest} tokens, inside the {window}-token window "
             "(tests/arch runs tiny models past their windows)"]
+
+
+def _quant_report(quant: dict, ref: _Reference, ort: _OrtModel, folder: Path, manifest: dict,
+                  config: ValidationConfig) -> dict:
+    """What the parity above compared, and the shipped graph (its own accuracy level) against the same reference."""
+    out = {"weights": quant["weights"], "form": quant.get("form"), "reference_linears": ref.linears,
+           "reference": "the same PyTorch model with the graph's dequantized base weights",
+           "parity_graph": "MatMulNBits at accuracy_level 0 (fp32 activations)" if ort.exact_twin else "as shipped"}
+    if not ort.exact_twin:
+        return out
+    shipped, stats = _OrtModel(folder, manifest, config.threads), _Stats()
+    for mix, _ in _cases(manifest, config):
+        _run_case(ref, shipped, mix, manifest, config, stats)
+    logits = stats.outputs[LOGITS]
+    out["shipped"] = {"accuracy_level": quant.get("accuracy_level"), "max_abs_logits": logits["max_abs"],
+                      "max_rel_logits": logits["max_rel"], "argmax_agreement": float(np.mean(stats.agree)),
+                      "note": "int8 activations inside MatMulNBits (a kernel precision choice, like fp16 "
+                              "accumulation on GPUs); quality vs fp32 below covers its cost"}
+    return out
 
 
 def _fp64_report(stats64: _Stats, n_cases: int) -> dict:
