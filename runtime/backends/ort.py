@@ -34,6 +34,7 @@ class OrtState(DecodeState):
         super().__init__(batch)
         self.binding = binding
         self.host_inputs: tuple = ()  # host arrays bound this step, kept alive until the next one
+        self.kv: list = []  # the past bound now: per layer key, value (OrtValues or host arrays [B, H, P, D])
 
 
 class OrtBackend(Backend):
@@ -127,6 +128,7 @@ class OrtBackend(Backend):
             binding.bind_cpu_input(past_v, empty)
         state = OrtState(batch, binding)
         state.host_inputs = (empty,)
+        state.kv = [empty] * (2 * len(self._layers))
         return state
 
     def step(self, state: OrtState, input_ids, attention_mask, position_ids, router_mix) -> np.ndarray:
@@ -145,8 +147,30 @@ class OrtBackend(Backend):
             b.bind_ortvalue_input(past_k, outs[1 + 2 * i])
             b.bind_ortvalue_input(past_v, outs[2 + 2 * i])
         b.clear_binding_outputs()
+        state.kv = outs[1:]
         state.past_length += input_ids.shape[1]
         return logits if logits.dtype == np.float32 else logits.astype(np.float32)
+
+    # -- row-level KV (continuous batching) ---------------------------------------------------------------
+    def read_kv(self, state: OrtState) -> list[np.ndarray]:
+        return [v if isinstance(v, np.ndarray) else v.numpy() for v in state.kv]
+
+    def state_from_kv(self, kv: list[np.ndarray]) -> OrtState:
+        self._require_active()
+        if len(kv) != 2 * len(self._layers):
+            raise BackendError(f"state_from_kv: expected {2 * len(self._layers)} arrays (key, value per layer), "
+                               f"got {len(kv)}")
+        batch, _, past, _ = kv[0].shape
+        binding = self.session.io_binding()
+        for name, value in self.tensors.items():
+            binding.bind_ortvalue_input(name, value)
+        values = [self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), self.device, 0) for a in kv]
+        for (past_k, past_v, _, _), k, v in zip(self._layers, values[0::2], values[1::2]):
+            binding.bind_ortvalue_input(past_k, k)
+            binding.bind_ortvalue_input(past_v, v)
+        state = OrtState(batch, binding)
+        state.kv, state.past_length = values, past
+        return state
 
     def describe(self) -> dict:
         return {"backend": self.name, "providers": list(getattr(self, "providers_used", [])),
