@@ -16,7 +16,7 @@ from .errors import HoEError
 
 # Modules that contribute subcommands (those not installed or not present are skipped).
 CLI_MODULES = ("hoe.core.cli_commands", "hoe.core.cli_train", "hoe.core.cli_demo", "hoe.export.cli",
-               "hoe.export.trt_cli", "hoe.runtime.cli", "hoe.bench.cli")
+               "hoe.export.trt_cli", "hoe.runtime.cli", "hoe.serve.cli", "hoe.bench.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,3 +42,22 @@ def llama_model(llama_folder):
 
     with hr.load(llama_folder, threads=1) as model:
         yield model
+
+
+@pytest.fixture(scope="module")
+def live_server(llama_model):
+    """`hoe serve` of the tiny llama export on 127.0.0.1 (a free port), max_batch 4."""
+    from hoe.serve.config import EngineConfig, ServeConfig
+    from hoe.serve.server import BackgroundServer, build_app
+
+    app, engine = build_app(llama_model, ServeConfig(engine=EngineConfig(max_batch=4, max_queue=16)))
+    with BackgroundServer(app) as server:
+        server.engine = engine
+        yield server
+
+
+@pytest.fixture
+def client(live_server):
+    import openai
+
+    return openai.OpenAI(base_url=live_server.url + "/v1", api_key="none", max_retries=0, timeout=60)
