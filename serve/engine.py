@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from hoe.core.errors import HoEError
+from hoe.core.errors import ConfigError, HoEError
 
 from .batch import RunningBatch
 from .config import EngineConfig
@@ -65,6 +65,9 @@ class Engine:
     def __init__(self, model, config: EngineConfig | None = None, metrics: Metrics | None = None) -> None:
         self.model = model
         self.config = config or EngineConfig()
+        if self.config.max_batch > 1 and not model.backend.supports_row_kv:
+            raise ConfigError(f"continuous batching needs row-level K/V access, which backend {model.backend.name!r} "
+                              f"lacks; use max_batch 1 (--max-batch 1) or the 'ort' backend")
         self.metrics = metrics or Metrics()
         self.metrics.batch_capacity.set(self.config.max_batch)
         self.batch = RunningBatch(model)

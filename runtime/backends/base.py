@@ -112,6 +112,11 @@ class Backend(abc.ABC):
         """
 
     # -- row-level KV (continuous batching); optional --------------------------------------------------
+    @property
+    def supports_row_kv(self) -> bool:
+        """Whether this backend implements read_kv / state_from_kv."""
+        return type(self).read_kv is not Backend.read_kv and type(self).state_from_kv is not Backend.state_from_kv
+
     def read_kv(self, state: DecodeState) -> list[np.ndarray]:
         """The K/V `state` holds, as host arrays: per layer key then value, each [B, H, P, D]."""
         raise BackendError(f"backend {self.name!r} has no row-level KV access (read_kv/state_from_kv); "

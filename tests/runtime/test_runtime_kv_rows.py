@@ -86,7 +86,8 @@ def test_rows_merged_with_left_padding_decode_as_alone(ort_model):
     assert kv[0].shape[2] == len(PROMPTS[1]) + 3
 
 
-def test_backends_without_row_access_say_so(tmp_path):
+def test_backends_without_row_access_say_so(tmp_path, ort_model):
     model = fake_model(tmp_path)
+    assert not model.backend.supports_row_kv and ort_model.backend.supports_row_kv
     with pytest.raises(BackendError, match="no row-level KV access"):
         model.backend.read_kv(model.backend.new_state(1))

@@ -112,6 +112,26 @@ def test_bad_request_fails_alone_and_cancel_frees_the_row(llama_model):
     assert isinstance(second.error, Exception)  # stopped while running: told so
 
 
+def test_backend_without_row_kv_serves_one_row_at_a_time(tmp_path):
+    from hoe.core.errors import ConfigError
+    from runtime_helpers import fake_model
+
+    model = fake_model(tmp_path)
+    with pytest.raises(ConfigError, match="lacks; use max_batch 1"):
+        Engine(model, EngineConfig(max_batch=2))
+    engine = Engine(model, EngineConfig(max_batch=1)).start()
+    try:
+        cs = [Collector() for _ in range(3)]
+        for c, prompt, pref in zip(cs, PROMPTS, PREFS):
+            engine.submit(Request(prompt, hr.GenerationConfig(max_new_tokens=6, ignore_eos=True), pref), c)
+        assert all(c.finished.wait(30) for c in cs)
+    finally:
+        engine.stop()
+    for c, prompt, pref in zip(cs, PROMPTS, PREFS):
+        assert c.result.token_ids == _alone(model, prompt, pref, hr.GenerationConfig(max_new_tokens=6,
+                                                                                   ignore_eos=True)).token_ids
+
+
 def test_stop_strings_and_eos_end_rows(llama_model):
     ref = _alone(llama_model, PROMPTS[2], PREFS[2], hr.GenerationConfig(max_new_tokens=30, ignore_eos=True))
     stop = ref.text[5:7]
