@@ -1,9 +1,11 @@
 """`hoe bench serve`: the OpenAI server under concurrent streaming clients, and its overhead on one stream.
 
     server     `hoe serve` of OUT_DIR in this process (uvicorn thread, 127.0.0.1), ORT `threads`, spinning off
-    sweep      for each concurrency c: c clients, each sending `requests` streamed chat requests one after
-               another, every client with its own preference; fixed lengths (ignore_eos, max_tokens = new_tokens)
-    throughput completion tokens of all clients / wall time of the phase (aggregate decode throughput)
+    sweep      `sweep_repeats` rounds, each over the concurrencies in a rotated order; per concurrency c:
+               c clients, each sending `requests` streamed chat requests one after another, every client with
+               its own preference; fixed lengths (ignore_eos, max_tokens = new_tokens)
+    throughput completion tokens of all clients / wall time of the phase (aggregate decode throughput);
+               median over the rounds (that round's latencies are reported)
     latency    TTFT = request sent -> first content chunk; ITL = gaps between content chunks of one request;
                p50/p99 over every request (TTFT) or every gap (ITL) of the phase
     overhead   round-robin `repeats` times: `hoe generate` alone (Model.generate, decode_ms_per_token) vs one
@@ -43,13 +45,14 @@ class ServeBenchConfig(JsonConfig):
     requests: int = 2  # streamed requests per client per phase, one after another
     new_tokens: int = 64  # completion tokens per request (ignore_eos)
     repeats: int = 3  # round-robin repetitions of the one-stream overhead measurement
+    sweep_repeats: int = 2  # repetitions of the concurrency sweep, each in a rotated order; medians reported
     threads: int = 1  # ORT intra-op threads
     max_batch: int = 8  # the server's --max-batch
 
     def __post_init__(self) -> None:
         if not self.concurrency or min(self.concurrency) < 1:
             raise ConfigError(f"ServeBenchConfig.concurrency must be integers >= 1, got {self.concurrency}")
-        for name in ("requests", "new_tokens", "repeats", "threads", "max_batch"):
+        for name in ("requests", "new_tokens", "repeats", "sweep_repeats", "threads", "max_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ServeBenchConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.new_tokens < 2:
@@ -62,6 +65,7 @@ def run(folder: str | Path, config: ServeBenchConfig) -> dict:
     from hoe.serve.server import BackgroundServer, build_app
 
     from .machine import machine_info
+    from .timing import rotated
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     model = hr.load(folder, threads=config.threads, spinning=False)
@@ -71,8 +75,11 @@ def run(folder: str | Path, config: ServeBenchConfig) -> dict:
         name = Path(model.manifest.folder).name
         asyncio.run(_phase(server.url, name, 1, 1, 4))  # warm-up
         overhead = _overhead(model, server.url, name, config)
-        phases = {c: asyncio.run(_phase(server.url, name, c, config.requests, config.new_tokens))
-                  for c in config.concurrency}
+        runs = {c: [] for c in config.concurrency}
+        for rep in range(config.sweep_repeats):  # round-robin: a noisy spell hits every concurrency alike
+            for c in rotated(config.concurrency, rep):
+                runs[c].append(asyncio.run(_phase(server.url, name, c, config.requests, config.new_tokens)))
+        phases = {c: _median_phase(rs) for c, rs in runs.items()}
     model.close()
     one = phases.get(1)
     result = {"config": config.to_dict(), "folder": str(folder), "machine": machine_info(), "overhead": overhead,
@@ -125,6 +132,12 @@ async def _phase(url: str, name: str, clients: int, requests: int, new_tokens: i
     tokens = sum(r["tokens"] for r in reqs)
     return {"clients": clients, "requests": len(reqs), "tokens": tokens, "wall_s": wall,
             "tokens_per_s": tokens / wall, "ttft_ms": _percentiles(ttft), "itl_ms": _percentiles(itl)}
+
+
+def _median_phase(runs: list[dict]) -> dict:
+    """The run of median throughput (its latencies as measured), with every run's tokens/s alongside."""
+    ordered = sorted(runs, key=lambda r: r["tokens_per_s"])
+    return dict(ordered[(len(ordered) - 1) // 2], tokens_per_s_runs=[r["tokens_per_s"] for r in runs])
 
 
 def _overhead(model, url: str, name: str, config: ServeBenchConfig) -> dict:
@@ -224,6 +237,8 @@ def register(subparsers) -> None:
     p.add_argument("--requests", type=int, default=2, help="streamed requests per client per phase (default 2)")
     p.add_argument("--new-tokens", type=int, default=64, help="completion tokens per request (default 64)")
     p.add_argument("--repeats", type=int, default=3, help="repetitions of the one-stream overhead (default 3)")
+    p.add_argument("--sweep-repeats", type=int, default=2,
+                   help="repetitions of the concurrency sweep, rotated order, median reported (default 2)")
     p.add_argument("--threads", type=int, default=1, help="ORT intra-op threads (default 1)")
     p.add_argument("--max-batch", type=int, default=8, help="the server's --max-batch (default 8)")
     p.add_argument("--json", metavar="PATH", help="write the full result as JSON here")
@@ -240,7 +255,8 @@ def _cli(args) -> int:
         raise ConfigError(f"--concurrency must be comma-separated integers like 1,2,4,8, "
                           f"got {args.concurrency!r}") from e
     config = ServeBenchConfig(concurrency=concurrency, requests=args.requests, new_tokens=args.new_tokens,
-                              repeats=args.repeats, threads=args.threads, max_batch=args.max_batch)
+                              repeats=args.repeats, sweep_repeats=args.sweep_repeats, threads=args.threads,
+                              max_batch=args.max_batch)
     result = run(args.out_dir, config)
     print(table(result))
     if args.json:
