@@ -43,7 +43,7 @@ def _serve(args) -> int:
         if args.ray:
             from .ray_app import RayConfig, run_ray
 
-            return run_ray(args.folder, config, RayConfig.from_args(args))
+            return run_ray(args.folder, config, RayConfig.from_args(args), _load_kwargs(args))
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ModuleNotFoundError as e:
@@ -58,3 +58,12 @@ def _serve(args) -> int:
     app, _ = build_app(model, config)
     serve_forever(app, config)
     return 0
+
+
+def _load_kwargs(args) -> dict:
+    """hoe.runtime.load keyword arguments of the backend options (for each Ray replica)."""
+    providers = [s.strip() for s in args.providers.split(",") if s.strip()] if args.providers else None
+    kw = {"backend": args.backend, "providers": providers, "threads": args.threads,
+          "spinning": False if args.no_spinning else None, "verify": not args.no_verify, "base": args.base,
+          "hoe": args.hoe}
+    return {k: v for k, v in kw.items() if v is not None}

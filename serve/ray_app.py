@@ -114,10 +114,10 @@ def start(folder, config: ServeConfig, ray_config: RayConfig, load: dict | None 
     return serve.run(app, name="hoe", route_prefix="/", blocking=blocking)
 
 
-def run_ray(folder, config: ServeConfig, ray_config: RayConfig) -> int:
-    """`hoe serve --ray`: blocks until Ctrl-C."""
+def run_ray(folder, config: ServeConfig, ray_config: RayConfig, load: dict | None = None) -> int:
+    """`hoe serve --ray`: blocks until Ctrl-C. `load`: hoe.runtime.load keyword arguments for each replica."""
     log.info("Ray Serve on http://%s:%d/v1 (OpenAI API)", config.host, config.port)
-    start(folder, config, ray_config, blocking=True)
+    start(folder, config, ray_config, load, blocking=True)
     return 0
 
 
