@@ -48,6 +48,13 @@ class Api:
     async def models(self, request: HttpRequest) -> Response:
         return self._json("/v1/models", {"object": "list", "data": [self.served.card()]})
 
+    async def model(self, request: HttpRequest) -> Response:
+        name = request.path_params.get("name") or request.url.path.split("/v1/models/", 1)[-1]
+        if name != self.served.name:
+            return self._error("/v1/models/{id}", ApiError(404, f"unknown model {name!r}; this server serves "
+                                                               f"{[self.served.name]}", code="model_not_found"))
+        return self._json("/v1/models/{id}", self.served.card())
+
     async def health(self, request: HttpRequest) -> Response:
         ok = self.engine.running
         return self._json("/health", {"status": "ok" if ok else "stopped", **self.engine.load()}, 200 if ok else 503)
@@ -61,7 +68,10 @@ class Api:
         routes = {("POST", "/v1/chat/completions"): self.chat_completions,
                   ("POST", "/v1/completions"): self.completions, ("GET", "/v1/models"): self.models,
                   ("GET", "/health"): self.health, ("GET", "/metrics"): self.metrics_text}
-        handler = routes.get((request.method, request.url.path.rstrip("/") or "/"))
+        path = request.url.path.rstrip("/") or "/"
+        handler = routes.get((request.method, path))
+        if handler is None and request.method == "GET" and path.startswith("/v1/models/"):
+            handler = self.model
         if handler is None:
             return self._error(request.url.path, ApiError(404, f"no route {request.method} {request.url.path}; "
                                                           f"expected one of {sorted(p for _, p in routes)}",
@@ -196,6 +206,7 @@ def create_app(engine: Engine, served: ServedModel, extra: dict | None = None) -
     routes = [Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
               Route("/v1/completions", api.completions, methods=["POST"]),
               Route("/v1/models", api.models, methods=["GET"]),
+              Route("/v1/models/{name:path}", api.model, methods=["GET"]),
               Route("/health", api.health, methods=["GET"]),
               Route("/metrics", api.metrics_text, methods=["GET"])]
     handlers = {Exception: on_error, 404: not_found, 405: not_found}

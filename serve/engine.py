@@ -74,6 +74,7 @@ class Engine:
         self._handles: list[Handle] = []  # one per batch row, same order
         self._queue: collections.deque[Handle] = collections.deque()
         self._wake = threading.Condition()
+        self._occupied = 0  # rows taken: in the batch, or being prefilled to join it (guarded by _wake)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.steps = 0
@@ -96,7 +97,7 @@ class Engine:
         for h in list(self._queue) + self._handles:
             self._emit(h, Event("error", error=EngineStopped("the server is shutting down")))
         self._queue.clear()
-        self._handles, self.batch.rows = [], []
+        self._handles, self.batch.rows, self._occupied = [], [], 0
 
     @property
     def running(self) -> bool:
@@ -108,8 +109,8 @@ class Engine:
             raise EngineStopped("the engine is not running")
         handle = Handle(request, on_event)
         with self._wake:
-            if len(self._queue) >= self.config.max_queue + max(0, self.config.max_batch - len(self._handles)):
-                raise QueueFull(f"{len(self._handles)} rows busy (max_batch {self.config.max_batch}) and "
+            if len(self._queue) >= self.config.max_queue + max(0, self.config.max_batch - self._occupied):
+                raise QueueFull(f"{self._occupied} rows busy (max_batch {self.config.max_batch}) and "
                                 f"{len(self._queue)} requests waiting (max_queue {self.config.max_queue})")
             self._queue.append(handle)
             self.metrics.queue_length.set(len(self._queue))
@@ -117,7 +118,7 @@ class Engine:
         return handle
 
     def load(self) -> dict:
-        return {"rows": len(self._handles), "queued": len(self._queue), "max_batch": self.config.max_batch,
+        return {"rows": self._occupied, "queued": len(self._queue), "max_batch": self.config.max_batch,
                 "max_queue": self.config.max_queue, "steps": self.steps}
 
     # -- the scheduler thread ----------------------------------------------------------------------------
@@ -130,6 +131,8 @@ class Engine:
                 for h in self._handles:
                     self._emit(h, Event("error", error=e))
                 self._handles, self.batch.rows, self.batch.state, self.batch.width = [], [], None, 0
+                with self._wake:
+                    self._occupied = 0
 
     def _tick(self) -> None:
         finished = [self._finished(h) for h in self._handles]
@@ -165,15 +168,17 @@ class Engine:
                     break
                 h = self._queue.popleft()
                 self.metrics.queue_length.set(len(self._queue))
-            if h.cancelled:
-                self.metrics.finished.labels("cancelled").inc()
-                continue
+                if h.cancelled:
+                    self.metrics.finished.labels("cancelled").inc()
+                    continue
+                self._occupied += 1
             try:
                 h.row = Row(self.model, h.request)
                 state, piece = self.batch.prefill(h.row)
             except Exception as e:  # noqa: BLE001 - a bad request fails alone
                 if not isinstance(e, HoEError):
                     log.exception("prefill of request %s failed", h.request.id)
+                self._release(1)
                 self._emit(h, Event("error", error=e))
                 continue
             self.metrics.prompt_tokens.inc(len(h.request.prompt_ids))
@@ -197,7 +202,12 @@ class Engine:
         if row.finish_reason is not None:
             self._emit(h, Event("done", result=row.result()))
 
+    def _release(self, n: int) -> None:
+        with self._wake:
+            self._occupied -= n
+
     def _retire(self, handles: list[Handle]) -> None:
+        self._release(len(handles))
         for h in handles:
             reason = "cancelled" if h.cancelled else h.row.finish_reason
             self.metrics.finished.labels(reason).inc()

@@ -19,8 +19,9 @@ from hoe.core.errors import HoEError, InputError, PreferenceError
 
 from .rows import Request, Row
 
-_IGNORED_OK = {"model", "user", "logit_bias", "frequency_penalty", "presence_penalty", "response_format",
-               "metadata", "store", "service_tier", "parallel_tool_calls", "stream_options"}
+# Fields whose non-default values ask for something this server does not do: refused, not silently ignored.
+_UNSUPPORTED = {"logprobs": (None, False, 0), "top_logprobs": (None, 0), "tools": (None, []), "functions": (None, []),
+                "echo": (None, False), "best_of": (None, 1), "suffix": (None, "")}
 
 
 class ApiError(Exception):
@@ -74,6 +75,10 @@ def parse(kind: str, body, served: ServedModel) -> Parsed:
     _check_model(body.get("model"), served.name)
     if body.get("n", 1) != 1:
         raise bad("n", "1 (one choice per request)", body.get("n"))
+    for name, defaults in _UNSUPPORTED.items():
+        if name in body and not any(body[name] == d and type(body[name]) is type(d) for d in defaults):
+            raise bad(name, f"{defaults[0] if len(defaults) == 1 else defaults[1]!r} or unset (not supported)",
+                      body[name])
     model = served.model
     ids = _chat_ids(body, model) if kind == "chat" else _completion_ids(body, model)
     request = Request(ids, _config(body, model), _preference(body, model), id=_new_id(kind))

@@ -1,6 +1,8 @@
 """`hoe serve` through the official openai client against a live server on 127.0.0.1: chat, completion,
 streaming, the preference extension, and OpenAI-style errors for bad requests."""
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -19,6 +21,9 @@ def test_models_lists_the_objectives(client, llama_model):
     [card] = client.models.list().data
     assert card.id == MODEL and card.model_extra["objectives"] == llama_model.objectives
     assert card.model_extra["context_length"] == llama_model.context_length
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
 
 
 def test_chat_with_preference_equals_generate_alone(client, llama_model):
@@ -79,6 +84,8 @@ def test_completion_plain_and_streamed(client, llama_model):
     (dict(top_p=0), "top_p", ["(0, 1]", "0"]),
     (dict(max_tokens=0), "max_tokens", [">= 1", "0"]),
     (dict(n=2), "n", ["1", "2"]),
+    (dict(logprobs=True), "logprobs", ["not supported", "True"]),
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools", ["not supported", "function"]),
     (dict(stop=["a", "b", "c", "d", "e"]), "stop", ["1 to 4"]),
     (dict(messages=[{"role": "user", "content": "x" * 300}]), "messages", ["context is 256 tokens", "at most 255"]),
 ])
@@ -117,20 +124,37 @@ def test_health_and_metrics(client, live_server):
     assert 'hoe_requests_total{endpoint="/v1/completions",status="200"}' in text
 
 
-def test_disconnect_mid_stream_frees_the_row(live_server, llama_model):
+def _slowed(engine, seconds: float):
+    """Make each decode step of `engine` take at least `seconds` (the tiny model would finish too soon)."""
+    step = engine.batch.step
+
+    def slow():
+        time.sleep(seconds)
+        return step()
+
+    engine.batch.step = slow
+    return step
+
+
+def test_disconnect_mid_stream_frees_the_row(live_server):
     engine = live_server.engine
+    original = _slowed(engine, 0.05)  # 256 context tokens now take > 10 s: only a cancel ends the row sooner
     body = {"model": MODEL, "prompt": "Rain", "max_tokens": 100_000, "stream": True, "ignore_eos": True}
-    with httpx.Client(base_url=live_server.url, timeout=30) as http:
-        with http.stream("POST", "/v1/completions", json=body) as r:
-            assert r.status_code == 200
-            lines = r.iter_lines()
-            assert next(lines).startswith("data: ")
-            assert engine.load()["rows"] == 1
-    for _ in range(400):  # the row goes at the next decode step after the server notices
-        if engine.load()["rows"] == 0:
-            break
-        threading_wait(0.025)
-    assert engine.load()["rows"] == 0
+    try:
+        with httpx.Client(base_url=live_server.url, timeout=30) as http:
+            with http.stream("POST", "/v1/completions", json=body) as r:
+                assert r.status_code == 200
+                lines = r.iter_lines()
+                assert next(lines).startswith("data: ")
+                assert engine.load()["rows"] == 1
+            start = time.monotonic()
+            while engine.load()["rows"] and time.monotonic() - start < 5:
+                time.sleep(0.02)
+            assert engine.load()["rows"] == 0
+            metrics = http.get("/metrics").text
+        assert 'hoe_generations_finished_total{reason="cancelled"} 1.0' in metrics
+    finally:
+        engine.batch.step = original
 
 
 def test_full_queue_gets_429_with_retry_after(llama_model):
@@ -139,21 +163,15 @@ def test_full_queue_gets_429_with_retry_after(llama_model):
 
     app, engine = build_app(llama_model, ServeConfig(engine=EngineConfig(max_batch=1, max_queue=0,
                                                                          retry_after_s=3)))
-    body = {"prompt": "Rain", "max_tokens": 100_000, "stream": True, "ignore_eos": True}
+    body = {"prompt": "Rain", "max_tokens": 40, "stream": True, "ignore_eos": True}
     with BackgroundServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
+        _slowed(engine, 0.05)  # the one row stays busy for 2 s
         with http.stream("POST", "/v1/completions", json=body) as r:
             next(r.iter_lines())
             busy = http.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
             assert busy.status_code == 429 and busy.headers["retry-after"] == "3"
             assert busy.json()["error"]["code"] == "rate_limit_exceeded"
-        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=5)
+            assert "1 rows busy (max_batch 1)" in busy.json()["error"]["message"]
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=5)  # honours Retry-After
         assert c.completions.create(model=MODEL, prompt="Hi", max_tokens=2).choices[0].text is not None
     assert not engine.running
-
-
-def threading_wait(s):
-    import threading
-
-    threading.Event().wait(s)
-
-
