@@ -31,6 +31,10 @@ class RunningBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def clear(self) -> None:
+        """Drop every row and the cache."""
+        self.rows, self.state, self.width = [], None, 0
+
     def prefill(self, row: Row):
         """Run the prompt of one new row alone; sample its first token. -> (its decode state, first piece)."""
         ids = np.asarray([row.request.prompt_ids], dtype=np.int64)  # [1, T]
@@ -47,7 +51,7 @@ class RunningBatch:
             return
         rows = [self.rows[i] for i in keep] + [r for r, _ in joining]
         if not rows:
-            self.rows, self.state, self.width = [], None, 0
+            self.clear()
             return
         if not keep and len(joining) == 1:  # a lone row keeps its own prefill state: no copy
             (row, state), = joining

@@ -97,7 +97,8 @@ class Engine:
         for h in list(self._queue) + self._handles:
             self._emit(h, Event("error", error=EngineStopped("the server is shutting down")))
         self._queue.clear()
-        self._handles, self.batch.rows, self._occupied = [], [], 0
+        self._handles, self._occupied = [], 0
+        self.batch.clear()
 
     @property
     def running(self) -> bool:
@@ -130,7 +131,8 @@ class Engine:
                 log.exception("decode step failed; failing the %d rows of the batch", len(self._handles))
                 for h in self._handles:
                     self._emit(h, Event("error", error=e))
-                self._handles, self.batch.rows, self.batch.state, self.batch.width = [], [], None, 0
+                self._handles = []
+                self.batch.clear()
                 with self._wake:
                     self._occupied = 0
 

@@ -112,6 +112,31 @@ def test_bad_request_fails_alone_and_cancel_frees_the_row(llama_model):
     assert isinstance(second.error, Exception)  # stopped while running: told so
 
 
+def test_a_failing_decode_step_fails_its_rows_and_the_engine_goes_on(llama_model):
+    engine = Engine(llama_model, EngineConfig(max_batch=2)).start()
+    step, calls = engine.batch.step, []
+
+    def broken():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("device lost")
+        return step()
+
+    engine.batch.step = broken
+    try:
+        cs = [Collector(), Collector()]
+        for c, prompt, pref in zip(cs, PROMPTS, PREFS):
+            engine.submit(Request(prompt, hr.GenerationConfig(max_new_tokens=8, ignore_eos=True), pref), c)
+        assert all(c.finished.wait(30) for c in cs)
+        assert any(isinstance(c.error, RuntimeError) for c in cs)
+        after = Collector()
+        engine.submit(Request(PROMPTS[2], hr.GenerationConfig(max_new_tokens=5, ignore_eos=True), PREFS[2]), after)
+        assert after.finished.wait(30) and after.error is None and len(after.result.token_ids) == 5
+        assert engine.load()["rows"] == 0
+    finally:
+        engine.stop()
+
+
 def test_backend_without_row_kv_serves_one_row_at_a_time(tmp_path):
     from hoe.core.errors import ConfigError
     from runtime_helpers import fake_model
