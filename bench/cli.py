@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from hoe.core.cli import register_modules
 
-BENCH_MODULES = ("hoe.bench.parity", "hoe.bench.latency", "hoe.bench.pareto")
+BENCH_MODULES = ("hoe.bench.parity", "hoe.bench.latency", "hoe.bench.pareto", "hoe.bench.serving")
 
 
 def register(subparsers) -> None:

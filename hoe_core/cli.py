@@ -16,7 +16,7 @@ from .errors import HoEError
 
 # Modules that contribute subcommands (those not installed or not present are skipped).
 CLI_MODULES = ("hoe.core.cli_assemble", "hoe.core.cli_train", "hoe.core.cli_demo", "hoe.export.cli",
-               "hoe.runtime.trt_cli", "hoe.runtime.cli", "hoe.bench.cli")
+               "hoe.runtime.trt_cli", "hoe.runtime.cli", "hoe.serve.cli", "hoe.bench.cli")
 VERBOSE_HELP = "every detail on stderr: our debug log, the libraries' INFO lines, warnings and progress bars"
 
 

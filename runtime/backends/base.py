@@ -9,6 +9,13 @@ For generation a backend also keeps per-generator decode state (its KV cache, it
     state = backend.new_state(batch)
     logits = backend.step(state, input_ids, attention_mask, position_ids, router_mix)  # [B, V]
 
+Backends that support continuous batching (rows joining and leaving a running batch, hoe.serve) also
+hand a state's K/V out as host arrays and build a state from such arrays; the row surgery itself
+(select, left-pad, concatenate, trim) is numpy in hoe.runtime.kv_rows:
+
+    kv = backend.read_kv(state)          # 2 * L arrays [B, H, P, D]: layer 0 key, layer 0 value, ...
+    state = backend.state_from_kv(kv)    # a state whose past is `kv` (batch and past_length from the shape)
+
 Expert and router tensors are loaded once at activate() and shared by every state; a state is
 owned by one generator, so several generators may run on one backend from several threads.
 """
@@ -112,6 +119,22 @@ class Backend(abc.ABC):
         input_ids: [B, T] int64, attention_mask: [B, P+T] int64, position_ids: [B, T] int64,
         router_mix: [B, K] float32 -> logits of the last position [B, V] float32.
         """
+
+    # -- row-level KV (continuous batching); optional --------------------------------------------------
+    @property
+    def supports_row_kv(self) -> bool:
+        """Whether this backend implements read_kv / state_from_kv."""
+        return type(self).read_kv is not Backend.read_kv and type(self).state_from_kv is not Backend.state_from_kv
+
+    def read_kv(self, state: DecodeState) -> list[np.ndarray]:
+        """The K/V `state` holds, as host arrays: per layer key then value, each [B, H, P, D]."""
+        raise BackendError(f"backend {self.name!r} has no row-level KV access (read_kv/state_from_kv); "
+                           "continuous batching needs a backend that has, e.g. 'ort'")
+
+    def state_from_kv(self, kv: list[np.ndarray]) -> DecodeState:
+        """A decode state whose past is `kv` (as read_kv returns it): batch B and past_length P from the shape."""
+        raise BackendError(f"backend {self.name!r} has no row-level KV access (read_kv/state_from_kv); "
+                           "continuous batching needs a backend that has, e.g. 'ort'")
 
     def describe(self) -> dict[str, Any]:
         """What actually runs (for logs, results and reports)."""

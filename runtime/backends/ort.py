@@ -42,8 +42,10 @@ class OrtState(DecodeState):
         self.binding = binding
         self.host_inputs: tuple = ()  # host arrays bound this step, kept alive until the next one
         self.capacity = 0  # shared KV buffer: columns allocated
-        self.kv: list = []  # shared KV buffer: per layer (key, value) host arrays [B,Hkv,C,D]
-        self.kv_values: list = []  # their OrtValues (on the session's device)
+        # the past bound now: standard graphs per layer key, value OrtValues [B,H,P,D]; shared KV buffer
+        # graphs per layer key, value host arrays [B,H,C,D] (C = capacity >= P)
+        self.kv: list = []
+        self.kv_values: list = []  # shared KV buffer: their OrtValues (on the session's device)
         self.logits = None  # decode logits buffer [B,1,V] (host array, OrtValue)
 
 
@@ -140,6 +142,7 @@ class OrtBackend(Backend):
             binding.bind_cpu_input(past_v, empty)
         state = OrtState(batch, binding)
         state.host_inputs = (empty,)
+        state.kv = [empty] * (2 * len(self._layers))
         return state
 
     def step(self, state: OrtState, input_ids, attention_mask, position_ids, router_mix) -> np.ndarray:
@@ -160,6 +163,7 @@ class OrtBackend(Backend):
             b.bind_ortvalue_input(past_k, outs[1 + 2 * i])
             b.bind_ortvalue_input(past_v, outs[2 + 2 * i])
         b.clear_binding_outputs()
+        state.kv = outs[1:]
         state.past_length += input_ids.shape[1]
         return logits if logits.dtype == np.float32 else logits.astype(np.float32)
 
@@ -211,6 +215,38 @@ class OrtBackend(Backend):
     def _ortvalue(self, host: np.ndarray):
         """An OrtValue on the session's device; on CPU it shares `host`'s memory (no copy)."""
         return self._ort.OrtValue.ortvalue_from_numpy(host, self.device, 0)
+
+    # -- row-level KV (continuous batching) ---------------------------------------------------------------
+    def read_kv(self, state: OrtState) -> list[np.ndarray]:
+        """Per layer key, value [B, H, P, D] host arrays of the state's past (a shared buffer's first P columns)."""
+        if not self.shared_kv:
+            return [v if isinstance(v, np.ndarray) else v.numpy() for v in state.kv]
+        past = state.past_length
+        return [(a if a is not None else v.numpy())[:, :, :past].copy() for a, v in zip(state.kv, state.kv_values)]
+
+    def state_from_kv(self, kv: list[np.ndarray]) -> OrtState:
+        self._require_active()
+        if len(kv) != 2 * len(self._layers):
+            raise BackendError(f"state_from_kv: expected {2 * len(self._layers)} arrays (key, value per layer), "
+                               f"got {len(kv)}")
+        batch, _, past, _ = kv[0].shape
+        binding = self.session.io_binding()
+        for name, value in self.tensors.items():
+            binding.bind_ortvalue_input(name, value)
+        state = OrtState(batch, binding)
+        if self.shared_kv:  # new buffers holding these columns, bound as past and present
+            state.kv = [np.ascontiguousarray(a) for a in kv]
+            state.kv_values = [self._ortvalue(a) for a in state.kv]
+            state.capacity = past
+            self._grow(state, past + 1)
+            state.past_length = past
+            return state
+        values = [self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), self.device, 0) for a in kv]
+        for (past_k, past_v, _, _), k, v in zip(self._layers, values[0::2], values[1::2]):
+            binding.bind_ortvalue_input(past_k, k)
+            binding.bind_ortvalue_input(past_v, v)
+        state.kv, state.past_length = values, past
+        return state
 
     def describe(self) -> dict:
         return {"backend": self.name, "providers": list(getattr(self, "providers_used", [])),
