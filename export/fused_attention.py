@@ -169,6 +169,18 @@ def fused_modules(model: nn.Module) -> list[FusedAttention]:
     return [layer.self_attn for layer in model.model.layers if isinstance(layer.self_attn, FusedAttention)]
 
 
+# Attention modules FusedAttention reproduces: separate q/k/v/o linears, rotate-half rotary on every layer, the
+# model's mask, scale 1/sqrt(D), no logit soft-capping (tests/runtime/test_runtime_fused.py; Qwen3's q/k norms
+# are kept). Other families (Gemma's per-layer rotary and soft-capping, Phi-3's fused qkv, partial rotary, NoPE
+# layers, ...) export the standard attention on the onnxruntime targets too (kv_cache.shared_buffer false).
+FUSED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def supported(model: nn.Module) -> bool:
+    """Whether install() reproduces this model's attention exactly (FUSED_MODEL_TYPES)."""
+    return getattr(model.config, "model_type", None) in FUSED_MODEL_TYPES
+
+
 def install(model: nn.Module) -> int:
     """Swap every decoder layer's self_attn for FusedAttention (in place). Returns the layer count."""
     cfg = model.config

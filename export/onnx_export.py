@@ -198,9 +198,14 @@ class _Export:
                          for m in self.modules}
 
     def _trace(self) -> None:
+        from .fused_attention import supported
         from .graph import mark_modules, trace
         from .static_split import split_sequences_to_split
 
+        if self.fused and not supported(self.model):
+            log.info("%s: no fused attention for model_type %r; the %s graph keeps the standard attention",
+                     self.base_dir, self.model.config.model_type, self.config.target)
+            self.fused = False
         mark_modules(self.model, self.modules)
         self.base_inputs = graph_inputs(self.dims, None)
         self.outputs = graph_outputs(self.dims)
