@@ -1,4 +1,4 @@
-"""The architectures of docs/ARCHITECTURES.md as tiny random configs (2 layers, hidden 32, vocab 97).
+"""The architectures of docs/SUPPORTED_MODELS.md as tiny random configs (2 layers, hidden 32, vocab 97).
 
 Each case is a real transformers config class at tiny sizes, with the family's own features switched on:
 sliding windows of 4 tokens (shorter than the test prompts), fused projections, NoPE layers, multipliers.

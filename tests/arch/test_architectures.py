@@ -1,4 +1,4 @@
-"""docs/ARCHITECTURES.md, row by row: every architecture of arch_cases.CASES goes through
+"""docs/SUPPORTED_MODELS.md, row by row: every architecture of arch_cases.CASES goes through
 `hoe assemble` -> `hoe export` (its validation passes, TensorRT-ready) -> `hoe generate`, whose greedy
 tokens equal PEFT's own (one adapter at a vertex, `add_weighted_adapter(combination_type="cat")` inside)."""
 
@@ -122,7 +122,7 @@ def test_chat_template_missing_is_named(arch_run, capsys):
 def test_the_window_is_in_force(arch_run, name):
     """The sliding cases' reference really attends within WINDOW tokens on the test prompt: the same weights
     with a window wider than the prompt give other logits. So greedy = PEFT and validation above cover the
-    graph's sliding masks (the graph keeps every column for sliding layers and masks them, docs/ARCHITECTURES.md)."""
+    graph's sliding masks (the graph keeps every column for sliding layers and masks them, docs/SUPPORTED_MODELS.md)."""
     from transformers import AutoModelForCausalLM
 
     run = arch_run(name)
