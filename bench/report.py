@@ -156,6 +156,13 @@ def latency_plot(result: dict, path: str | Path) -> Path:
     m = result["machine"]
     fig.suptitle(f"{m['cpu']} — {result['threads']} thread(s)", fontsize=9)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path) -> Path:
+    """Write a matplotlib figure as PNG atomically (temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")

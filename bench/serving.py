@@ -217,13 +217,9 @@ def plot(result: dict, path: str | Path) -> Path:
     b.legend(fontsize=8)
     fig.suptitle(f"{result['machine'].get('cpu', '?')} — {result['config']['threads']} thread(s)", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    from .report import save_figure
+
+    return save_figure(fig, path)
 
 
 def register(subparsers) -> None:

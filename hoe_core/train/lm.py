@@ -64,18 +64,25 @@ def answer_logprobs(model, prompts: list[list[int]], answers: list[list[int]], p
     -> (logp [B, A], mask [B, A]) with mask = 1 on real answer tokens.
     """
     p_ids, p_mask = left_pad(prompts, pad_id)
-    width = max(1, max(len(a) for a in answers))
-    a_ids = torch.full((len(answers), width), pad_id, dtype=torch.long)
-    a_mask = torch.zeros((len(answers), width), dtype=torch.long)
-    for i, a in enumerate(answers):
-        a_ids[i, :len(a)] = torch.tensor(a, dtype=torch.long)
-        a_mask[i, :len(a)] = 1
+    a_ids, a_mask = right_pad(answers, pad_id)  # [B, A]
+    width = a_ids.shape[1]
     ids = torch.cat([p_ids, a_ids], dim=1)  # [B, P+A]
     mask = torch.cat([p_mask, a_mask], dim=1)
     logits, _ = forward_logits(model, ids, mask, positions(mask), keep=width + 1, router_mix=router_mix)
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [B, A, V]
     token_logp = logp.gather(-1, a_ids[..., None]).squeeze(-1)  # [B, A]
     return token_logp * a_mask, a_mask
+
+
+def right_pad(answers: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Answers right-padded to the longest (at least 1) -> (ids [B, A], mask [B, A])."""
+    width = max(1, max(len(a) for a in answers))
+    ids = torch.full((len(answers), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(answers), width), dtype=torch.long)
+    for i, a in enumerate(answers):
+        ids[i, :len(a)] = torch.tensor(a, dtype=torch.long)
+        mask[i, :len(a)] = 1
+    return ids, mask
 
 
 def grouped_answer_logprobs(model, prompts: list[list[int]], answers: list[list[int]], k: int, pad_id: int,
@@ -91,12 +98,8 @@ def grouped_answer_logprobs(model, prompts: list[list[int]], answers: list[list[
         raise ValueError(f"expected {k} answers per prompt ({k * len(prompts)}), got {len(answers)}")
     p_ids, p_mask = left_pad(prompts, pad_id)  # [U, P]
     last, cache = forward_logits(model, p_ids, p_mask, positions(p_mask), keep=1, router_mix=router_mix)
-    width = max(1, max(len(a) for a in answers))
-    a_ids = torch.full((len(answers), width), pad_id, dtype=torch.long)
-    a_mask = torch.zeros((len(answers), width), dtype=torch.long)
-    for i, a in enumerate(answers):
-        a_ids[i, :len(a)] = torch.tensor(a, dtype=torch.long)
-        a_mask[i, :len(a)] = 1
+    a_ids, a_mask = right_pad(answers, pad_id)  # [B, A]
+    width = a_ids.shape[1]
     logits = last.repeat_interleave(k, dim=0)  # [U·k, 1, V] predicts answer token 0
     if width > 1:
         cache.batch_repeat_interleave(k)

@@ -20,9 +20,9 @@ def test_smollm2_export_validates(smollm2_export):
     assert f["ort_vs_fp64_rel"] < 1e-4 and f["torch_fp32_vs_fp64_rel"] < 1e-4, f
     assert v["passed"] and v["max_rel_logits"] < 1e-4, v["max_abs_logits"]
     assert v["argmax_agreement"] == 1.0 and v["n_cases"] >= 3
-    # the export time is printed above, not asserted: speed belongs to benchmarks, and CI cores are shared
+    ops = result.trt["op_counts"]
     assert ops["GroupQueryAttention"] == 30 and ops["SkipSimplifiedLayerNormalization"] == 60, ops
-    assert seconds < 600, seconds  # "< 5 minutes here" on an idle machine; CI cores are shared
+    # the export time is printed above, not asserted: speed belongs to benchmarks, and CI cores are shared
 
 
 def test_smollm2_manifest(smollm2_export):
