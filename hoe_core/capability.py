@@ -48,6 +48,8 @@ def probe_base(base_dir: str | Path, target_modules: list[str] | None = None) ->
     The meta model and its forward are remembered per process for the same config.json (path, size, mtime):
     export, validation and its references each ask."""
     path = Path(base_dir) / "config.json"
+    if not Path(base_dir).is_dir():
+        raise CheckpointError(f"base model folder not found: {base_dir}")
     if not path.is_file():
         raise CheckpointError(f"base model folder {base_dir} lacks config.json")
     stat = path.stat()

@@ -198,8 +198,8 @@ def test_tied_table_is_quantized_once_and_shared(tmp_path, monkeypatch, table):
 
     plain = tiny_models.tiny_config
 
-    def tied(arch, vocab=97):
-        cfg = plain(arch, vocab)
+    def tied(arch, vocab=97, **kwargs):
+        cfg = plain(arch, vocab, **kwargs)
         cfg.tie_word_embeddings = True
         return cfg
 
