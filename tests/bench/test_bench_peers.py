@@ -22,8 +22,8 @@ def peer_model(tmp_path_factory, monkeypatch_module):
 
     plain = tiny_models.tiny_config
 
-    def wider(arch, vocab=97):
-        cfg = plain(arch, vocab)
+    def wider(arch, vocab=97, **kwargs):
+        cfg = plain(arch, vocab, **kwargs)
         cfg.hidden_size, cfg.intermediate_size, cfg.head_dim = 64, 96, 16
         return cfg
 
