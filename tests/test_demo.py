@@ -53,7 +53,7 @@ def test_export_cache_key_follows_checkpoint_content(tiny, tmp_path):
 
     def fake(base, ckpt, out, version=FORMAT_VERSION):
         out.mkdir()
-        (out / "hoe_config.json").write_text(json.dumps({"format_version": version}))
+        (out / "hoe_config.json").write_text(json.dumps({"format_version": version, "model": {"target": "ort-cpu"}}))
         made.append(out)
 
     first = cached_export(base_dir, ckpt_dir, tmp_path, fake)
@@ -64,6 +64,8 @@ def test_export_cache_key_follows_checkpoint_content(tiny, tmp_path):
     (second / "hoe_config.json").write_text(json.dumps({"format_version": 1}))  # made by an older exporter
     assert cached_export(base_dir, ckpt_dir, tmp_path, fake) == second and len(made) == 3
     assert json.loads((second / "hoe_config.json").read_text())["format_version"] == FORMAT_VERSION
+    (second / "hoe_config.json").write_text(json.dumps({"format_version": FORMAT_VERSION}))  # before graph targets
+    assert cached_export(base_dir, ckpt_dir, tmp_path, fake) == second and len(made) == 4
 
     def broken(base, ckpt, out):
         out.mkdir()
