@@ -12,44 +12,46 @@ import json
 import logging
 from pathlib import Path
 
-from hoe.core.errors import ConfigError
+from hoe.core.errors import HoEError
 
 log = logging.getLogger(__name__)
 
 
 def cached_base_export(base_dir: str | Path, cache: str | Path | None = None, opset: int = 20,
-                       quant: dict | None = None) -> Path:
-    """Folder of the base-only export of `base_dir` (exported once, then reused), at the weight precision of
-    `quant` (a manifest's `quantization` section; None or fp32: as exported)."""
-    from hoe.contract.folder import Manifest
+                       like: dict | None = None) -> Path:
+    """Folder of the base-only export of `base_dir` (exported once, then reused), built like the HoE export whose
+    manifest is `like` (its target and weight precision; None: the exporter's defaults)."""
+    from hoe.contract.manifest import is_current, read_manifest
     from hoe.core.atomic import staged_folder
     from hoe.core.smollm2 import cache_dir
 
     base_dir = Path(base_dir).resolve()
-    weights = _weight_options(quant)
-    # the graph kind is part of the key: a cache made for another target or precision is never reused
-    stamp = _weights_stamp(base_dir) + json.dumps({"target": "ort-cpu", **weights}, sort_keys=True)
+    options = export_options(like or {})
+    stamp = _weights_stamp(base_dir) + json.dumps(options, sort_keys=True)  # another graph kind, another folder
     key = hashlib.sha256(str(base_dir).encode() + stamp.encode()).hexdigest()[:16]
-    maker = "export" + (f"-{weights['weights']}" if weights else "")  # "export": made by hoe.export
-    folder = Path(cache or cache_dir() / "bench") / f"base-ort-{maker}-{key}"
+    folder = Path(cache or cache_dir() / "bench") / f"base-ort-export-{options.get('weights', 'fp32')}-{key}"
     if (folder / "hoe_config.json").is_file():
         try:
-            Manifest.load(folder, verify=False)
-            return folder
-        except ConfigError as e:  # made by an older exporter
+            if is_current(read_manifest(folder)):
+                return folder
+            log.info("re-exporting the cached base graph %s: made by an older exporter", folder)
+        except HoEError as e:
             log.info("re-exporting the cached base graph %s: %s", folder, e)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with staged_folder(folder, replace=True, create=False) as tmp:  # export_base creates it
-        export_base(base_dir, tmp, opset, weights=weights)
+        export_base(base_dir, tmp, opset, weights=options)
     return folder
 
 
-def _weight_options(quant: dict | None) -> dict:
-    """ExportConfig fields of a manifest's `quantization` section ({} for fp32)."""
-    if not quant or quant.get("weights", "fp32") == "fp32":
-        return {}
-    keys = ("weights", "block_size", "symmetric", "accuracy_level", "target", "table")
-    return {k: quant[k] for k in keys if k in quant}
+def export_options(manifest: dict) -> dict:
+    """ExportConfig fields that make a graph like `manifest`'s: its target, and the `quantization` section's
+    weight precision ({} of those for fp32)."""
+    options = {"target": (manifest.get("model") or {}).get("target", "ort-cpu")}
+    quant = manifest.get("quantization")
+    if quant and quant.get("weights", "fp32") != "fp32":
+        keys = ("weights", "block_size", "symmetric", "accuracy_level", "target", "table")
+        options.update({k: quant[k] for k in keys if k in quant})
+    return options
 
 
 def _weights_stamp(base_dir: Path) -> str:
@@ -60,7 +62,7 @@ def _weights_stamp(base_dir: Path) -> str:
 def export_base(base_dir: str | Path, out_dir: str | Path, opset: int = 20, threads: int = 1,
                 weights: dict | None = None) -> Path:
     """Export the plain base model of `base_dir` to `out_dir` (docs/FORMAT.md folder, `hoe.enabled` false);
-    `weights`: ExportConfig weight-precision fields."""
+    `weights`: ExportConfig fields (export_options)."""
     from hoe.export.onnx_export import ExportConfig
     from hoe.export.onnx_export import export_base as exporter_export_base
 

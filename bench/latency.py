@@ -120,7 +120,7 @@ def resolve_sources(src: Sources, need_base_export: bool) -> Sources:
     if base_export is None and need_base_export:
         from .base_export import cached_base_export
 
-        base_export = cached_base_export(base_hf, quant=manifest.data.get("quantization"))
+        base_export = cached_base_export(base_hf, like=manifest.data)
     return Sources(src.hoe_export, base_export, Path(base_hf), src.hoe_ckpt)
 
 

@@ -36,6 +36,16 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # what the exporter writes; 2: experts/routers packed per site group (hoe.core.packing)
 FORMAT_VERSIONS = (FORMAT_VERSION,)  # what this hoe reads
+# What the graph inside a folder is, as `model.graph_revision` (same folder format, different graph): 1 or absent
+# = standard ops only, before graph targets; 2 = graph targets (fused onnxruntime graph) and weight precisions.
+# Caches of our own exports (demo, bench base-ort) are redone when theirs is not this one.
+GRAPH_REVISION = 2
+
+
+def is_current(manifest: Any) -> bool:
+    """Whether a manifest is one this hoe reads and its graph was made by the current exporter (GRAPH_REVISION)."""
+    return (isinstance(manifest, dict) and manifest.get("format_version") in FORMAT_VERSIONS
+            and (manifest.get("model") or {}).get("graph_revision") == GRAPH_REVISION)
 MANIFEST_FILE, VALIDATION_FILE = "hoe_config.json", "validation.json"
 MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
 EXPERTS_FILE, ROUTERS_FILE, HOE_FILE = "experts.safetensors", "routers.safetensors", "hoe.json"

@@ -61,13 +61,12 @@ def default_exporter(base_dir: Path, ckpt_dir: Path, out_dir: Path) -> Path:
 
 
 def _readable(folder: Path) -> bool:
-    """Whether this runtime reads the exported folder's format version and it names its graph target (an older
-    exporter's folder, e.g. one from before the fused onnxruntime graph, is redone)."""
-    from hoe.contract.manifest import FORMAT_VERSIONS, read_manifest
+    """Whether the exported folder was made by the current exporter (contract.manifest.is_current); an older
+    exporter's folder is redone."""
+    from hoe.contract.manifest import is_current, read_manifest
 
     try:
-        manifest = read_manifest(folder)
-        return manifest.get("format_version") in FORMAT_VERSIONS and "target" in manifest.get("model", {})
+        return is_current(read_manifest(folder))
     except (HoEError, AttributeError):
         return False
 

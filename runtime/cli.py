@@ -30,7 +30,7 @@ def register(sub) -> None:
                      help="print a JSON list (text, token_ids, preference, router_mix, timings per prompt)")
     _preference_args(g, "one preference for every prompt, or repeat once per prompt")
     _generation_args(g)
-    _backend_args(g)
+    add_backend_args(g)
     g.set_defaults(func=_generate)
 
     c = sub.add_parser("chat", help="chat interactively with an exported HoE folder",
@@ -40,7 +40,7 @@ def register(sub) -> None:
     c.add_argument("--system", help="system message placed before the conversation")
     _preference_args(c, "starting preference (default: equal weights)")
     _generation_args(c)
-    _backend_args(c)
+    add_backend_args(c)
     c.set_defaults(func=_chat)
 
 
@@ -59,7 +59,7 @@ def _generation_args(p) -> None:
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
 
 
-def _backend_args(p) -> None:
+def add_backend_args(p) -> None:
     p.add_argument("--backend", default="ort",
                    help="ort (onnxruntime, default), torch (PyTorch reference) or trt (TensorRT engine)")
     p.add_argument("--providers", help="onnxruntime execution providers, comma-separated (cpu, cuda, tensorrt)")
@@ -70,7 +70,7 @@ def _backend_args(p) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the exported files")
 
 
-def _load(args):
+def load_model(args):
     from .model import load
 
     providers = [s.strip() for s in args.providers.split(",") if s.strip()] if args.providers else None
@@ -124,7 +124,7 @@ def _preference(args, n_prompts: int):
 
 def _generate(args) -> int:
     _precheck(args, len(args.prompt), required=True)
-    model = _load(args)
+    model = load_model(args)
     config, preference = _config(model, args), _preference(args, len(args.prompt))
     if args.stream:
         prefs = preference if preference and isinstance(preference[0], list) else [preference] * len(args.prompt)
@@ -153,7 +153,7 @@ def _chat(args) -> int:
     from .chat import ChatSession
 
     _precheck(args, 1, required=False)
-    model = _load(args)
+    model = load_model(args)
     session = ChatSession(model, _preference(args, 1), _config(model, args), system=args.system)
     print(f"chatting with {args.folder} ({model.describe()['backend']}); preference: "
           f"{session.describe_preference()}\n{_CHAT_HELP}", file=sys.stderr)

@@ -8,7 +8,7 @@ log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    from hoe.runtime.cli import _backend_args
+    from hoe.runtime.cli import add_backend_args
 
     p = sub.add_parser("serve", help="serve an exported HoE folder over the OpenAI API (preference per request)",
                        description="OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, "
@@ -28,7 +28,7 @@ def register(sub) -> None:
     ray.add_argument("--target-ongoing", type=int, default=None,
                      help="autoscaling: ongoing requests per replica to aim for (default: --max-batch)")
     ray.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
-    _backend_args(p)
+    add_backend_args(p)
     p.set_defaults(func=_serve)
 
 
@@ -50,11 +50,11 @@ def _serve(args) -> int:
         extra = "ray" if args.ray else "serve"
         raise ConfigError(f"hoe serve needs the '{extra}' extra: pip install 'hoe[{extra}]' (missing module "
                           f"{e.name!r})") from e
-    from hoe.runtime.cli import _load
+    from hoe.runtime.cli import load_model
 
     from .server import build_app, serve_forever
 
-    model = _load(args)
+    model = load_model(args)
     app, _ = build_app(model, config)
     serve_forever(app, config)
     return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "train"))
-from hoe.contract.manifest import FORMAT_VERSION  # noqa: E402
+from hoe.contract.manifest import FORMAT_VERSION, GRAPH_REVISION  # noqa: E402
 from hoe.core.demo import DemoConfig, cached_export, run_demo  # noqa: E402
 from hoe.core.errors import HoEError  # noqa: E402
 from tiny_chat import tiny_chat_hoe  # noqa: E402
@@ -53,7 +53,8 @@ def test_export_cache_key_follows_checkpoint_content(tiny, tmp_path):
 
     def fake(base, ckpt, out, version=FORMAT_VERSION):
         out.mkdir()
-        (out / "hoe_config.json").write_text(json.dumps({"format_version": version, "model": {"target": "ort-cpu"}}))
+        manifest = {"format_version": version, "model": {"graph_revision": GRAPH_REVISION}}
+        (out / "hoe_config.json").write_text(json.dumps(manifest))
         made.append(out)
 
     first = cached_export(base_dir, ckpt_dir, tmp_path, fake)
@@ -64,7 +65,7 @@ def test_export_cache_key_follows_checkpoint_content(tiny, tmp_path):
     (second / "hoe_config.json").write_text(json.dumps({"format_version": 1}))  # made by an older exporter
     assert cached_export(base_dir, ckpt_dir, tmp_path, fake) == second and len(made) == 3
     assert json.loads((second / "hoe_config.json").read_text())["format_version"] == FORMAT_VERSION
-    (second / "hoe_config.json").write_text(json.dumps({"format_version": FORMAT_VERSION}))  # before graph targets
+    (second / "hoe_config.json").write_text(json.dumps({"format_version": FORMAT_VERSION}))  # before graph revisions
     assert cached_export(base_dir, ckpt_dir, tmp_path, fake) == second and len(made) == 4
 
     def broken(base, ckpt, out):

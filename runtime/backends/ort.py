@@ -271,7 +271,6 @@ def _check_input(spec, arr: np.ndarray) -> None:
 
 def _session(ort, path, options, providers, provider_options):
     """An InferenceSession; a graph onnxruntime cannot read (damaged file, `--no-verify`) -> CheckpointError."""
-    from hoe.core.errors import CheckpointError
     from onnxruntime.capi import onnxruntime_pybind11_state as errors
 
     try:
