@@ -17,6 +17,11 @@ def register(sub) -> None:
                         ("all", "experts, then routers")):
         sp = stages.add_parser(name, help=help_, description=help_)
         _add_common(sp)
+        if name == "routers":
+            sp.add_argument("--experts-from", metavar="CKPT",
+                            help="reuse the experts of a checkpoint trained by this recipe (e.g. "
+                                 "models/smollm2-hoe) instead of running `hoe train experts`; every router is "
+                                 "retrained")
         sp.set_defaults(func=_run)
 
 
@@ -44,13 +49,15 @@ def build_config(args):
 
 
 def _run(args) -> int:
-    from .train.recipe import default_out, default_work, train_experts, train_routers
+    from .train.recipe import default_out, default_work, seed_experts, train_experts, train_routers
 
     cfg = build_config(args)
     work = args.work or default_work()
     if args.stage in ("experts", "all"):
         ckpt = train_experts(cfg, work)
         print(f"experts ready: {ckpt}")
+    if getattr(args, "experts_from", None):
+        seed_experts(cfg, work, args.experts_from)
     if args.stage in ("routers", "all"):
         out = train_routers(cfg, work, args.out or default_out())
         print(f"wrote HoE checkpoint {out}")

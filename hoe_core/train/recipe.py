@@ -128,6 +128,37 @@ def router_setup(base, experts_ckpt: HoECheckpoint, cfg: RecipeConfig):
     return HoEModel(base, config, experts_ckpt.experts, routers)
 
 
+def seed_experts(cfg: RecipeConfig, work: str | Path, checkpoint: str | Path) -> Path:
+    """Start WORK from a checkpoint this recipe trained (its experts and its best-of-n ideal point, from its
+    training.json) instead of re-running the experts stage; the routers stage then retrains every router.
+
+    The checkpoint's sampling and expert recipe must equal `cfg`'s, so the run is the one `hoe train all`
+    would make. -> WORK/experts_ckpt
+    """
+    checkpoint = Path(checkpoint)
+    summary_path = checkpoint / "training.json"
+    if not summary_path.is_file():
+        raise ConfigError(f"--experts-from {checkpoint}: expected a checkpoint written by `hoe train` "
+                          f"(with training.json), found no {summary_path.name}")
+    summary = json.loads(summary_path.read_text())
+    theirs = RecipeConfig.from_dict(summary["recipe"]).to_dict()
+    ours = cfg.to_dict()
+    differ = [k for k in ("base", "objectives", "train_prompts", "n_prompts", "seed", "sample", "expert")
+              if theirs[k] != ours[k]]
+    if differ:
+        raise ConfigError(f"--experts-from {checkpoint}: its experts were trained with another recipe "
+                          f"(fields {differ} differ); expected the recipe of this run")
+    run = RunState(work, cfg)
+    if run.is_done("assemble"):
+        return run.work / EXPERTS_CKPT
+    HoECheckpoint.load(checkpoint).save(run.work / EXPERTS_CKPT, overwrite=True)
+    atomic_write_text(run.work / "rewards.json", json.dumps(summary["best_of_n"], indent=2) + "\n")
+    for stage in ["sample", "score"] + [f"expert:{n}" for n in cfg.objectives] + ["assemble"]:
+        run.mark_done(stage)
+    run.log({"stage": "seed", "experts_from": str(checkpoint), "seconds": summary.get("seconds", {})})
+    return run.work / EXPERTS_CKPT
+
+
 ROUTER_STAGE = "routers"
 ROLLOUT_EXPORT = "rollout_export"
 
