@@ -151,7 +151,10 @@ def seed_experts(cfg: RecipeConfig, work: str | Path, checkpoint: str | Path) ->
     run = RunState(work, cfg)
     if run.is_done("assemble"):
         return run.work / EXPERTS_CKPT
-    HoECheckpoint.load(checkpoint).save(run.work / EXPERTS_CKPT, overwrite=True)
+    ckpt = HoECheckpoint.load(checkpoint)  # committed in fp16; the recipe trains in fp32 like `assemble` writes
+    as_fp32 = lambda d: {k: v.float() for k, v in d.items()}  # noqa: E731
+    HoECheckpoint(ckpt.config, as_fp32(ckpt.experts), as_fp32(ckpt.routers)).save(run.work / EXPERTS_CKPT,
+                                                                                 overwrite=True)
     atomic_write_text(run.work / "rewards.json", json.dumps(summary["best_of_n"], indent=2) + "\n")
     for stage in ["sample", "score"] + [f"expert:{n}" for n in cfg.objectives] + ["assemble"]:
         run.mark_done(stage)
