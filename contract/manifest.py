@@ -37,9 +37,10 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # what the exporter writes; 2: experts/routers packed per site group (hoe.core.packing)
 FORMAT_VERSIONS = (FORMAT_VERSION,)  # what this hoe reads
 # What the graph inside a folder is, as `model.graph_revision` (same folder format, different graph): 1 or absent
-# = standard ops only, before graph targets; 2 = graph targets (fused onnxruntime graph) and weight precisions.
+# = standard ops only, before graph targets; 2 = graph targets (fused onnxruntime graph) and weight precisions;
+# 3 = linears that read one input packed into one product (export/projections.py).
 # Caches of our own exports (demo, bench base-ort) are redone when theirs is not this one.
-GRAPH_REVISION = 2
+GRAPH_REVISION = 3
 
 
 def is_current(manifest: Any) -> bool:

@@ -200,6 +200,7 @@ class _Export:
     def _trace(self) -> None:
         from .fused_attention import supported
         from .graph import mark_modules, trace
+        from .projections import pack_projections
         from .static_split import split_sequences_to_split
 
         if self.fused and not supported(self.model):
@@ -216,6 +217,7 @@ class _Export:
             raise ConfigError(f"the traced graph has opset {got}, expected the requested {self.config.opset} "
                               "(the converter could not reach it)")
         split_sequences_to_split(self.graph)  # fused projections' chunk: static Split for TensorRT
+        pack_projections(self.graph)  # q/k/v, gate/up: one product each
         del self.model
 
     def _experts(self) -> None:

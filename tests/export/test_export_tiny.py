@@ -102,6 +102,21 @@ def test_manifest_is_the_graph_contract(tiny_export, arch):
     assert (out / mf.HOE_FILE).read_text() == (ckpt_dir / mf.HOE_FILE).read_text()
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_projections_reading_one_input_are_packed(tiny_export, arch):
+    """q/k/v and gate/up are one MatMul each (qwen2 with its q/k/v biases packed too); validation passed above
+    on this graph, so the packing is exact."""
+    _, _, out, result = tiny_export(arch)
+    graph = onnx.load(out / mf.MODEL_FILE, load_external_data=False).graph
+    layers = json.loads((out / mf.MANIFEST_FILE).read_text())["architecture"]["num_layers"]
+    weights = [i.name for i in graph.initializer if i.name.endswith("packed_weight")]
+    biases = [i.name for i in graph.initializer if i.name.endswith("packed_bias")]
+    assert len(weights) == 2 * layers and sum("self_attn" in w for w in weights) == layers
+    assert len(biases) == (layers if arch == "qwen2" else 0)
+    assert not any(i.name.endswith(("q_proj.linear.weight", "up_proj.linear.weight")) for i in graph.initializer)
+    assert result.validation["passed"]
+
+
 def test_validator_catches_a_wrong_graph_input(tiny_export, tmp_path):
     """The parity check can fail: experts that differ from the reference's are caught."""
     import shutil

@@ -169,3 +169,25 @@ def test_router_training_raises_the_worst_off_reward(tmp_path, trained):
 
     static = worst_off(ckpt_dir, [0.5, 0.5])  # vertex routers only: g = λ
     assert worst_off(out, [0.0, 0.0, 1.0]) > 1.5 * static + 0.005, static
+
+
+def test_routers_start_from_a_trained_checkpoint(trained, tmp_path):
+    """`hoe train routers --experts-from OUT`: the experts and ideal point of a checkpoint this recipe wrote,
+    in fp32 whatever the checkpoint stores; a checkpoint of another recipe is refused."""
+    from hoe.core.train.recipe import EXPERTS_CKPT, seed_experts
+    from hoe.core.train.state import RunState
+
+    cfg, tmp, _, out = trained
+    ckpt = seed_experts(cfg, tmp_path / "work", out)
+    run = RunState(tmp_path / "work", cfg)
+    assert ckpt == run.work / EXPERTS_CKPT and run.is_done("assemble") and run.is_done("expert:char:e")
+    seeded, stored = HoECheckpoint.load(ckpt), HoECheckpoint.load(out)
+    assert all(v.dtype == torch.float32 for v in seeded.experts.values())
+    assert all(torch.equal(seeded.experts[k], stored.experts[k].float()) for k in stored.experts)
+    best = json.loads((out / "training.json").read_text())["best_of_n"]
+    assert json.loads((run.work / "rewards.json").read_text()) == best
+    other = RecipeConfig.from_dict({**cfg.to_dict(), "seed": 1})
+    with pytest.raises(ConfigError, match=r"another recipe \(fields \['seed'\] differ\)"):
+        seed_experts(other, tmp_path / "work2", out)
+    with pytest.raises(ConfigError, match="expected a checkpoint written by `hoe train`"):
+        seed_experts(cfg, tmp_path / "work3", tmp / "work" / EXPERTS_CKPT)
