@@ -147,7 +147,7 @@ def evaluate(cfg) -> dict:
     """Run the benchmark described by a ParetoConfig; returns the JSON-able report."""
     from hoe.core.checkpoint import HoECheckpoint
     from hoe.core.loading import hoe_from_checkpoint, load_base
-    from hoe.core.train.data import ChatCodec, load_prompts
+    from hoe.train.data import ChatCodec, load_prompts
 
     torch.set_num_threads(cfg.threads)
     base_dir, ckpt_dir, prompt_file = cfg.resolve()

@@ -7,8 +7,8 @@ import stat
 
 import numpy as np
 import pytest
+from hoe.cli.cli import main
 from hoe.contract import manifest as mf
-from hoe.core.cli import main
 from hoe.core.errors import CheckpointError
 
 
@@ -319,7 +319,7 @@ def test_a_real_process_prints_one_line_and_exits_2(world, argv):
     import sys
 
     args = [a.replace("{out}", world.path("out")) for a in argv]
-    proc = subprocess.run([sys.executable, "-m", "hoe.core.cli", *args], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "hoe.cli.cli", *args], capture_output=True, text=True, timeout=300)
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert len(errors) == 1 and errors[0].startswith(f"hoe {argv[0]}: error: "), proc.stderr
