@@ -218,8 +218,8 @@ def candidate_labels() -> list[str]:
 
 def open_runner(label: str, folder: Path, threads: int) -> Runner:
     from hoe.contract.folder import Manifest
+    from hoe.core.preference import PreferenceRouter
     from hoe.runtime.backends import BackendConfig, create_backend
-    from hoe.runtime.preference import PreferenceRouter
 
     name, _, provider = label.partition(":")
     manifest = Manifest.load(folder, verify=False)
@@ -233,9 +233,9 @@ def open_runner(label: str, folder: Path, threads: int) -> Runner:
 
 def reference_runner(folder: Path, threads: int, base: str | None, hoe: str | None) -> Runner:
     from hoe.contract.folder import Manifest
+    from hoe.core.preference import PreferenceRouter
     from hoe.export.quantize import dequantize_reference
     from hoe.runtime.backends import BackendConfig, create_backend
-    from hoe.runtime.preference import PreferenceRouter
 
     manifest = Manifest.load(folder, verify=False)
     backend = create_backend(manifest, BackendConfig(name="torch", threads=threads, base=base, hoe=hoe)).activate()

@@ -106,11 +106,12 @@ def torch_decode_ms(base_dir: Path, ckpt_dir: Path, prompt_ids: list[int], prefe
     import torch
     from hoe.core.generate import generate
     from hoe.core.loading import load_hoe
-    from hoe.core.routing import route_batch
+    from hoe.core.preference import PreferenceRouter
 
     torch.set_num_threads(threads)
     model = load_hoe(base_dir, ckpt_dir)
-    mix = torch.from_numpy(route_batch([preference], model.config.anchors, model.config.n_route))  # [1, K]
+    cfg = model.config
+    mix = torch.from_numpy(PreferenceRouter(cfg.objectives, cfg.anchors, cfg.n_route).route(preference, 1)[1])  # [1, K]
     ids = torch.tensor([prompt_ids])
     mask = torch.ones_like(ids)
     generate(model, ids, mask, mix, 2)  # warm-up

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from hoe.contract import manifest as mf
 from hoe.core.config import JsonConfig
-from hoe.core.routing import route
+from hoe.core.preference import PreferenceRouter
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,12 @@ def quality_report(folder, base_dir, ckpt_dir, config: QualityConfig | None = No
     manifest = mf.load_manifest(folder)
     ref = _Reference(base_dir, ckpt_dir if manifest["hoe"].get("enabled", True) else None, "fp32", config.threads)
     ort = _OrtModel(folder, manifest, config.threads)
-    hoe = manifest["hoe"]
+    hoe, router = manifest["hoe"], PreferenceRouter.from_hoe(manifest["hoe"])
     prefs = default_preferences(len(hoe["objectives"])) if hoe.get("enabled", True) else [None]
     rows = []
     for i, ids in enumerate(_prompt_ids(folder, manifest, config)):
         pref = prefs[i % len(prefs)]
-        mix = None if pref is None else route(pref, hoe["anchors"], hoe["n_route"]).astype(np.float32)[None]
+        mix = None if pref is None else router.route(pref, 1)[1]  # [1, K] float32
         rows.append(_compare(ref, ort, manifest, np.asarray([ids], dtype=np.int64), mix, config.new_tokens))
     kl = np.concatenate([r["kl"] for r in rows])
     return {"vs": "fp32 PyTorch reference (original weights)", "graph": "as shipped",

@@ -39,7 +39,7 @@ from hoe.contract.io_spec import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS
 from hoe.core.config import JsonConfig, atomic_write_text
 from hoe.core.errors import HoEError
 from hoe.core.positions import positions_from_mask
-from hoe.core.routing import route_batch
+from hoe.core.preference import PreferenceRouter
 
 log = logging.getLogger(__name__)
 
@@ -227,11 +227,10 @@ def _cases(manifest: dict, config: ValidationConfig):
     if not hoe.get("enabled", True):
         return [(None, None)]
     prefs = config.preferences or default_preferences(len(hoe["objectives"]))
-    out = []
+    router, out = PreferenceRouter.from_hoe(hoe), []
     for i, pref in enumerate(prefs):
         pair = [pref, prefs[(i + 1) % len(prefs)]]
-        mix = route_batch(pair, hoe["anchors"], hoe["n_route"])  # [2, K] float32
-        out.append((mix, pair))
+        out.append((router.route(pair, 2)[1], pair))  # router_mix [2, K] float32
     return out
 
 

@@ -232,8 +232,8 @@ def test_chat_past_the_context_says_reset(world):
 @pytest.mark.parametrize("text, expected", [("1 0 0", [1, 0, 0]), ("1e308,1e308,0", [0.5, 0.5, 0]),
                                             (" 0.2, 0.5 ,0.3 ", [0.2, 0.5, 0.3])])
 def test_preference_text_reads_as_meant(text, expected):
+    from hoe.core.preference import parse_preference
     from hoe.core.routing import validate_preference
-    from hoe.runtime.preference import parse_preference
 
     assert validate_preference(parse_preference(text), 3) == pytest.approx(expected)
 
@@ -270,7 +270,7 @@ def test_cheap_checks_come_before_loading(world, monkeypatch, capsys):
 
 def test_garbage_preference_rows_stay_ours(world):
     from hoe.core.errors import PreferenceError
-    from hoe.runtime.preference import PreferenceRouter
+    from hoe.core.preference import PreferenceRouter
 
     router = PreferenceRouter(["a", "b"], [[1, 0], [0, 1]], 2)
     for bad in ([[1, 0], [1]], [["x", 1]], [None, 1], {"a": 1}):
