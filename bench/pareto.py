@@ -8,7 +8,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hoe.core.config import JsonConfig, atomic_write_text
+from hoe.core.atomic import atomic_write_text
+from hoe.core.config import JsonConfig
 
 log = logging.getLogger(__name__)
 

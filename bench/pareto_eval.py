@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hoe.core import names
-from hoe.core.config import atomic_write_text
+from hoe.core.atomic import atomic_write_text
 from hoe.core.objectives import make_objectives, score_all
 from hoe.core.routing import route, simplex_grid
 from tqdm import tqdm

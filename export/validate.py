@@ -39,7 +39,8 @@ from hoe.contract import manifest as mf
 from hoe.contract.folder import Manifest
 from hoe.contract.io_spec import LOGITS
 from hoe.contract.parity import Comparator, FeedRunner, Stats, Tolerance, check
-from hoe.core.config import JsonConfig, atomic_write_text
+from hoe.core.atomic import atomic_write_text
+from hoe.core.config import JsonConfig
 from hoe.core.errors import ParityError
 from hoe.core.positions import positions_from_mask
 from hoe.core.preference import PreferenceRouter

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hoe.core.config import atomic_write_text
+from hoe.core.atomic import atomic_write_text
 from hoe.core.objectives import _BUILDERS, CharFrequency
 
 from .config import RecipeConfig

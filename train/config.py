@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hoe.core.config import JsonConfig, atomic_write_text
+from hoe.core.atomic import atomic_write_text
+from hoe.core.config import JsonConfig
 from hoe.core.errors import ConfigError
 from hoe.core.objectives import DEFAULT_OBJECTIVES
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hoe.core.atomic import atomic_write_text
 from hoe.core.checkpoint import HoECheckpoint
-from hoe.core.config import atomic_write_text
 from hoe.core.errors import ConfigError
 from hoe.core.objectives import make_objectives
 

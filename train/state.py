@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hoe.core.config import atomic_write_text
+from hoe.core.atomic import atomic_write_text
 from hoe.core.errors import ConfigError
 
 from .config import RecipeConfig
