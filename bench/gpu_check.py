@@ -22,49 +22,25 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.abc
-import importlib.util
 import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-import types
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
 
 
-def _package_dirs() -> dict[str, str]:
-    """hoe.X -> folder, read from pyproject.toml's `package-dir` (what `pip install -e .` maps)."""
-    text = (_REPO / "pyproject.toml").read_text(encoding="utf-8")
-    return dict(re.findall(r'"hoe\.(\w+)"\s*=\s*"(\w+)"', text))
-
-
-# ---------------------------------------------------------------------------- standalone imports
-
-
-class _RepoFinder(importlib.abc.MetaPathFinder):
-    """Maps hoe.core -> hoe_core/ etc. of this repository (what `pip install -e .` would map)."""
-
-    dirs = _package_dirs()
-
-    def find_spec(self, name, path=None, target=None):
-        parts = name.split(".")
-        if len(parts) != 2 or parts[0] != "hoe" or parts[1] not in self.dirs:
-            return None
-        folder = _REPO / self.dirs[parts[1]]
-        return importlib.util.spec_from_file_location(name, folder / "__init__.py",
-                                                      submodule_search_locations=[str(folder)])
-
-
 def ensure_hoe_importable() -> str:
-    """Make `import hoe.core` work from a copied repository without installing it. -> how it was found."""
+    """Make `import hoe.core` work from a copied repository without installing it. -> how it was found.
+
+    Not installed: a temporary `hoe/` namespace package whose subpackages link to this repository's folders,
+    as pyproject.toml's [tool.setuptools.package-dir] maps them (hoe.core -> hoe_core/, ...)."""
     if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
         sys.path.pop(0)  # run as a script: bench/ must not shadow stdlib or top-level modules
     try:
@@ -74,10 +50,12 @@ def ensure_hoe_importable() -> str:
         pass
     for key in [k for k in sys.modules if k == "hoe" or k.startswith("hoe.")]:
         del sys.modules[key]
-    hoe = types.ModuleType("hoe")
-    hoe.__path__ = []  # a package with no folder of its own: subpackages come from _RepoFinder
-    sys.modules["hoe"] = hoe
-    sys.meta_path.insert(0, _RepoFinder())
+    root = Path(tempfile.mkdtemp(prefix="hoe_gpu_check_"))
+    text = (_REPO / "pyproject.toml").read_text(encoding="utf-8")
+    for name, folder in re.findall(r'"hoe\.(\w+)"\s*=\s*"(\w+)"', text):
+        (root / "hoe").mkdir(exist_ok=True)
+        (root / "hoe" / name).symlink_to(_REPO / folder, target_is_directory=True)
+    sys.path.insert(0, str(root))
     importlib.import_module("hoe.core")
     return f"repository shim ({_REPO})"
 
@@ -250,20 +228,18 @@ def build_models(shape: dict, n_experts: int, rank: int, device: str, seed: int 
     from hoe.core.experts import LoraFactors
     from hoe.core.loading import hoe_from_checkpoint
     from hoe.core.model import find_target_modules
-    from hoe.core.routers import trainable_routers
+    from hoe.core.routers import trainable_routers, vertex_anchors
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     cfg = llama_config(shape)
     base = AutoModelForCausalLM.from_config(cfg).to(torch.float32).eval()
     plain = copy.deepcopy(base)
-    modules = find_target_modules(base)
-    g = torch.Generator().manual_seed(seed)
-    experts = [{m: LoraFactors(torch.randn(rank, base.get_submodule(m).in_features, generator=g)
-                               / base.get_submodule(m).in_features**0.5,
-                               torch.randn(base.get_submodule(m).out_features, rank, generator=g) * 0.02, 2.0)
-                for m in modules} for _ in range(n_experts)]
-    eye = torch.eye(n_experts).tolist()
+    modules, g = find_target_modules(base), torch.Generator().manual_seed(seed)
+    shapes = {m: (base.get_submodule(m).in_features, base.get_submodule(m).out_features) for m in modules}
+    experts = [{m: LoraFactors(torch.randn(rank, d_in, generator=g) / d_in**0.5, torch.randn(d_out, rank, generator=g)
+                               * 0.02, 2.0) for m, (d_in, d_out) in shapes.items()} for _ in range(n_experts)]
+    eye = vertex_anchors(n_experts)
     anchors = eye + [[1.0 / n_experts] * n_experts]
     routers = trainable_routers(modules, in_features(base, modules), eye, anchors, n_experts, init_std=0.05, seed=seed)
     ckpt = build_checkpoint(base, experts, modules, [f"obj{i}" for i in range(n_experts)], anchors=anchors,
@@ -322,7 +298,7 @@ def decode_latency(forward, batch: int, vocab: int, prompt_len: int, warmup: int
         raise FloatingPointError("non-finite logits during decode")
     stats = summary(times)
     return {"median_ms": round(stats["median"], 3), "p90_ms": round(stats["p90"], 3),
-            "mean_ms": round(statistics.fmean(times), 3), "min_ms": round(stats["min"], 3),
+            "mean_ms": round(sum(times) / len(times), 3), "min_ms": round(stats["min"], 3),
             "tokens_per_s": round(1e3 * batch / stats["median"], 1), "prefill_ms": round(prefill_ms, 3),
             "steps": steps, "warmup": warmup, "prompt_len": prompt_len}
 
@@ -434,6 +410,7 @@ def ort_mixing_section(args) -> dict:
 def _run_ort(path: Path, requested: list[str], x, mix, expected, op, args) -> dict:
     import numpy as np
     import onnxruntime as ort
+    from hoe.bench.timing import summary, time_calls
 
     so = ort.SessionOptions()
     so.enable_profiling = True
@@ -448,12 +425,8 @@ def _run_ort(path: Path, requested: list[str], x, mix, expected, op, args) -> di
     feed = {"x": x, "router_mix": mix}
     y = sess.run(None, feed)[0]
     res["max_abs_diff_vs_numpy"] = float(np.abs(y - expected).max())
-    times = []
-    for _ in range(5 if args.quick else 50):
-        t = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t) * 1e3)
-    res["median_ms"] = round(statistics.median(times), 4)
+    times = time_calls(lambda: sess.run(None, feed), 5 if args.quick else 50, warmup=0)
+    res["median_ms"] = round(summary(times)["median"], 4)
     res["node_placement"] = op.node_placement(sess.end_profiling())
     return res
 

@@ -177,19 +177,19 @@ def _torch_bytes(src: Sources) -> int:
 
 def _load_hoe(cfg, src, preference, work, out):
     from hoe.contract.folder import Manifest
-    from hoe.runtime.preference import PreferenceRouter
+    from hoe.core.preference import PreferenceRouter
 
     from .systems import BackendSystem, backend_config, load_backend
 
     out.router = PreferenceRouter.from_manifest(Manifest.load(src.hoe_export, verify=False))
-    out.mix = out.router.route(preference, 1)[1][0]  # [K]
+    out.mix = out.router.mix(preference)  # [K]
     out.bytes_per_token["hoe-ort"] = _hoe_bytes(src)
     return BackendSystem("hoe-ort", load_backend(src.hoe_export, backend_config(cfg.threads)), out.mix)
 
 
 def _load_torch(cfg, src, preference, work, out):
     from hoe.contract.folder import Manifest
-    from hoe.runtime.preference import PreferenceRouter
+    from hoe.core.preference import PreferenceRouter
 
     from .systems import BackendSystem, backend_config, load_backend
 
@@ -197,7 +197,7 @@ def _load_torch(cfg, src, preference, work, out):
     config = backend_config(cfg.threads, "torch", base=str(src.base_hf),
                             hoe=str(src.hoe_ckpt) if src.hoe_ckpt else None)
     out.bytes_per_token["torch"] = _torch_bytes(src)
-    return BackendSystem("torch", load_backend(src.hoe_export, config), router.route(preference, 1)[1][0])
+    return BackendSystem("torch", load_backend(src.hoe_export, config), router.mix(preference))
 
 
 def _load_base(cfg, src, preference, work, out):
@@ -263,8 +263,8 @@ def _load_torch_compile(cfg, src, preference, work, out):
     from hoe.contract.folder import Manifest
     from hoe.core.checkpoint import HoECheckpoint
     from hoe.core.loading import hoe_from_checkpoint, load_base
+    from hoe.core.preference import PreferenceRouter
     from hoe.runtime.backends.pytorch import _export_checkpoint
-    from hoe.runtime.preference import PreferenceRouter
 
     from .torch_compile import TorchCompileSystem
 
@@ -273,7 +273,7 @@ def _load_torch_compile(cfg, src, preference, work, out):
     base = load_base(src.base_hf)
     ckpt = HoECheckpoint.load(src.hoe_ckpt) if src.hoe_ckpt is not None else _export_checkpoint(src.hoe_export)
     out.bytes_per_token["torch-compile"] = _torch_bytes(src)
-    return TorchCompileSystem(hoe_from_checkpoint(base, ckpt), router.mix(router.rows(preference, 1)[0]),
+    return TorchCompileSystem(hoe_from_checkpoint(base, ckpt), router.mix(preference),
                               cfg.threads, _max_length(cfg))
 
 
@@ -528,7 +528,7 @@ def register(subparsers) -> None:
 
 
 def _cli(args) -> int:
-    from hoe.runtime.preference import parse_preference
+    from hoe.core.preference import parse_preference
 
     from .report import latency_plot, latency_tables, write_json
 

@@ -8,7 +8,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hoe.core.config import JsonConfig, atomic_write_text
+from hoe.core.atomic import atomic_write_text
+from hoe.core.config import JsonConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,8 @@ class ParetoConfig(JsonConfig):
     export: str = ""  # exported folder: its base weight precision (hoe_config.json `quantization`) is applied
 
     def resolve(self) -> tuple[Path, Path, Path]:
-        from hoe.core.train.data import default_prompts
-        from hoe.core.train.recipe import default_out
+        from hoe.train.data import default_prompts
+        from hoe.train.recipe import default_out
 
         if self.base:
             base = Path(self.base)
@@ -71,8 +72,8 @@ def refresh_card(out: Path) -> None:
     """Rewrite MODEL_CARD.md of a checkpoint trained by `hoe train` so that it shows the new Pareto results."""
     if not (out / "training.json").is_file():
         return
-    from hoe.core.train.card import write_card
-    from hoe.core.train.config import RecipeConfig
+    from hoe.train.card import write_card
+    from hoe.train.config import RecipeConfig
 
     summary = json.loads((out / "training.json").read_text())
     write_card(out, RecipeConfig.from_dict(summary["recipe"]), summary)

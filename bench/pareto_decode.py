@@ -13,7 +13,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from hoe.core.train.lm import forward_logits, left_pad, positions
+from hoe.train.lm import forward_logits, left_pad, positions
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hoe.core import names
-from hoe.core.config import atomic_write_text
+from hoe.core.atomic import atomic_write_text
 from hoe.core.objectives import make_objectives, score_all
 from hoe.core.routing import route, simplex_grid
 from tqdm import tqdm
@@ -147,7 +147,7 @@ def evaluate(cfg) -> dict:
     """Run the benchmark described by a ParetoConfig; returns the JSON-able report."""
     from hoe.core.checkpoint import HoECheckpoint
     from hoe.core.loading import hoe_from_checkpoint, load_base
-    from hoe.core.train.data import ChatCodec, load_prompts
+    from hoe.train.data import ChatCodec, load_prompts
 
     torch.set_num_threads(cfg.threads)
     base_dir, ckpt_dir, prompt_file = cfg.resolve()

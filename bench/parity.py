@@ -6,6 +6,7 @@
                  present K/V back, as in decoding; logits of every real new position are compared.
     greedy       32 greedy tokens, batch 3, left-padded prompts of different lengths, one preference per row.
 
+Runners, comparison and the rules below are hoe.contract.parity's, the comparator export validation uses too.
 A case passes when |logits - ref| <= atol + rtol·max|ref| everywhere (the case's logit scale, as the export
 validation: fp32 rounding grows with the scale of the activations, not with each logit — on SmolLM2, ORT and
 torch fp32 are each 2e-4..7e-4 from a float64 reference at |logits| ~35, see export/validate.py).
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from hoe.contract.parity import FeedRunner, agreement, compare, within_fp64
 from hoe.core.config import JsonConfig
 from hoe.core.errors import BackendError, ConfigError
 from hoe.core.positions import positions
@@ -123,13 +125,13 @@ def sweep(cfg: ParityConfig, prefs: list[list[float]], vocab: int) -> list[Case]
 
 
 class Runner:
-    """A backend plus what turns preferences into router_mix rows and an empty KV cache."""
+    """A backend plus what turns preferences into router_mix rows, on its own KV cache (hoe.contract.parity)."""
 
     def __init__(self, label: str, backend, router) -> None:
         self.label, self.backend, self.router = label, backend, router
         manifest = backend.manifest
-        self.kv_names = [manifest.kv_names(i) for i in range(manifest.num_layers)]
-        self.kv_dtype, self.kv_heads, self.head_dim = manifest.kv_spec()
+        self.kv = FeedRunner(backend.infer, [manifest.kv_names(i) for i in range(manifest.num_layers)],
+                             manifest.kv_spec())
 
     def mix(self, rows) -> np.ndarray:
         return self.router.route(rows, len(rows))[1]  # [B, K] float32
@@ -137,23 +139,12 @@ class Runner:
     def forward(self, case: Case) -> np.ndarray:
         """The past (if any), then the new tokens on the backend's own present K/V -> logits [B, T, V]."""
         pos = positions(case.mask)
-        mix = self.mix(case.rows)
-        dtype = np.float16 if self.kv_dtype in ("float16", "fp16") else np.float32
-        empty = np.zeros((case.batch, self.kv_heads, 0, self.head_dim), dtype=dtype)
-        past = {n: empty for layer in self.kv_names for n in layer[:2]}
+        mix = self.mix(case.rows) if self.router.enabled else None
+        self.kv.reset(case.batch)
         p = case.past
         if p > 0:
-            out = self.backend.infer(self._feed(case.ids[:, :p], case.mask[:, :p], pos[:, :p], mix, past))
-            past = {pk: out[ck] for pk, pv, ck, cv in self.kv_names} | {pv: out[cv] for pk, pv, ck, cv in self.kv_names}
-        out = self.backend.infer(self._feed(case.ids[:, p:], case.mask, pos[:, p:], mix, past))
-        return out["logits"].astype(np.float32)
-
-    def _feed(self, ids, mask, pos, mix, past) -> dict[str, np.ndarray]:
-        feed = {"input_ids": np.ascontiguousarray(ids), "attention_mask": np.ascontiguousarray(mask),
-                "position_ids": np.ascontiguousarray(pos), **past}
-        if self.router.enabled:
-            feed["router_mix"] = mix
-        return feed
+            self.kv.run(case.ids[:, :p], case.mask[:, :p], pos[:, :p], mix)
+        return self.kv.run(case.ids[:, p:], case.mask, pos[:, p:], mix)["logits"].astype(np.float32)
 
     def greedy(self, prompts: list[list[int]], rows, n: int, pad: int) -> tuple[np.ndarray, ...]:
         """Greedy tokens [B, n], the top-1 minus top-2 logit margin [B, n] and the top-1 logit [B, n]."""
@@ -177,26 +168,6 @@ class Runner:
         return tokens, margins, top
 
 
-def compare(ref: np.ndarray, out: np.ndarray, real: np.ndarray, atol: float, rtol: float) -> dict:
-    """ref/out: [B, T, V]; real: [B, T] bool (positions to compare) -> max_abs, max_rel, passed."""
-    r, o = ref[real], out[real]  # [N, V]
-    diff = np.abs(o - r)
-    finite = bool(np.isfinite(o).all())
-    scale = float(np.abs(r).max())
-    return {"max_abs": float(diff.max()), "max_rel": float(diff.max() / max(scale, 1e-30)),
-            "passed": finite and bool(np.all(diff <= atol + rtol * scale))}
-
-
-def agreement(ref_tokens, ref_margins, tokens, ref_top, atol: float, rtol: float) -> dict:
-    """Greedy agreement of one backend with the reference (see the module docstring)."""
-    equal = ref_tokens == tokens  # [B, n]
-    first = [int(np.argmin(row)) if not row.all() else -1 for row in equal]
-    ties = [bool(f < 0 or ref_margins[b, f] <= 2 * atol + rtol * abs(ref_top[b, f])) for b, f in enumerate(first)]
-    return {"agreement": float(equal.mean()), "first_divergence": first,
-            "margin_at_divergence": [None if f < 0 else float(ref_margins[b, f]) for b, f in enumerate(first)],
-            "passed": all(ties)}
-
-
 # ------------------------------------------------------------------------------------------ backends
 
 
@@ -218,8 +189,8 @@ def candidate_labels() -> list[str]:
 
 def open_runner(label: str, folder: Path, threads: int) -> Runner:
     from hoe.contract.folder import Manifest
+    from hoe.core.preference import PreferenceRouter
     from hoe.runtime.backends import BackendConfig, create_backend
-    from hoe.runtime.preference import PreferenceRouter
 
     name, _, provider = label.partition(":")
     manifest = Manifest.load(folder, verify=False)
@@ -233,9 +204,9 @@ def open_runner(label: str, folder: Path, threads: int) -> Runner:
 
 def reference_runner(folder: Path, threads: int, base: str | None, hoe: str | None) -> Runner:
     from hoe.contract.folder import Manifest
+    from hoe.core.preference import PreferenceRouter
     from hoe.export.quantize import dequantize_reference
     from hoe.runtime.backends import BackendConfig, create_backend
-    from hoe.runtime.preference import PreferenceRouter
 
     manifest = Manifest.load(folder, verify=False)
     backend = create_backend(manifest, BackendConfig(name="torch", threads=threads, base=base, hoe=hoe)).activate()
@@ -326,10 +297,9 @@ def _judge_by_fp64(cfg: ParityConfig, folder: Path, cases: list[Case], result: d
             c = entry["cases"][i]
             if c["passed"]:
                 continue
-            out = runners[label].forward(case)[real]
-            err = float(np.abs(out - exact).max())
-            c["fp64"] = {"backend_vs_fp64": err, "torch_fp32_vs_fp64": ref_err, "factor": cfg.fp64_factor}
-            c["passed"] = bool(np.isfinite(out).all()) and err <= cfg.fp64_factor * ref_err
+            judged = within_fp64(runners[label].forward(case)[real], exact, ref_err, cfg.fp64_factor)
+            c["passed"] = judged.pop("passed")
+            c["fp64"] = judged
     for run in [ref32, ref64, *runners.values()]:
         run.backend.deactivate()
 

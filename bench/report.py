@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from hoe.core.config import atomic_write_text
+from hoe.core.atomic import atomic_write_text
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hoe.core.config import JsonConfig, atomic_write_text
+from hoe.core.atomic import atomic_write_text
+from hoe.core.config import JsonConfig
 from hoe.core.errors import CheckpointError, ConfigError, InputError, ShapeMismatchError
 from hoe.core.packing import dim_symbols, dim_value
 

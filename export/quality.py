@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 from hoe.contract import manifest as mf
+from hoe.contract.io_spec import LOGITS
 from hoe.core.config import JsonConfig
-from hoe.core.routing import route
+from hoe.core.preference import PreferenceRouter
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +43,16 @@ def quality_report(folder, base_dir, ckpt_dir, config: QualityConfig | None = No
     config = config or QualityConfig()
     folder = Path(folder)
     manifest = mf.load_manifest(folder)
-    ref = _Reference(base_dir, ckpt_dir if manifest["hoe"].get("enabled", True) else None, "fp32", config.threads)
+    ref = _Reference(base_dir, ckpt_dir if manifest["hoe"].get("enabled", True) else None, manifest, "fp32",
+                     config.threads)
     ort = _OrtModel(folder, manifest, config.threads)
-    hoe = manifest["hoe"]
+    hoe, router = manifest["hoe"], PreferenceRouter.from_hoe(manifest["hoe"])
     prefs = default_preferences(len(hoe["objectives"])) if hoe.get("enabled", True) else [None]
     rows = []
     for i, ids in enumerate(_prompt_ids(folder, manifest, config)):
         pref = prefs[i % len(prefs)]
-        mix = None if pref is None else route(pref, hoe["anchors"], hoe["n_route"]).astype(np.float32)[None]
-        rows.append(_compare(ref, ort, manifest, np.asarray([ids], dtype=np.int64), mix, config.new_tokens))
+        mix = None if pref is None else router.route(pref, 1)[1]  # [1, K] float32
+        rows.append(_compare(ref, ort, np.asarray([ids], dtype=np.int64), mix, config.new_tokens))
     kl = np.concatenate([r["kl"] for r in rows])
     return {"vs": "fp32 PyTorch reference (original weights)", "graph": "as shipped",
             "weights": manifest.get("quantization", {}).get("weights", "fp32"), "prompts": len(rows),
@@ -78,19 +80,15 @@ def _prompt_ids(folder: Path, manifest: dict, config: QualityConfig) -> list[lis
     return [rng.integers(2, vocab, size=8).tolist() for _ in range(config.prompts)]
 
 
-def _greedy(model, manifest: dict, ids: np.ndarray, mix, n: int, ort: bool) -> list[int]:
-    """n greedy tokens after `ids` [1, T] (no EOS stop: both sides run the same length)."""
+def _greedy(runner, ids: np.ndarray, mix, n: int) -> list[int]:
+    """n greedy tokens after `ids` [1, T] (no EOS stop: both sides run the same length); `runner`: a parity
+    runner (hoe.contract.parity) on its own KV cache."""
     mask = np.ones_like(ids)
     pos = np.arange(ids.shape[1], dtype=np.int64)[None]
-    past, cache, out = _empty_past(model, manifest) if ort else None, None, []
+    runner.reset(1)
+    out = []
     for _ in range(n):
-        if ort:
-            res = model.step(ids, mask, pos, mix, past)
-            logits = res["logits"]
-            past = [res[name] for name in model.output_names[1:]]
-        else:
-            logits, cache, _ = model.step(ids, mask, pos, mix, cache)
-        token = int(logits[0, -1].argmax())
+        token = int(runner.run(ids, mask, pos, mix)[LOGITS][0, -1].argmax())
         out.append(token)
         ids = np.array([[token]], dtype=np.int64)
         pos = pos[:, -1:] + 1
@@ -98,21 +96,20 @@ def _greedy(model, manifest: dict, ids: np.ndarray, mix, n: int, ort: bool) -> l
     return out
 
 
-def _empty_past(ort, manifest: dict) -> list[np.ndarray]:
-    kv = manifest["inputs"][manifest["kv_cache"]["past_key"] % 0]
-    dtype = np.float16 if kv["dtype"] == "float16" else np.float32
-    return [np.zeros((1, kv["shape"][1], 0, kv["shape"][3]), dtype=dtype) for _ in ort.past_names]
+def _forced_logits(runner, ids: np.ndarray, mix, n: int) -> np.ndarray:
+    """Logits [n, V] float64 of the last n positions of `ids` [1, T] in one forward from an empty cache."""
+    runner.reset(1)
+    mask, pos = np.ones_like(ids), np.arange(ids.shape[1], dtype=np.int64)[None]
+    return runner.run(ids, mask, pos, mix)[LOGITS][0, -n:].astype(np.float64)
 
 
-def _compare(ref, ort, manifest: dict, ids: np.ndarray, mix, n: int) -> dict:
-    want = _greedy(ref, manifest, ids, mix, n, ort=False)
-    got = _greedy(ort, manifest, ids, mix, n, ort=True)
+def _compare(ref, ort, ids: np.ndarray, mix, n: int) -> dict:
+    want = _greedy(ref, ids, mix, n)
+    got = _greedy(ort, ids, mix, n)
     same = np.asarray(want) == np.asarray(got)
     prefix = int(np.argmin(same)) if not same.all() else n
     full = np.concatenate([ids, np.asarray([want[:-1]], dtype=np.int64)], axis=1)  # [1, T+n-1]
-    mask, pos = np.ones_like(full), np.arange(full.shape[1], dtype=np.int64)[None]
-    ref_logits = ref.step(full, mask, pos, mix, None)[0][0, -n:]  # [n, V] float64
-    q_logits = ort.step(full, mask, pos, mix, _empty_past(ort, manifest))["logits"][0, -n:].astype(np.float64)
+    ref_logits, q_logits = _forced_logits(ref, full, mix, n), _forced_logits(ort, full, mix, n)  # [n, V]
     p, logp, logq = _softmax(ref_logits), _log_softmax(ref_logits), _log_softmax(q_logits)
     return {"prefix": prefix / n, "same": float(same.mean()), "kl": (p * (logp - logq)).sum(-1),
             "top1": ref_logits.argmax(-1) == q_logits.argmax(-1)}

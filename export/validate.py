@@ -1,6 +1,7 @@
 """Parity of an exported folder with the PyTorch reference: onnxruntime CPU vs hoe.core's HoEModel.
 
-For each case (a pair of preferences, one per batch row, routed on the host by hoe.core.routing):
+For each case (a pair of preferences, one per batch row, routed on the host by hoe.core.preference), through
+the comparator of `hoe bench parity` (hoe.contract.parity: runners on their own KV caches, Stats, Tolerance):
 
     batch 2, left padding ─► prefill (empty past [B,Hkv,0,D]) ─► N decode steps through the KV cache
     torch: HoEModel + DynamicCache          ORT: model.onnx fed by its own present.* outputs
@@ -35,18 +36,19 @@ from pathlib import Path
 
 import numpy as np
 from hoe.contract import manifest as mf
-from hoe.contract.io_spec import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, ROUTER_MIX
-from hoe.core.config import JsonConfig, atomic_write_text
-from hoe.core.errors import HoEError
+from hoe.contract.folder import Manifest
+from hoe.contract.io_spec import LOGITS
+from hoe.contract.parity import Comparator, FeedRunner, Stats, Tolerance, check
+from hoe.core.atomic import atomic_write_text
+from hoe.core.config import JsonConfig
+from hoe.core.errors import ParityError
 from hoe.core.positions import positions_from_mask
-from hoe.core.routing import route_batch
+from hoe.core.preference import PreferenceRouter
 
 log = logging.getLogger(__name__)
 
-
-class ParityError(HoEError):
-    """The exported graph does not reproduce the PyTorch reference within tolerance."""
-
+__all__ = ["ParityError", "ValidationConfig", "check_report", "default_preferences", "format_report",
+           "validate_export"]
 
 REFERENCE_DTYPE = {"fp16": "fp32"}  # an fp16 export is judged against the fp32 model it approximates
 
@@ -80,11 +82,11 @@ def validate_export(folder, base_dir, ckpt_dir, config: ValidationConfig | None 
     manifest = mf.load_manifest(folder)
     dtype = manifest["model"]["dtype"]
     quant = manifest.get("quantization")
-    ref = _Reference(base_dir, ckpt_dir, REFERENCE_DTYPE.get(dtype, dtype), config.threads, quant)
-    ref64 = (_Reference(base_dir, ckpt_dir, "fp64", config.threads, quant)
+    ref = _Reference(base_dir, ckpt_dir, manifest, REFERENCE_DTYPE.get(dtype, dtype), config.threads, quant)
+    ref64 = (_Reference(base_dir, ckpt_dir, manifest, "fp64", config.threads, quant)
              if dtype == "fp32" and config.fp64_cases else None)
     ort = _OrtModel(folder, manifest, config.threads, exact=True)
-    stats, stats64 = _Stats(), _Stats()
+    stats, stats64 = Stats(), Stats()
     cases = []
     for i, (mix, prefs) in enumerate(_cases(manifest, config)):
         exact = (ref64, stats64) if ref64 is not None and i < config.fp64_cases else None
@@ -103,6 +105,11 @@ def validate_export(folder, base_dir, ckpt_dir, config: ValidationConfig | None 
                 prompts=config.quality_prompts, new_tokens=config.quality_tokens, threads=config.threads))
     atomic_write_text(folder / mf.VALIDATION_FILE, json.dumps(report, indent=2) + "\n")
     return report
+
+
+def check_report(report: dict) -> None:
+    """ParityError unless the validation `report` passed."""
+    check(report["passed"], f"max abs logits diff {report['max_abs_logits']:.3g} > tolerance {report['tolerance']:.3g}")
 
 
 def format_report(report: dict) -> str:
@@ -132,10 +139,11 @@ def format_report(report: dict) -> str:
 
 
 class _Reference:
-    """PyTorch side: HoEModel (or the plain base model) in the export's dtype, or "fp64": the fp32 model
-    computed in float64 throughout (fp64_reference.py)."""
+    """PyTorch side, a parity runner (hoe.contract.parity): HoEModel (or the plain base model) in the export's
+    dtype, or "fp64": the fp32 model computed in float64 throughout (fp64_reference.py). It keeps its own
+    transformers cache between runs."""
 
-    def __init__(self, base_dir, ckpt_dir, dtype: str, threads: int, quant: dict | None = None) -> None:
+    def __init__(self, base_dir, ckpt_dir, manifest: dict, dtype: str, threads: int, quant: dict | None = None) -> None:
         import torch
         from hoe.core.loading import load_base, load_hoe
 
@@ -154,27 +162,32 @@ class _Reference:
 
             exact_float64(self.model)
         self.model.eval()
+        self.present_names = _kv_runner_args(manifest)[0]
+        self.cache = None
 
-    def step(self, ids, mask, pos, mix, cache):
-        """-> logits [B,T,V] float64 numpy, cache, presents (list of [B,Hkv,P+T,D] numpy)."""
+    def reset(self, batch: int) -> None:
+        self.cache = None
+
+    def run(self, ids, mask, pos, mix) -> dict[str, np.ndarray]:
+        """-> logits [B,T,V] float64 and the presents [B,Hkv,P+T,D] float32 by graph name."""
         import torch
 
-        args = dict(attention_mask=torch.from_numpy(mask), position_ids=torch.from_numpy(pos), cache=cache)
+        args = dict(attention_mask=torch.from_numpy(mask), position_ids=torch.from_numpy(pos), cache=self.cache)
         with torch.no_grad():
             if self.hoe:
-                logits, cache = self.model(torch.from_numpy(ids), torch.from_numpy(mix), **args)
+                logits, self.cache = self.model(torch.from_numpy(ids), torch.from_numpy(mix), **args)
             else:
                 from hoe.core.model import cache_kwarg, output_cache
 
                 cache_arg = {cache_kwarg(self.model): args.pop("cache")}
                 out = self.model(input_ids=torch.from_numpy(ids), use_cache=True, **args, **cache_arg)
-                logits, cache = out.logits, output_cache(out)
-        presents = [t.float().numpy() for layer in cache.layers for t in (layer.keys, layer.values)]
-        return logits.double().numpy(), cache, presents
+                logits, self.cache = out.logits, output_cache(out)
+        presents = [t.float().numpy() for layer in self.cache.layers for t in (layer.keys, layer.values)]
+        return {LOGITS: logits.double().numpy(), **dict(zip(self.present_names, presents))}
 
 
-class _OrtModel:
-    """onnxruntime CPU side, fed the experts/routers shipped in the folder.
+class _OrtModel(FeedRunner):
+    """onnxruntime CPU side, fed the experts/routers shipped in the folder; a parity runner on its own KV cache.
 
     `exact`: MatMulNBits nodes run with accuracy_level 0 (fp32 activations), so the graph computes
     x·Ŵ with the dequantized weights Ŵ exactly as the reference does; the shipped accuracy level (int8
@@ -205,17 +218,17 @@ class _OrtModel:
             if manifest["files"].get(key):
                 self.static.update(load_file(str(folder / manifest["files"][key])))
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.num_layers = manifest["architecture"]["num_layers"]
-        self.past_names = [manifest["kv_cache"][k] % i for i in range(self.num_layers)
-                           for k in ("past_key", "past_value")]
+        super().__init__(self._infer, *_kv_runner_args(manifest)[1:])
 
-    def step(self, ids, mask, pos, mix, past):
-        feed = {INPUT_IDS: ids, ATTENTION_MASK: mask, POSITION_IDS: pos, **dict(zip(self.past_names, past)),
-                **self.static}
-        if mix is not None:
-            feed[ROUTER_MIX] = mix
-        out = dict(zip(self.output_names, self.session.run(None, feed)))
-        return out
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(None, {**feed, **self.static})))
+
+
+def _kv_runner_args(manifest: dict):
+    """(present names in graph order, per-layer KV names, KV spec) of an exported folder's manifest dict."""
+    view = Manifest(Path("."), manifest)
+    kv_names = [view.kv_names(i) for i in range(view.num_layers)]
+    return [n for _, _, pk, pv in kv_names for n in (pk, pv)], kv_names, view.kv_spec()
 
 
 # ---------------------------------------------------------------------------- cases and comparison
@@ -227,11 +240,10 @@ def _cases(manifest: dict, config: ValidationConfig):
     if not hoe.get("enabled", True):
         return [(None, None)]
     prefs = config.preferences or default_preferences(len(hoe["objectives"]))
-    out = []
+    router, out = PreferenceRouter.from_hoe(hoe), []
     for i, pref in enumerate(prefs):
         pair = [pref, prefs[(i + 1) % len(prefs)]]
-        mix = route_batch(pair, hoe["anchors"], hoe["n_route"])  # [2, K] float32
-        out.append((mix, pair))
+        out.append((router.route(pair, 2)[1], pair))  # router_mix [2, K] float32
     return out
 
 
@@ -249,33 +261,30 @@ def _prompt(manifest: dict, config: ValidationConfig):
     return ids, mask
 
 
-def _run_case(ref: _Reference, ort: _OrtModel, mix, manifest: dict, config: ValidationConfig, stats,
+def _run_case(ref: _Reference, ort: _OrtModel, mix, manifest: dict, config: ValidationConfig, stats: Stats,
               exact: tuple | None = None) -> dict:
-    """Prefill + decode steps; `exact` = (float64 reference, its _Stats): ORT and torch logits vs float64 too."""
+    """Prefill + decode steps; `exact` = (float64 reference, its Stats): ORT and torch logits vs float64 too."""
     ids, mask = _prompt(manifest, config)
     b = ids.shape[0]
-    kv = manifest["inputs"][manifest["kv_cache"]["past_key"] % 0]
-    np_dtype = np.float16 if kv["dtype"] == "float16" else np.float32
-    past = [np.zeros((b, kv["shape"][1], 0, kv["shape"][3]), dtype=np_dtype) for _ in ort.past_names]
-    cache, cache64, steps, agree = None, None, [], []
+    comparator = Comparator({"torch": ref, "ort": ort} | ({"fp64": exact[0]} if exact is not None else {}))
+    comparator.reset(b)
+    steps, agree = [], []
     for step in range(config.decode_steps + 1):
         pos = positions_from_mask(mask, ids.shape[1])
-        ref_logits, cache, ref_present = ref.step(ids, mask, pos, mix, cache)
-        out = ort.step(ids, mask, pos, mix, past)
+        outs = comparator.step(ids, mask, pos, mix)
+        want, got = outs["torch"], outs["ort"]
         real = mask[:, -ids.shape[1]:].astype(bool)  # [B,T] unpadded new positions
-        diffs = {LOGITS: stats.add(LOGITS, out[LOGITS][real], ref_logits[real])}
+        diffs = {LOGITS: stats.add(LOGITS, got[LOGITS][real], want[LOGITS][real])}
         if exact is not None:
-            logits64, cache64, _ = exact[0].step(ids, mask, pos, mix, cache64)
-            exact[1].add("ort", out[LOGITS][real], logits64[real])
-            exact[1].add("torch_fp32", ref_logits[real], logits64[real])
-        for name, ref_t in zip(ort.output_names[1:], ref_present):
-            got, want, cols = _held_columns(out[name], ref_t, mask)
-            diffs[name] = stats.add(name, got[cols], want[cols])  # [n_real, Hkv, D]
-        agree += list(out[LOGITS][:, -1].argmax(-1) == ref_logits[:, -1].argmax(-1))
+            exact[1].add("ort", got[LOGITS][real], outs["fp64"][LOGITS][real])
+            exact[1].add("torch_fp32", want[LOGITS][real], outs["fp64"][LOGITS][real])
+        for name in ort.present_names:
+            held, ref_t, cols = _held_columns(got[name], want[name], mask)
+            diffs[name] = stats.add(name, held[cols], ref_t[cols])  # [n_real, Hkv, D]
+        agree += list(got[LOGITS][:, -1].argmax(-1) == want[LOGITS][:, -1].argmax(-1))
         steps.append({"step": step, "new_tokens": int(ids.shape[1]), "logits": diffs[LOGITS],
                       "present_max_abs": max((d["max_abs"] for n, d in diffs.items() if n != LOGITS), default=0.0)})
-        past = [out[n] for n in ort.output_names[1:]]
-        ids = ref_logits[:, -1].argmax(-1)[:, None].astype(np.int64)  # the same next token on both sides
+        ids = want[LOGITS][:, -1].argmax(-1)[:, None].astype(np.int64)  # the same next token on both sides
         mask = np.concatenate([mask, np.ones((b, 1), dtype=np.int64)], axis=1)
     stats.agree += agree
     return {"steps": steps, "argmax_agreement": float(np.mean(agree))}
@@ -290,26 +299,6 @@ def _held_columns(got: np.ndarray, want: np.ndarray, mask: np.ndarray):
     n = want.shape[2]  # got, want: [B,Hkv,P+T,D], [B,Hkv,n,D] with n <= P+T
     return (np.moveaxis(got[:, :, got.shape[2] - n:], 2, 1), np.moveaxis(want, 2, 1),
             mask[:, mask.shape[1] - n:].astype(bool))
-
-
-class _Stats:
-    """Worst max-abs / max-rel diff per output over every comparison."""
-
-    def __init__(self) -> None:
-        self.outputs: dict[str, dict[str, float]] = {}
-        self.agree: list[bool] = []
-
-    def add(self, name: str, got: np.ndarray, want: np.ndarray) -> dict[str, float]:
-        got, want = got.astype(np.float64), want.astype(np.float64)
-        max_abs = float(np.max(np.abs(got - want))) if got.size else 0.0
-        if not np.all(np.isfinite(got)):
-            max_abs = float("inf")
-        scale = float(np.max(np.abs(want))) if want.size else 0.0
-        d = {"max_abs": max_abs, "max_rel": max_abs / scale if scale > 0 else max_abs}
-        old = self.outputs.setdefault(name, {"max_abs": 0.0, "max_rel": 0.0, "max_ref": 0.0})
-        old["max_abs"], old["max_rel"] = max(old["max_abs"], d["max_abs"]), max(old["max_rel"], d["max_rel"])
-        old["max_ref"] = max(old["max_ref"], scale)
-        return d
 
 
 def _window_note(base_dir, config: ValidationConfig) -> list[str]:
@@ -332,7 +321,7 @@ def _quant_report(quant: dict, ref: _Reference, ort: _OrtModel, folder: Path, ma
            "parity_graph": "MatMulNBits at accuracy_level 0 (fp32 activations)" if ort.exact_twin else "as shipped"}
     if not ort.exact_twin:
         return out
-    shipped, stats = _OrtModel(folder, manifest, config.threads), _Stats()
+    shipped, stats = _OrtModel(folder, manifest, config.threads), Stats()
     for mix, _ in _cases(manifest, config):
         _run_case(ref, shipped, mix, manifest, config, stats)
     logits = stats.outputs[LOGITS]
@@ -343,7 +332,7 @@ def _quant_report(quant: dict, ref: _Reference, ort: _OrtModel, folder: Path, ma
     return out
 
 
-def _fp64_report(stats64: _Stats, n_cases: int) -> dict:
+def _fp64_report(stats64: Stats, n_cases: int) -> dict:
     """ORT and the fp32 reference, each against the float64 reference (max abs logits diff)."""
     ort, torch32 = stats64.outputs["ort"], stats64.outputs["torch_fp32"]
     return {"cases": n_cases, "ort_vs_fp64": ort["max_abs"], "torch_fp32_vs_fp64": torch32["max_abs"],
@@ -351,22 +340,20 @@ def _fp64_report(stats64: _Stats, n_cases: int) -> dict:
             "logit_scale": ort["max_ref"]}
 
 
-def _report(stats: _Stats, cases: list, manifest: dict, config: ValidationConfig) -> dict:
+def _report(stats: Stats, cases: list, manifest: dict, config: ValidationConfig) -> dict:
     dtype = manifest["model"]["dtype"]
     logits = stats.outputs[LOGITS]
-    scale = max(1.0, logits["max_ref"])
-    measure = logits["max_abs"]
-    if dtype == "fp32":
-        tolerance, not_validated = config.tol_fp32 * scale, []
-    else:
-        tolerance = config.tol_fp16 * scale
+    rule = Tolerance(0.0, config.tol_fp32 if dtype == "fp32" else config.tol_fp16, min_scale=1.0)
+    not_validated = []
+    if dtype != "fp32":
         not_validated = [
             "fp16 arithmetic of GPU kernels: onnxruntime CPU runs ops that lack fp16 CPU kernels in fp32 "
             "between casts, so GPU/TensorRT fp16 accumulation is not reproduced here",
             "TensorRT engine build and run (TensorRT is not installable on this machine)"]
-    return {"passed": bool(np.isfinite(measure) and measure <= tolerance), "dtype": dtype,
+    return {"passed": rule.passed(logits["max_abs"], logits["max_ref"]), "dtype": dtype,
             "reference": REFERENCE_DTYPE.get(dtype, dtype),
-            "max_abs_logits": logits["max_abs"], "max_rel_logits": logits["max_rel"], "tolerance": tolerance,
+            "max_abs_logits": logits["max_abs"], "max_rel_logits": logits["max_rel"],
+            "tolerance": rule.bound(logits["max_ref"]),
             "logit_scale": logits["max_ref"],
             "argmax_agreement": float(np.mean(stats.agree)), "n_cases": len(cases),
             "steps_per_case": config.decode_steps + 1, "batch": len(config.prompt_lengths),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text  # noqa: F401  (re-exported: older imports)
+from .atomic import atomic_write_text
 from .errors import ConfigError
 
 FORMAT_VERSION = 1

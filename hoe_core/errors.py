@@ -34,3 +34,7 @@ class InputError(HoEError, ValueError):
 
 class BackendError(HoEError):
     """A backend or execution provider that is unknown or unavailable."""
+
+
+class ParityError(HoEError):
+    """An exported graph or backend that does not reproduce the PyTorch reference within tolerance."""

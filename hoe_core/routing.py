@@ -123,8 +123,13 @@ def route(
     anchors = np.asarray(anchors, dtype=np.float64)
     if anchors.ndim != 2 or anchors.shape[0] == 0:
         raise ConfigError(f"anchors must be a non-empty [K, m] array, got shape {anchors.shape}")
+    return route_normalised(validate_preference(preference, anchors.shape[1]), anchors, n_route)
+
+
+def route_normalised(pref: np.ndarray, anchors: np.ndarray, n_route: int | None = None) -> np.ndarray:
+    """`route` of a preference validate_preference already returned: pref [m], anchors [K, m] float64
+    -> router_mix [K] float64 (hoe.core.preference routes each validated row once through this)."""
     m = anchors.shape[1]
-    pref = validate_preference(preference, m)
     n = m if n_route is None else int(n_route)
     if n < 1:
         raise ConfigError(f"n_route must be >= 1, got {n}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from hoe.core.errors import InputError
-from hoe.core.routing import validate_preference
 
 from .config import GenerationConfig
 
@@ -21,13 +20,16 @@ class ChatSession:
         self.config = config if config is not None else model.default_config()
         self.system = system
         self.messages: list[dict] = []
-        self.preference = None
+        self.preference = None  # the active preference [m] normalised (None: plain base model)
+        self._routed = None  # the same, validated and routed once (hoe.core.preference.Routed)
         if model.router.enabled:
             self.set_preference(preference if preference is not None else model.router.uniform())
 
     def set_preference(self, preference) -> list[float]:
-        """Validate and activate a preference; returns it normalised."""
-        self.preference = validate_preference(preference, self.model.router.n_objectives).tolist()
+        """Validate, route and activate one preference (for the next replies); returns it normalised."""
+        routed = self.model.router.prepare(preference)
+        routed.for_batch(1)  # one preference for the conversation
+        self._routed, self.preference = routed, routed.rows[0].tolist()
         return self.preference
 
     def describe_preference(self) -> str:
@@ -51,7 +53,7 @@ class ChatSession:
             raise InputError(f"the conversation is {n_tokens} tokens, the model's context {self.model.context_length}"
                              f"; expected fewer: type /reset to start over (the history holds "
                              f"{len(self.messages) // 2} turns)")
-        for piece in self.model.stream(conversation, self.preference, self.config, chat=True):
+        for piece in self.model.stream(conversation, self._routed, self.config, chat=True):
             pieces.append(piece)
             yield piece
         self.messages += [{"role": "user", "content": user_text}, {"role": "assistant", "content": "".join(pieces)}]

@@ -88,48 +88,45 @@ def _config(model, args):
     return model.default_config(**_overrides(args))
 
 
-def _precheck(args, n_prompts: int, required: bool) -> None:
+def _precheck(args, n_prompts: int, required: bool):
     """What can be refused before the model is opened and hashed: the manifest's structure, sampling
-    options, backend options and the preference text (count and length against the objectives)."""
+    options, backend options and the preference text (count and length against the objectives).
+    -> the --preference validated and routed (hoe.core.preference.Routed), or None when not given."""
     from hoe.contract.folder import Manifest
+    from hoe.core.preference import PreferenceRouter
 
     from .backends import BackendConfig
     from .config import GenerationConfig
-    from .preference import PreferenceRouter
 
     manifest = Manifest(Path(args.folder), read_manifest(args.folder))
     manifest.check()
     GenerationConfig.from_defaults(manifest.generation, **_overrides(args))
     BackendConfig(name=args.backend, threads=args.threads)
-    preference = _preference(args, n_prompts)
-    if preference is not None or required:
-        PreferenceRouter.from_manifest(manifest).rows(preference, n_prompts)
+    preference = _preference(args)
+    if preference is None and not required:
+        return None
+    routed = PreferenceRouter.from_manifest(manifest).prepare(preference)
+    routed.for_batch(n_prompts, name="--preference")
+    return routed
 
 
-def _preference(args, n_prompts: int):
-    from .preference import parse_preference
+def _preference(args):
+    """--preference texts -> one vector (given once) or one row per given text."""
+    from hoe.core.preference import parse_preference
 
     if not args.preference:
         return None
     prefs = [parse_preference(p) for p in args.preference]
-    if len(prefs) == 1:
-        return prefs[0]
-    if len(prefs) != n_prompts:
-        from hoe.core.errors import PreferenceError
-
-        raise PreferenceError(f"give one --preference for all prompts or one per prompt ({n_prompts}), "
-                              f"got {len(prefs)}")
-    return prefs
+    return prefs[0] if len(prefs) == 1 else prefs
 
 
 def _generate(args) -> int:
-    _precheck(args, len(args.prompt), required=True)
+    preference = _precheck(args, len(args.prompt), required=True)
     model = load_model(args)
-    config, preference = _config(model, args), _preference(args, len(args.prompt))
+    config = _config(model, args)
     if args.stream:
-        prefs = preference if preference and isinstance(preference[0], list) else [preference] * len(args.prompt)
-        for prompt, pref in zip(args.prompt, prefs):
-            for piece in model.stream(prompt, pref, config, chat=args.chat):
+        for i, prompt in enumerate(args.prompt):
+            for piece in model.stream(prompt, preference.row(i), config, chat=args.chat):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
@@ -152,9 +149,9 @@ def _generate(args) -> int:
 def _chat(args) -> int:
     from .chat import ChatSession
 
-    _precheck(args, 1, required=False)
+    preference = _precheck(args, 1, required=False)
     model = load_model(args)
-    session = ChatSession(model, _preference(args, 1), _config(model, args), system=args.system)
+    session = ChatSession(model, preference, _config(model, args), system=args.system)
     print(f"chatting with {args.folder} ({model.describe()['backend']}); preference: "
           f"{session.describe_preference()}\n{_CHAT_HELP}", file=sys.stderr)
     return chat_loop(session, input, sys.stdout)
@@ -188,7 +185,7 @@ def chat_loop(session, read_line, out) -> int:
 
 def _command(session, line: str, out) -> bool:
     """Run one /command; True when the session should end."""
-    from .preference import parse_preference
+    from hoe.core.preference import parse_preference
 
     cmd, _, arg = line.partition(" ")
     if cmd in ("/quit", "/exit"):

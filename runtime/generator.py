@@ -37,8 +37,7 @@ class Generator:
         self.config = config if config is not None else model.default_config()
         if self.config.stop and model.tokenizer is None:
             raise InputError(f"stop strings {self.config.stop} need a tokenizer; this export has none")
-        self._preference = preference
-        model.router.rows(preference, model.router.n_rows(preference))  # validate early
+        self._routed = model.router.prepare(preference)  # validated and routed once
         self._prompts: list[list[int]] = []
         self._state = None
         self.timings = {"prefill_ms": 0.0, "decode_ms": 0.0, "decode_steps": 0}
@@ -58,9 +57,9 @@ class Generator:
 
     def set_preference(self, preference, rows=None) -> None:
         """New preference for all rows, or for `rows` (indices); used from the next forward pass on."""
+        routed = self.model.router.prepare(preference)
         if self._state is None and rows is None:
-            self._preference = preference
-            self.model.router.rows(preference, self.model.router.n_rows(preference))
+            self._routed = routed
             return
         if self._state is None:
             self._start()
@@ -68,7 +67,7 @@ class Generator:
         bad = [r for r in idx if not 0 <= r < self.batch]
         if bad:
             raise InputError(f"set_preference rows must be in [0, {self.batch}), got {bad}")
-        self.preferences[idx], self.router_mix[idx] = self.model.router.route(preference, len(idx))
+        self.preferences[idx], self.router_mix[idx] = routed.for_batch(len(idx))
 
     # -- stepping --------------------------------------------------------------------------------------
     def is_done(self) -> bool:
@@ -127,7 +126,7 @@ class Generator:
         m = self.model
         self._check_prompts()
         b = self.batch = len(self._prompts)
-        self.preferences, self.router_mix = m.router.route(self._preference, b)  # [B, m] float64, [B, K] float32
+        self.preferences, self.router_mix = self._routed.for_batch(b)  # [B, m] float64, [B, K] float32
         lengths = np.array([len(p) for p in self._prompts])
         width = int(lengths.max())
         self._pad = m.manifest.pad_token_id

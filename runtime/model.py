@@ -18,11 +18,11 @@ from pathlib import Path
 
 from hoe.contract.folder import Manifest
 from hoe.core.errors import InputError
+from hoe.core.preference import PreferenceRouter
 
 from .backends import BackendConfig, create_backend
 from .config import GenerationConfig
 from .generator import Generator
-from .preference import PreferenceRouter
 from .result import Result
 from .tokenizer import Tokenizer
 

@@ -41,8 +41,8 @@ class Row:
         if pref is None and router.enabled:
             pref = router.uniform()
         self.request = request
-        self.preference = router.rows(pref, 1)[0]  # [m] normalised
-        self.mix = router.mix(self.preference)  # [K] float32
+        rows, mix = router.route(pref, 1)
+        self.preference, self.mix = rows[0], mix[0]  # [m] normalised, [K] float32
         cfg = self.config = request.config
         if cfg.stop and model.tokenizer is None:
             raise InputError(f"stop strings {cfg.stop} need a tokenizer; this export has none")

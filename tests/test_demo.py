@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "train"))
+from hoe.cli.demo import DemoConfig, cached_export, run_demo  # noqa: E402
 from hoe.contract.manifest import FORMAT_VERSION, GRAPH_REVISION  # noqa: E402
-from hoe.core.demo import DemoConfig, cached_export, run_demo  # noqa: E402
 from hoe.core.errors import HoEError  # noqa: E402
 from tiny_chat import tiny_chat_hoe  # noqa: E402
 

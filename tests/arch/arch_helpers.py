@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "runtime"))  # runtime_helper
 
 def cli(argv: list[str]) -> tuple[int, str]:
     """`hoe ARGV` in process -> (exit code, stdout)."""
-    from hoe.core.cli import main
+    from hoe.cli.cli import main
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):

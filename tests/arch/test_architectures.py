@@ -113,7 +113,7 @@ def test_greedy_equals_peft(arch_run, name):
 
 def test_chat_template_missing_is_named(arch_run, capsys):
     """gemma3's case has no chat template: `--chat` is refused with a clear message, plain prompts work."""
-    from hoe.core.cli import main
+    from hoe.cli.cli import main
 
     run = arch_run("gemma3")
     assert not (run.out_dir / "chat_template.jinja").exists()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hoe.bench.latency import LatencyConfig, Sources, run_latency
 from hoe.bench.parity import ParityConfig, run_parity
-from hoe.core.cli import main
+from hoe.cli.cli import main
 
 SMALL = dict(batches=[1, 3], new_tokens=[1, 7], past=[0, 5], greedy_tokens=8)
 

@@ -12,8 +12,8 @@ from hoe.bench.merge import Merger, locate_weights, read_base_weights, read_init
 from hoe.contract.folder import Manifest
 from hoe.core.checkpoint import HoECheckpoint
 from hoe.core.loading import hoe_from_checkpoint, load_base
+from hoe.core.preference import PreferenceRouter
 from hoe.core.routers import constant_routers
-from hoe.runtime.preference import PreferenceRouter
 
 PROMPT = np.array([[5, 9, 3, 7, 22, 40, 11], [8, 14, 6, 12, 13, 3, 20]], dtype=np.int64)
 

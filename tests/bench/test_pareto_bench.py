@@ -18,8 +18,8 @@ from hoe.core.checkpoint import HoECheckpoint  # noqa: E402
 from hoe.core.generate import generate  # noqa: E402
 from hoe.core.loading import hoe_from_checkpoint, load_base  # noqa: E402
 from hoe.core.routing import simplex_grid  # noqa: E402
-from hoe.core.train.data import ChatCodec  # noqa: E402
-from hoe.core.train.lm import left_pad  # noqa: E402
+from hoe.train.data import ChatCodec  # noqa: E402
+from hoe.train.lm import left_pad  # noqa: E402
 from tiny_chat import tiny_chat_hoe, write_prompts  # noqa: E402
 
 OBJECTIVES = ["char:a", "char:e", "concise"]
@@ -54,7 +54,7 @@ def test_single_stream_decode_equals_reference_generate(tiny):
 
 def naive_mod(model, prompt, lams, tensors, steps, eos):
     """Full recompute each step (no cache): argmax Σ λ_e log softmax(logits_e)."""
-    from hoe.core.train.lm import forward_logits, positions
+    from hoe.train.lm import forward_logits, positions
 
     seq = list(prompt)
     out = []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hoe.bench import pareto_stats as ps
 from hoe.core.errors import ConfigError
-from hoe.core.train.recipe import default_out
+from hoe.train.recipe import default_out
 
 
 def test_resampling_is_seeded_and_with_replacement():
@@ -119,7 +119,7 @@ def test_committed_pareto_json_is_consistent_with_its_per_prompt_rewards():
 
 def test_pareto_cli_flags_override_the_defaults_only_when_given():
     from hoe.bench.pareto import ParetoConfig, config_from_args
-    from hoe.core.cli import build_parser
+    from hoe.cli.cli import build_parser
 
     args = build_parser().parse_args(["bench", "pareto", "--n-prompts", "3", "--bootstrap", "50", "--work", "w"])
     cfg = config_from_args(args)

@@ -7,14 +7,14 @@ ill-conditioned prefill case is settled against the float64 reference (bench/par
 import json
 
 import pytest
-from hoe.core.cli import main
+from hoe.cli.cli import main
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def embedded_export():
-    from hoe.core.demo import DemoConfig, cached_export, resolve
+    from hoe.cli.demo import DemoConfig, cached_export, resolve
 
     base, ckpt, root = resolve(DemoConfig())
     return cached_export(base, ckpt, root)

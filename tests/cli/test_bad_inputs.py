@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hoe.core.cli import main
+from hoe.cli.cli import main
 from hoe.core.errors import HoEError
 
 GEN = ["--threads", "1", "--max-new-tokens", "2"]

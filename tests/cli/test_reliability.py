@@ -7,8 +7,8 @@ import stat
 
 import numpy as np
 import pytest
+from hoe.cli.cli import main
 from hoe.contract import manifest as mf
-from hoe.core.cli import main
 from hoe.core.errors import CheckpointError
 
 
@@ -232,8 +232,8 @@ def test_chat_past_the_context_says_reset(world):
 @pytest.mark.parametrize("text, expected", [("1 0 0", [1, 0, 0]), ("1e308,1e308,0", [0.5, 0.5, 0]),
                                             (" 0.2, 0.5 ,0.3 ", [0.2, 0.5, 0.3])])
 def test_preference_text_reads_as_meant(text, expected):
+    from hoe.core.preference import parse_preference
     from hoe.core.routing import validate_preference
-    from hoe.runtime.preference import parse_preference
 
     assert validate_preference(parse_preference(text), 3) == pytest.approx(expected)
 
@@ -270,7 +270,7 @@ def test_cheap_checks_come_before_loading(world, monkeypatch, capsys):
 
 def test_garbage_preference_rows_stay_ours(world):
     from hoe.core.errors import PreferenceError
-    from hoe.runtime.preference import PreferenceRouter
+    from hoe.core.preference import PreferenceRouter
 
     router = PreferenceRouter(["a", "b"], [[1, 0], [0, 1]], 2)
     for bad in ([[1, 0], [1]], [["x", 1]], [None, 1], {"a": 1}):
@@ -319,7 +319,7 @@ def test_a_real_process_prints_one_line_and_exits_2(world, argv):
     import sys
 
     args = [a.replace("{out}", world.path("out")) for a in argv]
-    proc = subprocess.run([sys.executable, "-m", "hoe.core.cli", *args], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "hoe.cli.cli", *args], capture_output=True, text=True, timeout=300)
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert len(errors) == 1 and errors[0].startswith(f"hoe {argv[0]}: error: "), proc.stderr

@@ -127,7 +127,7 @@ def test_assemble_cli_from_peft(tmp_path):
     base = tiny_model("mistral")
     base.save_pretrained(tmp_path / "base")
     adapters = [str(peft_adapter(base, tmp_path / f"a{i}", seed=i)) for i in range(2)]
-    cmd = [sys.executable, "-m", "hoe.core.cli", "assemble", "--base", str(tmp_path / "base"), "--peft", *adapters,
+    cmd = [sys.executable, "-m", "hoe.cli.cli", "assemble", "--base", str(tmp_path / "base"), "--peft", *adapters,
            "--objectives", "helpful,concise", "--out", str(tmp_path / "ckpt")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -146,7 +146,7 @@ def test_assemble_cli_from_finetuned(tmp_path):
         with torch.no_grad():
             tuned.model.layers[0].mlp.up_proj.weight.add_(0.05 * torch.randn(48, 32))
         tuned.save_pretrained(tmp_path / f"ft{i}")
-    cmd = [sys.executable, "-m", "hoe.core.cli", "assemble", "--base", str(tmp_path / "base"), "--finetuned",
+    cmd = [sys.executable, "-m", "hoe.cli.cli", "assemble", "--base", str(tmp_path / "base"), "--finetuned",
            str(tmp_path / "ft0"), str(tmp_path / "ft1"), "--rank", "8", "--objectives", "a,b", "--out",
            str(tmp_path / "ckpt")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

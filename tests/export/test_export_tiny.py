@@ -152,7 +152,7 @@ def test_swap_experts_without_reexport(tiny_export, tmp_path):
     report = validate_export(folder, base_dir, ckpt_dir, ValidationConfig(threads=1, decode_steps=5))
     assert report["passed"] and report["max_abs_logits"] < 1e-4, report["max_abs_logits"]
     # the CLI, with E, r and K all different, and its own parity check
-    from hoe.core.cli import main
+    from hoe.cli.cli import main
 
     ckpt_dir = random_hoe_checkpoint(base, n_experts=2, rank=3, seed=2).save(tmp_path / "c2")
     assert main(["swap-experts", str(folder), str(ckpt_dir), "--validate", "--base", str(base_dir),
@@ -216,7 +216,7 @@ def test_fp16_fused_export(tmp_path, tiny_folders):
 
 def test_export_base_without_experts(tiny_export, tmp_path, capsys):
     """`hoe export --no-experts` (export_base): the same graph without router_mix and expert inputs."""
-    from hoe.core.cli import main
+    from hoe.cli.cli import main
     from hoe.export.trt_ops import check_model
 
     base_dir, ckpt_dir, _, _ = tiny_export("llama")
@@ -275,7 +275,7 @@ def test_refuses_bad_config():
 
 def test_failed_validation_leaves_out_dir_untouched(tmp_path, monkeypatch, tiny_folders):
     """A parity failure raises ParityError (CLI: exit 1) and keeps the folder aside as OUT.failed."""
-    from hoe.core.cli import main
+    from hoe.cli.cli import main
     from hoe.export import validate
 
     class Strict(validate.ValidationConfig):

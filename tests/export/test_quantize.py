@@ -62,7 +62,7 @@ def test_config_refusals():
 
 
 def test_cli_refuses_before_work(tmp_path, capsys):
-    from hoe.core.cli import main
+    from hoe.cli.cli import main
 
     code = main(["export", "--base", str(tmp_path), "--hoe", str(tmp_path), "--out", str(tmp_path / "o"),
                  "--weights", "int8", "--target", "tensorrt"])

@@ -6,7 +6,7 @@ import shutil
 
 import hoe.runtime as hr
 import pytest
-from hoe.core.cli import main
+from hoe.cli.cli import main
 from hoe.core.errors import BackendError, CheckpointError, InputError
 from hoe.runtime.chat import ChatSession
 from hoe.runtime.cli import chat_loop

@@ -11,7 +11,7 @@ import json, sys, io, contextlib
 for name in ("torch", "transformers", "onnx", "onnxscript", "peft"):
     sys.modules[name] = None  # any import of them now raises ImportError
 import hoe.runtime as hr
-from hoe.core.cli import main
+from hoe.cli.cli import main
 folder = sys.argv[1]
 model = hr.load(folder, threads=1)
 [r] = model.generate([[5, 9, 3, 7]], [0.2, 0.5, 0.3], hr.GenerationConfig(max_new_tokens=8, ignore_eos=True))

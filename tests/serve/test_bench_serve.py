@@ -4,7 +4,7 @@ JSON and plot come out (speed is measured by the benchmark, never asserted here)
 import json
 
 from hoe.bench.serving import ServeBenchConfig, plot, run, table
-from hoe.core.cli import main
+from hoe.cli.cli import main
 
 
 def test_bench_serve_counts_every_token(llama_folder, tmp_path):

@@ -13,7 +13,7 @@ SCRIPT = r"""
 import sys
 for name in ("torch", "transformers", "onnx", "onnxscript", "peft"):
     sys.modules[name] = None  # any import of them now raises ImportError
-from hoe.core.cli import main
+from hoe.cli.cli import main
 sys.exit(main(["serve", *sys.argv[1:]]))
 """
 

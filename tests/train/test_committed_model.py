@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 from hoe.core.checkpoint import HoECheckpoint
-from hoe.core.train.data import default_prompts, load_prompts
-from hoe.core.train.recipe import default_out
+from hoe.train.data import default_prompts, load_prompts
+from hoe.train.recipe import default_out
 
 MODEL = default_out()
 FILES = ("hoe.json", "experts.safetensors", "routers.safetensors")
@@ -53,8 +53,8 @@ def test_card_of_the_committed_model_renders_with_the_current_code(tmp_path):
     reward normalisation) and the card (as `hoe bench pareto` refreshes it) still renders, old pareto.json too."""
     import shutil
 
-    from hoe.core.train.card import write_card
-    from hoe.core.train.config import RecipeConfig
+    from hoe.train.card import write_card
+    from hoe.train.config import RecipeConfig
 
     for name in ("training.json", "pareto.json"):
         shutil.copy(MODEL / name, tmp_path / name)

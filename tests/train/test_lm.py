@@ -4,9 +4,9 @@ import pytest
 import torch
 from hoe.core.checkpoint import HoECheckpoint
 from hoe.core.loading import hoe_from_checkpoint, load_base
-from hoe.core.train.data import ChatCodec
-from hoe.core.train.lm import answer_logprobs, grouped_answer_logprobs
-from hoe.core.train.routers import router_params
+from hoe.train.data import ChatCodec
+from hoe.train.lm import answer_logprobs, grouped_answer_logprobs
+from hoe.train.routers import router_params
 from tiny_chat import tiny_chat_hoe
 
 

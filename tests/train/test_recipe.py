@@ -10,10 +10,10 @@ from hoe.core.errors import ConfigError
 from hoe.core.loading import load_base, load_hoe
 from hoe.core.objectives import make_objectives, score_all
 from hoe.core.routing import route
-from hoe.core.train.config import ExpertConfig, RecipeConfig, RouterConfig, SampleConfig
-from hoe.core.train.data import ChatCodec
-from hoe.core.train.recipe import train_experts, train_routers
-from hoe.core.train.sampling import sample
+from hoe.train.config import ExpertConfig, RecipeConfig, RouterConfig, SampleConfig
+from hoe.train.data import ChatCodec
+from hoe.train.recipe import train_experts, train_routers
+from hoe.train.sampling import sample
 from tiny_chat import tiny_chat_model, write_prompts
 
 OBJECTIVES = ["char:a", "char:e"]
@@ -101,8 +101,8 @@ def test_router_stage_resumes_mid_stage_on_a_fresh_machine(trained, tmp_path, mo
     resume_files (no samples, adapters, nor the ORT export): same routers and log as the uninterrupted run."""
     import shutil
 
-    import hoe.core.train.routers as routers_mod
-    from hoe.core.train.state import RunState, resume_files
+    import hoe.train.routers as routers_mod
+    from hoe.train.state import RunState, resume_files
 
     cfg, tmp, _, full = trained
     full_log = _without_timing(RunState(tmp / "work", cfg).records("routers"))

@@ -10,10 +10,10 @@ import pytest
 import torch
 from hoe.core.checkpoint import HoECheckpoint
 from hoe.core.loading import hoe_from_checkpoint, load_base
-from hoe.core.train.data import ChatCodec
-from hoe.core.train.lm import answer_logprobs
-from hoe.core.train.rollout import OrtRollouts, TorchRollouts
 from hoe.export.onnx_export import ExportConfig, export
+from hoe.train.data import ChatCodec
+from hoe.train.lm import answer_logprobs
+from hoe.train.rollout import OrtRollouts, TorchRollouts
 from tiny_chat import tiny_chat_hoe
 
 PROMPTS = ["say hello", "what is rain today", "name a colour"]

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hoe.core import names
+from hoe.core.model import HoEModel
+from hoe.core.objectives import Objective, score_all
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from .. import names
-from ..model import HoEModel
-from ..objectives import Objective, score_all
 from .config import RouterConfig
 from .data import ChatCodec
 from .lm import grouped_answer_logprobs

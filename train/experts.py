@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hoe.core.atomic import atomic_write_text, staged_folder
+from hoe.core.objectives import Objective, score_all
 from tqdm import tqdm
 
-from ..atomic import atomic_write_text, staged_folder
-from ..objectives import Objective, score_all
 from .config import ExpertConfig, SampleConfig
 from .data import ChatCodec, sentence_prefixes
 from .lm import answer_logprobs

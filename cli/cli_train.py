@@ -36,7 +36,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args):
-    from .train.config import RecipeConfig
+    from hoe.train.config import RecipeConfig
 
     data = json.loads(open(args.config, encoding="utf-8").read()) if args.config else {}
     cfg = RecipeConfig.from_dict(data)
@@ -49,7 +49,7 @@ def build_config(args):
 
 
 def _run(args) -> int:
-    from .train.recipe import default_out, default_work, seed_experts, train_experts, train_routers
+    from hoe.train.recipe import default_out, default_work, seed_experts, train_experts, train_routers
 
     cfg = build_config(args)
     work = args.work or default_work()

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import staged_folder
-from .config import JsonConfig
-from .errors import HoEError
+from hoe.core.atomic import staged_folder
+from hoe.core.config import JsonConfig
+from hoe.core.errors import HoEError
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,8 @@ def cached_export(base_dir: Path, ckpt_dir: Path, root: Path, exporter=None) -> 
 
 
 def resolve(cfg: DemoConfig) -> tuple[Path, Path, Path]:
-    from .smollm2 import cache_dir, prepare_base
-    from .train.recipe import default_out
+    from hoe.core.smollm2 import cache_dir, prepare_base
+    from hoe.train.recipe import default_out
 
     base = Path(cfg.base) if cfg.base else prepare_base()
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else default_out()
@@ -104,14 +104,14 @@ def torch_decode_ms(base_dir: Path, ckpt_dir: Path, prompt_ids: list[int], prefe
     """PyTorch reference: ms per decode step (prefill excluded), batch 1, greedy, no EOS stop."""
     import numpy as np
     import torch
-
-    from .generate import generate
-    from .loading import load_hoe
-    from .routing import route_batch
+    from hoe.core.generate import generate
+    from hoe.core.loading import load_hoe
+    from hoe.core.preference import PreferenceRouter
 
     torch.set_num_threads(threads)
     model = load_hoe(base_dir, ckpt_dir)
-    mix = torch.from_numpy(route_batch([preference], model.config.anchors, model.config.n_route))  # [1, K]
+    cfg = model.config
+    mix = torch.from_numpy(PreferenceRouter(cfg.objectives, cfg.anchors, cfg.n_route).route(preference, 1)[1])  # [1, K]
     ids = torch.tensor([prompt_ids])
     mask = torch.ones_like(ids)
     generate(model, ids, mask, mix, 2)  # warm-up
@@ -128,8 +128,7 @@ def torch_decode_ms(base_dir: Path, ckpt_dir: Path, prompt_ids: list[int], prefe
 def run_demo(cfg: DemoConfig, exporter=None, echo=print) -> dict:
     """Print the demo and return what it printed as data."""
     import hoe.runtime as hr
-
-    from .objectives import make_objectives, score_all
+    from hoe.core.objectives import make_objectives, score_all
 
     t_start = time.perf_counter()
     base_dir, ckpt_dir, root = resolve(cfg)

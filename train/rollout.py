@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hoe.core import names
+from hoe.core.errors import ConfigError
 
-from .. import names
-from ..errors import ConfigError
 from .sampling import Samples, sample
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,8 @@ class OrtRollouts:
 
     def __init__(self, folder: str | Path, threads: int = 1) -> None:
         from hoe.contract.folder import Manifest
+        from hoe.core.packing import SiteGroup
         from hoe.runtime.backends import BackendConfig, create_backend
-
-        from ..packing import SiteGroup
 
         self.manifest = Manifest.load(folder, verify=True)
         if not self.manifest.hoe_enabled:
@@ -69,8 +68,7 @@ class OrtRollouts:
     def set_routers(self, tensors: dict[str, torch.Tensor]) -> None:
         """Current checkpoint tensors (canonical names, experts + routers) -> the graph's router inputs."""
         import onnxruntime as ort
-
-        from ..packing import pack
+        from hoe.core.packing import pack
 
         arrays = {k: v.detach().float().cpu().numpy() for k, v in tensors.items()
                   if k.startswith((names.EXPERTS_PREFIX, names.ROUTERS_PREFIX))}

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import JsonConfig, atomic_write_text
-from ..errors import ConfigError
-from ..objectives import DEFAULT_OBJECTIVES
+from hoe.core.atomic import atomic_write_text
+from hoe.core.config import JsonConfig
+from hoe.core.errors import ConfigError
+from hoe.core.objectives import DEFAULT_OBJECTIVES
 
 
 @dataclass
@@ -97,7 +98,7 @@ class RecipeConfig:
     @property
     def trained_anchors(self) -> list[list[float]]:
         """The interior anchors whose routers are trained (the vertices keep constant routers)."""
-        from ..routing import covering_anchors
+        from hoe.core.routing import covering_anchors
 
         return self.router.anchors or covering_anchors(len(self.objectives), self.router.anchor_steps)
 

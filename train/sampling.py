@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from hoe.core.generate import sample_next
 
-from ..generate import sample_next
 from .lm import forward_logits, left_pad, positions
 
 

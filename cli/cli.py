@@ -11,11 +11,12 @@ import argparse
 import importlib
 import sys
 
+from hoe.core.errors import HoEError
+
 from . import verbosity
-from .errors import HoEError
 
 # Modules that contribute subcommands (those not installed or not present are skipped).
-CLI_MODULES = ("hoe.core.cli_assemble", "hoe.core.cli_train", "hoe.core.cli_demo", "hoe.export.cli",
+CLI_MODULES = ("hoe.cli.cli_assemble", "hoe.cli.cli_train", "hoe.cli.cli_demo", "hoe.export.cli",
                "hoe.runtime.trt_cli", "hoe.runtime.cli", "hoe.serve.cli", "hoe.bench.cli")
 VERBOSE_HELP = "every detail on stderr: our debug log, the libraries' INFO lines, warnings and progress bars"
 
@@ -41,7 +42,8 @@ def _add_verbose(subparsers) -> None:
 
 
 def register_modules(subparsers, module_names) -> None:
-    """Let each module that exists add its subcommands (`module.register(subparsers)`)."""
+    """Let each module that exists add its subcommands (`module.register(subparsers)`); a module with
+    SUBCOMMAND_MODULES (e.g. hoe.bench.cli) returns the subparsers those modules add theirs to."""
     for name in module_names:
         try:
             module = importlib.import_module(name)
@@ -49,7 +51,9 @@ def register_modules(subparsers, module_names) -> None:
             if e.name != name:
                 raise
             continue
-        module.register(subparsers)
+        nested = module.register(subparsers)
+        if getattr(module, "SUBCOMMAND_MODULES", None):
+            register_modules(nested, module.SUBCOMMAND_MODULES)
 
 
 def main(argv: list[str] | None = None) -> int:

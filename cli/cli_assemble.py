@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 
 def _assemble(args) -> int:
-    from .assemble import assemble
+    from hoe.core.assemble import assemble
 
     out = assemble(args.base, args.objectives, args.out, peft=args.peft, finetuned=args.finetuned,
                    rank=args.rank, force=args.force)
@@ -45,7 +45,7 @@ def _assemble(args) -> int:
 
 
 def _convert_gguf(args) -> int:
-    from .gguf import convert_gguf
+    from hoe.core.gguf import convert_gguf
 
     out = convert_gguf(args.gguf_file, args.out_dir, force=args.force)
     print(f"wrote Hugging Face base folder {out}")

@@ -19,8 +19,7 @@ different spreads (conciseness varies far more than relevance), decides which ob
 from __future__ import annotations
 
 import numpy as np
-
-from ..errors import ConfigError
+from hoe.core.errors import ConfigError
 
 
 def tchebycheff(lam, rewards, z_star) -> float:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import atomic_write_text
-from ..objectives import _BUILDERS, CharFrequency
+from hoe.core.atomic import atomic_write_text
+from hoe.core.objectives import _BUILDERS, CharFrequency
+
 from .config import RecipeConfig
 from .tchebycheff import tchebycheff
 

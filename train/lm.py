@@ -8,9 +8,8 @@ through its inner causal LM so that `logits_to_keep` can skip the LM head on pos
 from __future__ import annotations
 
 import torch
-
-from ..model import HoEModel, cache_kwarg, output_cache
-from ..positions import positions
+from hoe.core.model import HoEModel, cache_kwarg, output_cache
+from hoe.core.positions import positions
 
 
 def _inner_hf(model):

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from ..errors import ConfigError, InputError
+from hoe.core.errors import ConfigError, InputError
 
 
 def package_folder(package: str) -> Path:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hoe.core.atomic import atomic_write_text
+from hoe.core.checkpoint import HoECheckpoint
+from hoe.core.errors import ConfigError
+from hoe.core.objectives import make_objectives
 
-from ..checkpoint import HoECheckpoint
-from ..config import atomic_write_text
-from ..errors import ConfigError
-from ..objectives import make_objectives
 from .config import RecipeConfig
 from .data import ChatCodec, default_prompts, load_prompts, package_folder
 from .state import RunState
@@ -34,7 +34,7 @@ EXPERTS_CKPT = "experts_ckpt"
 
 
 def default_work() -> Path:
-    from ..smollm2 import cache_dir
+    from hoe.core.smollm2 import cache_dir
 
     return cache_dir() / "train" / "smollm2-hoe"
 
@@ -46,7 +46,7 @@ def default_out() -> Path:
 def base_dir(cfg: RecipeConfig) -> Path:
     if cfg.base:
         return Path(cfg.base)
-    from ..smollm2 import prepare_base
+    from hoe.core.smollm2 import prepare_base
 
     return prepare_base()
 
@@ -69,9 +69,10 @@ class Timer:
 
 def train_experts(cfg: RecipeConfig, work: str | Path) -> Path:
     """Stages sample, score, expert:<name>..., assemble. -> WORK/experts_ckpt"""
-    from ..assemble import build_checkpoint
-    from ..experts import experts_from_peft
-    from ..loading import load_base
+    from hoe.core.assemble import build_checkpoint
+    from hoe.core.experts import experts_from_peft
+    from hoe.core.loading import load_base
+
     from .experts import best_of_n, reward_summary, sample_answers, save_json, score_candidates, sft_adapter
 
     run = RunState(work, cfg)
@@ -110,10 +111,10 @@ def train_experts(cfg: RecipeConfig, work: str | Path) -> Path:
 
 def router_setup(base, experts_ckpt: HoECheckpoint, cfg: RecipeConfig):
     """HoE model with vertex anchors (constant routers) + the trained anchors (routers to train)."""
-    from ..assemble import in_features
-    from ..config import HoEConfig
-    from ..model import HoEModel
-    from ..routers import constant_routers, trainable_routers, vertex_anchors
+    from hoe.core.assemble import in_features
+    from hoe.core.config import HoEConfig
+    from hoe.core.model import HoEModel
+    from hoe.core.routers import constant_routers, trainable_routers, vertex_anchors
 
     ec = experts_ckpt.config
     anchors = vertex_anchors(ec.n_objectives) + cfg.trained_anchors
@@ -169,7 +170,8 @@ ROLLOUT_EXPORT = "rollout_export"
 def train_routers(cfg: RecipeConfig, work: str | Path, out: str | Path, force: bool = True) -> Path:
     """Stages rollout_export (ORT rollouts only) and routers (every trained anchor), then the fp16 checkpoint,
     curves and card in OUT."""
-    from ..loading import load_base
+    from hoe.core.loading import load_base
+
     from .rollout import make_rollouts
     from .routers import train_anchors
 

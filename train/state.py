@@ -16,8 +16,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..config import atomic_write_text
-from ..errors import ConfigError
+from hoe.core.atomic import atomic_write_text
+from hoe.core.errors import ConfigError
+
 from .config import RecipeConfig
 
 log = logging.getLogger(__name__)
