@@ -174,8 +174,8 @@ def test_router_training_raises_the_worst_off_reward(tmp_path, trained):
 def test_routers_start_from_a_trained_checkpoint(trained, tmp_path):
     """`hoe train routers --experts-from OUT`: the experts and ideal point of a checkpoint this recipe wrote,
     in fp32 whatever the checkpoint stores; a checkpoint of another recipe is refused."""
-    from hoe.core.train.recipe import EXPERTS_CKPT, seed_experts
-    from hoe.core.train.state import RunState
+    from hoe.train.recipe import EXPERTS_CKPT, seed_experts
+    from hoe.train.state import RunState
 
     cfg, tmp, _, out = trained
     ckpt = seed_experts(cfg, tmp_path / "work", out)
