@@ -185,6 +185,12 @@ def evaluate(cfg) -> dict:
     static_tag, hoe_tag = tensors_key(static), tensors_key(model.named_tensors())
     flat = runner.single("static", model, p_ids, p_mix, tensors=static, tag=static_tag)
     answers["static"] = [flat[i * n:(i + 1) * n] for i in range(len(grid))]
+    # the systems that depend only on the experts first (cached across router checkpoints), HoE last
+    vertices = [i for i, p in enumerate(grid) if max(p) == 1.0]
+    mixed = [i for i in range(len(grid)) if i not in vertices]
+    answers["mod"] = list(answers["static"])  # at a vertex MOD is the expert alone
+    for i, texts in zip(mixed, runner.mod(model, ids, [grid[i] for i in mixed], static, cfg.mod_chunk, static_tag)):
+        answers["mod"][i] = texts
     hoe_mix = [route(p, hc.anchors, hc.n_route) for p in grid]
     own = [i for i, mx in enumerate(hoe_mix) if trained_weight(mx, m) > 1e-9]
     answers["hoe"] = list(answers["static"])
@@ -193,11 +199,6 @@ def evaluate(cfg) -> dict:
         flat = runner.single("hoe", model, p_ids, p_mix, tag=hoe_tag)
         for k, i in enumerate(own):
             answers["hoe"][i] = flat[k * n:(k + 1) * n]
-    vertices = [i for i, p in enumerate(grid) if max(p) == 1.0]
-    mixed = [i for i in range(len(grid)) if i not in vertices]
-    answers["mod"] = list(answers["static"])  # at a vertex MOD is the expert alone
-    for i, texts in zip(mixed, runner.mod(model, ids, [grid[i] for i in mixed], static, cfg.mod_chunk, static_tag)):
-        answers["mod"][i] = texts
 
     per_prompt = {name: rounded([score_all(objectives, prompts, t) for t in rows]) for name, rows in answers.items()}
     return report(cfg, hc, grid, per_prompt, answers, prompts, own, vertices, runner.seconds)
