@@ -9,7 +9,8 @@ re-merging every module and building a new session; `Merger.remerge` times both 
 
 The exporter may store a linear's weight under an anonymous name and transposed ([in, out], folded by
 the ONNX optimiser), so adapted weights are found by content: each module's W_pre (from the Hugging Face
-base folder) is matched byte for byte against the graph's 2-D initializers, as stored or transposed.
+base folder) is matched byte for byte against the graph's 2-D initializers, as stored or transposed, or as a
+column block of a packed projection's Wᵀ [in, Σout] (export/projections.py: q/k/v and gate/up share one).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Slot:
 
     initializer: str
     transposed: bool  # True: stored as Wᵀ [in, out]
+    columns: tuple[int, int] | None = None  # packed projection: Wᵀ is initializer[:, start:stop]
 
 
 def read_initializers(onnx_path: str | Path, ndim: int = 2) -> dict[str, np.ndarray]:
@@ -74,12 +76,26 @@ def locate_weights(initializers: dict[str, np.ndarray], base_weights: dict[str, 
     slots = {}
     for module, w in base_weights.items():
         found = [(n, False) for n in index.get(_digest(w), [])] + [(n, True) for n in index.get(_digest(w.T), [])]
+        found = found or _packed_blocks(initializers, w)
         if len(found) != 1:
             raise CheckpointError(
                 f"{module}: expected exactly one initializer of the base graph equal to its weight {list(w.shape)} "
                 f"(as stored or transposed), found {len(found)}: {[n for n, _ in found][:4]}")
         slots[module] = Slot(*found[0])
     return slots
+
+
+def _packed_blocks(initializers: dict[str, np.ndarray], w: np.ndarray) -> list[tuple[str, bool, tuple[int, int]]]:
+    """(name, True, (start, stop)) for every initializer [in, N > out] holding Wᵀ [in, out] as a column block."""
+    wt = w.T
+    found = []
+    for name, arr in initializers.items():
+        if arr.shape[0] != wt.shape[0] or arr.shape[1] <= wt.shape[1] or arr.dtype != wt.dtype:
+            continue
+        starts = np.flatnonzero((arr[:, :arr.shape[1] - wt.shape[1] + 1] == wt[:, :1]).all(axis=0))
+        found += [(name, True, (int(c), int(c) + wt.shape[1])) for c in starts
+                  if np.array_equal(arr[:, c:c + wt.shape[1]], wt)]
+    return found
 
 
 def read_base_weights(base_dir: str | Path, modules: list[str]) -> dict[str, np.ndarray]:
@@ -110,7 +126,8 @@ class Merger:
                  expert_prefs: list[list[float]]) -> None:
         self.slots = slots
         self.expert_prefs = np.asarray(expert_prefs, dtype=np.float64)  # [E, m]
-        self.w_pre = {m: initializers[s.initializer] for m, s in slots.items()}  # as stored in the graph
+        self.stored = {s.initializer: initializers[s.initializer] for s in slots.values()}
+        self.w_pre = {m: self._block(self.stored[s.initializer], s) for m, s in slots.items()}  # as stored
         self.factors = {m: self._stored_factors(m, experts) for m in slots}
 
     def _stored_factors(self, module: str, experts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,10 +155,17 @@ class Merger:
         out = {}
         for module, (left, right, scaling) in self.factors.items():
             g = np.repeat(w * scaling, left.shape[1] // len(scaling))  # [E·r]
-            w_pre = self.w_pre[module]
+            slot, w_pre = self.slots[module], self.w_pre[module]
             delta = (left * g[None, :]) @ right  # stored orientation, like w_pre
-            out[self.slots[module].initializer] = w_pre + delta.astype(w_pre.dtype, copy=False)
+            if slot.initializer not in out:
+                out[slot.initializer] = self.stored[slot.initializer].copy()
+            self._block(out[slot.initializer], slot)[...] = w_pre + delta.astype(w_pre.dtype, copy=False)
         return out
+
+    @staticmethod
+    def _block(stored: np.ndarray, slot: Slot) -> np.ndarray:
+        """The module's part of a stored initializer (a view)."""
+        return stored if slot.columns is None else stored[:, slot.columns[0]:slot.columns[1]]
 
 
 class MergedOrtBackend(OrtBackend):

@@ -24,6 +24,14 @@ import onnx_ir as ir
 log = logging.getLogger(__name__)
 
 
+PACKED_LINEARS = "hoe.packed_linears"  # Value.meta key: how many linears a packed weight holds
+
+
+def packed_linears(weight: ir.Value) -> int:
+    """How many model linears a MatMul weight holds (1 unless packed here)."""
+    return int(weight.meta.get(PACKED_LINEARS, 1))
+
+
 def pack_projections(model: ir.Model) -> int:
     """Pack every group of ≥ 2 linears reading one tensor (module docstring), in place. -> groups packed."""
     readers: dict[int, list[tuple[ir.Node, np.ndarray, ir.Node | None]]] = {}
@@ -87,6 +95,7 @@ def _pack(graph: ir.Graph, group: list[tuple[ir.Node, np.ndarray, ir.Node | None
     first, x = group[0][0], group[0][0].inputs[0]
     name = _common_name([_source(n.inputs[1]).name or n.name for n, _, _ in group])
     weight = _initializer(graph, f"{name}packed_weight", np.concatenate([w for _, w, _ in group], axis=1))
+    weight.meta[PACKED_LINEARS] = len(group)
     nodes = [ir.Node("", "MatMul", [x, weight], name=f"{name}packed_matmul")]
     y = nodes[-1].outputs[0]
     if group[0][2] is not None:

@@ -39,6 +39,8 @@ import numpy as np
 from hoe.core.config import JsonConfig
 from hoe.core.errors import ConfigError
 
+from .projections import packed_linears
+
 log = logging.getLogger(__name__)
 
 WEIGHTS = ("fp32", "fp16", "int8", "int4")
@@ -268,7 +270,7 @@ class _GraphQuantizer:
         else:
             q = quantize_blocks(w.const_value.numpy(), self.cfg.bits, self.cfg.block_size, self.cfg.symmetric)
             self._dq_uses(w, q, axis=0)
-        self.report["linear"] += 1
+        self.report["linear"] += packed_linears(w)  # a packed projection holds several (projections.py)
 
     def _lm_head(self, node, table) -> None:
         if self.tcfg.weights == "fp16":

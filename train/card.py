@@ -123,7 +123,7 @@ def write_card(out: Path, cfg: RecipeConfig, summary: dict) -> Path:
         "hoe train all            # = hoe train experts && hoe train routers (resumable)",
         "hoe bench pareto         # held-out Pareto evaluation -> pareto.json / pareto.png", "```", "",
         "## Training time (2-core CPU, shared)", "", "| stage | seconds |", "|---|---|",
-        *[f"| {k} | {v:.0f} |" for k, v in secs.items()], f"| **total** | **{summary['total_seconds']:.0f}** |", "",
+        *_time_rows(summary, secs), "",
         "## Rewards during training", "",
         f"Base samples, mean reward: {_fmt(best['base_mean'])}; best-of-n candidate mean: "
         f"{_fmt(best['best_of_n_mean'])} ({', '.join(cfg.objectives)}).",
@@ -151,3 +151,15 @@ def write_card(out: Path, cfg: RecipeConfig, summary: dict) -> Path:
     path = out / "MODEL_CARD.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _time_rows(summary: dict, secs: dict) -> list[str]:
+    """Stage rows and the total; experts reused with `--experts-from` are listed with their own run's times."""
+    reused = summary.get("experts_from") or {}
+    earlier = reused.get("seconds", {})
+    rows = [f"| {k} (run of the reused experts, `--experts-from {reused['checkpoint']}`) | {v:.0f} |"
+            for k, v in earlier.items()]
+    rows += [f"| {k} | {v:.0f} |" for k, v in secs.items()]
+    total = summary["total_seconds"] + sum(earlier.values())
+    return rows + [f"| **total{' of the whole recipe' if earlier else ''}** | **{total:.0f}** |"]
+

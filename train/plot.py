@@ -37,12 +37,7 @@ def plot_curves(records: list[dict], objectives: list[str], path: Path, anchors:
     rows = math.ceil((1 + n_anchor) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
     flat = list(axes.flat)
-    ax_sft = flat[0]
-    for stage in sorted({r["stage"] for r in records if r["stage"].startswith("expert:")}):
-        loss = [r["loss"] for r in records if r["stage"] == stage]
-        ax_sft.plot(range(len(loss)), loss, label=stage.removeprefix("expert:"))
-    ax_sft.set(title="experts: SFT loss (best-of-n targets)", xlabel="step", ylabel="token NLL")
-    ax_sft.legend(fontsize=7)
+    _sft_panel(flat[0], records)
     for a in range(n_anchor):
         _anchor_panel(flat[1 + a], [r["anchors"][a] for r in steps], objectives,
                       anchors[a] if anchors else None)
@@ -53,6 +48,23 @@ def plot_curves(records: list[dict], objectives: list[str], path: Path, anchors:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _sft_panel(ax, records: list[dict]) -> None:
+    """SFT loss per expert; for experts reused with `--experts-from`, where they came from instead."""
+    sft = sorted({r["stage"] for r in records if r["stage"].startswith("expert:")})
+    for stage in sft:
+        loss = [r["loss"] for r in records if r["stage"] == stage]
+        ax.plot(range(len(loss)), loss, label=stage.removeprefix("expert:"))
+    ax.set(title="experts: SFT loss (best-of-n targets)", xlabel="step", ylabel="token NLL")
+    if sft:
+        ax.legend(fontsize=7)
+        return
+    seeds = [r["experts_from"] for r in records if r["stage"] == "seed"]
+    ax.axis("off")
+    source = seeds[-1] if seeds else "an earlier run"
+    ax.text(0.5, 0.5, f"experts reused from\n{source}\n(their SFT curves are in that run)", ha="center",
+            va="center", fontsize=9, wrap=True, transform=ax.transAxes)
 
 
 def _anchor_panel(ax, per_step: list[dict], objectives: list[str], anchor) -> None:

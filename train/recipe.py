@@ -267,7 +267,12 @@ def training_summary(run: RunState) -> dict:
                                       "first_3_steps": mean(head, "rewards").round(4).tolist(),
                                       "last_3_steps": mean(tail, "rewards").round(4).tolist()}
     speed = [r["rollout_tokens_per_s"] for r in recs if "rollout_tokens_per_s" in r]
+    seeds = run.records("seed")  # `--experts-from`: the experts stage ran in the checkpoint's own run
+    reused = {} if not seeds else {
+        "checkpoint": Path(seeds[-1]["experts_from"]).name,
+        "seconds": {k: v for k, v in seeds[-1]["seconds"].items() if not k.startswith("router")}}
     return {"recipe": run.config.to_dict(), "seconds": timings, "total_seconds": round(sum(timings.values()), 1),
+            **({"experts_from": reused} if reused else {}),
             "best_of_n": rewards, "routers": routers,
             "rollout": {"backend": run.config.router.rollout,
                         "tokens_per_s_median": round(float(np.median(speed)), 2) if speed else None}}
