@@ -60,11 +60,9 @@ class TorchCompileSystem(System):
         past = state["past"]
         mask = np.zeros((b, self.max_length), dtype=np.int64)
         mask[:, : attention_mask.shape[1]] = attention_mask  # fixed width: future columns masked
-        self.hoe.state.tensors = self.hoe.named_tensors()
-        self.hoe.state.router_mix = self.router_mix.expand(b, -1).contiguous()
         key = (b, t)
         start = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), self.hoe.state.bind(self.hoe.named_tensors(), self.router_mix.expand(b, -1).contiguous()):
             logits = self.forward(torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)),
                                   torch.from_numpy(mask), torch.from_numpy(np.ascontiguousarray(position_ids)),
                                   torch.arange(past, past + t), state["cache"])

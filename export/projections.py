@@ -55,13 +55,11 @@ def _linear(node: ir.Node) -> tuple[np.ndarray, ir.Node | None] | None:
     if (node.domain, node.op_type) != ("", "MatMul") or node.inputs[0] is None or node.inputs[1] is None:
         return None
     weight = _constant_weight(node.inputs[1])
-    if weight is None or weight.ndim != 2 or len(node.outputs[0].uses()) == 0:
+    uses = node.outputs[0].uses()
+    if weight is None or weight.ndim != 2 or not uses:
         return None
-    uses = list(node.outputs[0].uses())
-    bias = uses[0].node if len(uses) == 1 else None
-    if bias is not None and not _is_bias_add(bias, node.outputs[0], weight.shape[1]):
-        bias = None
-    return weight, bias
+    add = uses[0].node if len(uses) == 1 else None
+    return weight, (add if add is not None and _bias(add, node.outputs[0], weight.shape[1]) is not None else None)
 
 
 def _constant_weight(value: ir.Value) -> np.ndarray | None:
@@ -79,16 +77,14 @@ def _constant_weight(value: ir.Value) -> np.ndarray | None:
     return source.const_value.numpy().T
 
 
-def _is_bias_add(node: ir.Node, y: ir.Value, width: int) -> bool:
-    if (node.domain, node.op_type) != ("", "Add") or len(node.inputs) != 2:
-        return False
-    other = node.inputs[1] if node.inputs[0] is y else node.inputs[0]
-    return (other is not None and other.const_value is not None and other.is_initializer()
-            and tuple(other.const_value.shape) == (width,))
-
-
-def _bias_of(add: ir.Node, y: ir.Value) -> np.ndarray:
-    return (add.inputs[1] if add.inputs[0] is y else add.inputs[0]).const_value.numpy()
+def _bias(add: ir.Node, y: ir.Value, width: int) -> ir.Value | None:
+    """The 1-D initializer [width] that `add` = Add(y, b) adds to y, or None when it is not that."""
+    if (add.domain, add.op_type) != ("", "Add") or len(add.inputs) != 2:
+        return None
+    other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
+    ok = (other is not None and other.const_value is not None and other.is_initializer()
+          and tuple(other.const_value.shape) == (width,))
+    return other if ok else None
 
 
 def _pack(graph: ir.Graph, group: list[tuple[ir.Node, np.ndarray, ir.Node | None]]) -> None:
@@ -99,7 +95,7 @@ def _pack(graph: ir.Graph, group: list[tuple[ir.Node, np.ndarray, ir.Node | None
     nodes = [ir.Node("", "MatMul", [x, weight], name=f"{name}packed_matmul")]
     y = nodes[-1].outputs[0]
     if group[0][2] is not None:
-        bias = np.concatenate([_bias_of(add, n.outputs[0]) for n, _, add in group])
+        bias = np.concatenate([_bias(add, n.outputs[0], w.shape[1]).const_value.numpy() for n, w, add in group])
         nodes.append(ir.Node("", "Add", [y, _initializer(graph, f"{name}packed_bias", bias)],
                              name=f"{name}packed_bias_add"))
         y = nodes[-1].outputs[0]

@@ -73,17 +73,9 @@ class HoEState:
     def tensors(self) -> dict[str, torch.Tensor]:
         return self._call.get()[0]
 
-    @tensors.setter
-    def tensors(self, value: dict[str, torch.Tensor]) -> None:  # this thread/context only (see bind)
-        self._call.set((value, self._call.get()[1]))
-
     @property
     def router_mix(self) -> torch.Tensor | None:  # [B, K]
         return self._call.get()[1]
-
-    @router_mix.setter
-    def router_mix(self, value: torch.Tensor | None) -> None:
-        self._call.set((self._call.get()[0], value))
 
 
 class HoELinear(nn.Module):

@@ -35,8 +35,7 @@ class Generator:
     def __init__(self, model, preference=None, config: GenerationConfig | None = None) -> None:
         self.model = model
         self.config = config if config is not None else model.default_config()
-        if self.config.stop and model.tokenizer is None:
-            raise InputError(f"stop strings {self.config.stop} need a tokenizer; this export has none")
+        self._stop_ids = stop_ids(model, self.config)
         self._routed = model.router.prepare(preference)  # validated and routed once
         self._prompts: list[list[int]] = []
         self._state = None
@@ -143,8 +142,6 @@ class Generator:
         self._steps = 0
         self._sampler = Sampler(self.config, b, m.manifest.vocab_size)
         self._sampler.observe(np.where(self._mask[:, :width] > 0, ids, -1))
-        self._stop_ids = set(self.config.stop_token_ids) | (set() if self.config.ignore_eos
-                                                            else set(m.manifest.eos_token_ids))
         self._trackers = [TextTracker(m.tokenizer, self.config.stop) for _ in range(b)] if m.tokenizer else None
         self.tokens = [[] for _ in range(b)]
         self.pieces = [""] * b  # text released by the last step, per row (for streaming)
@@ -155,14 +152,7 @@ class Generator:
     def _check_prompts(self) -> None:
         ctx, vocab = self.model.manifest.context_length, self.model.manifest.vocab_size
         for r, p in enumerate(self._prompts):
-            if not p:
-                raise InputError(f"prompt {r} is empty; expected at least one token")
-            if len(p) >= ctx:
-                raise InputError(f"prompt {r} has {len(p)} tokens; the model's context is {ctx} tokens "
-                                 f"(max_position_embeddings), so a prompt may have at most {ctx - 1}")
-            lo, hi = min(p), max(p)
-            if lo < 0 or hi >= vocab:
-                raise InputError(f"prompt {r} has token ids in [{lo}, {hi}]; expected ids in [0, {vocab})")
+            check_prompt(p, ctx, vocab, f"prompt {r}")
 
     def _record(self, tokens: np.ndarray) -> None:
         live = np.flatnonzero(~self.done)
@@ -174,18 +164,13 @@ class Generator:
             self.tokens[b].append(tok)
             if self._trackers is not None:
                 self.pieces[b] = self._trackers[b].add(tok)
-            reason = self._finish_reason(b, tok, ctx)
+            tracker = self._trackers[b] if self._trackers is not None else None
+            reason = finish_reason(tok, self._stop_ids, tracker, len(self.tokens[b]), self.config.max_new_tokens,
+                                   self._real[b] + 1, ctx)
             if reason:
                 self.done[b], self.finish_reasons[b] = True, reason
                 if self._trackers is not None:
                     self.pieces[b] += self._trackers[b].finish()
-
-    def _finish_reason(self, b: int, tok: int, ctx: int) -> str | None:
-        if tok in self._stop_ids or (self._trackers is not None and self._trackers[b].stopped):
-            return "stop"
-        if len(self.tokens[b]) >= self.config.max_new_tokens or self._real[b] + 1 >= ctx:  # prompt + output = ctx
-            return "length"
-        return None
 
     def _time(self, start: float) -> None:
         ms = (time.perf_counter() - start) * 1e3
@@ -206,3 +191,35 @@ def _as_rows(tokens) -> list[list[int]]:
         return [[int(t) for t in row] for row in rows]
     except (TypeError, ValueError) as e:
         raise InputError(f"tokens must be integer ids, got {tokens!r}") from e
+
+
+def check_prompt(ids: list[int], context: int, vocab: int, name: str = "the prompt") -> None:
+    """One prompt's rules (the Generator's, and hoe.serve's per request): non-empty, shorter than the context,
+    ids in the vocabulary."""
+    if not ids:
+        raise InputError(f"{name} is empty; expected at least one token")
+    if len(ids) >= context:
+        raise InputError(f"{name} has {len(ids)} tokens; the model's context is {context} tokens "
+                         f"(max_position_embeddings), so a prompt may have at most {context - 1}")
+    lo, hi = min(ids), max(ids)
+    if lo < 0 or hi >= vocab:
+        raise InputError(f"{name} has token ids in [{lo}, {hi}]; expected ids in [0, {vocab})")
+
+
+def stop_ids(model, config: GenerationConfig) -> set[int]:
+    """Token ids that end a row under `config`: its stop ids, and EOS unless ignore_eos. InputError when it has
+    stop strings and the model no tokenizer."""
+    if config.stop and model.tokenizer is None:
+        raise InputError(f"stop strings {config.stop} need a tokenizer; this export has none")
+    return set(config.stop_token_ids) | (set() if config.ignore_eos else set(model.manifest.eos_token_ids))
+
+
+def finish_reason(tok: int, stops: set[int], tracker, new_tokens: int, max_new_tokens: int, length: int,
+                  context: int) -> str | None:
+    """Why a row ends after sampling `tok`: "stop" (a stop id or stop string), "length" (`new_tokens` reached
+    max_new_tokens, or `length` = prompt + output, tok included, fills the context), or None."""
+    if tok in stops or (tracker is not None and tracker.stopped):
+        return "stop"
+    if new_tokens >= max_new_tokens or length >= context:
+        return "length"
+    return None

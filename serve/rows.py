@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from hoe.core.errors import InputError
 from hoe.runtime.config import GenerationConfig
+from hoe.runtime.generator import check_prompt, finish_reason, stop_ids
 from hoe.runtime.result import Result
 from hoe.runtime.sampling import Sampler
 from hoe.runtime.text import TextTracker
@@ -44,12 +44,10 @@ class Row:
         rows, mix = router.route(pref, 1)
         self.preference, self.mix = rows[0], mix[0]  # [m] normalised, [K] float32
         cfg = self.config = request.config
-        if cfg.stop and model.tokenizer is None:
-            raise InputError(f"stop strings {cfg.stop} need a tokenizer; this export has none")
+        self.stop_ids = stop_ids(model, cfg)
         self.sampler = Sampler(cfg, 1, m.vocab_size)
         self.sampler.observe(np.asarray([request.prompt_ids]))
         self.tracker = TextTracker(model.tokenizer, cfg.stop) if model.tokenizer else None
-        self.stop_ids = set(cfg.stop_token_ids) | (set() if cfg.ignore_eos else set(m.eos_token_ids))
         self.context = m.context_length
         self.tokens: list[int] = []
         self.real = len(request.prompt_ids)  # tokens of this row so far, the pending one excluded
@@ -71,20 +69,14 @@ class Row:
         self.pending = tok
         self.real += 1
         piece = self.tracker.add(tok) if self.tracker else ""
-        self.finish_reason = self._finish_reason(tok)
+        self.finish_reason = finish_reason(tok, self.stop_ids, self.tracker, len(self.tokens),
+                                           self.config.max_new_tokens, self.real, self.context)
         if self.finish_reason and self.tracker:
             piece += self.tracker.finish()
         now = time.perf_counter()
         self.first_token_at = self.first_token_at or now
         self.previous_token_at, self.last_token_at = self.last_token_at, now
         return piece
-
-    def _finish_reason(self, tok: int) -> str | None:
-        if tok in self.stop_ids or (self.tracker is not None and self.tracker.stopped):
-            return "stop"
-        if len(self.tokens) >= self.config.max_new_tokens or self.real >= self.context:  # prompt + output = ctx
-            return "length"
-        return None
 
     def result(self) -> Result:
         n = len(self.tokens)
@@ -96,14 +88,3 @@ class Row:
                       timings={"ttft_ms": ttft, "decode_ms_per_token": decode / (n - 1) if n > 1 else 0.0,
                                "prompt_tokens": len(self.request.prompt_ids), "new_tokens": n})
 
-
-def check_prompt(ids: list[int], context: int, vocab: int) -> None:
-    """The Generator's prompt rules: non-empty, shorter than the context, ids in the vocabulary."""
-    if not ids:
-        raise InputError("the prompt is empty; expected at least one token")
-    if len(ids) >= context:
-        raise InputError(f"the prompt has {len(ids)} tokens; the model's context is {context} tokens, "
-                         f"so a prompt may have at most {context - 1}")
-    lo, hi = min(ids), max(ids)
-    if lo < 0 or hi >= vocab:
-        raise InputError(f"the prompt has token ids in [{lo}, {hi}]; expected ids in [0, {vocab})")

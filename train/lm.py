@@ -7,6 +7,8 @@ through its inner causal LM so that `logits_to_keep` can skip the LM head on pos
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from hoe.core.model import HoEModel, cache_kwarg, output_cache
 from hoe.core.positions import positions
@@ -27,17 +29,17 @@ def forward_logits(model, input_ids, attention_mask, position_ids, cache=None, k
     router_mix: [B or 1, K], required for a HoEModel (a single row broadcasts over the batch);
     tensors: expert/router tensors to run the HoEModel with instead of its own (canonical names).
     """
+    bound = contextlib.nullcontext()
+    hf = model
     if isinstance(model, HoEModel):
         if router_mix is None:
             raise ValueError("a HoEModel needs router_mix [B or 1, K]")
-        model.state.tensors = model.named_tensors() if tensors is None else tensors
-        model.state.router_mix = router_mix
+        bound = model.state.bind(model.named_tensors() if tensors is None else tensors, router_mix)
         hf = model.model
-    else:
-        hf = model
     kwargs = {cache_kwarg(_inner_hf(model)): cache}
-    out = hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-             logits_to_keep=keep, **kwargs)
+    with bound:
+        out = hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                 logits_to_keep=keep, **kwargs)
     return out.logits, output_cache(out)
 
 
