@@ -42,7 +42,7 @@ TARGETS = {"torch_over_hoe": (">=", 3.0), "hoe_over_base": ("<=", 1.15), "mod_ov
 FP32_TARGETS = {"hoe_over_ortgenai": ("<=", 1.10), "long_over_short": ("<=", 1.15)}
 QUANT_TARGETS = {"hoe_over_ortgenai": ("<=", 1.2), "long_over_short": ("<=", 1.15), "hoe_over_base": ("<=", 1.25),
                  "torch_over_hoe": (">=", 6.0), "torch_compile_over_hoe": (">=", 4.0)}
-SWITCH_TARGET_MS = 1.0
+SWITCH_TARGET_MS = 0.05  # issue 11: a preference switch costs at most this on the host
 
 
 @dataclass
@@ -339,7 +339,9 @@ def long_over_short(short: dict, long: dict) -> dict[str, float]:
 
 
 def switch_times(loaded: Loaded, cfg: LatencyConfig, preference) -> dict:
-    """hoe: a new preference -> router_mix (what Generator.set_preference does); merged: a full re-merge."""
+    """hoe: a new preference -> router_mix (what Generator.set_preference does), cycling through the case's
+    preference rolled; hoe_random: a fresh random preference each call (the search paths included); merged: a
+    full re-merge."""
     from .merge import remerge
     from .systems import backend_config
     from .timing import summary, time_calls
@@ -356,6 +358,8 @@ def switch_times(loaded: Loaded, cfg: LatencyConfig, preference) -> dict:
             return router.route(p, 1)[1]
 
         out["hoe"] = summary(time_calls(switch, cfg.switch_repeats, warmup=5))
+        fresh = iter(np.random.default_rng(cfg.seed).dirichlet(np.ones(m), cfg.switch_repeats + 5))
+        out["hoe_random"] = summary(time_calls(lambda: router.route(next(fresh), 1)[1], cfg.switch_repeats, warmup=5))
     if loaded.merger is not None:
         parts = list(loaded.remerges)
         for i in range(len(parts), cfg.remerge_repeats):
@@ -495,8 +499,8 @@ def targets(result: dict) -> dict:
         met = None if value is None else (value >= bound if op == ">=" else value <= bound)
         out[name] = {"target": f"{op} {bound}", "value": value, "met": met}
     switch = result["preference_switch_ms"]["hoe"]
-    out["preference_switch_ms"] = {"target": f"< {SWITCH_TARGET_MS}", "value": switch,
-                                   "met": None if switch is None else switch < SWITCH_TARGET_MS}
+    out["preference_switch_ms"] = {"target": f"<= {SWITCH_TARGET_MS}", "value": switch,
+                                   "met": None if switch is None else switch <= SWITCH_TARGET_MS}
     return out
 
 

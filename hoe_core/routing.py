@@ -15,8 +15,11 @@ it keep the N nearest's best convex fit. When the N nearest contain λ_usr, noth
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -42,11 +45,11 @@ def validate_preference(preference: Sequence[float] | np.ndarray, n_objectives: 
             f"preference must have length {n_objectives} (one weight per objective), "
             f"got shape {tuple(pref.shape)}: {pref.tolist()}"
         )
-    if not np.all(np.isfinite(pref)):
+    low, top = float(pref.min()), float(pref.max())  # NaN and ±inf reach one of the two
+    if not (math.isfinite(low) and math.isfinite(top)):
         raise PreferenceError(f"preference must be finite, got {pref.tolist()}")
-    if np.any(pref < 0):
+    if low < 0:
         raise PreferenceError(f"preference weights must be >= 0, got {pref.tolist()}")
-    top = float(pref.max())
     if top <= 0:
         raise PreferenceError(f"preference must have a positive sum, got {pref.tolist()} (sum {float(pref.sum())})")
     pref = pref / top  # first by the largest weight: 1e308-sized weights would overflow the sum
@@ -55,8 +58,13 @@ def validate_preference(preference: Sequence[float] | np.ndarray, n_objectives: 
 
 def nearest_anchors(pref: np.ndarray, anchors: np.ndarray, n: int) -> np.ndarray:
     """Indices of the `n` anchors nearest to `pref` (Euclidean); ties go to the lower index."""
-    dist = np.linalg.norm(anchors - pref[None, :], axis=1)  # [K]
-    return np.argsort(dist, kind="stable")[: min(n, len(anchors))]
+    return np.argsort(_distances(pref, anchors), kind="stable")[: min(n, len(anchors))]
+
+
+def _distances(pref: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """‖anchors[k] − pref‖ [K], the values np.linalg.norm(axis=1) gives, without its overhead."""
+    d = anchors - pref
+    return np.sqrt(np.add.reduce(d * d, axis=1))
 
 
 def _affine_lstsq(points: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -64,18 +72,30 @@ def _affine_lstsq(points: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, b
 
     points: [S, m], target: [m] -> (w: [S], unique: whether the points are affinely independent)
     """
-    s = points.shape[0]
+    solve, unique = _affine_solver(points.tobytes(), points.shape)
+    return solve[:, :-1] @ target + solve[:, -1], unique
+
+
+@functools.lru_cache(maxsize=4096)
+def _affine_solver(points: bytes, shape: tuple[int, int]) -> tuple[np.ndarray, bool]:
+    """The affine fit of `_affine_lstsq` is linear in [target, 1]: its matrix P [S, m+1] (the KKT system's
+    pseudo-inverse, so a dependent set gets lstsq's minimum-norm solution), cached per point set because the
+    runtime routes against the same few anchor sets on every preference switch."""
+    pts = np.frombuffer(points, dtype=np.float64).reshape(shape)
+    s = shape[0]
     kkt = np.zeros((s + 1, s + 1))
-    kkt[:s, :s] = points @ points.T
+    kkt[:s, :s] = pts @ pts.T
     kkt[:s, s] = kkt[s, :s] = 1.0
-    rhs = np.concatenate([points @ target, [1.0]])
-    sol, _, rank, _ = np.linalg.lstsq(kkt, rhs, rcond=None)
-    return sol[:s], rank == s + 1
+    lift = np.zeros((s + 1, shape[1] + 1))  # [target, 1] -> the KKT right-hand side [points @ target, 1]
+    lift[:s, :-1], lift[s, -1] = pts, 1.0
+    solve = (np.linalg.pinv(kkt) @ lift)[:s]
+    solve.setflags(write=False)
+    return solve, bool(np.linalg.matrix_rank(kkt) == s + 1)
 
 
 def _snap(w: np.ndarray) -> np.ndarray:
     """Round-off below 1e-12 to exact zeros, then renormalise (exact anchors give exact one-hots)."""
-    w = np.where(w < 1e-12, 0.0, w)
+    w = w * (w >= 1e-12)
     return w / w.sum()
 
 
@@ -92,7 +112,7 @@ def simplex_lstsq(points: np.ndarray, target: np.ndarray) -> np.ndarray:
     if s > _MAX_EXACT_ANCHORS:
         raise ConfigError(f"preference routing mixes at most {_MAX_EXACT_ANCHORS} anchors, got {s}")
     w_all, unique = _affine_lstsq(points, target)
-    if unique and np.all(w_all >= -1e-12):
+    if unique and w_all.min() >= -1e-12:
         return _snap(w_all)
     best_w, best_res = None, np.inf
     for size in range(1, s + 1):
@@ -135,7 +155,8 @@ def route_normalised(pref: np.ndarray, anchors: np.ndarray, n_route: int | None 
         raise ConfigError(f"n_route must be >= 1, got {n}")
     chosen = nearest_anchors(pref, anchors, n)
     weights = simplex_lstsq(anchors[chosen], pref)
-    if np.linalg.norm(weights @ anchors[chosen] - pref) > _EXACT:
+    miss = weights @ anchors[chosen] - pref
+    if miss @ miss > _EXACT * _EXACT:
         chosen, weights = _containing_set(pref, anchors, n, (chosen, weights))
     mix = np.zeros(anchors.shape[0])
     mix[chosen] = weights
@@ -144,20 +165,52 @@ def route_normalised(pref: np.ndarray, anchors: np.ndarray, n_route: int | None 
 
 def _containing_set(pref: np.ndarray, anchors: np.ndarray, n: int, fallback):
     """(indices, convex weights) of the subset of at most n of the 2n nearest anchors that holds `pref` in its
-    hull with the smallest sum of distances to it; `fallback` when none does."""
-    cand = nearest_anchors(pref, anchors, 2 * n)
-    dist = np.linalg.norm(anchors[cand] - pref[None, :], axis=1)
-    best, best_cost = fallback, np.inf
-    for size in range(1, min(n, len(cand)) + 1):
-        for subset in itertools.combinations(range(len(cand)), size):
-            cost = float(dist[list(subset)].sum())
-            if cost >= best_cost - 1e-12:
-                continue
-            idx = cand[list(subset)]
-            w, unique = _affine_lstsq(anchors[idx], pref)
-            if unique and np.all(w >= -1e-12) and np.linalg.norm(w @ anchors[idx] - pref) <= _EXACT:
-                best, best_cost = (idx, _snap(w)), cost
-    return best
+    hull with the smallest sum of distances to it (ties: the smaller subset, then the nearer anchors);
+    `fallback` when none does. Every subset is solved at once from a table built once per anchor set."""
+    table = _subset_table(anchors.tobytes(), anchors.shape, n)
+    dist = _distances(pref, anchors)  # [K]
+    rank = np.empty(len(anchors), dtype=np.int64)
+    rank[np.argsort(dist, kind="stable")] = np.arange(len(anchors))  # as nearest_anchors orders them
+    near = np.append(rank < 2 * n, True)  # [K+1]; the padding column (index K) counts as near
+    w = table.solve @ np.append(pref, 1.0)  # [S, n] (padding rows give 0)
+    miss = np.linalg.norm(np.einsum("sn,snm->sm", w, table.points) - pref, axis=1)  # [S]
+    ok = table.unique & near[table.index].all(1) & (w >= -1e-12).all(1) & (miss <= _EXACT)
+    if not ok.any():
+        return fallback
+    cost = np.append(dist, 0.0)[table.index].sum(1)  # [S]
+    ok &= cost <= cost[ok].min() + 1e-12
+    ranks = np.sort(np.append(rank, len(anchors))[table.index], axis=1)  # [S, n], padding last
+    order = np.lexsort([*ranks.T[::-1], table.size])  # smaller subsets first, then nearer anchors
+    best = order[ok[order]][0]
+    keep = table.index[best] < len(anchors)
+    return table.index[best][keep], _snap(w[best][keep])
+
+
+class _Subsets(NamedTuple):
+    """Every subset of at most n anchors, padded to n with the index K: index [S, n], size [S], the affine
+    solve of each (`_affine_solver`, zero rows for padding) solve [S, n, m+1], its points [S, n, m] (zeros for
+    padding) and whether it is affinely independent unique [S]."""
+
+    index: np.ndarray
+    size: np.ndarray
+    solve: np.ndarray
+    points: np.ndarray
+    unique: np.ndarray
+
+
+@functools.lru_cache(maxsize=16)
+def _subset_table(anchors: bytes, shape: tuple[int, int], n: int) -> _Subsets:
+    k, m = shape
+    pts = np.frombuffer(anchors, dtype=np.float64).reshape(shape)
+    subsets = [c for size in range(1, min(n, k) + 1) for c in itertools.combinations(range(k), size)]
+    index = np.full((len(subsets), n), k)
+    solve, points = np.zeros((len(subsets), n, m + 1)), np.zeros((len(subsets), n, m))
+    unique = np.zeros(len(subsets), dtype=bool)
+    for i, c in enumerate(subsets):
+        index[i, :len(c)] = c
+        solve[i, :len(c)], unique[i] = _affine_solver(pts[list(c)].tobytes(), (len(c), m))
+        points[i, :len(c)] = pts[list(c)]
+    return _Subsets(index, np.array([len(c) for c in subsets]), solve, points, unique)
 
 
 def simplex_grid(m: int, steps: int) -> list[list[float]]:
