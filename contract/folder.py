@@ -171,6 +171,11 @@ class Manifest:
         shape = spec["shape"]
         return spec["dtype"], int(shape[1]), int(shape[3])
 
+    @property
+    def experts_baked(self) -> bool:
+        """The graph holds its experts and routers as initializers (`hoe export --bake-experts`): nothing to bind."""
+        return ((self.data.get("quantization") or {}).get("experts") or {}).get("storage") == "baked"
+
     def hoe_tensors(self) -> dict[str, np.ndarray]:
         """Experts and routers by graph-input name ({} for a plain base export), checked against the declared
         inputs: every one present, its dtype, and its shape with the E, r and K of the `hoe` section."""

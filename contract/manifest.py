@@ -281,6 +281,10 @@ def swap_experts(folder: str | os.PathLike, ckpt_dir: str | os.PathLike, check=N
                 (shutil.copytree(entry, tmp / entry.name, copy_function=link_or_copy) if entry.is_dir()
                  else link_or_copy(entry, tmp / entry.name))
         write_packed(tmp, tensors, groups, dtype)
+        if ((manifest.get("quantization") or {}).get("experts") or {}).get("storage") == "baked":
+            from hoe.export.baked import rebake_folder  # the graph holds them: new initializers (export extra)
+
+            rebake_folder(tmp, manifest, tensors, groups, dtype)
         shutil.copyfile(ckpt_dir / HOE_FILE, tmp / HOE_FILE)
         manifest["hoe"] = hoe_section(config, old["expert_inputs"], old["router_inputs"], groups)
         manifest = write_manifest(tmp, manifest)

@@ -44,6 +44,9 @@ def register(sub) -> None:
                    help="the embedding table and a tied lm_head (default: as --weights)")
     q.add_argument("--accuracy-level", type=int, default=4, choices=(0, 1, 2, 3, 4),
                    help="MatMulNBits activations on onnxruntime: 0 fp32 (exact), 4 int8 (default, fastest on CPU)")
+    q.add_argument("--bake-experts", action="store_true",
+                   help="int8/int4 on onnxruntime: experts and routers become quantized initializers fused with the "
+                        "base projections (faster on CPU; swap-experts then rewrites the graph, same E, r, K)")
     p.set_defaults(func=_export)
 
     w = sub.add_parser("swap-experts", help="install another HoE checkpoint's experts/routers, no re-export",
@@ -75,7 +78,8 @@ def _export(args) -> int:
     config = ExportConfig(opset=args.opset, dtype=args.dtype, experts=not args.no_experts,
                           validate=not args.no_validate, force=args.force, threads=args.threads,
                           weights=args.weights, block_size=args.block_size, symmetric=args.symmetric,
-                          accuracy_level=args.accuracy_level, target=args.target, table=args.table)
+                          accuracy_level=args.accuracy_level, target=args.target, table=args.table,
+                          bake_experts=args.bake_experts)
     try:
         if args.no_experts:
             result = export_base(args.base, args.out, config, ckpt_dir=args.hoe)

@@ -64,11 +64,16 @@ class ExportConfig(JsonConfig):
     symmetric: bool = True  # int8/int4: False adds a zero point per block
     accuracy_level: int = 4  # MatMulNBits activations: 0 exact fp32, 4 int8 (fastest on CPU)
     table: str = ""  # embedding table / tied lm_head precision: "" = as `weights`, else fp32|fp16|int8|int4
+    bake_experts: bool = False  # int8/int4 on onnxruntime: experts and routers as quantized initializers (baked.py)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ConfigError(f"target must be one of {list(TARGETS)}, got {self.target!r}")
         self.quant_config()  # refuses bad weights/target/block-size combinations before any work
+        if self.bake_experts and (self.quant_config().form != "MatMulNBits" or not self.experts):
+            raise ConfigError(f"--bake-experts needs experts and int8/int4 weights on an onnxruntime target "
+                              f"(MatMulNBits), got weights {self.weights!r}, target {self.target!r}, "
+                              f"experts {self.experts}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -244,6 +249,13 @@ class _Export:
         from .quantize import quantize_model
 
         self.quantization = quantize_model(self.graph, self.config.quant_config())
+        if self.config.bake_experts:
+            from hoe.core import packing
+
+            from .baked import bake_experts
+
+            packed = packing.pack(self._checkpoint_tensors(), self.groups, self.dtype)
+            self.quantization["experts"] = bake_experts(self.graph, self.groups, packed, self.config.quant_config())
         self.opset = self.graph.opset_imports.get("", self.config.opset)
 
     def _save(self) -> None:
@@ -258,8 +270,7 @@ class _Export:
         del self.graph
         files = {}
         if self.ckpt is not None and self.config.experts:
-            tensors = {k: v.float().numpy() for k, v in {**self.ckpt.experts, **self.ckpt.routers}.items()}
-            files.update(mf.write_packed(self.tmp, tensors, self.groups, self.dtype))
+            files.update(mf.write_packed(self.tmp, self._checkpoint_tensors(), self.groups, self.dtype))
         if self.ckpt_dir is not None:
             shutil.copyfile(self.ckpt_dir / mf.HOE_FILE, self.tmp / mf.HOE_FILE)
             files["hoe"] = mf.HOE_FILE
@@ -300,6 +311,9 @@ class _Export:
 
         publish_folder(self.tmp, self.out_dir)
         self.tmp = None
+
+    def _checkpoint_tensors(self) -> dict:
+        return {k: v.float().numpy() for k, v in {**self.ckpt.experts, **self.ckpt.routers}.items()}
 
     # -- manifest ------------------------------------------------------------------------------------
     def _manifest(self, files: dict[str, str]) -> dict:

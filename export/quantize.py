@@ -449,7 +449,24 @@ def dequantize_reference(model, quant: dict | None) -> int:
             changed += 1
         if quantize_embed and not (tied and quantize_head):
             embed.weight.copy_(new_weight(embed.weight, tcfg))
+        if (quant.get("experts") or {}).get("storage") == "baked":
+            _dequantize_experts(model, quant)
     return changed
+
+
+def _dequantize_experts(model, quant: dict) -> None:
+    """A HoEModel gets the dequantized experts and routers of a baked graph (baked.round_trip_experts)."""
+    import torch
+
+    from .baked import round_trip_experts
+
+    if not hasattr(model, "named_tensors"):
+        raise ConfigError("the graph holds baked experts but the reference model has none (a plain base model)")
+    tensors = {n: t.detach().float().numpy() for n, t in model.named_tensors().items()}
+    dtype = np.float16 if quant.get("scale_dtype") == "float16" else np.float32
+    new = round_trip_experts(tensors, list(model.config.target_modules), quant["experts"], dtype)
+    for name, param in model.named_tensors().items():
+        param.copy_(torch.from_numpy(new[name]).to(param.dtype))
 
 
 def quantized_form(manifest: dict) -> str:

@@ -214,9 +214,11 @@ class _OrtModel(FeedRunner):
         self.session = ort.InferenceSession(model if model is not None else str(path), opts,
                                             providers=["CPUExecutionProvider"])
         self.static = {}
+        graph_inputs = {i.name for i in self.session.get_inputs()}  # none when the experts are baked in
         for key in ("experts", "routers"):
             if manifest["files"].get(key):
-                self.static.update(load_file(str(folder / manifest["files"][key])))
+                self.static.update({n: v for n, v in load_file(str(folder / manifest["files"][key])).items()
+                                    if n in graph_inputs})
         self.output_names = [o.name for o in self.session.get_outputs()]
         super().__init__(self._infer, *_kv_runner_args(manifest)[1:])
 

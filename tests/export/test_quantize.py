@@ -73,17 +73,9 @@ def test_cli_refuses_before_work(tmp_path, capsys):
 # ---------------------------------------------------------------------------- exports of tiny models
 
 
-def make_tiny(root, arch: str):
-    """(base folder, HoE checkpoint folder) of a tiny random model with PEFT experts and random routers."""
-    from tiny_models import tiny_hoe
+from tiny_models import QUANT_FAST as FAST  # noqa: E402
+from tiny_models import saved_tiny_hoe as make_tiny  # noqa: E402
 
-    base, ckpt = tiny_hoe(arch, root)
-    base.save_pretrained(root / "base")
-    ckpt.save(root / "hoe")
-    return root / "base", root / "hoe"
-
-
-FAST = dict(threads=1, decode_steps=2, quality_prompts=2, quality_tokens=6, fp64_cases=0)
 CASES = [("llama", "int4", True, 32, "ort-cpu"), ("qwen2", "int8", False, 16, "ort-cpu"),
          ("mistral", "int4", False, 16, "ort-cpu"), ("llama", "int8", True, 16, "ort-cpu"),
          ("qwen2", "int4", True, 16, "tensorrt"), ("mistral", "fp16", True, 32, "ort-cpu")]

@@ -1,0 +1,269 @@
+"""Experts and routers baked into a quantized onnxruntime graph (`hoe export --weights int4 --experts baked`).
+
+On a CPU at 4-bit base weights the HoE mixture read as graph inputs costs more than it should: every expert
+and router product is an fp32 MatMul on a weight onnxruntime cannot prepack (GRAPH.md). Baked, each site
+group of m modules reading x [B,T,in] costs one product with x instead of three:
+
+    MatMulNBits(x, [W_base | lora_A | router_W], bias [0 | 0 | router_bias]) ─► Split ─► y, h, logits
+    per module: MatMulNBits(h_i, lora_B_i)  (int8)
+
+lora_A and the router weights are quantized like the base (same bits, block size and symmetry: one column of
+the concatenated weight is quantized exactly as it would be alone), lora_B at `EXPERT_BITS` (its K is E·r, tiny);
+the router bias (with the -inf mask) stays float as the node's bias. The gating (softmax, router_mix, gate
+repeat) is unchanged and still reads router_mix per row, so per-row preferences and mid-generation switches
+work as before; only swapping experts needs new initializers (`rebake`, same E, r and K).
+
+`round_trip_experts` gives a PyTorch HoEModel the dequantized experts and routers the graph computes with
+(quantize.dequantize_reference calls it), so parity still proves the graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hoe.core import names, packing
+from hoe.core.errors import ConfigError
+from hoe.core.packing import SiteGroup
+
+from .quantize import MS_DOMAIN, QuantConfig, quantize_blocks
+
+EXPERT_BITS = 8  # lora_B: K = E·r rows (24 for 3 rank-8 experts), one block per column
+STORAGE = "baked"
+
+
+def experts_section(cfg: QuantConfig, groups: int) -> dict:
+    """The manifest's `quantization.experts` of a baked graph."""
+    return {"storage": STORAGE, "lora_A": cfg.bits, "router_weight": cfg.bits, "lora_B": EXPERT_BITS,
+            "router_bias": "float", "block_size": cfg.block_size, "symmetric": cfg.symmetric, "groups": groups}
+
+
+def bake_experts(model, groups: list[SiteGroup], packed: dict[str, np.ndarray], cfg: QuantConfig) -> dict:
+    """Rewrite `model` (onnx_ir.Model, quantized to MatMulNBits, experts and routers still graph inputs) in place
+    so that it holds `packed` (packing.pack's tensors in the graph dtype) as initializers. Returns the section."""
+    if cfg.form != "MatMulNBits":
+        raise ConfigError(f"experts can be baked only into MatMulNBits graphs (--weights int4/int8 and an "
+                          f"onnxruntime target), got weights {cfg.weights!r}, target {cfg.target!r}")
+    baker = _Baker(model, packed, cfg)
+    for g in groups:
+        baker.group(g)
+    baker.finish()
+    return experts_section(cfg, len(groups))
+
+
+def rebake(model, groups: list[SiteGroup], packed: dict[str, np.ndarray], section: dict) -> None:
+    """New experts and routers (same E, r and K) into a baked graph, in place: the initializers are replaced."""
+    cfg = QuantConfig(weights={4: "int4", 8: "int8"}[section["lora_A"]], block_size=section["block_size"],
+                      symmetric=section["symmetric"])
+    init = model.graph.initializers
+    for g in groups:
+        n_base, *widths = init[_name(g, "widths")].const_value.numpy().tolist()  # the Split: base | lora_A | router
+        new = [packed[packing.lora_a(g)].shape[1], packed[packing.router_weight(g)].shape[1]]
+        if new != widths:
+            raise ConfigError(f"{g.name}: the baked graph holds {widths} lora_A/router columns, the new experts have "
+                              f"{new} (E, r and K must stay the same; re-export for other sizes)")
+        fused = init[_name(g, "B")].const_value.numpy()
+        q = _quantize_ar(g, packed, cfg)
+        _set(init, _name(g, "B"), np.concatenate([fused[:n_base], q.packed]))
+        _set(init, _name(g, "scales"), np.concatenate([init[_name(g, "scales")].const_value.numpy()[:n_base], q.scales]))
+        if q.zero_points is not None:
+            _set(init, _name(g, "zp"), np.concatenate([init[_name(g, "zp")].const_value.numpy()[:n_base],
+                                                       q.zero_points]))
+        _set(init, _name(g, "bias"), _bias(n_base, g, packed))
+        for module in g.modules:
+            qb = _quantize_b(packed[packing.lora_b(module)], cfg)
+            _set(init, packing.lora_b(module) + ".B", qb.packed)
+            _set(init, packing.lora_b(module) + ".scales", qb.scales)
+            if qb.zero_points is not None:
+                _set(init, packing.lora_b(module) + ".zp", qb.zero_points)
+
+
+def round_trip_experts(tensors: dict[str, np.ndarray], modules: list[str], section: dict,
+                       dtype=np.float32) -> dict[str, np.ndarray]:
+    """Canonical checkpoint tensors (names.py) -> the dequantized ones a baked graph computes with: lora_A and
+    router weights through the base's quantizer, lora_B (scaling folded in, scaling then 1) through lora_B's.
+    Column by column this is what `bake_experts` quantizes (each column of a packed tensor is one row of a
+    module's tensor here). Other tensors are returned as they are."""
+    cfg = QuantConfig(weights={4: "int4", 8: "int8"}[section["lora_A"]], block_size=section["block_size"],
+                      symmetric=section["symmetric"])
+    out = dict(tensors)
+    for module in modules:
+        for name in (names.lora_a(module), names.router_weight(module)):
+            t = tensors[name]  # [E, r, in] / [K, E, in]: columns t[a, b, :]
+            out[name] = _round_trip(t.reshape(-1, t.shape[-1]).T, cfg.bits, cfg, dtype).T.reshape(t.shape)
+        b, s = tensors[names.lora_b(module)], tensors[names.scaling(module)]  # [E, out, r], [E]
+        e, d_out, r = b.shape
+        folded = (b * s[:, None, None]).transpose(0, 2, 1).reshape(e * r, d_out)  # packing.pack's lora_B [E·r, out]
+        dq = _round_trip(folded, EXPERT_BITS, cfg, dtype)
+        out[names.lora_b(module)] = dq.reshape(e, r, d_out).transpose(0, 2, 1)
+        out[names.scaling(module)] = np.ones_like(s)
+    return {n: np.ascontiguousarray(v, dtype=tensors[n].dtype) for n, v in out.items()}
+
+
+# ---------------------------------------------------------------------------- the graph pass
+
+
+def _name(g: SiteGroup, part: str) -> str:
+    return f"baked.{g.name}.{part}"
+
+
+def _quantize_ar(g: SiteGroup, packed: dict[str, np.ndarray], cfg: QuantConfig):
+    ar = np.concatenate([packed[packing.lora_a(g)], packed[packing.router_weight(g)]], axis=1)  # [in, m·E·r + m·K·E]
+    return quantize_blocks(ar, cfg.bits, cfg.block_size, cfg.symmetric)
+
+
+def _quantize_b(b: np.ndarray, cfg: QuantConfig):
+    return quantize_blocks(b, EXPERT_BITS, cfg.block_size, cfg.symmetric)
+
+
+def _round_trip(w: np.ndarray, bits: int, cfg: QuantConfig, dtype) -> np.ndarray:
+    q = quantize_blocks(np.ascontiguousarray(w, dtype=dtype), bits, cfg.block_size, cfg.symmetric)
+    return q.dequantize().astype(np.float32)
+
+
+def _bias(n_base: int, g: SiteGroup, packed: dict[str, np.ndarray]) -> np.ndarray:
+    """[0 (base) | 0 (lora_A) | router bias]: the fused node's bias."""
+    bias = packed[packing.router_bias(g)]
+    return np.concatenate([np.zeros(n_base + packed[packing.lora_a(g)].shape[1], dtype=bias.dtype), bias])
+
+
+def _set(initializers, name: str, array: np.ndarray) -> None:
+    import onnx_ir as ir
+
+    value = initializers[name]
+    if tuple(value.shape) != array.shape:
+        raise ConfigError(f"{name}: the baked graph holds {tuple(value.shape)}, the new experts give {array.shape} "
+                          "(E, r and K must stay the same; re-export for other sizes)")
+    value.const_value = ir.tensor(np.ascontiguousarray(array), name=name)
+
+
+class _Baker:
+    def __init__(self, model, packed: dict[str, np.ndarray], cfg: QuantConfig) -> None:
+        self.model, self.graph, self.packed, self.cfg = model, model.graph, packed, cfg
+        self.inputs = {v.name: v for v in self.graph.inputs}
+        self.baked: list[str] = []
+
+    def group(self, g: SiteGroup) -> None:
+        a_node = self._matmul(packing.lora_a(g))
+        r_node = self._matmul(packing.router_weight(g))
+        x = a_node.inputs[0]
+        base = [u.node for u in x.uses() if u.node.op_type == "MatMulNBits" and u.node.domain == MS_DOMAIN]
+        if len(base) != 1 or r_node.inputs[0] is not x:
+            raise ConfigError(f"{g.name}: expected one MatMulNBits base projection beside the experts reading the "
+                              f"same input, found {len(base)}")
+        base = base[0]
+        bias_add = self._bias_add(r_node, packing.router_bias(g))
+        attrs = {k: v.as_int() for k, v in base.attributes.items()}
+        if attrs["bits"] != self.cfg.bits or attrs["block_size"] != self.cfg.block_size or len(base.inputs) > 4:
+            raise ConfigError(f"{g.name}: the base projection is not a plain {self.cfg.bits}-bit MatMulNBits")
+        q = _quantize_ar(g, self.packed, self.cfg)
+        n_base = attrs["N"]
+        parts = [base.inputs[1].const_value.numpy(), base.inputs[2].const_value.numpy()]
+        b = self._init(_name(g, "B"), np.concatenate([parts[0], q.packed]))
+        scales = self._init(_name(g, "scales"), np.concatenate([parts[1], q.scales.astype(parts[1].dtype)]))
+        zp = None
+        if q.zero_points is not None:
+            zp = self._init(_name(g, "zp"), np.concatenate([base.inputs[3].const_value.numpy(), q.zero_points]))
+        bias = self._init(_name(g, "bias"), _bias(n_base, g, self.packed))
+        widths = [n_base, self.packed[packing.lora_a(g)].shape[1], self.packed[packing.router_weight(g)].shape[1]]
+        fused = self._node("MatMulNBits", [x, b, scales, zp, None, bias], MS_DOMAIN, g,
+                           **{**attrs, "N": sum(widths)})
+        split = self._node("Split", [fused.outputs[0], self._init(_name(g, "widths"), np.array(widths, np.int64))],
+                           "", g, num_outputs=3, axis=-1)
+        self.graph.insert_before(base, [fused, split])
+        for old, new in zip((base, a_node, bias_add), split.outputs):
+            new.shape, new.type = old.outputs[0].shape, old.outputs[0].type
+            old.outputs[0].replace_all_uses_with(new)
+        for node in (bias_add, r_node, a_node, base):
+            self.graph.remove(node, safe=True)
+        for module in g.modules:
+            self._lora_b(module)
+        self.baked += [packing.lora_a(g), packing.router_weight(g), packing.router_bias(g)]
+
+    def _lora_b(self, module: str) -> None:
+        name = packing.lora_b(module)
+        node = self._matmul(name)
+        q = _quantize_b(self.packed[name], self.cfg)
+        new = self._node("MatMulNBits", [node.inputs[0], self._init(name + ".B", q.packed),
+                                         self._init(name + ".scales", q.scales)]
+                         + ([self._init(name + ".zp", q.zero_points)] if q.zero_points is not None else []),
+                         MS_DOMAIN, None, K=q.k, N=q.n, bits=q.bits, block_size=q.block_size,
+                         **({"accuracy_level": self.cfg.accuracy_level} if self.cfg.accuracy_level else {}))
+        self.graph.insert_before(node, new)
+        new.outputs[0].shape, new.outputs[0].type = node.outputs[0].shape, node.outputs[0].type
+        node.outputs[0].replace_all_uses_with(new.outputs[0])
+        self.graph.remove(node, safe=True)
+        self.baked.append(name)
+
+    def finish(self) -> None:
+        """Shape reads of the baked inputs become constants; the inputs leave the graph."""
+        for name in self.baked:
+            value = self.inputs[name]
+            for use in list(value.uses()):
+                node = use.node
+                if node.op_type != "Shape":
+                    raise ConfigError(f"{name} is still read by {node.op_type} {node.name} after baking")
+                shape = self.packed[name].shape
+                start = node.attributes["start"].as_int() if "start" in node.attributes else 0
+                end = node.attributes["end"].as_int() if "end" in node.attributes else len(shape)
+                const = self._init(f"{name}.shape_{start}_{end}", np.array(shape[start:end], np.int64))
+                node.outputs[0].replace_all_uses_with(const)
+                self.graph.remove(node, safe=True)
+            self.graph.inputs.remove(value)
+        for name in [n for n, v in self.graph.initializers.items() if not v.uses()]:  # the base's own B/scales
+            self.graph.initializers.pop(name)
+
+    # -- building blocks ---------------------------------------------------------------------------
+    def _matmul(self, name: str):
+        value = self.inputs.get(name)
+        nodes = [u.node for u in value.uses() if u.node.op_type == "MatMul"] if value is not None else []
+        if len(nodes) != 1:
+            raise ConfigError(f"expected one MatMul reading graph input {name}, found {len(nodes)}")
+        return nodes[0]
+
+    def _bias_add(self, r_node, bias_name: str):
+        adds = [u.node for u in r_node.outputs[0].uses() if u.node.op_type == "Add"]
+        if len(adds) != 1 or self.inputs[bias_name] not in adds[0].inputs:
+            raise ConfigError(f"expected the router product to be followed by Add({bias_name})")
+        return adds[0]
+
+    def _init(self, name: str, array: np.ndarray):
+        import onnx_ir as ir
+
+        value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
+        self.graph.register_initializer(value)
+        return value
+
+    def _node(self, op_type: str, inputs: list, domain: str, g: SiteGroup | None, num_outputs: int = 1, **attrs):
+        import onnx_ir as ir
+
+        label = g.name if g is not None else inputs[1].name
+        return ir.Node(domain, op_type, inputs, num_outputs=num_outputs, name=f"baked/{label}/{op_type}",
+                       attributes=[ir.convenience.convert_attribute(k, v) for k, v in attrs.items()])
+
+
+def rebake_folder(folder, manifest: dict, tensors: dict[str, np.ndarray], groups: list[SiteGroup], dtype) -> None:
+    """`rebake` on an exported folder's model file, written anew. A staged folder's files may be links to the live
+    export: they are read from a private copy (onnx refuses linked external data) and replaced, never written
+    through."""
+    import shutil
+    from pathlib import Path
+
+    import onnx_ir as ir
+
+    folder = Path(folder)
+    names_ = (manifest["model"]["file"], manifest["model"]["external_data"])
+    source, fresh = folder / ".rebake-source", folder / ".rebake"
+    for d in (source, fresh):
+        d.mkdir()
+    try:
+        for name in names_:
+            shutil.copyfile(folder / name, source / name)
+        model = ir.load(source / names_[0])
+        rebake(model, groups, packing.pack(tensors, groups, dtype), manifest["quantization"]["experts"])
+        ir.save(model, fresh / names_[0], external_data=names_[1])
+        del model
+        for name in names_:
+            (folder / name).unlink()
+            (fresh / name).rename(folder / name)
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
+        shutil.rmtree(fresh, ignore_errors=True)

@@ -1,0 +1,129 @@
+"""Experts baked into a quantized graph (`hoe export --bake-experts`): parity against the reference holding the
+dequantized experts, the graph's shape, the runtime, swap-experts (rebake) and refusals."""
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from hoe.core.errors import ConfigError
+
+from tiny_models import QUANT_FAST as FAST
+from tiny_models import saved_tiny_hoe as make_tiny
+
+CASES = [("llama", "int4", True, 32), ("qwen2", "int8", False, 16), ("mistral", "int4", False, 16)]
+
+
+@pytest.fixture(scope="module")
+def baked(tmp_path_factory):
+    """(arch, weights, symmetric, block) -> (base_dir, ckpt_dir, out, validation report)."""
+    from hoe.export.onnx_export import ExportConfig, export
+    from hoe.export.validate import ValidationConfig, validate_export
+
+    done = {}
+
+    def get(arch, weights, symmetric, block):
+        key = (arch, weights, symmetric, block)
+        if key not in done:
+            root = tmp_path_factory.mktemp(f"baked_{arch}_{weights}")
+            base_dir, ckpt_dir = make_tiny(root, arch)
+            export(base_dir, ckpt_dir, root / "out", ExportConfig(
+                threads=1, validate=False, weights=weights, symmetric=symmetric, block_size=block, bake_experts=True))
+            report = validate_export(root / "out", base_dir, ckpt_dir, ValidationConfig(**FAST))
+            done[key] = (base_dir, ckpt_dir, root / "out", report)
+        return done[key]
+
+    return get
+
+
+@pytest.mark.parametrize("case", CASES, ids=["-".join(map(str, c)) for c in CASES])
+def test_baked_graph_matches_the_dequantized_reference(baked, case):
+    _, _, out, report = baked(*case)
+    assert report["passed"], report["max_abs_logits"]
+    assert report["max_abs_logits"] <= report["tolerance"] and report["argmax_agreement"] == 1.0
+    m = json.loads((out / "hoe_config.json").read_text())
+    section = m["quantization"]["experts"]
+    assert section["storage"] == "baked" and section["lora_B"] == 8
+    assert section["lora_A"] == section["router_weight"] == {"int4": 4, "int8": 8}[case[1]]
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    inputs = {i.name for i in graph.input}
+    assert "router_mix" in inputs and not any(n.startswith(("experts.", "routers.")) for n in inputs)
+    ops = [n.op_type for n in graph.node]
+    # per layer 4 fused products (q/k/v, o, gate/up, down with their lora_A and routers) + 7 lora_B; lm_head
+    assert ops.count("MatMulNBits") == 2 * (4 + 7) + 1
+    fused = [n for n in graph.node if n.name.startswith("baked/") and n.op_type == "MatMulNBits" and len(n.input) == 6]
+    assert len(fused) == 8 and all(n.input[5] for n in fused)  # the router bias rides on the fused product
+
+
+def test_baked_parity_can_fail(baked, monkeypatch):
+    """A reference holding the float experts is not the baked graph: the check sees it."""
+    import hoe.export.baked as baked_module
+    from hoe.export.validate import ValidationConfig, validate_export
+
+    base_dir, ckpt_dir, out, _ = baked(*CASES[0])
+    monkeypatch.setattr(baked_module, "round_trip_experts", lambda tensors, *a, **k: dict(tensors))
+    report = validate_export(out, base_dir, ckpt_dir, ValidationConfig(**{**FAST, "quality_prompts": 0}))
+    assert not report["passed"]
+
+
+def test_runtime_runs_a_baked_export(baked):
+    """Nothing is bound, per-row preferences still route (a batch equals its rows run alone), switches apply."""
+    import hoe.runtime as hr
+
+    _, _, out, _ = baked(*CASES[0])
+    model = hr.load(out, threads=1)
+    assert model.backend.tensors == {}
+    config = hr.GenerationConfig(max_new_tokens=6, ignore_eos=True)
+    prompt = [5, 9, 17, 3]
+    prefs = [[1.0, 0.0, 0.0], [0.0, 0.2, 0.8]]
+    together = model.generate([prompt, prompt], preference=prefs, config=config)
+    alone = [model.generate([prompt], preference=p, config=config)[0] for p in prefs]
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    gen = model.generator(prefs[0], config)
+    gen.append_tokens([prompt])
+    first = gen.generate_next_token()
+    gen.set_preference(prefs[1])
+    assert gen.generate_next_token().shape == first.shape
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_swap_experts_rebakes_the_graph(baked, tmp_path):
+    from hoe.contract.manifest import swap_experts
+    from hoe.core.loading import load_base
+    from hoe.export.validate import ValidationConfig, validate_export
+    from tiny_models import random_hoe_checkpoint
+
+    base_dir, ckpt_dir, out, _ = baked(*CASES[0])
+    folder = tmp_path / "swapped"
+    shutil.copytree(out, folder)
+    data_before = _digest(folder / "model.onnx.data")
+    hoe = json.loads((ckpt_dir / "hoe.json").read_text())
+    other = random_hoe_checkpoint(load_base(base_dir), n_experts=3, rank=hoe["rank"], seed=7)
+    assert len(other.config.anchors) == len(hoe["anchors"])  # same E, r and K
+    other.save(tmp_path / "other")
+    swap_experts(folder, tmp_path / "other")
+    assert _digest(folder / "model.onnx.data") != data_before
+    report = validate_export(folder, base_dir, tmp_path / "other", ValidationConfig(**{**FAST, "quality_prompts": 0}))
+    assert report["passed"], report["max_abs_logits"]
+    assert _digest(out / "model.onnx.data") != _digest(folder / "model.onnx.data")  # the source export untouched
+
+    smaller = random_hoe_checkpoint(load_base(base_dir), n_experts=2, rank=3, seed=8)
+    smaller.save(tmp_path / "smaller")
+    with pytest.raises(ConfigError, match="re-export"):
+        swap_experts(folder, tmp_path / "smaller")
+    assert json.loads((folder / "hoe_config.json").read_text())["hoe"]["n_experts"] == 3  # nothing installed
+
+
+def test_bake_refusals():
+    from hoe.export.onnx_export import ExportConfig
+
+    for bad in (dict(weights="fp32"), dict(weights="fp16"), dict(weights="int4", target="tensorrt"),
+                dict(weights="int4", experts=False)):
+        with pytest.raises(ConfigError, match="bake-experts"):
+            ExportConfig(bake_experts=True, **bad)
+    assert np.isfinite(ExportConfig(bake_experts=True, weights="int8").block_size)
