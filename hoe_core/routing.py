@@ -154,47 +154,60 @@ def route_normalised(pref: np.ndarray, anchors: np.ndarray, n_route: int | None 
     if n < 1:
         raise ConfigError(f"n_route must be >= 1, got {n}")
     chosen = nearest_anchors(pref, anchors, n)
-    weights = simplex_lstsq(anchors[chosen], pref)
-    miss = weights @ anchors[chosen] - pref
-    if miss @ miss > _EXACT * _EXACT:
-        chosen, weights = _containing_set(pref, anchors, n, (chosen, weights))
+    points = anchors[chosen]
+    w, unique = _affine_lstsq(points, pref)
+    # Independent points whose affine fit is not convex hold pref in no subset either, so simplex_lstsq's
+    # subset search can only help dependent ones; otherwise it is needed only as the fallback below.
+    weights = _snap(w) if unique and w.min() >= -1e-12 else None if unique else simplex_lstsq(points, pref)
+    if weights is None or _miss(weights @ points - pref):
+        found = _containing_set(pref, anchors, n)
+        chosen, weights = found if found is not None else (chosen, simplex_lstsq(points, pref))
     mix = np.zeros(anchors.shape[0])
     mix[chosen] = weights
     return mix
 
 
-def _containing_set(pref: np.ndarray, anchors: np.ndarray, n: int, fallback):
+def _miss(diff: np.ndarray) -> bool:
+    """Whether a fit misses the preference by more than _EXACT."""
+    return float(diff @ diff) > _EXACT * _EXACT
+
+
+def _containing_set(pref: np.ndarray, anchors: np.ndarray, n: int):
     """(indices, convex weights) of the subset of at most n of the 2n nearest anchors that holds `pref` in its
-    hull with the smallest sum of distances to it (ties: the smaller subset, then the nearer anchors);
-    `fallback` when none does. Every subset is solved at once from a table built once per anchor set."""
+    hull with the smallest sum of distances to it (ties: the smaller subset, then the nearer anchors); None
+    when none does. Every subset is solved at once from a table built once per anchor set."""
     table = _subset_table(anchors.tobytes(), anchors.shape, n)
-    dist = _distances(pref, anchors)  # [K]
-    rank = np.empty(len(anchors), dtype=np.int64)
-    rank[np.argsort(dist, kind="stable")] = np.arange(len(anchors))  # as nearest_anchors orders them
-    near = np.append(rank < 2 * n, True)  # [K+1]; the padding column (index K) counts as near
-    w = table.solve @ np.append(pref, 1.0)  # [S, n] (padding rows give 0)
-    miss = np.linalg.norm(np.einsum("sn,snm->sm", w, table.points) - pref, axis=1)  # [S]
-    ok = table.unique & near[table.index].all(1) & (w >= -1e-12).all(1) & (miss <= _EXACT)
+    s, m = len(table.size), len(pref)
+    both = table.solve_fit @ np.append(pref, 1.0)  # one product for all subsets: [S·n weights | S·m fits]
+    w = both[:-s * m].reshape(s, -1)  # [S, n] (padding rows give 0)
+    miss = both[-s * m:].reshape(s, m) - pref  # [S, m]: each subset's affine fit minus pref
+    ok = table.unique & (w >= -1e-12).all(1) & ((miss * miss).sum(1) <= _EXACT * _EXACT)
     if not ok.any():
-        return fallback
-    cost = np.append(dist, 0.0)[table.index].sum(1)  # [S]
-    ok &= cost <= cost[ok].min() + 1e-12
-    ranks = np.sort(np.append(rank, len(anchors))[table.index], axis=1)  # [S, n], padding last
-    order = np.lexsort([*ranks.T[::-1], table.size])  # smaller subsets first, then nearer anchors
-    best = order[ok[order]][0]
+        return None
+    dist = _distances(pref, anchors)  # [K]
+    rank = np.empty(len(anchors) + 1, dtype=np.int64)
+    rank[np.argsort(dist, kind="stable")] = np.arange(len(anchors))  # as nearest_anchors orders them
+    rank[-1] = -1  # the padding index K counts as near and sorts first
+    ok &= (rank[table.index] < 2 * n).all(1)
+    found = np.flatnonzero(ok)
+    if not len(found):
+        return None
+    cost = np.append(dist, 0.0)[table.index[found]].sum(1)
+    ties = found[cost <= cost.min() + 1e-12]
+    best = min(ties, key=lambda s: (table.size[s], sorted(rank[table.index[s]].tolist())))
     keep = table.index[best] < len(anchors)
     return table.index[best][keep], _snap(w[best][keep])
 
 
 class _Subsets(NamedTuple):
     """Every subset of at most n anchors, padded to n with the index K: index [S, n], size [S], the affine
-    solve of each (`_affine_solver`, zero rows for padding) solve [S, n, m+1], its points [S, n, m] (zeros for
-    padding) and whether it is affinely independent unique [S]."""
+    solve of each (`_affine_solver`, zero rows for padding) [S, n, m+1] and the fit it makes [S, m, m+1]
+    (fit @ [pref, 1] = Σ_j w_j·anchor_j), stacked as one matrix solve_fit [S·n + S·m, m+1], and whether each
+    subset is affinely independent unique [S]."""
 
     index: np.ndarray
     size: np.ndarray
-    solve: np.ndarray
-    points: np.ndarray
+    solve_fit: np.ndarray
     unique: np.ndarray
 
 
@@ -204,13 +217,14 @@ def _subset_table(anchors: bytes, shape: tuple[int, int], n: int) -> _Subsets:
     pts = np.frombuffer(anchors, dtype=np.float64).reshape(shape)
     subsets = [c for size in range(1, min(n, k) + 1) for c in itertools.combinations(range(k), size)]
     index = np.full((len(subsets), n), k)
-    solve, points = np.zeros((len(subsets), n, m + 1)), np.zeros((len(subsets), n, m))
+    solve, fit = np.zeros((len(subsets), n, m + 1)), np.zeros((len(subsets), m, m + 1))
     unique = np.zeros(len(subsets), dtype=bool)
     for i, c in enumerate(subsets):
         index[i, :len(c)] = c
         solve[i, :len(c)], unique[i] = _affine_solver(pts[list(c)].tobytes(), (len(c), m))
-        points[i, :len(c)] = pts[list(c)]
-    return _Subsets(index, np.array([len(c) for c in subsets]), solve, points, unique)
+        fit[i] = pts[list(c)].T @ solve[i, :len(c)]
+    solve_fit = np.concatenate([solve.reshape(-1, m + 1), fit.reshape(-1, m + 1)])
+    return _Subsets(index, np.array([len(c) for c in subsets]), solve_fit, unique)
 
 
 def simplex_grid(m: int, steps: int) -> list[list[float]]:
