@@ -160,8 +160,8 @@ def _hoe_bytes(src: Sources) -> int:
     from .floor import file_bytes, graph_weight_bytes
 
     m = Manifest.load(src.hoe_export, verify=False)
-    return graph_weight_bytes(src.hoe_export / m.data["model"]["file"]) + file_bytes(m.path("experts"),
-                                                                                    m.path("routers"))
+    graph = graph_weight_bytes(src.hoe_export / m.data["model"]["file"])
+    return graph if m.experts_baked else graph + file_bytes(m.path("experts"), m.path("routers"))  # baked: inside
 
 
 def _torch_bytes(src: Sources) -> int:

@@ -115,13 +115,5 @@ def random_hoe_checkpoint(base, n_experts: int = 3, rank: int = 16, seed: int = 
     return random_routers(ckpt, seed, std=0.05)
 
 
-def saved_tiny_hoe(root, arch: str):
-    """(base folder, HoE checkpoint folder) of a tiny random model with PEFT experts and random routers."""
-    base, ckpt = tiny_hoe(arch, root)
-    base.save_pretrained(root / "base")
-    ckpt.save(root / "hoe")
-    return root / "base", root / "hoe"
-
-
 # Export validation settings for the quantized tiny exports (tests/export/test_quantize.py, test_baked.py).
 QUANT_FAST = dict(threads=1, decode_steps=2, quality_prompts=2, quality_tokens=6, fp64_cases=0)

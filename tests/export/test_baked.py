@@ -11,31 +11,14 @@ import pytest
 from hoe.core.errors import ConfigError
 
 from tiny_models import QUANT_FAST as FAST
-from tiny_models import saved_tiny_hoe as make_tiny
 
 CASES = [("llama", "int4", True, 32), ("qwen2", "int8", False, 16), ("mistral", "int4", False, 16)]
 
 
-@pytest.fixture(scope="module")
-def baked(tmp_path_factory):
-    """(arch, weights, symmetric, block) -> (base_dir, ckpt_dir, out, validation report)."""
-    from hoe.export.onnx_export import ExportConfig, export
-    from hoe.export.validate import ValidationConfig, validate_export
-
-    done = {}
-
-    def get(arch, weights, symmetric, block):
-        key = (arch, weights, symmetric, block)
-        if key not in done:
-            root = tmp_path_factory.mktemp(f"baked_{arch}_{weights}")
-            base_dir, ckpt_dir = make_tiny(root, arch)
-            export(base_dir, ckpt_dir, root / "out", ExportConfig(
-                threads=1, validate=False, weights=weights, symmetric=symmetric, block_size=block, bake_experts=True))
-            report = validate_export(root / "out", base_dir, ckpt_dir, ValidationConfig(**FAST))
-            done[key] = (base_dir, ckpt_dir, root / "out", report)
-        return done[key]
-
-    return get
+@pytest.fixture
+def baked(quantized):
+    """(arch, weights, symmetric, block) -> quantized(..., bake=True)."""
+    return lambda *case: quantized(*case, bake=True)
 
 
 @pytest.mark.parametrize("case", CASES, ids=["-".join(map(str, c)) for c in CASES])

@@ -74,33 +74,10 @@ def test_cli_refuses_before_work(tmp_path, capsys):
 
 
 from tiny_models import QUANT_FAST as FAST  # noqa: E402
-from tiny_models import saved_tiny_hoe as make_tiny  # noqa: E402
 
 CASES = [("llama", "int4", True, 32, "ort-cpu"), ("qwen2", "int8", False, 16, "ort-cpu"),
          ("mistral", "int4", False, 16, "ort-cpu"), ("llama", "int8", True, 16, "ort-cpu"),
          ("qwen2", "int4", True, 16, "tensorrt"), ("mistral", "fp16", True, 32, "ort-cpu")]
-
-
-@pytest.fixture(scope="module")
-def quantized(tmp_path_factory):
-    """(arch, weights, symmetric, block, target) -> (base_dir, ckpt_dir, out, validation report)."""
-    from hoe.export.onnx_export import ExportConfig, export
-    from hoe.export.validate import ValidationConfig, validate_export
-
-    done = {}
-
-    def get(arch, weights, symmetric, block, target):
-        key = (arch, weights, symmetric, block, target)
-        if key not in done:
-            root = tmp_path_factory.mktemp(f"q_{arch}_{weights}")
-            base_dir, ckpt_dir = make_tiny(root, arch)
-            export(base_dir, ckpt_dir, root / "out", ExportConfig(
-                threads=1, validate=False, weights=weights, symmetric=symmetric, block_size=block, target=target))
-            report = validate_export(root / "out", base_dir, ckpt_dir, ValidationConfig(**FAST))
-            done[key] = (base_dir, ckpt_dir, root / "out", report)
-        return done[key]
-
-    return get
 
 
 @pytest.mark.parametrize("case", CASES, ids=["-".join(map(str, c)) for c in CASES])
@@ -183,7 +160,7 @@ def test_swap_experts_on_a_quantized_export(quantized, tmp_path):
 
 
 @pytest.mark.parametrize("table", ["", "int8", "fp32"])
-def test_tied_table_is_quantized_once_and_shared(tmp_path, monkeypatch, table):
+def test_tied_table_is_quantized_once_and_shared(tmp_path, monkeypatch, table, tiny_folders):
     """A tied lm_head: GatherBlockQuantized and the lm_head's MatMulNBits read the same packed initializer, at
     the table's own precision (--embedding-weights); an fp32 table stays a Gather + Gemm."""
     import tiny_models
@@ -198,7 +175,7 @@ def test_tied_table_is_quantized_once_and_shared(tmp_path, monkeypatch, table):
         return cfg
 
     monkeypatch.setattr(tiny_models, "tiny_config", tied)
-    base_dir, ckpt_dir = make_tiny(tmp_path, "llama")
+    base_dir, ckpt_dir = tiny_folders(tmp_path, "llama")
     export(base_dir, ckpt_dir, tmp_path / "out", ExportConfig(threads=1, validate=False, weights="int4", table=table))
     q = json.loads((tmp_path / "out" / "hoe_config.json").read_text())["quantization"]
     graph = onnx.load(str(tmp_path / "out" / "model.onnx"), load_external_data=False).graph
