@@ -60,13 +60,11 @@ def rebake(model, groups: list[SiteGroup], packed: dict[str, np.ndarray], sectio
         if new != widths:
             raise ConfigError(f"{g.name}: the baked graph holds {widths} lora_A/router columns, the new experts have "
                               f"{new} (E, r and K must stay the same; re-export for other sizes)")
-        fused = init[_name(g, "B")].const_value.numpy()
         q = _quantize_ar(g, packed, cfg)
-        _set(init, _name(g, "B"), np.concatenate([fused[:n_base], q.packed]))
-        _set(init, _name(g, "scales"), np.concatenate([init[_name(g, "scales")].const_value.numpy()[:n_base], q.scales]))
-        if q.zero_points is not None:
-            _set(init, _name(g, "zp"), np.concatenate([init[_name(g, "zp")].const_value.numpy()[:n_base],
-                                                       q.zero_points]))
+        for part, new_rows in (("B", q.packed), ("scales", q.scales), ("zp", q.zero_points)):
+            if new_rows is not None:  # the base's rows stay, the experts' follow
+                base_rows = init[_name(g, part)].const_value.numpy()[:n_base]
+                _set(init, _name(g, part), np.concatenate([base_rows, new_rows.astype(base_rows.dtype)]))
         _set(init, _name(g, "bias"), _bias(n_base, g, packed))
         for module in g.modules:
             qb = _quantize_b(packed[packing.lora_b(module)], cfg)

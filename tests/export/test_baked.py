@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 import pytest
 from hoe.core.errors import ConfigError
-
 from tiny_models import QUANT_FAST as FAST
 
 CASES = [("llama", "int4", True, 32), ("qwen2", "int8", False, 16), ("mistral", "int4", False, 16)]
