@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 
 class TorchCompileSystem(System):
-    """HoEModel under torch.compile with a StaticCache; the router_mix row is fixed at construction."""
+    """HoEModel under torch.compile with a StaticCache; the router_mix row is fixed at construction. The model
+    becomes the system's own: its adapted linears read the system's state from then on (`_AttributeState`)."""
 
     name = "torch-compile"
 
@@ -33,6 +34,9 @@ class TorchCompileSystem(System):
         self.hoe = model.eval()
         self.lm = model.model
         self.router_mix = torch.from_numpy(np.asarray(router_mix, dtype=np.float32))[None]  # [1, K]
+        self.state = _AttributeState(model.named_tensors())
+        _use_state(model, self.state)
+        self._mix: dict[int, object] = {}
         self.max_length = max_length
         self.forward = torch.compile(self._forward, dynamic=False, mode=mode)
         self.compile_ms: dict[str, float] = {}
@@ -62,7 +66,8 @@ class TorchCompileSystem(System):
         mask[:, : attention_mask.shape[1]] = attention_mask  # fixed width: future columns masked
         key = (b, t)
         start = time.perf_counter()
-        with torch.no_grad(), self.hoe.state.bind(self.hoe.named_tensors(), self.router_mix.expand(b, -1).contiguous()):
+        self.state.router_mix = self._mix.setdefault(b, self.router_mix.expand(b, -1).contiguous())  # [B, K]
+        with torch.no_grad():
             logits = self.forward(torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)),
                                   torch.from_numpy(mask), torch.from_numpy(np.ascontiguousarray(position_ids)),
                                   torch.arange(past, past + t), state["cache"])
@@ -71,3 +76,22 @@ class TorchCompileSystem(System):
             self.compile_ms[f"batch{b}_tokens{t}"] = (time.perf_counter() - start) * 1e3
         state["past"] = past + t
         return logits.float().numpy()
+
+
+class _AttributeState:
+    """What HoELinear reads (hoe.core.model.HoEState's `tensors`, `router_mix`) as plain attributes, fixed for the
+    model's life. Dynamo cannot trace HoEState's ContextVar (a graph break at every adapted linear), and a new
+    dict or tensor per step made it recompile until its limit (8) and then run eager. The model is this
+    system's own and runs on one thread, which is all HoEState's per-call binding is for."""
+
+    def __init__(self, tensors: dict) -> None:
+        self.tensors = tensors
+        self.router_mix = None  # [B, K], set before each step
+
+
+def _use_state(model, state: _AttributeState) -> None:
+    from hoe.core.model import HoELinear
+
+    for module in model.modules():
+        if isinstance(module, HoELinear):
+            module.state = state

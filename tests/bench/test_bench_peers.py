@@ -69,12 +69,16 @@ def test_ortgenai_fp32_build_decodes_like_our_base_graph(peer_model, tmp_path):
 
 def test_torch_compile_decodes_like_eager(bench_model, reference):
     import torch
+    import torch._dynamo.utils as dynamo_utils
     from hoe.bench.torch_compile import TorchCompileSystem
     from hoe.core.generate import generate
+    from hoe.core.loading import load_hoe
 
+    dynamo_utils.counters.clear()
     k = reference.config.n_routers
     mix = np.full(k, 1.0 / k, dtype=np.float32)
-    system = TorchCompileSystem(reference, mix, threads=1, max_length=32)
+    own = load_hoe(bench_model.base_dir, bench_model.ckpt_dir)  # the system takes its model over
+    system = TorchCompileSystem(own, mix, threads=1, max_length=32)
     prompt = np.random.default_rng(4).integers(3, 97, size=(1, 6))
     run = greedy_run(system, prompt, 4)
     again = greedy_run(system, prompt, 4)  # the cache is reset, the graphs are reused
@@ -83,6 +87,7 @@ def test_torch_compile_decodes_like_eager(bench_model, reference):
     np.testing.assert_array_equal(run.tokens, eager)
     np.testing.assert_array_equal(again.tokens, eager)
     assert set(system.compile_ms) == {"batch1_tokens6", "batch1_tokens1"}
+    assert not dynamo_utils.counters["graph_break"]  # one graph per shape: HoE's state is traced, not broken on
 
 
 @needs_og
