@@ -26,13 +26,15 @@ margin <= 2·atol + rtol·|top-1|). `max_rel` is max |diff| / max |ref| over the
 A quantized export (`hoe export --weights int4`) is compared with the reference holding the graph's own
 dequantized base weights (export/quantize.py), so parity still proves the graph; what the quantization
 costs against the fp32 model is `quantization_cost` (export/quality.py: greedy agreement over 64 tokens on
-held-out prompts, next-token KL). Note: backends run the graph as shipped (MatMulNBits at its accuracy
-level; 4 = int8 activations), so their logits carry that kernel's rounding too — pass --atol accordingly.
+held-out prompts, next-token KL). MatMulNBits graphs at an accuracy level > 0 (4 = int8 activations) are
+judged on a twin folder whose MatMulNBits run at level 0 (fp32 activations: exactly x·Ŵ), at the fp32
+tolerance, as export validation does; the shipped level's rounding is part of the quantization cost.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,16 +238,42 @@ def run_parity(folder: str | Path, cfg: ParityConfig | None = None, base: str | 
                hoe: str | None = None) -> dict:
     """Every available backend against the PyTorch reference on an exported folder -> the result dict."""
     from hoe.contract.folder import Manifest
+
+    cfg, folder = cfg or ParityConfig(), Path(folder)
+    manifest = Manifest.load(folder, verify=True)
+    with tempfile.TemporaryDirectory(prefix="hoe-parity-") as scratch:
+        graph_folder = _exact_twin(folder, Path(scratch))  # the folder itself when its graph computes exactly
+        return _run_parity(cfg, folder, graph_folder, manifest, base, hoe)
+
+
+def _exact_twin(folder: Path, scratch: Path) -> Path:
+    """A twin of `folder` whose MatMulNBits run at accuracy_level 0 (fp32 activations: x·Ŵ with the dequantized
+    weights, as the reference computes), files linked, model.onnx rewritten; `folder` when nothing changes.
+    The shipped graph's int8-activation rounding is the quantization cost, reported apart (as export validation
+    does)."""
+    from hoe.core.atomic import link_or_copy
+    from hoe.export.quantize import exact_accuracy_model
+
+    model = exact_accuracy_model(folder / "model.onnx")
+    if model is None:
+        return folder
+    for item in folder.iterdir():
+        if item.name != "model.onnx" and item.is_file():  # onnxruntime refuses external data behind a symlink
+            link_or_copy(item, scratch / item.name)
+    (scratch / "model.onnx").write_bytes(model)
+    return scratch
+
+
+def _run_parity(cfg: ParityConfig, folder: Path, graph_folder: Path, manifest, base, hoe) -> dict:
     from tqdm import tqdm
 
     from .machine import machine_info
     from .timing import set_torch_threads
 
-    cfg, folder = cfg or ParityConfig(), Path(folder)
-    manifest = Manifest.load(folder, verify=True)
+    exact = graph_folder != folder
     dtype = manifest.data["model"].get("dtype", "fp32")
-    atol, rtol = TOLERANCES[_tolerance_key(manifest.data)] if dtype == "fp32" else TOLERANCES.get(dtype,
-                                                                                                   TOLERANCES["fp32"])
+    key = "fp32" if exact else _tolerance_key(manifest.data)
+    atol, rtol = TOLERANCES[key] if dtype == "fp32" else TOLERANCES.get(dtype, TOLERANCES["fp32"])
     atol, rtol = cfg.atol if cfg.atol is not None else atol, cfg.rtol if cfg.rtol is not None else rtol
     set_torch_threads(cfg.threads)
     ref = reference_runner(folder, cfg.threads, base, hoe)
@@ -253,8 +281,10 @@ def run_parity(folder: str | Path, cfg: ParityConfig | None = None, base: str | 
         raise ConfigError(f"{folder} is a plain base export; parity needs the HoE export")
     prefs = preferences(ref.router.n_objectives, cfg.seed)
     cases = sweep(cfg, prefs, manifest.vocab_size)
-    runners, skipped = _open_all(cfg, folder)
+    runners, skipped = _open_all(cfg, graph_folder)
     result = {"folder": str(folder), "machine": machine_info(), "threads": cfg.threads, "dtype": dtype,
+              "parity_graph": "MatMulNBits at accuracy_level 0 (fp32 activations); the shipped graph's int8 "
+                              "activations are part of the quantization cost" if exact else "as shipped",
               "tolerances": {"atol": atol, "rtol": rtol}, "config": cfg.to_dict(), "preferences": prefs,
               "reference": ref.backend.describe(), "skipped": skipped, "backends": {}}
     for run in runners:
@@ -270,7 +300,7 @@ def run_parity(folder: str | Path, cfg: ParityConfig | None = None, base: str | 
     for run in [ref, *runners]:
         run.backend.deactivate()
     if dtype == "fp32" and cfg.fp64_factor > 0:
-        _judge_by_fp64(cfg, folder, cases, result, base, hoe)
+        _judge_by_fp64(cfg, graph_folder, cases, result, base, hoe)
     result["quantization"] = manifest.data.get("quantization")
     if cfg.quality:
         result["quantization_cost"] = quantization_cost(folder, cfg.threads, base, hoe)
