@@ -66,7 +66,9 @@ class TorchCompileSystem(System):
         mask[:, : attention_mask.shape[1]] = attention_mask  # fixed width: future columns masked
         key = (b, t)
         start = time.perf_counter()
-        self.state.router_mix = self._mix.setdefault(b, self.router_mix.expand(b, -1).contiguous())  # [B, K]
+        if b not in self._mix:  # the same tensor every step of a batch size (dynamo guards on it)
+            self._mix[b] = self.router_mix.expand(b, -1).contiguous()  # [B, K]
+        self.state.router_mix = self._mix[b]
         with torch.no_grad():
             logits = self.forward(torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)),
                                   torch.from_numpy(mask), torch.from_numpy(np.ascontiguousarray(position_ids)),

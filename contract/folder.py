@@ -20,6 +20,7 @@ from .manifest import (
     VALIDATION_FILE,
     check_inside,
     check_manifest,
+    experts_baked,
     read_manifest,
     read_packed,
     verify_hashes,
@@ -173,13 +174,14 @@ class Manifest:
 
     @property
     def experts_baked(self) -> bool:
-        """The graph holds its experts and routers as initializers (`hoe export --bake-experts`): nothing to bind."""
-        return ((self.data.get("quantization") or {}).get("experts") or {}).get("storage") == "baked"
+        """The graph holds its experts and routers as initializers (`hoe export --bake-experts`)."""
+        return experts_baked(self.data.get("quantization"))
 
     def hoe_tensors(self) -> dict[str, np.ndarray]:
-        """Experts and routers by graph-input name ({} for a plain base export), checked against the declared
-        inputs: every one present, its dtype, and its shape with the E, r and K of the `hoe` section."""
-        return read_packed(self.folder, self.data)
+        """The experts and routers the graph takes as inputs, by name ({} for a plain base export and for one that
+        holds them baked in), checked against the declared inputs: every one present, its dtype, and its shape
+        with the E, r and K of the `hoe` section."""
+        return {} if self.experts_baked else read_packed(self.folder, self.data)
 
     def path(self, key: str) -> Path | None:
         """Absolute path of a file named under `files` (None when the export has none)."""

@@ -7,7 +7,7 @@ Torch-free (numpy, safetensors and hoe.core's torch-free modules only), so the r
     load_manifest(folder, verify=True) -> dict     read, check structure, check every sha256
     refresh_hashes(folder) -> dict                 recompute `sha256` after files changed
     swap_experts(folder, ckpt_dir) -> dict         install another HoE checkpoint's experts/routers
-    write_packed(folder, tensors, groups, dtype)   checkpoint tensors -> packed experts/routers files
+    save_packed(folder, packed)                    packing.pack's tensors -> the experts/routers files
     read_packed(folder, manifest) -> dict          the folder's packed tensors, checked against the graph inputs
     read_checkpoint_tensors(folder) -> dict        the folder's packed tensors as checkpoint tensors
     input_specs(manifest, names) -> [TensorSpec]   the declared specs of some graph inputs
@@ -191,11 +191,18 @@ def groups_of(manifest: dict[str, Any]) -> list[SiteGroup]:
     return [SiteGroup.from_dict(g) for g in manifest["hoe"].get("groups", [])]
 
 
-def write_packed(folder: Path, tensors: dict[str, np.ndarray], groups: list[SiteGroup], dtype: str) -> dict[str, str]:
-    """Checkpoint tensors (numpy, canonical names) -> experts/routers safetensors of packed graph inputs."""
+BAKED = "baked"  # quantization.experts.storage of a graph holding its experts (hoe export --bake-experts)
+
+
+def experts_baked(quantization: dict[str, Any] | None) -> bool:
+    """Whether a manifest's `quantization` section says the graph holds its experts and routers itself."""
+    return ((quantization or {}).get("experts") or {}).get("storage") == BAKED
+
+
+def save_packed(folder: Path, packed: dict[str, np.ndarray]) -> dict[str, str]:
+    """Packed experts/routers (packing.pack) -> the folder's experts and routers safetensors."""
     from safetensors.numpy import save_file
 
-    packed = packing.pack(tensors, groups, dtype)
     for file, prefix in ((EXPERTS_FILE, names.EXPERTS_PREFIX), (ROUTERS_FILE, names.ROUTERS_PREFIX)):
         part = {n: v for n, v in packed.items() if n.startswith(prefix)}
         save_file(part, str(Path(folder) / file), metadata={"format": "np"})
@@ -280,11 +287,12 @@ def swap_experts(folder: str | os.PathLike, ckpt_dir: str | os.PathLike, check=N
             if entry.name not in replaced:
                 (shutil.copytree(entry, tmp / entry.name, copy_function=link_or_copy) if entry.is_dir()
                  else link_or_copy(entry, tmp / entry.name))
-        write_packed(tmp, tensors, groups, dtype)
-        if ((manifest.get("quantization") or {}).get("experts") or {}).get("storage") == "baked":
+        packed = packing.pack(tensors, groups, dtype)
+        save_packed(tmp, packed)
+        if experts_baked(manifest.get("quantization")):
             from hoe.export.baked import rebake_folder  # the graph holds them: new initializers (export extra)
 
-            rebake_folder(tmp, manifest, tensors, groups, dtype)
+            rebake_folder(tmp, manifest, packed, groups)
         shutil.copyfile(ckpt_dir / HOE_FILE, tmp / HOE_FILE)
         manifest["hoe"] = hoe_section(config, old["expert_inputs"], old["router_inputs"], groups)
         manifest = write_manifest(tmp, manifest)

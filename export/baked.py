@@ -1,4 +1,4 @@
-"""Experts and routers baked into a quantized onnxruntime graph (`hoe export --weights int4 --experts baked`).
+"""Experts and routers baked into a quantized onnxruntime graph (`hoe export --weights int4 --bake-experts`).
 
 On a CPU at 4-bit base weights the HoE mixture read as graph inputs costs more than it should: every expert
 and router product is an fp32 MatMul on a weight onnxruntime cannot prepack (GRAPH.md). Baked, each site
@@ -20,6 +20,7 @@ work as before; only swapping experts needs new initializers (`rebake`, same E, 
 from __future__ import annotations
 
 import numpy as np
+from hoe.contract.manifest import BAKED
 from hoe.core import names, packing
 from hoe.core.errors import ConfigError
 from hoe.core.packing import SiteGroup
@@ -27,21 +28,32 @@ from hoe.core.packing import SiteGroup
 from .quantize import MS_DOMAIN, QuantConfig, quantize_blocks
 
 EXPERT_BITS = 8  # lora_B: K = E·r rows (24 for 3 rank-8 experts), one block per column
-STORAGE = "baked"
+QUANT_PARTS = ("B", "scales", "zp")  # a MatMulNBits weight's initializers: `{prefix}.{part}`
+
+
+def check_bakeable(cfg: QuantConfig, experts: bool = True) -> None:
+    """ConfigError unless experts can be baked into a graph of this precision and target."""
+    if cfg.form != "MatMulNBits" or not experts:
+        raise ConfigError(f"--bake-experts needs experts and int8/int4 weights on an onnxruntime target "
+                          f"(MatMulNBits), got weights {cfg.weights!r}, target {cfg.target!r}, experts {experts}")
 
 
 def experts_section(cfg: QuantConfig, groups: int) -> dict:
     """The manifest's `quantization.experts` of a baked graph."""
-    return {"storage": STORAGE, "lora_A": cfg.bits, "router_weight": cfg.bits, "lora_B": EXPERT_BITS,
+    return {"storage": BAKED, "lora_A": cfg.bits, "router_weight": cfg.bits, "lora_B": EXPERT_BITS,
             "router_bias": "float", "block_size": cfg.block_size, "symmetric": cfg.symmetric, "groups": groups}
+
+
+def section_config(section: dict) -> QuantConfig:
+    """The QuantConfig lora_A and the routers were baked with (`experts_section`)."""
+    return QuantConfig(weights={4: "int4", 8: "int8"}[section["lora_A"]], block_size=section["block_size"],
+                       symmetric=section["symmetric"])
 
 
 def bake_experts(model, groups: list[SiteGroup], packed: dict[str, np.ndarray], cfg: QuantConfig) -> dict:
     """Rewrite `model` (onnx_ir.Model, quantized to MatMulNBits, experts and routers still graph inputs) in place
     so that it holds `packed` (packing.pack's tensors in the graph dtype) as initializers. Returns the section."""
-    if cfg.form != "MatMulNBits":
-        raise ConfigError(f"experts can be baked only into MatMulNBits graphs (--weights int4/int8 and an "
-                          f"onnxruntime target), got weights {cfg.weights!r}, target {cfg.target!r}")
+    check_bakeable(cfg)
     baker = _Baker(model, packed, cfg)
     for g in groups:
         baker.group(g)
@@ -51,27 +63,20 @@ def bake_experts(model, groups: list[SiteGroup], packed: dict[str, np.ndarray], 
 
 def rebake(model, groups: list[SiteGroup], packed: dict[str, np.ndarray], section: dict) -> None:
     """New experts and routers (same E, r and K) into a baked graph, in place: the initializers are replaced."""
-    cfg = QuantConfig(weights={4: "int4", 8: "int8"}[section["lora_A"]], block_size=section["block_size"],
-                      symmetric=section["symmetric"])
+    cfg = section_config(section)
     init = model.graph.initializers
     for g in groups:
-        n_base, *widths = init[_name(g, "widths")].const_value.numpy().tolist()  # the Split: base | lora_A | router
+        n_base, *widths = init[f"{_prefix(g)}.widths"].const_value.numpy().tolist()  # the Split: base | lora_A | router
         new = [packed[packing.lora_a(g)].shape[1], packed[packing.router_weight(g)].shape[1]]
         if new != widths:
             raise ConfigError(f"{g.name}: the baked graph holds {widths} lora_A/router columns, the new experts have "
                               f"{new} (E, r and K must stay the same; re-export for other sizes)")
-        q = _quantize_ar(g, packed, cfg)
-        for part, new_rows in (("B", q.packed), ("scales", q.scales), ("zp", q.zero_points)):
-            if new_rows is not None:  # the base's rows stay, the experts' follow
-                base_rows = init[_name(g, part)].const_value.numpy()[:n_base]
-                _set(init, _name(g, part), np.concatenate([base_rows, new_rows.astype(base_rows.dtype)]))
-        _set(init, _name(g, "bias"), _bias(n_base, g, packed))
+        held = [init.get(f"{_prefix(g)}.{part}") for part in QUANT_PARTS]
+        base = [None if v is None else v.const_value.numpy()[:n_base] for v in held]  # the base's rows stay
+        _set_all(init, _prefix(g), _fused_rows(base, _quantize_ar(g, packed, cfg)))
+        _set(init, f"{_prefix(g)}.bias", _bias(n_base, g, packed))
         for module in g.modules:
-            qb = _quantize_b(packed[packing.lora_b(module)], cfg)
-            _set(init, packing.lora_b(module) + ".B", qb.packed)
-            _set(init, packing.lora_b(module) + ".scales", qb.scales)
-            if qb.zero_points is not None:
-                _set(init, packing.lora_b(module) + ".zp", qb.zero_points)
+            _set_all(init, packing.lora_b(module), _parts(_quantize_b(packed[packing.lora_b(module)], cfg)))
 
 
 def round_trip_experts(tensors: dict[str, np.ndarray], modules: list[str], section: dict,
@@ -80,8 +85,7 @@ def round_trip_experts(tensors: dict[str, np.ndarray], modules: list[str], secti
     router weights through the base's quantizer, lora_B (scaling folded in, scaling then 1) through lora_B's.
     Column by column this is what `bake_experts` quantizes (each column of a packed tensor is one row of a
     module's tensor here). Other tensors are returned as they are."""
-    cfg = QuantConfig(weights={4: "int4", 8: "int8"}[section["lora_A"]], block_size=section["block_size"],
-                      symmetric=section["symmetric"])
+    cfg = section_config(section)
     out = dict(tensors)
     for module in modules:
         for name in (names.lora_a(module), names.router_weight(module)):
@@ -99,8 +103,19 @@ def round_trip_experts(tensors: dict[str, np.ndarray], modules: list[str], secti
 # ---------------------------------------------------------------------------- the graph pass
 
 
-def _name(g: SiteGroup, part: str) -> str:
-    return f"baked.{g.name}.{part}"
+def _prefix(g: SiteGroup) -> str:
+    """The initializers of a group's fused product are `baked.{group}.{B, scales, zp, bias, widths}`."""
+    return f"baked.{g.name}"
+
+
+def _parts(q) -> tuple:
+    """(B, scales, zero points | None) of a BlockQuant, in QUANT_PARTS order."""
+    return q.packed, q.scales, q.zero_points
+
+
+def _fused_rows(base: list, q) -> tuple:
+    """The fused product's (B, scales, zp): the base's rows [N_base, ...] then lora_A's and the routers'."""
+    return tuple(None if b is None else np.concatenate([b, new.astype(b.dtype)]) for b, new in zip(base, _parts(q)))
 
 
 def _quantize_ar(g: SiteGroup, packed: dict[str, np.ndarray], cfg: QuantConfig):
@@ -121,6 +136,12 @@ def _bias(n_base: int, g: SiteGroup, packed: dict[str, np.ndarray]) -> np.ndarra
     """[0 (base) | 0 (lora_A) | router bias]: the fused node's bias."""
     bias = packed[packing.router_bias(g)]
     return np.concatenate([np.zeros(n_base + packed[packing.lora_a(g)].shape[1], dtype=bias.dtype), bias])
+
+
+def _set_all(initializers, prefix: str, arrays: tuple) -> None:
+    for part, array in zip(QUANT_PARTS, arrays):
+        if array is not None:
+            _set(initializers, f"{prefix}.{part}", array)
 
 
 def _set(initializers, name: str, array: np.ndarray) -> None:
@@ -152,20 +173,15 @@ class _Baker:
         attrs = {k: v.as_int() for k, v in base.attributes.items()}
         if attrs["bits"] != self.cfg.bits or attrs["block_size"] != self.cfg.block_size or len(base.inputs) > 4:
             raise ConfigError(f"{g.name}: the base projection is not a plain {self.cfg.bits}-bit MatMulNBits")
-        q = _quantize_ar(g, self.packed, self.cfg)
         n_base = attrs["N"]
-        parts = [base.inputs[1].const_value.numpy(), base.inputs[2].const_value.numpy()]
-        b = self._init(_name(g, "B"), np.concatenate([parts[0], q.packed]))
-        scales = self._init(_name(g, "scales"), np.concatenate([parts[1], q.scales.astype(parts[1].dtype)]))
-        zp = None
-        if q.zero_points is not None:
-            zp = self._init(_name(g, "zp"), np.concatenate([base.inputs[3].const_value.numpy(), q.zero_points]))
-        bias = self._init(_name(g, "bias"), _bias(n_base, g, self.packed))
+        base_parts = [base.inputs[i].const_value.numpy() if i < len(base.inputs) and base.inputs[i] is not None
+                      else None for i in (1, 2, 3)]  # B, scales, zp
+        quant = self._inits(_prefix(g), _fused_rows(base_parts, _quantize_ar(g, self.packed, self.cfg)))
+        bias = self._init(f"{_prefix(g)}.bias", _bias(n_base, g, self.packed))
         widths = [n_base, self.packed[packing.lora_a(g)].shape[1], self.packed[packing.router_weight(g)].shape[1]]
-        fused = self._node("MatMulNBits", [x, b, scales, zp, None, bias], MS_DOMAIN, g,
-                           **{**attrs, "N": sum(widths)})
-        split = self._node("Split", [fused.outputs[0], self._init(_name(g, "widths"), np.array(widths, np.int64))],
-                           "", g, num_outputs=3, axis=-1)
+        fused = self._node("MatMulNBits", [x, *quant, None, bias], MS_DOMAIN, g.name, **{**attrs, "N": sum(widths)})
+        split = self._node("Split", [fused.outputs[0], self._init(f"{_prefix(g)}.widths", np.array(widths, np.int64))],
+                           "", g.name, num_outputs=3, axis=-1)
         self.graph.insert_before(base, [fused, split])
         for old, new in zip((base, a_node, bias_add), split.outputs):
             new.shape, new.type = old.outputs[0].shape, old.outputs[0].type
@@ -180,10 +196,9 @@ class _Baker:
         name = packing.lora_b(module)
         node = self._matmul(name)
         q = _quantize_b(self.packed[name], self.cfg)
-        new = self._node("MatMulNBits", [node.inputs[0], self._init(name + ".B", q.packed),
-                                         self._init(name + ".scales", q.scales)]
-                         + ([self._init(name + ".zp", q.zero_points)] if q.zero_points is not None else []),
-                         MS_DOMAIN, None, K=q.k, N=q.n, bits=q.bits, block_size=q.block_size,
+        quant = [v for v in self._inits(name, _parts(q)) if v is not None]
+        new = self._node("MatMulNBits", [node.inputs[0], *quant], MS_DOMAIN, name, K=q.k, N=q.n, bits=q.bits,
+                         block_size=q.block_size,
                          **({"accuracy_level": self.cfg.accuracy_level} if self.cfg.accuracy_level else {}))
         self.graph.insert_before(node, new)
         new.outputs[0].shape, new.outputs[0].type = node.outputs[0].shape, node.outputs[0].type
@@ -223,6 +238,10 @@ class _Baker:
             raise ConfigError(f"expected the router product to be followed by Add({bias_name})")
         return adds[0]
 
+    def _inits(self, prefix: str, arrays: tuple) -> list:
+        """`{prefix}.{B, scales, zp}` initializers (None for an absent zero point)."""
+        return [None if a is None else self._init(f"{prefix}.{part}", a) for part, a in zip(QUANT_PARTS, arrays)]
+
     def _init(self, name: str, array: np.ndarray):
         import onnx_ir as ir
 
@@ -230,15 +249,14 @@ class _Baker:
         self.graph.register_initializer(value)
         return value
 
-    def _node(self, op_type: str, inputs: list, domain: str, g: SiteGroup | None, num_outputs: int = 1, **attrs):
+    def _node(self, op_type: str, inputs: list, domain: str, label: str, num_outputs: int = 1, **attrs):
         import onnx_ir as ir
 
-        label = g.name if g is not None else inputs[1].name
         return ir.Node(domain, op_type, inputs, num_outputs=num_outputs, name=f"baked/{label}/{op_type}",
                        attributes=[ir.convenience.convert_attribute(k, v) for k, v in attrs.items()])
 
 
-def rebake_folder(folder, manifest: dict, tensors: dict[str, np.ndarray], groups: list[SiteGroup], dtype) -> None:
+def rebake_folder(folder, manifest: dict, packed: dict[str, np.ndarray], groups: list[SiteGroup]) -> None:
     """`rebake` on an exported folder's model file, written anew. A staged folder's files may be links to the live
     export: they are read from a private copy (onnx refuses linked external data) and replaced, never written
     through."""
@@ -256,7 +274,7 @@ def rebake_folder(folder, manifest: dict, tensors: dict[str, np.ndarray], groups
         for name in names_:
             shutil.copyfile(folder / name, source / name)
         model = ir.load(source / names_[0])
-        rebake(model, groups, packing.pack(tensors, groups, dtype), manifest["quantization"]["experts"])
+        rebake(model, groups, packed, manifest["quantization"]["experts"])
         ir.save(model, fresh / names_[0], external_data=names_[1])
         del model
         for name in names_:

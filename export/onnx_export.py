@@ -70,10 +70,10 @@ class ExportConfig(JsonConfig):
         if self.target not in TARGETS:
             raise ConfigError(f"target must be one of {list(TARGETS)}, got {self.target!r}")
         self.quant_config()  # refuses bad weights/target/block-size combinations before any work
-        if self.bake_experts and (self.quant_config().form != "MatMulNBits" or not self.experts):
-            raise ConfigError(f"--bake-experts needs experts and int8/int4 weights on an onnxruntime target "
-                              f"(MatMulNBits), got weights {self.weights!r}, target {self.target!r}, "
-                              f"experts {self.experts}")
+        if self.bake_experts:
+            from .baked import check_bakeable
+
+            check_bakeable(self.quant_config(), self.experts)
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -153,6 +153,7 @@ class _Export:
         self.dtype = DTYPES[config.dtype]
         self.result = ExportResult(out_dir)
         self.tmp: Path | None = None
+        self.packed: dict | None = None  # _packed()
         self.fused = config.target in FUSED_TARGETS
 
     def run(self) -> ExportResult:
@@ -250,12 +251,10 @@ class _Export:
 
         self.quantization = quantize_model(self.graph, self.config.quant_config())
         if self.config.bake_experts:
-            from hoe.core import packing
-
             from .baked import bake_experts
 
-            packed = packing.pack(self._checkpoint_tensors(), self.groups, self.dtype)
-            self.quantization["experts"] = bake_experts(self.graph, self.groups, packed, self.config.quant_config())
+            self.quantization["experts"] = bake_experts(self.graph, self.groups, self._packed(),
+                                                        self.config.quant_config())
         self.opset = self.graph.opset_imports.get("", self.config.opset)
 
     def _save(self) -> None:
@@ -270,7 +269,7 @@ class _Export:
         del self.graph
         files = {}
         if self.ckpt is not None and self.config.experts:
-            files.update(mf.write_packed(self.tmp, self._checkpoint_tensors(), self.groups, self.dtype))
+            files.update(mf.save_packed(self.tmp, self._packed()))
         if self.ckpt_dir is not None:
             shutil.copyfile(self.ckpt_dir / mf.HOE_FILE, self.tmp / mf.HOE_FILE)
             files["hoe"] = mf.HOE_FILE
@@ -312,8 +311,14 @@ class _Export:
         publish_folder(self.tmp, self.out_dir)
         self.tmp = None
 
-    def _checkpoint_tensors(self) -> dict:
-        return {k: v.float().numpy() for k, v in {**self.ckpt.experts, **self.ckpt.routers}.items()}
+    def _packed(self) -> dict:
+        """The checkpoint's experts and routers packed per site group in the graph dtype (packed once)."""
+        if self.packed is None:
+            from hoe.core import packing
+
+            tensors = {k: v.float().numpy() for k, v in {**self.ckpt.experts, **self.ckpt.routers}.items()}
+            self.packed = packing.pack(tensors, self.groups, self.dtype)
+        return self.packed
 
     # -- manifest ------------------------------------------------------------------------------------
     def _manifest(self, files: dict[str, str]) -> dict:

@@ -36,6 +36,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from hoe.contract.manifest import experts_baked
 from hoe.core.config import JsonConfig
 from hoe.core.errors import ConfigError
 
@@ -449,7 +450,7 @@ def dequantize_reference(model, quant: dict | None) -> int:
             changed += 1
         if quantize_embed and not (tied and quantize_head):
             embed.weight.copy_(new_weight(embed.weight, tcfg))
-        if (quant.get("experts") or {}).get("storage") == "baked":
+        if experts_baked(quant):
             _dequantize_experts(model, quant)
     return changed
 

@@ -195,7 +195,6 @@ class _OrtModel(FeedRunner):
 
     def __init__(self, folder: Path, manifest: dict, threads: int, exact: bool = False) -> None:
         import onnxruntime as ort
-        from safetensors.numpy import load_file
 
         from .quantize import exact_accuracy_model, quantized_form
 
@@ -213,12 +212,7 @@ class _OrtModel(FeedRunner):
             self.exact_twin = self.exact_twin or quantized_form(manifest) == "DequantizeLinear"
         self.session = ort.InferenceSession(model if model is not None else str(path), opts,
                                             providers=["CPUExecutionProvider"])
-        self.static = {}
-        graph_inputs = {i.name for i in self.session.get_inputs()}  # none when the experts are baked in
-        for key in ("experts", "routers"):
-            if manifest["files"].get(key):
-                self.static.update({n: v for n, v in load_file(str(folder / manifest["files"][key])).items()
-                                    if n in graph_inputs})
+        self.static = Manifest(folder, manifest).hoe_tensors()  # the expert/router inputs ({} when baked in)
         self.output_names = [o.name for o in self.session.get_outputs()]
         super().__init__(self._infer, *_kv_runner_args(manifest)[1:])
 

@@ -95,10 +95,9 @@ class PreferenceRouter:
                                   f"{self.objectives}, e.g. {[round(w, 3) for w in self.uniform()]}")
         arr = _as_array(preference)
         shared = arr.ndim == 1
-        if shared:  # one vector: the common case of a preference switch, kept lean
-            row = validate_preference(arr, self.n_objectives)
-            return Routed(row[None], route_normalised(row, self.anchors, self.n_route)[None].astype(np.float32), True)
-        rows = np.stack([validate_preference(p, self.n_objectives) for p in arr])  # [n, m]
+        rows = np.stack([validate_preference(p, self.n_objectives) for p in np.atleast_2d(arr)])  # [n, m]
+        if len(rows) == 1:  # a preference switch: nothing to deduplicate
+            return Routed(rows, route_normalised(rows[0], self.anchors, self.n_route)[None].astype(np.float32), shared)
         distinct, inverse = np.unique(rows, axis=0, return_inverse=True)  # [D, m], [n]
         mix = np.stack([route_normalised(p, self.anchors, self.n_route) for p in distinct]).astype(np.float32)
         return Routed(rows, mix[inverse.reshape(-1)], shared)  # [n, m], [n, K]

@@ -156,12 +156,18 @@ def route_normalised(pref: np.ndarray, anchors: np.ndarray, n_route: int | None 
     chosen = nearest_anchors(pref, anchors, n)
     points = anchors[chosen]
     w, unique = _affine_lstsq(points, pref)
-    # Independent points whose affine fit is not convex hold pref in no subset either, so simplex_lstsq's
-    # subset search can only help dependent ones; otherwise it is needed only as the fallback below.
-    weights = _snap(w) if unique and w.min() >= -1e-12 else None if unique else simplex_lstsq(points, pref)
+    if not unique:  # dependent points: a subset may still hold pref (simplex_lstsq searches them)
+        weights = simplex_lstsq(points, pref)
+    elif w.min() >= -1e-12:  # simplex_lstsq's own fast path: the affine fit is convex
+        weights = _snap(w)
+    else:  # independent points whose affine fit is not convex hold pref in no subset either
+        weights = None
     if weights is None or _miss(weights @ points - pref):
         found = _containing_set(pref, anchors, n)
-        chosen, weights = found if found is not None else (chosen, simplex_lstsq(points, pref))
+        if found is not None:
+            chosen, weights = found
+        elif weights is None:  # pref outside every near hull: the n nearest's best convex fit
+            weights = simplex_lstsq(points, pref)
     mix = np.zeros(anchors.shape[0])
     mix[chosen] = weights
     return mix
@@ -194,7 +200,7 @@ def _containing_set(pref: np.ndarray, anchors: np.ndarray, n: int):
         return None
     cost = np.append(dist, 0.0)[table.index[found]].sum(1)
     ties = found[cost <= cost.min() + 1e-12]
-    best = min(ties, key=lambda s: (table.size[s], sorted(rank[table.index[s]].tolist())))
+    best = min(ties, key=lambda i: (table.size[i], sorted(rank[table.index[i]].tolist())))
     keep = table.index[best] < len(anchors)
     return table.index[best][keep], _snap(w[best][keep])
 

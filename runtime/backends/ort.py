@@ -108,8 +108,6 @@ class OrtBackend(Backend):
 
     def _load_tensors(self) -> dict:
         """Experts and routers as OrtValues on the session's device, checked against the graph inputs."""
-        if self.manifest.experts_baked:  # initializers of the graph itself
-            return {}
         arrays = self.manifest.hoe_tensors()
         for n, arr in arrays.items():
             _check_input(self._graph_inputs[n], arr)
