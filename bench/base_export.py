@@ -49,7 +49,7 @@ def export_options(manifest: dict) -> dict:
     options = {"target": (manifest.get("model") or {}).get("target", "ort-cpu")}
     quant = manifest.get("quantization")
     if quant and quant.get("weights", "fp32") != "fp32":
-        keys = ("weights", "block_size", "symmetric", "accuracy_level", "target", "table")
+        keys = ("weights", "block_size", "symmetric", "accuracy_level", "target", "table", "offsets")
         options.update({k: quant[k] for k in keys if k in quant})
     return options
 

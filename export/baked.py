@@ -5,6 +5,7 @@ and router product is an fp32 MatMul on a weight onnxruntime cannot prepack (GRA
 group of m modules reading x [B,T,in] costs one product with x instead of three:
 
     MatMulNBits(x, [W_base | lora_A | router_W], bias [0 | 0 | router_bias]) ─► Split ─► y, h, logits
+    (with --block-offsets: [W_base | S | lora_A | router_W] ─► y₀, x·S, h, logits; quantize._offset_product)
     per module: MatMulNBits(h_i, lora_B_i)  (int8)
 
 lora_A and the router weights are quantized like the base (same bits, block size and symmetry: one column of
@@ -25,7 +26,7 @@ from hoe.core import names, packing
 from hoe.core.errors import ConfigError
 from hoe.core.packing import SiteGroup
 
-from .quantize import MS_DOMAIN, QuantConfig, quantize_blocks
+from .quantize import MS_DOMAIN, QuantConfig, offset_split, quantize_blocks
 
 EXPERT_BITS = 8  # lora_B: K = E·r rows (24 for 3 rank-8 experts), one block per column
 QUANT_PARTS = ("B", "scales", "zp")  # a MatMulNBits weight's initializers: `{prefix}.{part}`
@@ -66,11 +67,12 @@ def rebake(model, groups: list[SiteGroup], packed: dict[str, np.ndarray], sectio
     cfg = section_config(section)
     init = model.graph.initializers
     for g in groups:
-        n_base, *widths = init[f"{_prefix(g)}.widths"].const_value.numpy().tolist()  # the Split: base | lora_A | router
+        *head, n_a, n_r = init[f"{_prefix(g)}.widths"].const_value.numpy().tolist()  # base (| x·S) | lora_A | router
+        n_base = sum(head)
         new = [packed[packing.lora_a(g)].shape[1], packed[packing.router_weight(g)].shape[1]]
-        if new != widths:
-            raise ConfigError(f"{g.name}: the baked graph holds {widths} lora_A/router columns, the new experts have "
-                              f"{new} (E, r and K must stay the same; re-export for other sizes)")
+        if new != [n_a, n_r]:
+            raise ConfigError(f"{g.name}: the baked graph holds {[n_a, n_r]} lora_A/router columns, the new experts "
+                              f"have {new} (E, r and K must stay the same; re-export for other sizes)")
         held = [init.get(f"{_prefix(g)}.{part}") for part in QUANT_PARTS]
         base = [None if v is None else v.const_value.numpy()[:n_base] for v in held]  # the base's rows stay
         _set_all(init, _prefix(g), _fused_rows(base, _quantize_ar(g, packed, cfg)))
@@ -173,20 +175,23 @@ class _Baker:
         attrs = {k: v.as_int() for k, v in base.attributes.items()}
         if attrs["bits"] != self.cfg.bits or attrs["block_size"] != self.cfg.block_size or len(base.inputs) > 4:
             raise ConfigError(f"{g.name}: the base projection is not a plain {self.cfg.bits}-bit MatMulNBits")
-        n_base = attrs["N"]
+        n_base = attrs["N"]  # the base's rows, with block offsets its x·S columns too
+        head = offset_split(base)  # with block offsets the base's product is split into y₀ and x·S already
+        held = list(head.outputs) if head else [base.outputs[0]]
+        head_widths = head.inputs[1].const_value.numpy().tolist() if head else [n_base]
         base_parts = [base.inputs[i].const_value.numpy() if i < len(base.inputs) and base.inputs[i] is not None
                       else None for i in (1, 2, 3)]  # B, scales, zp
         quant = self._inits(_prefix(g), _fused_rows(base_parts, _quantize_ar(g, self.packed, self.cfg)))
         bias = self._init(f"{_prefix(g)}.bias", _bias(n_base, g, self.packed))
-        widths = [n_base, self.packed[packing.lora_a(g)].shape[1], self.packed[packing.router_weight(g)].shape[1]]
+        widths = head_widths + [self.packed[packing.lora_a(g)].shape[1], self.packed[packing.router_weight(g)].shape[1]]
         fused = self._node("MatMulNBits", [x, *quant, None, bias], MS_DOMAIN, g.name, **{**attrs, "N": sum(widths)})
         split = self._node("Split", [fused.outputs[0], self._init(f"{_prefix(g)}.widths", np.array(widths, np.int64))],
-                           "", g.name, num_outputs=3, axis=-1)
+                           "", g.name, num_outputs=len(widths), axis=-1)
         self.graph.insert_before(base, [fused, split])
-        for old, new in zip((base, a_node, bias_add), split.outputs):
-            new.shape, new.type = old.outputs[0].shape, old.outputs[0].type
-            old.outputs[0].replace_all_uses_with(new)
-        for node in (bias_add, r_node, a_node, base):
+        for old, new in zip(held + [a_node.outputs[0], bias_add.outputs[0]], split.outputs):
+            new.shape, new.type = old.shape, old.type
+            old.replace_all_uses_with(new)
+        for node in (bias_add, r_node, a_node, *([head] if head else []), base):
             self.graph.remove(node, safe=True)
         for module in g.modules:
             self._lora_b(module)

@@ -40,6 +40,10 @@ def register(sub) -> None:
                      help="int8/int4: scale only, zero point 2^(bits-1) (default)")
     sym.add_argument("--asymmetric", dest="symmetric", action="store_false",
                      help="int8/int4: a scale and a zero point per block")
+    q.add_argument("--block-offsets", dest="offsets", action="store_true",
+                   help="int8/int4 on onnxruntime: the min-max grid with a float offset per block (GGUF Q4_1's "
+                        "grid: a base converted from a Q4_1 GGUF is kept exactly) instead of absmax; one small "
+                        "fp32 product per projection more. The embedding table keeps the absmax grid")
     q.add_argument("--embedding-weights", dest="table", choices=("fp32", "fp16", "int8", "int4"), default="",
                    help="the embedding table and a tied lm_head (default: as --weights)")
     q.add_argument("--accuracy-level", type=int, default=4, choices=(0, 1, 2, 3, 4),
@@ -79,7 +83,7 @@ def _export(args) -> int:
                           validate=not args.no_validate, force=args.force, threads=args.threads,
                           weights=args.weights, block_size=args.block_size, symmetric=args.symmetric,
                           accuracy_level=args.accuracy_level, target=args.target, table=args.table,
-                          bake_experts=args.bake_experts)
+                          bake_experts=args.bake_experts, offsets=args.offsets)
     try:
         if args.no_experts:
             result = export_base(args.base, args.out, config, ckpt_dir=args.hoe)

@@ -65,6 +65,7 @@ class ExportConfig(JsonConfig):
     accuracy_level: int = 4  # MatMulNBits activations: 0 exact fp32, 4 int8 (fastest on CPU)
     table: str = ""  # embedding table / tied lm_head precision: "" = as `weights`, else fp32|fp16|int8|int4
     bake_experts: bool = False  # int8/int4 on onnxruntime: experts and routers as quantized initializers (baked.py)
+    offsets: bool = False  # int8/int4 on onnxruntime: min-max grid with a float offset per block (quantize.py)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -84,7 +85,8 @@ class ExportConfig(JsonConfig):
 
     def quant_config(self) -> QuantConfig:
         return QuantConfig(weights=self.weights, block_size=self.block_size, symmetric=self.symmetric,
-                           accuracy_level=self.accuracy_level, target=self.target, table=self.table)
+                           accuracy_level=self.accuracy_level, target=self.target, table=self.table,
+                           offsets=self.offsets)
 
 
 @dataclass

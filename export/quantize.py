@@ -8,7 +8,15 @@ preferences), activations keep the graph's dtype.
     fp16     stored as float16, Cast to the graph dtype in the graph (half the file; runtimes fold the
              Cast at load, so speed is fp32's — use `--dtype fp16` for fp16 compute)
     int8/4   block-wise weight-only quantization along the input dimension K, one scale (and with
-             --asymmetric one zero point) per block of `block_size` inputs of one output column
+             --asymmetric one zero point, with --block-offsets one float offset) per block of
+             `block_size` inputs of one output column
+
+    grids (quantize_blocks): int4 absmax (onnxruntime's kernel), int8 absmax/127 (GGUF's Q8_0 grid), and
+    with --block-offsets the min-max grid with a float minimum (GGUF's Q4_1): a base converted from a Q4_1
+    GGUF (the embedded SmolLM2: Q4_1 linears, a Q8_0 table) is then reproduced exactly at int4. MatMulNBits'
+    zero points are integers (float ones fall back to a dequantizing kernel, ~50x slower), so the offset is a
+    correction beside the product (`_offset_product`):
+      MatMul(x, W) ─► MatMulNBits(x, [levels | S]) ─► Split ─► y₀ + (x·S)·offsetsᵀ   (S: block indicators)
 
     target ort-cpu / ort-cuda (onnxruntime contrib ops, com.microsoft):
       MatMul(x, W[K,N])          ─► MatMulNBits(x, B[N,K/bs,blob], scales[N,K/bs], zp?)
@@ -18,9 +26,9 @@ preferences), activations keep the graph's dtype.
       MatMul(x, W[K,N])          ─► MatMul(x, DequantizeLinear(Q int4 [K,N], scales [K/bs,N], axis 0))
       tied table E[V,D]          ─► DequantizeLinear(Q int4 [V,D], scales [V,D/bs], axis 1) ─► Gather, Gemm
 
-The quantized values come from onnxruntime's own block quantizer (the C++ kernels behind
-`onnxruntime.quantization.matmul_nbits_quantizer`: `quantize_matmul_4bits` / `_8bits`), so the
-MatMulNBits layout is the one its kernels expect. `BlockQuant.dequantize` turns them back into the
+The int4 absmax and integer zero-point values come from onnxruntime's own block quantizer (the C++ kernels
+behind `onnxruntime.quantization.matmul_nbits_quantizer`: `quantize_matmul_4bits` / `_8bits`); the numpy grids
+write the same MatMulNBits layout. `BlockQuant.dequantize` turns them back into the
 float weight the graph computes with; `dequantize_reference` installs exactly those weights in a
 PyTorch model, so export validation compares the graph with a reference holding identical weights.
 
@@ -49,6 +57,7 @@ TARGETS = ("ort-cpu", "ort-cuda", "tensorrt")
 BITS = {"int8": 8, "int4": 4}
 DQ_OPSET = 21  # block-wise DequantizeLinear (block_size attribute, int4 type)
 MS_DOMAIN = "com.microsoft"
+OFFSETS_SUFFIX = "_offsets"  # the [k_blocks, N] initializer of a projection with block offsets
 
 
 @dataclass
@@ -61,6 +70,7 @@ class QuantConfig(JsonConfig):
     accuracy_level: int = 4  # MatMulNBits: 0 = fp32 activations (exact), 4 = int8 activations (fastest on CPU)
     target: str = "ort-cpu"  # ort-cpu | ort-cuda | tensorrt
     table: str = ""  # the embedding table and a tied lm_head: "" = as `weights`, or one of WEIGHTS
+    offsets: bool = False  # min-max grid, a float offset per block (module docstring); not the table
 
     def __post_init__(self) -> None:
         if self.table and self.table not in WEIGHTS:
@@ -81,12 +91,16 @@ class QuantConfig(JsonConfig):
         if self.target == "tensorrt" and self.quantized and not self.symmetric:
             raise ConfigError("the tensorrt target needs --symmetric: TensorRT's DequantizeLinear requires zero "
                               "points of 0")
+        if self.offsets and (self.form != "MatMulNBits" or not self.symmetric):
+            raise ConfigError(f"block offsets need int8/int4 weights on an onnxruntime target and no --asymmetric "
+                              f"(the offset replaces the zero point), got weights {self.weights!r}, target "
+                              f"{self.target!r}, symmetric {self.symmetric}")
         if self.table:
             self.table_config()  # the table's precision obeys the same rules
 
     def table_config(self) -> QuantConfig:
         """The precision of the embedding table / tied lm_head."""
-        return QuantConfig(**{**self.to_dict(), "weights": self.table or self.weights, "table": ""})
+        return QuantConfig(**{**self.to_dict(), "weights": self.table or self.weights, "table": "", "offsets": False})
 
     @property
     def quantized(self) -> bool:
@@ -113,7 +127,7 @@ class QuantConfig(JsonConfig):
 class BlockQuant:
     """W [K, N] quantized along K in blocks, in MatMulNBits' layout.
 
-    level q ∈ [0, 2^bits), zero point z (2^(bits-1) when symmetric), W ≈ (q - z) · scale.
+    level q ∈ [0, 2^bits), zero point z (2^(bits-1) when symmetric), W ≈ (q - z) · scale (+ offset).
     """
 
     packed: np.ndarray  # uint8 [N, k_blocks, block_size·bits/8], low bits first
@@ -122,6 +136,7 @@ class BlockQuant:
     bits: int
     block_size: int
     k: int  # K (rows of W)
+    offsets: np.ndarray | None = None  # [N, k_blocks] in the scales' dtype, added to every weight of the block
 
     @property
     def n(self) -> int:
@@ -142,34 +157,91 @@ class BlockQuant:
         return _unpack(self.zero_points, self.bits)[:, : self.k_blocks].astype(np.int32)
 
     def dequantize(self) -> np.ndarray:
-        """(q - z) · scale as W's layout [K, N], in the scales' dtype (the float weight the graph computes with)."""
+        """(q - z) · scale (+ offset) as W's layout [K, N], in the scales' dtype (what the graph computes with)."""
         q = self.levels().astype(np.int32).reshape(self.n, self.k_blocks, self.block_size)
         w = (q - self.zeros()[:, :, None]).astype(np.float32) * self.scales.astype(np.float32)[:, :, None]
+        if self.offsets is not None:
+            w += self.offsets.astype(np.float32)[:, :, None]
         return np.ascontiguousarray(w.reshape(self.n, -1)[:, : self.k].T).astype(self.scales.dtype)
 
     def signed_levels(self) -> np.ndarray:
         """Symmetric levels q - z as int8 [N, K] (what a DequantizeLinear int4/int8 tensor holds)."""
         return (self.levels()[:, : self.k].astype(np.int16) - (1 << (self.bits - 1))).astype(np.int8)
 
+    def block_sums(self) -> BlockQuant:
+        """S [K, k_blocks] with S[k, j] = 1 when input k lies in block j: x·S are x's block sums (what the offsets
+        multiply), on the same grid (symmetric, scale 1), so its columns can join this weight's in one MatMulNBits."""
+        z = 1 << (self.bits - 1)
+        q = np.full((self.k_blocks, self.k_blocks, self.block_size), z, dtype=np.uint8)
+        q[np.arange(self.k_blocks), np.arange(self.k_blocks)] = z + 1
+        q.reshape(self.k_blocks, -1)[:, self.k:] = z  # padding inputs past K
+        ones = np.ones((self.k_blocks, self.k_blocks), dtype=self.scales.dtype)
+        return BlockQuant(_pack(q, self.bits), ones, None, self.bits, self.block_size, self.k)
 
-def quantize_blocks(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> BlockQuant:
-    """W [K, N] (float32/float16) -> BlockQuant, by onnxruntime's MatMulNBits quantizer kernels."""
-    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
+def quantize_blocks(w: np.ndarray, bits: int, block_size: int, symmetric: bool, offsets: bool = False) -> BlockQuant:
+    """W [K, N] (float32/float16) -> BlockQuant on one of three grids:
+
+    offsets             min-max: scale = (max - min) / (2^bits - 1), offset = min + 2^(bits-1)·scale (GGUF's
+                        Q4_1/Q5_1 grid: weights already on such a grid come back exactly)
+    8 bits, symmetric   absmax: scale = max|w| / 127 (GGUF's Q8_0 grid, exact on it)
+    otherwise           onnxruntime's MatMulNBits quantizer kernels (absmax / min-max with a uint zero point)
+    """
     if w.ndim != 2:
         raise ConfigError(f"block quantization takes a 2-D weight [K, N], got shape {w.shape}")
-    kernel = {4: quantize_matmul_4bits, 8: quantize_matmul_8bits}.get(bits)
-    if kernel is None:
+    if bits not in (4, 8):
         raise ConfigError(f"bits must be 4 or 8, got {bits}")
     dtype = np.float16 if w.dtype == np.float16 else np.float32
     w = np.ascontiguousarray(w, dtype=dtype)
+    if offsets:
+        return _minmax_blocks(w, bits, block_size)
+    if bits == 8 and symmetric:
+        return _absmax8_blocks(w, block_size)
+    return _ort_blocks(w, bits, block_size, symmetric)
+
+
+def _ort_blocks(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> BlockQuant:
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    kernel = {4: quantize_matmul_4bits, 8: quantize_matmul_8bits}[bits]
     k, n = w.shape
     k_blocks = -(-k // block_size)
     packed = np.zeros((n, k_blocks, block_size * bits // 8), dtype=np.uint8)
     zero_points = np.zeros((n, -(-k_blocks * bits // 8)), dtype=np.uint8)
-    scales = np.zeros((n, k_blocks), dtype=dtype)
+    scales = np.zeros((n, k_blocks), dtype=w.dtype)
     kernel(packed, w, scales, zero_points, block_size, n, k, symmetric)
     return BlockQuant(packed, scales, None if symmetric else zero_points, bits, block_size, k)
+
+
+def _absmax8_blocks(w: np.ndarray, block_size: int) -> BlockQuant:
+    b = _as_blocks(w, block_size)  # [N, k_blocks, block]
+    scale = np.abs(b).max(axis=-1) / 127
+    q = np.round(b / np.where(scale == 0, 1, scale)[..., None]) + 128
+    return BlockQuant(q.astype(np.uint8), scale.astype(w.dtype), None, 8, block_size, w.shape[0])
+
+
+def _minmax_blocks(w: np.ndarray, bits: int, block_size: int) -> BlockQuant:
+    b = _as_blocks(w, block_size)
+    lo, hi = b.min(axis=-1), b.max(axis=-1)
+    scale = (hi - lo) / ((1 << bits) - 1)
+    q = np.round((b - lo[..., None]) / np.where(scale == 0, 1, scale)[..., None])
+    offsets = lo + (1 << (bits - 1)) * scale  # (q - z)·scale + offset = q·scale + min
+    return BlockQuant(_pack(q.astype(np.uint8), bits), scale.astype(w.dtype), None, bits, block_size, w.shape[0],
+                      offsets.astype(w.dtype))
+
+
+def _as_blocks(w: np.ndarray, block_size: int) -> np.ndarray:
+    """W [K, N] -> float32 [N, k_blocks, block_size], K padded with zeros."""
+    k, n = w.shape
+    k_blocks = -(-k // block_size)
+    b = np.zeros((n, k_blocks * block_size), dtype=np.float32)
+    b[:, :k] = w.T
+    return b.reshape(n, k_blocks, block_size)
+
+
+def _pack(q: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 levels [..., C] -> MatMulNBits bytes [..., C·bits/8] (low bits first)."""
+    return q if bits == 8 else (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
 
 
 def round_trip(w: np.ndarray, cfg: QuantConfig) -> np.ndarray:
@@ -178,7 +250,7 @@ def round_trip(w: np.ndarray, cfg: QuantConfig) -> np.ndarray:
         return w.astype(np.float16).astype(w.dtype)
     if not cfg.quantized:
         return w
-    return quantize_blocks(w, cfg.bits, cfg.block_size, cfg.symmetric).dequantize().astype(w.dtype)
+    return quantize_blocks(w, cfg.bits, cfg.block_size, cfg.symmetric, cfg.offsets).dequantize().astype(w.dtype)
 
 
 def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
@@ -266,12 +338,36 @@ class _GraphQuantizer:
         if self.cfg.weights == "fp16":
             self._cast_uses(w)
         elif self.cfg.form == "MatMulNBits":
-            q = quantize_blocks(w.const_value.numpy(), self.cfg.bits, self.cfg.block_size, self.cfg.symmetric)
-            self._replace(node, self._nbits(node.inputs[0], q, self._init_set(w.name, q)))
+            q = quantize_blocks(w.const_value.numpy(), self.cfg.bits, self.cfg.block_size, self.cfg.symmetric,
+                                self.cfg.offsets)
+            if q.offsets is None:
+                self._replace(node, self._nbits(node.inputs[0], q, self._init_set(w.name, q)))
+            else:
+                self._offset_product(node, q, w.name)
         else:
             q = quantize_blocks(w.const_value.numpy(), self.cfg.bits, self.cfg.block_size, self.cfg.symmetric)
             self._dq_uses(w, q, axis=0)
         self.report["linear"] += packed_linears(w)  # a packed projection holds several (projections.py)
+
+    def _offset_product(self, node, q: BlockQuant, name: str) -> None:
+        """x·W with W = (q - z)·scale + offset per block:
+
+            MatMulNBits(x, [levels | block indicators S]) ─► Split ─► y₀ [.., N], x·S [.., k_blocks]
+            y = y₀ + (x·S) · offsetsᵀ        (one fp32 MatMul [k_blocks, N] and an Add)
+
+        S rides in the same product (k_blocks extra columns on the same grid), so the block sums see the very
+        activations the levels do (int8 ones at accuracy_level 4) and x·W is exact at any level."""
+        s = q.block_sums()
+        fused = BlockQuant(np.concatenate([q.packed, s.packed]), np.concatenate([q.scales, s.scales]), None,
+                           q.bits, q.block_size, q.k)
+        product = self._nbits(node.inputs[0], fused, self._init_set(name, fused))
+        widths = self._init(f"{name}_widths", np.array([q.n, q.k_blocks], np.int64), key=("widths", name))
+        split = self._node("Split", [product.outputs[0], widths], num_outputs=2, axis=-1)
+        offsets = self._init(f"{name}{OFFSETS_SUFFIX}", np.ascontiguousarray(q.offsets.T), key=("offsets", name))
+        correction = self._node("MatMul", [split.outputs[1], offsets])
+        add = self._node("Add", [split.outputs[0], correction.outputs[0]])
+        self.graph.insert_before(node, [product, split, correction])
+        self._replace(node, add)
 
     def _lm_head(self, node, table) -> None:
         if self.tcfg.weights == "fp16":
@@ -339,11 +435,11 @@ class _GraphQuantizer:
             attrs["accuracy_level"] = self.cfg.accuracy_level
         return self._node("MatMulNBits", [x, packed, scales] + ([zp] if zp is not None else []), MS_DOMAIN, **attrs)
 
-    def _node(self, op_type: str, inputs: list, domain: str = "", **attrs):
+    def _node(self, op_type: str, inputs: list, domain: str = "", num_outputs: int = 1, **attrs):
         import onnx_ir as ir
 
         self.count += 1
-        return ir.Node(domain, op_type, inputs, name=f"quant/{op_type}_{self.count}",
+        return ir.Node(domain, op_type, inputs, num_outputs=num_outputs, name=f"quant/{op_type}_{self.count}",
                        attributes=[ir.convenience.convert_attribute(k, v) for k, v in attrs.items()])
 
     def _replace(self, old, new) -> None:
@@ -392,10 +488,21 @@ class _GraphQuantizer:
         self.report["_scale_dtype"] = str(q.scales.dtype)
 
 
+def offset_split(product):
+    """The Split after a MatMulNBits `product` of `_offset_product` (outputs y₀ and x·S), else None."""
+    uses = product.outputs[0].uses()
+    split = uses[0].node if len(uses) == 1 else None
+    if split is None or split.op_type != "Split" or len(split.outputs) != 2:
+        return None
+    readers = [u.node for u in split.outputs[1].uses()]
+    offsets = readers[0].inputs[1] if len(readers) == 1 and readers[0].op_type == "MatMul" else None
+    return split if offsets is not None and offsets.name.endswith(OFFSETS_SUFFIX) else None
+
+
 def _quantizer_version() -> str:
     from importlib.metadata import version
 
-    return f"onnxruntime {version('onnxruntime')} quantize_matmul_Nbits (MatMulNBits layout)"
+    return f"hoe grids; int4 absmax and zero points: onnxruntime {version('onnxruntime')} quantize_matmul_Nbits"
 
 
 # ---------------------------------------------------------------------------- the reference side
@@ -415,9 +522,9 @@ def dequantize_reference(model, quant: dict | None) -> int:
     if not quant or quant.get("weights", "fp32") == "fp32":
         return 0
     cfg = QuantConfig.from_dict({k: quant[k] for k in ("weights", "block_size", "symmetric", "target",
-                                                       "accuracy_level") if k in quant})
+                                                       "accuracy_level", "offsets") if k in quant})
     tcfg = cfg.table_config() if quant.get("table") is None else QuantConfig(
-        **{**cfg.to_dict(), "weights": quant["table"], "table": ""})
+        **{**cfg.to_dict(), "weights": quant["table"], "table": "", "offsets": False})
     lm = getattr(model, "model", model)  # HoEModel wraps the causal LM
     embed = lm.get_input_embeddings()
     head = lm.get_output_embeddings()

@@ -45,22 +45,24 @@ def tiny_export(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def quantized(tmp_path_factory):
-    """(arch, weights, symmetric, block, target="ort-cpu", bake=False) -> (base_dir, ckpt_dir, out, validation
-    report) of a tiny model exported at that weight precision (bake: --bake-experts), once per session."""
+    """(arch, weights, symmetric, block, target="ort-cpu", bake=False, offsets=False) -> (base_dir, ckpt_dir, out,
+    validation report) of a tiny model exported at that weight precision (bake: --bake-experts, offsets:
+    --block-offsets), once per session."""
     from hoe.export.onnx_export import ExportConfig, export
     from hoe.export.validate import ValidationConfig, validate_export
     from tiny_models import QUANT_FAST
 
     done = {}
 
-    def get(arch, weights, symmetric, block, target="ort-cpu", bake=False):
-        key = (arch, weights, symmetric, block, target, bake)
+    def get(arch, weights, symmetric, block, target="ort-cpu", bake=False, offsets=False):
+        key = (arch, weights, symmetric, block, target, bake, offsets)
         if key not in done:
-            root = tmp_path_factory.mktemp(f"q_{arch}_{weights}{'_baked' if bake else ''}")
+            root = tmp_path_factory.mktemp(f"q_{arch}_{weights}{'_baked' if bake else ''}{'_offsets' if offsets else ''}")
             base_dir, ckpt_dir = make_tiny(root, arch)
             export(base_dir, ckpt_dir, root / "out", ExportConfig(threads=1, validate=False, weights=weights,
                                                                   symmetric=symmetric, block_size=block,
-                                                                  target=target, bake_experts=bake))
+                                                                  target=target, bake_experts=bake,
+                                                                  offsets=offsets))
             report = validate_export(root / "out", base_dir, ckpt_dir, ValidationConfig(**QUANT_FAST))
             done[key] = (base_dir, ckpt_dir, root / "out", report)
         return done[key]

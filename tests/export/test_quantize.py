@@ -20,7 +20,10 @@ def numpy_block_quant(w: np.ndarray, bits: int, block: int, symmetric: bool):
     padded[:k] = w
     blocks = padded.T.reshape(n, kb, block)
     qmax, mid = (1 << bits) - 1, 1 << (bits - 1)
-    if symmetric:  # the signed extreme maps to -2^(bits-1)
+    if symmetric and bits == 8:  # absmax / 127 (GGUF's Q8_0 grid)
+        scale = np.abs(blocks).max(-1) / 127
+        zero = np.full(scale.shape, mid)
+    elif symmetric:  # the signed extreme maps to -2^(bits-1)
         hi, lo = blocks.max(-1), blocks.min(-1)
         scale = np.where(np.abs(hi) > np.abs(lo), hi, lo) / -mid
         zero = np.full(scale.shape, mid)
