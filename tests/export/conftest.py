@@ -57,7 +57,7 @@ def quantized(tmp_path_factory):
     def get(arch, weights, symmetric, block, target="ort-cpu", bake=False, offsets=False):
         key = (arch, weights, symmetric, block, target, bake, offsets)
         if key not in done:
-            root = tmp_path_factory.mktemp(f"q_{arch}_{weights}{'_baked' if bake else ''}{'_offsets' if offsets else ''}")
+            root = tmp_path_factory.mktemp(f"q_{arch}_{weights}{'_baked' * bake}{'_offsets' * offsets}")
             base_dir, ckpt_dir = make_tiny(root, arch)
             export(base_dir, ckpt_dir, root / "out", ExportConfig(threads=1, validate=False, weights=weights,
                                                                   symmetric=symmetric, block_size=block,
