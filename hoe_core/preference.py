@@ -33,6 +33,8 @@ class Routed:
     def for_batch(self, batch: int, name: str = "preference") -> tuple[np.ndarray, np.ndarray]:
         """-> (rows [B, m], router_mix [B, K]); PreferenceError unless shared or one per prompt."""
         if self.shared:
+            if batch == 1:  # a preference switch: copies, no repeat
+                return self.rows.copy(), self.mix.copy()
             return np.repeat(self.rows, batch, axis=0), np.repeat(self.mix, batch, axis=0)
         n = self.rows.shape[0]
         if n != batch:
@@ -94,13 +96,14 @@ class PreferenceRouter:
             raise PreferenceError(f"a preference is required: {self.n_objectives} weights for "
                                   f"{self.objectives}, e.g. {[round(w, 3) for w in self.uniform()]}")
         arr = _as_array(preference)
-        shared = arr.ndim == 1
-        rows = np.stack([validate_preference(p, self.n_objectives) for p in np.atleast_2d(arr)])  # [n, m]
-        if len(rows) == 1:  # a preference switch: nothing to deduplicate
-            return Routed(rows, route_normalised(rows[0], self.anchors, self.n_route)[None].astype(np.float32), shared)
+        if arr.ndim == 1 or len(arr) == 1:  # one preference (a switch): nothing to deduplicate
+            row = validate_preference(arr if arr.ndim == 1 else arr[0], self.n_objectives)
+            mix = route_normalised(row, self.anchors, self.n_route).astype(np.float32)
+            return Routed(row[None], mix[None], arr.ndim == 1)
+        rows = np.stack([validate_preference(p, self.n_objectives) for p in arr])  # [n, m]
         distinct, inverse = np.unique(rows, axis=0, return_inverse=True)  # [D, m], [n]
         mix = np.stack([route_normalised(p, self.anchors, self.n_route) for p in distinct]).astype(np.float32)
-        return Routed(rows, mix[inverse.reshape(-1)], shared)  # [n, m], [n, K]
+        return Routed(rows, mix[inverse.reshape(-1)], False)  # [n, m], [n, K]
 
     def route(self, preference, batch: int, name: str = "preference") -> tuple[np.ndarray, np.ndarray]:
         """One vector for all `batch` rows, or one per row -> (preferences [B, m] float64 normalised,

@@ -45,8 +45,9 @@ def validate_preference(preference: Sequence[float] | np.ndarray, n_objectives: 
             f"preference must have length {n_objectives} (one weight per objective), "
             f"got shape {tuple(pref.shape)}: {pref.tolist()}"
         )
-    low, top = float(pref.min()), float(pref.max())  # NaN and ±inf reach one of the two
-    if not (math.isfinite(low) and math.isfinite(top)):
+    values = pref.tolist()  # a few weights: Python's min/max beat numpy's reductions
+    low, top = min(values), max(values)
+    if not all(map(math.isfinite, values)):
         raise PreferenceError(f"preference must be finite, got {pref.tolist()}")
     if low < 0:
         raise PreferenceError(f"preference weights must be >= 0, got {pref.tolist()}")
@@ -58,7 +59,12 @@ def validate_preference(preference: Sequence[float] | np.ndarray, n_objectives: 
 
 def nearest_anchors(pref: np.ndarray, anchors: np.ndarray, n: int) -> np.ndarray:
     """Indices of the `n` anchors nearest to `pref` (Euclidean); ties go to the lower index."""
-    return np.argsort(_distances(pref, anchors), kind="stable")[: min(n, len(anchors))]
+    return _by_distance(_distances(pref, anchors))[: min(n, len(anchors))]
+
+
+def _by_distance(dist: np.ndarray) -> np.ndarray:
+    """Anchor indices nearest first, ties to the lower index (the one order of nearest_anchors)."""
+    return np.argsort(dist, kind="stable")
 
 
 def _distances(pref: np.ndarray, anchors: np.ndarray) -> np.ndarray:
@@ -72,15 +78,15 @@ def _affine_lstsq(points: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, b
 
     points: [S, m], target: [m] -> (w: [S], unique: whether the points are affinely independent)
     """
-    solve, unique = _affine_solver(points.tobytes(), points.shape)
-    return solve[:, :-1] @ target + solve[:, -1], unique
+    (linear, constant), unique = _affine_solver(points.tobytes(), points.shape)
+    return linear @ target + constant, unique
 
 
 @functools.lru_cache(maxsize=4096)
-def _affine_solver(points: bytes, shape: tuple[int, int]) -> tuple[np.ndarray, bool]:
-    """The affine fit of `_affine_lstsq` is linear in [target, 1]: its matrix P [S, m+1] (the KKT system's
-    pseudo-inverse, so a dependent set gets lstsq's minimum-norm solution), cached per point set because the
-    runtime routes against the same few anchor sets on every preference switch."""
+def _affine_solver(points: bytes, shape: tuple[int, int]) -> tuple[tuple[np.ndarray, np.ndarray], bool]:
+    """The affine fit of `_affine_lstsq` is affine in the target: w = P·target + c, P [S, m], c [S] (from the
+    KKT system's pseudo-inverse, so a dependent set gets lstsq's minimum-norm solution), cached per point set
+    because the runtime routes against the same few anchor sets on every preference switch."""
     pts = np.frombuffer(points, dtype=np.float64).reshape(shape)
     s = shape[0]
     kkt = np.zeros((s + 1, s + 1))
@@ -89,8 +95,10 @@ def _affine_solver(points: bytes, shape: tuple[int, int]) -> tuple[np.ndarray, b
     lift = np.zeros((s + 1, shape[1] + 1))  # [target, 1] -> the KKT right-hand side [points @ target, 1]
     lift[:s, :-1], lift[s, -1] = pts, 1.0
     solve = (np.linalg.pinv(kkt) @ lift)[:s]
-    solve.setflags(write=False)
-    return solve, bool(np.linalg.matrix_rank(kkt) == s + 1)
+    linear, constant = np.ascontiguousarray(solve[:, :-1]), np.ascontiguousarray(solve[:, -1])
+    for a in (linear, constant):
+        a.setflags(write=False)
+    return (linear, constant), bool(np.linalg.matrix_rank(kkt) == s + 1)
 
 
 def _snap(w: np.ndarray) -> np.ndarray:
@@ -153,7 +161,9 @@ def route_normalised(pref: np.ndarray, anchors: np.ndarray, n_route: int | None 
     n = m if n_route is None else int(n_route)
     if n < 1:
         raise ConfigError(f"n_route must be >= 1, got {n}")
-    chosen = nearest_anchors(pref, anchors, n)
+    dist = _distances(pref, anchors)  # [K]
+    order = _by_distance(dist)
+    chosen = order[: min(n, len(anchors))]
     points = anchors[chosen]
     w, unique = _affine_lstsq(points, pref)
     if not unique:  # dependent points: a subset may still hold pref (simplex_lstsq searches them)
@@ -163,7 +173,7 @@ def route_normalised(pref: np.ndarray, anchors: np.ndarray, n_route: int | None 
     else:  # independent points whose affine fit is not convex hold pref in no subset either
         weights = None
     if weights is None or _miss(weights @ points - pref):
-        found = _containing_set(pref, anchors, n)
+        found = _containing_set(pref, anchors, n, dist, order)
         if found is not None:
             chosen, weights = found
         elif weights is None:  # pref outside every near hull: the n nearest's best convex fit
@@ -178,21 +188,21 @@ def _miss(diff: np.ndarray) -> bool:
     return float(diff @ diff) > _EXACT * _EXACT
 
 
-def _containing_set(pref: np.ndarray, anchors: np.ndarray, n: int):
+def _containing_set(pref: np.ndarray, anchors: np.ndarray, n: int, dist: np.ndarray, order: np.ndarray):
     """(indices, convex weights) of the subset of at most n of the 2n nearest anchors that holds `pref` in its
     hull with the smallest sum of distances to it (ties: the smaller subset, then the nearer anchors); None
-    when none does. Every subset is solved at once from a table built once per anchor set."""
+    when none does. Every subset is solved at once from a table built once per anchor set.
+    dist [K]: the anchors' distances to pref; order: _by_distance(dist)."""
     table = _subset_table(anchors.tobytes(), anchors.shape, n)
     s, m = len(table.size), len(pref)
-    both = table.solve_fit @ np.append(pref, 1.0)  # one product for all subsets: [S·n weights | S·m fits]
+    both = table.linear @ pref + table.constant  # one product for all subsets: [S·n weights | S·m fits]
     w = both[:-s * m].reshape(s, -1)  # [S, n] (padding rows give 0)
     miss = both[-s * m:].reshape(s, m) - pref  # [S, m]: each subset's affine fit minus pref
     ok = table.unique & (w >= -1e-12).all(1) & ((miss * miss).sum(1) <= _EXACT * _EXACT)
     if not ok.any():
         return None
-    dist = _distances(pref, anchors)  # [K]
     rank = np.empty(len(anchors) + 1, dtype=np.int64)
-    rank[np.argsort(dist, kind="stable")] = np.arange(len(anchors))  # as nearest_anchors orders them
+    rank[order] = np.arange(len(anchors))  # as nearest_anchors orders them
     rank[-1] = -1  # the padding index K counts as near and sorts first
     ok &= (rank[table.index] < 2 * n).all(1)
     found = np.flatnonzero(ok)
@@ -208,12 +218,13 @@ def _containing_set(pref: np.ndarray, anchors: np.ndarray, n: int):
 class _Subsets(NamedTuple):
     """Every subset of at most n anchors, padded to n with the index K: index [S, n], size [S], the affine
     solve of each (`_affine_solver`, zero rows for padding) [S, n, m+1] and the fit it makes [S, m, m+1]
-    (fit @ [pref, 1] = Σ_j w_j·anchor_j), stacked as one matrix solve_fit [S·n + S·m, m+1], and whether each
-    subset is affinely independent unique [S]."""
+    (fit @ [pref, 1] = Σ_j w_j·anchor_j), stacked as one affine map [S·n + S·m rows] = linear @ pref + constant,
+    and whether each subset is affinely independent unique [S]."""
 
     index: np.ndarray
     size: np.ndarray
-    solve_fit: np.ndarray
+    linear: np.ndarray  # [S·n + S·m, m]
+    constant: np.ndarray  # [S·n + S·m]
     unique: np.ndarray
 
 
@@ -227,10 +238,12 @@ def _subset_table(anchors: bytes, shape: tuple[int, int], n: int) -> _Subsets:
     unique = np.zeros(len(subsets), dtype=bool)
     for i, c in enumerate(subsets):
         index[i, :len(c)] = c
-        solve[i, :len(c)], unique[i] = _affine_solver(pts[list(c)].tobytes(), (len(c), m))
+        (linear, constant), unique[i] = _affine_solver(pts[list(c)].tobytes(), (len(c), m))
+        solve[i, :len(c)] = np.column_stack([linear, constant])
         fit[i] = pts[list(c)].T @ solve[i, :len(c)]
     solve_fit = np.concatenate([solve.reshape(-1, m + 1), fit.reshape(-1, m + 1)])
-    return _Subsets(index, np.array([len(c) for c in subsets]), solve_fit, unique)
+    return _Subsets(index, np.array([len(c) for c in subsets]), np.ascontiguousarray(solve_fit[:, :-1]),
+                    np.ascontiguousarray(solve_fit[:, -1]), unique)
 
 
 def simplex_grid(m: int, steps: int) -> list[list[float]]:
