@@ -2,7 +2,7 @@
 
     systems   hoe-ort, torch, base-ort, mod, merged (systems.py), ortgenai (ortgenai.py: onnxruntime-genai's
               build of the base at the export's weight precision), torch-compile (torch_compile.py: the
-              reference under torch.compile with a static KV cache; compile time reported apart), all
+              reference's decoder blocks under torch.compile with a static KV cache; compile time reported apart), all
               loaded in this one process; base-ort is exported at the HoE export's weight precision
     cases     batch {1, 4} × prompt {32, 256} tokens, 64 new tokens, greedy, one interior preference
     timing    repetition r runs every system once, starting with system r (round-robin), so a noisy
@@ -482,7 +482,8 @@ def _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch
                   "peak_rss_mb": "RSS retained by loading the system + peak RSS growth while it generates",
                   "ortgenai": "onnxruntime-genai's model builder on the same HF base at the export's weight "
                               "precision (base only, no experts), its Generator fed our greedy tokens",
-                  "torch-compile": "hoe.core's HoEModel under torch.compile(dynamic=False) with a StaticCache; "
+                  "torch-compile": "hoe.core's HoEModel, each decoder block under torch.compile(dynamic=False) "
+                                   "(regional: one graph per shape shared by all blocks) with a StaticCache; "
                                    "torch_compile_ms is the first call of each shape (compile), untimed",
                   "bandwidth": "numpy copy, bytes read + written per second (STREAM convention), 1 thread"},
     }
