@@ -38,7 +38,7 @@ FORMAT_VERSION = 2  # what the exporter writes; 2: experts/routers packed per si
 FORMAT_VERSIONS = (FORMAT_VERSION,)  # what this hoe reads
 # What the graph inside a folder is, as `model.graph_revision` (same folder format, different graph): 1 or absent
 # = standard ops only, before graph targets; 2 = graph targets (fused onnxruntime graph) and weight precisions;
-# 3 = linears that read one input packed into one product (export/projections.py); 4 = int8 weights on the
+# 3 = linears that read one input packed into one product (export/projections.py); 4 = an int8 table on the
 # absmax/127 grid and block offsets (export/quantize.py: the reference re-quantizes, so the grid must match).
 # Caches of our own exports (demo, bench base-ort) are redone when theirs is not this one.
 GRAPH_REVISION = 4

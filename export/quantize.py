@@ -11,7 +11,7 @@ preferences), activations keep the graph's dtype.
              --asymmetric one zero point, with --block-offsets one float offset) per block of
              `block_size` inputs of one output column
 
-    grids (quantize_blocks): int4 absmax (onnxruntime's kernel), int8 absmax/127 (GGUF's Q8_0 grid), and
+    grids (quantize_blocks): absmax (onnxruntime's kernel), for an int8 table absmax/127 (GGUF's Q8_0 grid), and
     with --block-offsets the min-max grid with a float minimum (GGUF's Q4_1): a base converted from a Q4_1
     GGUF (the embedded SmolLM2: Q4_1 linears, a Q8_0 table) is then reproduced exactly at int4. MatMulNBits'
     zero points are integers (float ones fall back to a dequantizing kernel, ~50x slower), so the offset is a
@@ -179,13 +179,16 @@ class BlockQuant:
         return BlockQuant(_pack(q, self.bits), ones, None, self.bits, self.block_size, self.k)
 
 
-def quantize_blocks(w: np.ndarray, bits: int, block_size: int, symmetric: bool, offsets: bool = False) -> BlockQuant:
+def quantize_blocks(w: np.ndarray, bits: int, block_size: int, symmetric: bool, offsets: bool = False,
+                    table: bool = False) -> BlockQuant:
     """W [K, N] (float32/float16) -> BlockQuant on one of three grids:
 
-    offsets             min-max: scale = (max - min) / (2^bits - 1), offset = min + 2^(bits-1)·scale (GGUF's
-                        Q4_1/Q5_1 grid: weights already on such a grid come back exactly)
-    8 bits, symmetric   absmax: scale = max|w| / 127 (GGUF's Q8_0 grid, exact on it)
-    otherwise           onnxruntime's MatMulNBits quantizer kernels (absmax / min-max with a uint zero point)
+    offsets                    min-max: scale = (max - min) / (2^bits - 1), offset = min + 2^(bits-1)·scale
+                               (GGUF's Q4_1/Q5_1 grid: weights already on such a grid come back exactly)
+    table, 8 bits, symmetric   absmax: scale = max|w| / 127 (GGUF's Q8_0 grid, exact on a Q8_0 embedding)
+    otherwise                  onnxruntime's MatMulNBits quantizer kernels (absmax / min-max with a uint zero
+                               point). Not absmax/127 for other int8 weights: with lora_B on it the SmolLM2
+                               baked int4 graph landed 0.006 from float64 against 0.0018 (validation failed)
     """
     if w.ndim != 2:
         raise ConfigError(f"block quantization takes a 2-D weight [K, N], got shape {w.shape}")
@@ -195,7 +198,7 @@ def quantize_blocks(w: np.ndarray, bits: int, block_size: int, symmetric: bool, 
     w = np.ascontiguousarray(w, dtype=dtype)
     if offsets:
         return _minmax_blocks(w, bits, block_size)
-    if bits == 8 and symmetric:
+    if table and bits == 8 and symmetric:
         return _absmax8_blocks(w, block_size)
     return _ort_blocks(w, bits, block_size, symmetric)
 
@@ -244,13 +247,15 @@ def _pack(q: np.ndarray, bits: int) -> np.ndarray:
     return q if bits == 8 else (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
 
 
-def round_trip(w: np.ndarray, cfg: QuantConfig) -> np.ndarray:
-    """W [K, N] as the graph of `cfg` stores it, back in W's dtype: what the reference computes with."""
+def round_trip(w: np.ndarray, cfg: QuantConfig, table: bool = False) -> np.ndarray:
+    """W [K, N] as the graph of `cfg` stores it (table: the embedding / tied lm_head), back in W's dtype: what
+    the reference computes with."""
     if cfg.weights == "fp16":
         return w.astype(np.float16).astype(w.dtype)
     if not cfg.quantized:
         return w
-    return quantize_blocks(w, cfg.bits, cfg.block_size, cfg.symmetric, cfg.offsets).dequantize().astype(w.dtype)
+    q = quantize_blocks(w, cfg.bits, cfg.block_size, cfg.symmetric, cfg.offsets, table)
+    return q.dequantize().astype(w.dtype)
 
 
 def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
@@ -407,7 +412,8 @@ class _GraphQuantizer:
         """A [V, D] table quantized per row along D (the lm_head's K), once per initializer."""
         if table.name not in self.tables:
             w = np.ascontiguousarray(table.const_value.numpy().T)  # [D, V] = [K, N]
-            self.tables[table.name] = quantize_blocks(w, self.tcfg.bits, self.tcfg.block_size, self.tcfg.symmetric)
+            self.tables[table.name] = quantize_blocks(w, self.tcfg.bits, self.tcfg.block_size, self.tcfg.symmetric,
+                                                      table=True)
         return self.tables[table.name]
 
     # -- building blocks ---------------------------------------------------------------------------
@@ -535,8 +541,8 @@ def dequantize_reference(model, quant: dict | None) -> int:
             w = param.detach().float().numpy().T  # [in, out] = [K, N]
             if quant.get("scale_dtype") == "float16":  # an fp16 graph quantized its fp16 weights
                 w = w.astype(np.float16)
-            done[id(param)] = torch.from_numpy(np.ascontiguousarray(round_trip(w, cfg).T).astype(np.float32)).to(
-                param.dtype)
+            dq = round_trip(w, cfg, table=cfg is tcfg)  # the table's config is used for the table only
+            done[id(param)] = torch.from_numpy(np.ascontiguousarray(dq.T).astype(np.float32)).to(param.dtype)
         return done[id(param)]
 
     linears = [m for m in lm.modules() if isinstance(m, nn.Linear)]
