@@ -191,32 +191,31 @@ def _miss(diff: np.ndarray) -> bool:
 def _containing_set(pref: np.ndarray, anchors: np.ndarray, n: int, dist: np.ndarray, order: np.ndarray):
     """(indices, convex weights) of the subset of at most n of the 2n nearest anchors that holds `pref` in its
     hull with the smallest sum of distances to it (ties: the smaller subset, then the nearer anchors); None
-    when none does. Every subset is solved at once from a table built once per anchor set.
+    when none does. Every subset is solved at once from a table built once per set of 2n nearest anchors.
     dist [K]: the anchors' distances to pref; order: _by_distance(dist)."""
-    table = _subset_table(anchors.tobytes(), anchors.shape, n)
+    near = tuple(sorted(order[: 2 * n].tolist()))
+    table = _subset_table(anchors.tobytes(), anchors.shape, n, near)
     s, m = len(table.size), len(pref)
     both = table.linear @ pref + table.constant  # one product for all subsets: [S·n weights | S·m fits]
     w = both[:-s * m].reshape(s, -1)  # [S, n] (padding rows give 0)
     miss = both[-s * m:].reshape(s, m) - pref  # [S, m]: each subset's affine fit minus pref
-    ok = table.unique & (w >= -1e-12).all(1) & ((miss * miss).sum(1) <= _EXACT * _EXACT)
-    if not ok.any():
-        return None
-    rank = np.empty(len(anchors) + 1, dtype=np.int64)
-    rank[order] = np.arange(len(anchors))  # as nearest_anchors orders them
-    rank[-1] = -1  # the padding index K counts as near and sorts first
-    ok &= (rank[table.index] < 2 * n).all(1)
-    found = np.flatnonzero(ok)
+    found = np.flatnonzero(table.unique & (w >= -1e-12).all(1) & ((miss * miss).sum(1) <= _EXACT * _EXACT))
     if not len(found):
         return None
     cost = np.append(dist, 0.0)[table.index[found]].sum(1)
     ties = found[cost <= cost.min() + 1e-12]
-    best = min(ties, key=lambda i: (table.size[i], sorted(rank[table.index[i]].tolist())))
+    best = ties[0]
+    if len(ties) > 1:
+        rank = np.empty(len(anchors) + 1, dtype=np.int64)
+        rank[order] = np.arange(len(anchors))  # as nearest_anchors orders them
+        rank[-1] = -1  # the padding index K counts as near and sorts first
+        best = min(ties, key=lambda i: (table.size[i], sorted(rank[table.index[i]].tolist())))
     keep = table.index[best] < len(anchors)
     return table.index[best][keep], _snap(w[best][keep])
 
 
 class _Subsets(NamedTuple):
-    """Every subset of at most n anchors, padded to n with the index K: index [S, n], size [S], the affine
+    """Every subset of at most n of the anchors `near`, padded to n with the index K: index [S, n], size [S], the affine
     solve of each (`_affine_solver`, zero rows for padding) [S, n, m+1] and the fit it makes [S, m, m+1]
     (fit @ [pref, 1] = Σ_j w_j·anchor_j), stacked as one affine map [S·n + S·m rows] = linear @ pref + constant,
     and whether each subset is affinely independent unique [S]."""
@@ -228,11 +227,11 @@ class _Subsets(NamedTuple):
     unique: np.ndarray
 
 
-@functools.lru_cache(maxsize=16)
-def _subset_table(anchors: bytes, shape: tuple[int, int], n: int) -> _Subsets:
+@functools.lru_cache(maxsize=1024)
+def _subset_table(anchors: bytes, shape: tuple[int, int], n: int, near: tuple[int, ...]) -> _Subsets:
     k, m = shape
     pts = np.frombuffer(anchors, dtype=np.float64).reshape(shape)
-    subsets = [c for size in range(1, min(n, k) + 1) for c in itertools.combinations(range(k), size)]
+    subsets = [c for size in range(1, min(n, len(near)) + 1) for c in itertools.combinations(near, size)]
     index = np.full((len(subsets), n), k)
     solve, fit = np.zeros((len(subsets), n, m + 1)), np.zeros((len(subsets), m, m + 1))
     unique = np.zeros(len(subsets), dtype=bool)
