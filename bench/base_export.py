@@ -47,10 +47,11 @@ def export_options(manifest: dict) -> dict:
     """ExportConfig fields that make a graph like `manifest`'s: its target, and the `quantization` section's
     weight precision ({} of those for fp32)."""
     options = {"target": (manifest.get("model") or {}).get("target", "ort-cpu")}
+    from hoe.export.quantize import QuantConfig
+
     quant = manifest.get("quantization")
     if quant and quant.get("weights", "fp32") != "fp32":
-        keys = ("weights", "block_size", "symmetric", "accuracy_level", "target", "table", "offsets")
-        options.update({k: quant[k] for k in keys if k in quant})
+        options.update(QuantConfig.section_fields(quant))
     return options
 
 

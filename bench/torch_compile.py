@@ -62,7 +62,7 @@ class TorchCompileSystem(System):
 
     def new_state(self, batch: int):
         """One StaticCache per batch size, allocated once and reset per run (new tensors would not recompile, but
-        cost an allocation); the blocks' cache views are pointed at its layers."""
+        cost an allocation); `step` points the blocks' cache views at its layers."""
         from transformers import StaticCache
 
         config = self.lm.config
@@ -73,8 +73,6 @@ class TorchCompileSystem(System):
             self._caches[batch] = cache
         cache = self._caches[batch]
         cache.reset()
-        for block, layer in zip(self.blocks, cache.layers, strict=True):
-            block.cache.layer = layer
         return {"cache": cache, "past": 0}
 
     def step(self, state, input_ids, attention_mask, position_ids) -> np.ndarray:
@@ -150,7 +148,6 @@ def _wrap_blocks(lm, named: dict, mode: str | None) -> list:
     from hoe.core.model import HoELinear
 
     blocks = lm.get_submodule(decoder_blocks(lm))
-    wrapped = []
     block_class = _block_class()
     for i, block in enumerate(blocks):
         tensors = {names.ROUTER_MASK: named[names.ROUTER_MASK]}
@@ -163,5 +160,4 @@ def _wrap_blocks(lm, named: dict, mode: str | None) -> list:
             module.module_name, module.state = short, state
         block.compile(dynamic=False, mode=mode)
         blocks[i] = block_class(block, state)
-        wrapped.append(blocks[i])
-    return wrapped
+    return list(blocks)

@@ -40,6 +40,7 @@ a 2-D initializer (the tied lm_head, see optimize.py), and a Gather on axis 0 of
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -97,6 +98,11 @@ class QuantConfig(JsonConfig):
                               f"{self.target!r}, symmetric {self.symmetric}")
         if self.table:
             self.table_config()  # the table's precision obeys the same rules
+
+    @classmethod
+    def section_fields(cls, section: dict) -> dict:
+        """The fields of this config that a manifest's `quantization` section records (absent ones left out)."""
+        return {f.name: section[f.name] for f in dataclasses.fields(cls) if section.get(f.name) is not None}
 
     def table_config(self) -> QuantConfig:
         """The precision of the embedding table / tied lm_head."""
@@ -527,21 +533,20 @@ def dequantize_reference(model, quant: dict | None) -> int:
 
     if not quant or quant.get("weights", "fp32") == "fp32":
         return 0
-    cfg = QuantConfig.from_dict({k: quant[k] for k in ("weights", "block_size", "symmetric", "target",
-                                                       "accuracy_level", "offsets") if k in quant})
-    tcfg = cfg.table_config() if quant.get("table") is None else QuantConfig(
-        **{**cfg.to_dict(), "weights": quant["table"], "table": "", "offsets": False})
+    cfg = QuantConfig(**QuantConfig.section_fields(quant))
+    tcfg = cfg.table_config()
     lm = getattr(model, "model", model)  # HoEModel wraps the causal LM
     embed = lm.get_input_embeddings()
     head = lm.get_output_embeddings()
     done: dict[int, torch.Tensor] = {}
 
-    def new_weight(param: torch.Tensor, cfg: QuantConfig = cfg) -> torch.Tensor:
+    def new_weight(param: torch.Tensor, table: bool = False) -> torch.Tensor:
+        """The graph's weight for `param`: a linear's, or (table) the embedding / tied lm_head's."""
         if id(param) not in done:
             w = param.detach().float().numpy().T  # [in, out] = [K, N]
             if quant.get("scale_dtype") == "float16":  # an fp16 graph quantized its fp16 weights
                 w = w.astype(np.float16)
-            dq = round_trip(w, cfg, table=cfg is tcfg)  # the table's config is used for the table only
+            dq = round_trip(w, tcfg, table=True) if table else round_trip(w, cfg)
             done[id(param)] = torch.from_numpy(np.ascontiguousarray(dq.T).astype(np.float32)).to(param.dtype)
         return done[id(param)]
 
@@ -556,13 +561,13 @@ def dequantize_reference(model, quant: dict | None) -> int:
         for m in linears:
             if m is head and tied:
                 if quantize_head:
-                    m.weight.copy_(new_weight(m.weight, tcfg))
+                    m.weight.copy_(new_weight(m.weight, table=True))
                     changed += 1
                 continue
             m.weight.copy_(new_weight(m.weight))
             changed += 1
         if quantize_embed and not (tied and quantize_head):
-            embed.weight.copy_(new_weight(embed.weight, tcfg))
+            embed.weight.copy_(new_weight(embed.weight, table=True))
         if experts_baked(quant):
             _dequantize_experts(model, quant)
     return changed

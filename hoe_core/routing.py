@@ -59,7 +59,7 @@ def validate_preference(preference: Sequence[float] | np.ndarray, n_objectives: 
 
 def nearest_anchors(pref: np.ndarray, anchors: np.ndarray, n: int) -> np.ndarray:
     """Indices of the `n` anchors nearest to `pref` (Euclidean); ties go to the lower index."""
-    return _by_distance(_distances(pref, anchors))[: min(n, len(anchors))]
+    return _by_distance(_distances(pref, anchors))[:n]
 
 
 def _by_distance(dist: np.ndarray) -> np.ndarray:
@@ -163,7 +163,7 @@ def route_normalised(pref: np.ndarray, anchors: np.ndarray, n_route: int | None 
         raise ConfigError(f"n_route must be >= 1, got {n}")
     dist = _distances(pref, anchors)  # [K]
     order = _by_distance(dist)
-    chosen = order[: min(n, len(anchors))]
+    chosen = order[:n]
     points = anchors[chosen]
     w, unique = _affine_lstsq(points, pref)
     if not unique:  # dependent points: a subset may still hold pref (simplex_lstsq searches them)
@@ -215,10 +215,10 @@ def _containing_set(pref: np.ndarray, anchors: np.ndarray, n: int, dist: np.ndar
 
 
 class _Subsets(NamedTuple):
-    """Every subset of at most n of the anchors `near`, padded to n with the index K: index [S, n], size [S], the affine
-    solve of each (`_affine_solver`, zero rows for padding) [S, n, m+1] and the fit it makes [S, m, m+1]
-    (fit @ [pref, 1] = Σ_j w_j·anchor_j), stacked as one affine map [S·n + S·m rows] = linear @ pref + constant,
-    and whether each subset is affinely independent unique [S]."""
+    """Every subset of at most n of the anchors `near`, padded to n with the index K: index [S, n], size [S], the
+    affine solve of each (`_affine_solver`, zero rows for padding) and the fit it makes (Σ_j w_j·anchor_j), both
+    affine in pref and stacked as one map [S·n weights | S·m fits] = linear @ pref + constant, and whether each
+    subset is affinely independent unique [S]."""
 
     index: np.ndarray
     size: np.ndarray
@@ -232,17 +232,18 @@ def _subset_table(anchors: bytes, shape: tuple[int, int], n: int, near: tuple[in
     k, m = shape
     pts = np.frombuffer(anchors, dtype=np.float64).reshape(shape)
     subsets = [c for size in range(1, min(n, len(near)) + 1) for c in itertools.combinations(near, size)]
-    index = np.full((len(subsets), n), k)
-    solve, fit = np.zeros((len(subsets), n, m + 1)), np.zeros((len(subsets), m, m + 1))
-    unique = np.zeros(len(subsets), dtype=bool)
+    s = len(subsets)
+    index = np.full((s, n), k)
+    w_lin, w_const = np.zeros((s, n, m)), np.zeros((s, n))  # w = w_lin @ pref + w_const (padding rows 0)
+    fit_lin, fit_const = np.zeros((s, m, m)), np.zeros((s, m))  # Σ_j w_j·anchor_j, affine in pref too
+    unique = np.zeros(s, dtype=bool)
     for i, c in enumerate(subsets):
         index[i, :len(c)] = c
-        (linear, constant), unique[i] = _affine_solver(pts[list(c)].tobytes(), (len(c), m))
-        solve[i, :len(c)] = np.column_stack([linear, constant])
-        fit[i] = pts[list(c)].T @ solve[i, :len(c)]
-    solve_fit = np.concatenate([solve.reshape(-1, m + 1), fit.reshape(-1, m + 1)])
-    return _Subsets(index, np.array([len(c) for c in subsets]), np.ascontiguousarray(solve_fit[:, :-1]),
-                    np.ascontiguousarray(solve_fit[:, -1]), unique)
+        (w_lin[i, :len(c)], w_const[i, :len(c)]), unique[i] = _affine_solver(pts[list(c)].tobytes(), (len(c), m))
+        fit_lin[i], fit_const[i] = pts[list(c)].T @ w_lin[i, :len(c)], pts[list(c)].T @ w_const[i, :len(c)]
+    linear = np.concatenate([w_lin.reshape(-1, m), fit_lin.reshape(-1, m)])
+    constant = np.concatenate([w_const.reshape(-1), fit_const.reshape(-1)])
+    return _Subsets(index, np.array([len(c) for c in subsets]), linear, constant, unique)
 
 
 def simplex_grid(m: int, steps: int) -> list[list[float]]:
