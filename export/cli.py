@@ -51,6 +51,9 @@ def register(sub) -> None:
     q.add_argument("--bake-experts", action="store_true",
                    help="int8/int4 on onnxruntime: experts and routers become quantized initializers fused with the "
                         "base projections (faster on CPU; swap-experts then rewrites the graph, same E, r, K)")
+    q.add_argument("--mixture-kernel", action="store_true",
+                   help="with --bake-experts (fp32 graph): each site group's gating and lora_B products run as one "
+                        "node of hoe's own onnxruntime kernel (built with hoe; fewer nodes per token)")
     p.set_defaults(func=_export)
 
     w = sub.add_parser("swap-experts", help="install another HoE checkpoint's experts/routers, no re-export",
@@ -83,7 +86,8 @@ def _export(args) -> int:
                           validate=not args.no_validate, force=args.force, threads=args.threads,
                           weights=args.weights, block_size=args.block_size, symmetric=args.symmetric,
                           accuracy_level=args.accuracy_level, target=args.target, table=args.table,
-                          bake_experts=args.bake_experts, offsets=args.offsets)
+                          bake_experts=args.bake_experts, offsets=args.offsets,
+                          mixture_kernel=args.mixture_kernel)
     try:
         if args.no_experts:
             result = export_base(args.base, args.out, config, ckpt_dir=args.hoe)

@@ -66,6 +66,7 @@ class ExportConfig(JsonConfig):
     table: str = ""  # embedding table / tied lm_head precision: "" = as `weights`, else fp32|fp16|int8|int4
     bake_experts: bool = False  # int8/int4 on onnxruntime: experts and routers as quantized initializers (baked.py)
     offsets: bool = False  # int8/int4 on onnxruntime: min-max grid with a float offset per block (quantize.py)
+    mixture_kernel: bool = False  # baked: gating + lora_B per group as hoe's Mixture op (runtime/kernels.py)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -75,6 +76,8 @@ class ExportConfig(JsonConfig):
             from .baked import check_bakeable
 
             check_bakeable(self.quant_config(), self.experts)
+        if self.mixture_kernel:
+            _check_mixture_kernel(self)
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -87,6 +90,17 @@ class ExportConfig(JsonConfig):
         return QuantConfig(weights=self.weights, block_size=self.block_size, symmetric=self.symmetric,
                            accuracy_level=self.accuracy_level, target=self.target, table=self.table,
                            offsets=self.offsets)
+
+
+def _check_mixture_kernel(config: ExportConfig) -> None:
+    from hoe.runtime import kernels
+
+    if not config.bake_experts or config.dtype != "fp32":
+        raise ConfigError(f"--mixture-kernel needs --bake-experts and an fp32 graph, got bake_experts "
+                          f"{config.bake_experts}, dtype {config.dtype!r}")
+    if kernels.library() is None:
+        raise ConfigError(f"--mixture-kernel: this install of hoe has no kernels library ({kernels.LIBRARY_MODULE}); "
+                          "reinstall where a C++17 compiler is available")
 
 
 @dataclass
@@ -256,7 +270,7 @@ class _Export:
             from .baked import bake_experts
 
             self.quantization["experts"] = bake_experts(self.graph, self.groups, self._packed(),
-                                                        self.config.quant_config())
+                                                        self.config.quant_config(), self.config.mixture_kernel)
         self.opset = self.graph.opset_imports.get("", self.config.opset)
 
     def _save(self) -> None:

@@ -44,6 +44,7 @@ from hoe.core.config import JsonConfig
 from hoe.core.errors import ParityError
 from hoe.core.positions import positions_from_mask
 from hoe.core.preference import PreferenceRouter
+from hoe.runtime import kernels
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ class _OrtModel(FeedRunner):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        kernels.register(opts, manifest)
         path = folder / manifest["model"]["file"]
         model = exact_accuracy_model(path) if exact else None
         self.exact_twin = model is not None

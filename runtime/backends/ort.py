@@ -26,6 +26,7 @@ import numpy as np
 from hoe.contract.io_spec import STEP_INPUTS as _STEP_INPUTS
 from hoe.core.errors import BackendError, CheckpointError, ShapeMismatchError
 
+from .. import kernels
 from . import ort_providers
 from .base import Backend, DecodeState
 
@@ -93,6 +94,7 @@ class OrtBackend(Backend):
             so.inter_op_num_threads = 1
         if self.config.spinning is not None:
             so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.config.spinning else "0")
+        kernels.register(so, self.manifest.data)
         return so
 
     def _check_graph(self) -> None:

@@ -1,0 +1,88 @@
+// The mixture kernel's arithmetic (mixture.h). Plain loops over contiguous columns, which the compiler
+// vectorizes; on x86-64 one clone per instruction set is picked at load time (GCC's target_clones).
+#include "mixture.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HOE_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define HOE_CLONES
+#endif
+
+namespace hoe {
+namespace {
+
+// gates [E] of module i: sum_k mix[k] · softmax(logits[k, :])
+void gates(const float* logits, const float* mix, int64_t routers, int64_t experts, float* out) {
+  std::fill(out, out + experts, 0.0f);
+  for (int64_t k = 0; k < routers; ++k) {
+    const float* l = logits + k * experts;
+    float top = -std::numeric_limits<float>::infinity();
+    for (int64_t e = 0; e < experts; ++e) top = std::max(top, l[e]);
+    float sum = 0.0f;
+    float p[64];
+    for (int64_t e = 0; e < experts; ++e) sum += (p[e] = std::exp(l[e] - top));
+    const float w = mix[k] / sum;
+    for (int64_t e = 0; e < experts; ++e) out[e] += w * p[e];
+  }
+}
+
+// z[n] += scale[n] · sum_j hg[j] · (q[j, n] - zero[n]) for n < count <= kTile, j < rows; q one tile of lora_B
+// [rows, kTile], contiguous. The compiler keeps the tile's kTile sums in vector registers across j.
+HOE_CLONES void tile_product(const float* hg, int64_t rows, const uint8_t* q, const float* zero, const float* scale,
+                             float* z, int64_t count) {
+  float acc[kTile] = {};
+  for (int64_t j = 0; j < rows; ++j) {
+    const float a = hg[j];
+    for (int64_t t = 0; t < kTile; ++t) acc[t] += a * (static_cast<float>(q[j * kTile + t]) - zero[t]);
+  }
+  for (int64_t t = 0; t < count; ++t) z[t] += acc[t] * scale[t];
+}
+
+// acc[n] += a · x[n] over n < count.
+HOE_CLONES void axpy(float a, const float* x, float* acc, int64_t count) {
+  for (int64_t n = 0; n < count; ++n) acc[n] += a * x[n];
+}
+
+}  // namespace
+
+void mixture(const MixtureShape& s, const float* y, const float* f, const float* mix, const uint8_t* q,
+             const float* scales, const float* zeros, const float* offsets, float* z) {
+  const int64_t m = static_cast<int64_t>(s.widths.size());
+  const int64_t er = s.experts * s.rank;
+  const int64_t blocks = (er + s.block - 1) / s.block;
+  int64_t n_all = 0, padded = 0;  // N, and the columns of the modules' whole tiles
+  for (int64_t w : s.widths) n_all += w, padded += tiles(w) * kTile;
+  std::vector<float> hg(er), g(s.experts);
+  for (int64_t row = 0; row < s.rows; ++row) {
+    const float* fr = f + row * s.f_stride;
+    const float* h = fr + s.h_offset;
+    const float* logits = h + m * er;
+    const float* mr = mix + (row / s.steps) * s.routers;
+    const float* yr = y + row * s.y_stride;
+    float* zr = z + row * n_all;
+    int64_t col = 0, tile = 0;
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t w = s.widths[i];
+      gates(logits + i * s.routers * s.experts, mr, s.routers, s.experts, g.data());
+      for (int64_t j = 0; j < er; ++j) hg[j] = h[i * er + j] * g[j / s.rank];
+      std::copy(yr + col, yr + col + w, zr + col);
+      for (int64_t b = 0; offsets && b < s.sums; ++b) axpy(fr[s.sums_offset + b], offsets + b * n_all + col, zr + col, w);
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t j0 = b * s.block, rows = std::min(er, j0 + s.block) - j0;
+        for (int64_t t = 0; t < tiles(w); ++t) {
+          const int64_t at = (tile + t) * kTile;  // the tile's first column in the padded layout
+          tile_product(hg.data() + j0, rows, q + ((tile + t) * er + j0) * kTile, zeros + b * padded + at,
+                       scales + b * padded + at, zr + col + t * kTile, std::min(kTile, w - t * kTile));
+        }
+      }
+      tile += tiles(w);
+      col += w;
+    }
+  }
+}
+
+}  // namespace hoe

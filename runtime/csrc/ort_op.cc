@@ -1,0 +1,230 @@
+// The Mixture op (domain hoe.ort) for onnxruntime's CPU provider: shapes checked, then mixture.cc computes.
+//
+//   inputs   Y [B,T,>=N] f32, F [B,T,h_offset + m·E·r + m·K·E] f32, router_mix [B,K] f32,
+//            levels [tiles, E·r, 64] u8, scales and zeros [blocks, tiles·64] f32 (mixture.h), optional offsets
+//            [k_blocks, N] f32
+//   attrs    h_offset, block_size, modules m, width_0 .. width_{m-1} (N = their sum); with offsets sums_offset
+//            (F's first x·S column)
+//   output   Z [B,T,N] f32
+// E and r follow from the shapes: m·K·E logits after m·E·r lora_A columns, E·r rows of levels.
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "mixture.h"
+#include "ort_abi.h"
+
+namespace hoe::ort {
+namespace {
+
+const OrtApi* g_api = nullptr;
+
+template <typename Fn>
+Fn slot(size_t index) {
+  return reinterpret_cast<Fn>(reinterpret_cast<void* const*>(g_api)[index]);
+}
+
+OrtStatus* error(const std::string& message) {
+  return slot<OrtStatus* (*)(int, const char*)>(kCreateStatus)(kInvalidArgument, ("hoe.ort.Mixture: " + message).c_str());
+}
+
+void release(OrtStatus* status) { slot<void (*)(OrtStatus*)>(kReleaseStatus)(status); }
+
+#define HOE_TRY(call)                      \
+  do {                                     \
+    if (OrtStatus* status_ = (call)) return status_; \
+  } while (0)
+
+struct Tensor {
+  std::vector<int64_t> dims;
+  void* data = nullptr;
+};
+
+OrtStatus* read(OrtKernelContext* context, size_t index, Tensor* out) {
+  const OrtValue* value = nullptr;
+  HOE_TRY(slot<OrtStatus* (*)(const OrtKernelContext*, size_t, const OrtValue**)>(kKernelContextGetInput)(
+      context, index, &value));
+  if (!value) return nullptr;  // an absent optional input: no dims, no data
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  HOE_TRY(slot<OrtStatus* (*)(const OrtValue*, OrtTensorTypeAndShapeInfo**)>(kGetTensorTypeAndShape)(value, &info));
+  size_t rank = 0;
+  OrtStatus* status = slot<OrtStatus* (*)(const OrtTensorTypeAndShapeInfo*, size_t*)>(kGetDimensionsCount)(info, &rank);
+  if (!status) {
+    out->dims.assign(rank, 0);
+    status = slot<OrtStatus* (*)(const OrtTensorTypeAndShapeInfo*, int64_t*, size_t)>(kGetDimensions)(
+        info, out->dims.data(), rank);
+  }
+  slot<void (*)(OrtTensorTypeAndShapeInfo*)>(kReleaseTensorTypeAndShapeInfo)(info);
+  if (status) return status;
+  return slot<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(const_cast<OrtValue*>(value), &out->data);
+}
+
+std::string shape(const std::vector<int64_t>& dims) {
+  std::string s = "[";
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? "," : "") + std::to_string(dims[i]);
+  return s + "]";
+}
+
+struct Kernel {
+  int64_t h_offset = 0, block = 0, sums_offset = -1;
+  std::vector<int64_t> widths;
+};
+
+OrtStatus* attribute(const OrtKernelInfo* info, const char* name, int64_t* out) {
+  return slot<OrtStatus* (*)(const OrtKernelInfo*, const char*, int64_t*)>(kKernelInfoGetAttributeInt64)(info, name,
+                                                                                                           out);
+}
+
+OrtStatus* create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
+  auto* kernel = new (std::nothrow) Kernel();
+  if (!kernel) return error("out of memory");
+  OrtStatus* status = attribute(info, "h_offset", &kernel->h_offset);
+  if (!status) status = attribute(info, "block_size", &kernel->block);
+  int64_t modules = 0;
+  if (!status) status = attribute(info, "modules", &modules);
+  for (int64_t i = 0; !status && i < modules; ++i) {
+    int64_t width = 0;
+    status = attribute(info, ("width_" + std::to_string(i)).c_str(), &width);
+    kernel->widths.push_back(width);
+  }
+  if (!status) {
+    if (OrtStatus* absent = attribute(info, "sums_offset", &kernel->sums_offset)) {  // no block offsets
+      release(absent);
+      kernel->sums_offset = -1;
+    }
+  }
+  if (!status && (modules < 1 || kernel->block < 1 || kernel->h_offset < 0))
+    status = error("attributes need modules >= 1, block_size >= 1, h_offset >= 0");
+  if (status) {
+    delete kernel;
+    return status;
+  }
+  *out = kernel;
+  return nullptr;
+}
+
+OrtStatus* compute(void* opaque, OrtKernelContext* context) {
+  const Kernel& k = *static_cast<Kernel*>(opaque);
+  size_t count = 0;
+  HOE_TRY(slot<OrtStatus* (*)(const OrtKernelContext*, size_t*)>(kKernelContextGetInputCount)(context, &count));
+  Tensor t[7];
+  for (size_t i = 0; i < std::min<size_t>(count, 7); ++i) HOE_TRY(read(context, i, &t[i]));
+  const Tensor &y = t[0], &f = t[1], &mix = t[2], &levels = t[3], &scales = t[4], &zeros = t[5], &offsets = t[6];
+  MixtureShape s;
+  s.widths = k.widths;
+  s.h_offset = k.h_offset;
+  s.block = k.block;
+  int64_t n = 0;
+  for (int64_t w : k.widths) n += w;
+  const int64_t m = static_cast<int64_t>(k.widths.size());
+  if (y.dims.size() != 3 || f.dims.size() != 3 || y.dims[0] != f.dims[0] || y.dims[1] != f.dims[1] || y.dims[2] < n)
+    return error("Y " + shape(y.dims) + " and F " + shape(f.dims) + ": expected [B,T,>=" + std::to_string(n) +
+                 "] and [B,T,*]");
+  if (mix.dims.size() != 2 || mix.dims[0] != f.dims[0] || mix.dims[1] < 1)
+    return error("router_mix " + shape(mix.dims) + ": expected [" + std::to_string(f.dims[0]) + ",K]");
+  int64_t tile_count = 0;
+  for (int64_t w : k.widths) tile_count += tiles(w);
+  if (levels.dims.size() != 3 || levels.dims[0] != tile_count || levels.dims[1] < 1 || levels.dims[2] != kTile)
+    return error("levels " + shape(levels.dims) + ": expected [" + std::to_string(tile_count) + ",E*r," +
+                 std::to_string(kTile) + "]");
+  s.rows = f.dims[0] * f.dims[1];
+  s.steps = f.dims[1];
+  s.y_stride = y.dims[2];
+  s.f_stride = f.dims[2];
+  s.routers = mix.dims[1];
+  const int64_t er = levels.dims[1], logits = s.f_stride - s.h_offset - m * er;
+  const int64_t blocks = (er + s.block - 1) / s.block;
+  if (logits <= 0 || logits % (m * s.routers) != 0)
+    return error("F " + shape(f.dims) + " holds no m*K*E router logits after column " +
+                 std::to_string(s.h_offset + m * er));
+  s.experts = logits / (m * s.routers);
+  if (er % s.experts != 0 || s.experts > 64)
+    return error(std::to_string(s.experts) + " experts do not divide the " + std::to_string(er) +
+                 " lora_B rows (or exceed 64)");
+  s.rank = er / s.experts;
+  for (const Tensor* g : {&scales, &zeros})
+    if (g->dims.size() != 2 || g->dims[0] != blocks || g->dims[1] != tile_count * kTile)
+      return error("scales/zeros " + shape(g->dims) + ": expected [" + std::to_string(blocks) + "," +
+                   std::to_string(tile_count * kTile) + "]");
+  if (offsets.data) {
+    if (offsets.dims.size() != 2 || offsets.dims[1] != n || k.sums_offset < 0 ||
+        k.sums_offset + offsets.dims[0] > s.h_offset)
+      return error("offsets " + shape(offsets.dims) + " with sums_offset " + std::to_string(k.sums_offset) +
+                   ": expected [k_blocks," + std::to_string(n) + "] and F's x·S columns before h_offset");
+    s.sums_offset = k.sums_offset;
+    s.sums = offsets.dims[0];
+  }
+  const int64_t out_dims[3] = {f.dims[0], f.dims[1], n};
+  OrtValue* out = nullptr;
+  HOE_TRY(slot<OrtStatus* (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**)>(
+      kKernelContextGetOutput)(context, 0, out_dims, 3, &out));
+  void* z = nullptr;
+  HOE_TRY(slot<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(out, &z));
+  if (s.rows == 0) return nullptr;
+  mixture(s, static_cast<const float*>(y.data), static_cast<const float*>(f.data),
+          static_cast<const float*>(mix.data), static_cast<const uint8_t*>(levels.data),
+          static_cast<const float*>(scales.data), static_cast<const float*>(zeros.data),
+          static_cast<const float*>(offsets.data), static_cast<float*>(z));
+  return nullptr;
+}
+
+// -- the OrtCustomOp table
+const char* name(const OrtCustomOp*) { return "Mixture"; }
+const char* provider(const OrtCustomOp*) { return "CPUExecutionProvider"; }
+OrtElementType input_type(const OrtCustomOp*, size_t i) { return i == 3 ? kTypeUint8 : kTypeFloat; }
+size_t input_count(const OrtCustomOp*) { return 7; }
+OrtElementType output_type(const OrtCustomOp*, size_t) { return kTypeFloat; }
+size_t output_count(const OrtCustomOp*) { return 1; }
+void destroy(void* kernel) { delete static_cast<Kernel*>(kernel); }
+OrtCharacteristic input_characteristic(const OrtCustomOp*, size_t i) { return i == 6 ? kOptional : kRequired; }
+OrtCharacteristic required(const OrtCustomOp*, size_t) { return kRequired; }
+int default_memory(const OrtCustomOp*, size_t) { return 0; }
+int one(const OrtCustomOp*) { return 1; }
+int zero(const OrtCustomOp*) { return 0; }
+
+OrtCustomOp make_op() {
+  OrtCustomOp op;
+  std::memset(&op, 0, sizeof(op));
+  op.version = kApiVersion;
+  op.GetName = name;
+  op.GetExecutionProviderType = provider;
+  op.GetInputType = input_type;
+  op.GetInputTypeCount = input_count;
+  op.GetOutputType = output_type;
+  op.GetOutputTypeCount = output_count;
+  op.KernelDestroy = destroy;
+  op.GetInputCharacteristic = input_characteristic;
+  op.GetOutputCharacteristic = required;
+  op.GetInputMemoryType = default_memory;
+  op.GetVariadicInputMinArity = one;
+  op.GetVariadicInputHomogeneity = zero;
+  op.GetVariadicOutputMinArity = one;
+  op.GetVariadicOutputHomogeneity = zero;
+  op.CreateKernelV2 = create;
+  op.KernelComputeV2 = compute;
+  return op;
+}
+
+const OrtCustomOp kMixture = make_op();
+
+}  // namespace
+}  // namespace hoe::ort
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOptions* options,
+                                                                              const OrtApiBase* base) {
+  using namespace hoe::ort;
+  g_api = base->GetApi(kApiVersion);
+  if (!g_api) return nullptr;  // an onnxruntime older than 1.16: nothing to register with (it then reports the op)
+  // A domain per session options, kept for the life of the process: sessions point at it.
+  static std::mutex lock;
+  static std::vector<OrtCustomOpDomain*> domains;
+  std::lock_guard<std::mutex> hold(lock);
+  OrtCustomOpDomain* domain = nullptr;
+  HOE_TRY(slot<OrtStatus* (*)(const char*, OrtCustomOpDomain**)>(kCreateCustomOpDomain)("hoe.ort", &domain));
+  domains.push_back(domain);
+  HOE_TRY(slot<OrtStatus* (*)(OrtCustomOpDomain*, const OrtCustomOp*)>(kCustomOpDomainAdd)(domain, &kMixture));
+  return slot<OrtStatus* (*)(OrtSessionOptions*, OrtCustomOpDomain*)>(kAddCustomOpDomain)(options, domain);
+}

@@ -1,0 +1,44 @@
+"""hoe's own onnxruntime kernels: the Mixture op of `hoe export --bake-experts --mixture-kernel` (runtime/csrc).
+
+The C++ sources are built at install into one shared library, `hoe.runtime._kernels` (setup.py; a C++17
+compiler is needed, and without one the install goes on without it). onnxruntime loads it per session with
+`SessionOptions.register_custom_ops_library`, only for graphs whose manifest names the kernel.
+
+    library() -> Path | None             the built library, if this install has it
+    register(options, manifest) -> bool  register it with a session's options when the graph needs it
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from hoe.core.errors import CheckpointError
+
+MIXTURE_DOMAIN, MIXTURE_OP = "hoe.ort", "Mixture"
+MIXTURE_KERNEL = f"{MIXTURE_DOMAIN}.{MIXTURE_OP}"  # quantization.experts.kernel in hoe_config.json
+LIBRARY_MODULE = "hoe.runtime._kernels"
+
+
+def library() -> Path | None:
+    """The kernels' shared library of this install, or None when it was installed without a compiler."""
+    spec = importlib.util.find_spec(LIBRARY_MODULE)
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
+def needs_kernels(manifest: dict) -> bool:
+    """Whether a manifest's graph holds hoe's own ops."""
+    return ((manifest.get("quantization") or {}).get("experts") or {}).get("kernel") == MIXTURE_KERNEL
+
+
+def register(options, manifest: dict) -> bool:
+    """Register the library with `options` (onnxruntime.SessionOptions) if the graph needs it; True if it did."""
+    if not needs_kernels(manifest):
+        return False
+    path = library()
+    if path is None:
+        raise CheckpointError(f"this export's graph uses hoe's {MIXTURE_KERNEL} kernel, but this install of hoe was "
+                              f"built without it (module {LIBRARY_MODULE} missing): reinstall hoe where a C++17 "
+                              "compiler is available, or re-export without --mixture-kernel")
+    options.register_custom_ops_library(str(path))
+    return True
