@@ -265,7 +265,7 @@ class _Baker:
     def _mixture(self, g: SiteGroup, fused, split, h_offset: int) -> None:
         """The group's gating chain and lora_B products -> one Mixture node reading the fused product F (h and
         the router logits from column h_offset) and Y, whose first columns are the modules' base outputs y_i;
-        its output Z [B,T,N] is split back into the modules' z_i. The bypassed nodes are left for `finish`."""
+        it writes the modules' z_i (one output each). The bypassed nodes are left for `finish`."""
         adds, ys = [], []
         for module in g.modules:
             product = self._matmul(packing.lora_b(module)).outputs[0]
@@ -287,16 +287,10 @@ class _Baker:
         node = self._node(MIXTURE_OP, [y, fused.outputs[0], self.inputs[ROUTER_MIX], levels, scales, zeros,
                                        *([offsets] if offsets is not None else [])],
                           MIXTURE_DOMAIN, g.name, h_offset=h_offset, block_size=self.cfg.block_size,
-                          modules=len(widths), **{f"width_{i}": w for i, w in enumerate(widths)}, **sums)
+                          modules=len(widths), num_outputs=len(widths),
+                          **{f"width_{i}": w for i, w in enumerate(widths)}, **sums)
         self.graph.insert_before(adds[0], node)
-        outs = [node.outputs[0]]
-        if len(widths) > 1:
-            parts = self._node("Split", [node.outputs[0], self._init(f"{_prefix(g)}.lora_B.widths",
-                                                                     np.array(widths, np.int64))],
-                               "", f"{g.name}/mixture", num_outputs=len(widths), axis=-1)
-            self.graph.insert_after(node, parts)
-            outs = list(parts.outputs)
-        node.outputs[0].type = adds[0].outputs[0].type
+        outs = list(node.outputs)
         for add, out in zip(adds, outs):
             out.shape, out.type = add.outputs[0].shape, add.outputs[0].type
             add.outputs[0].replace_all_uses_with(out)

@@ -50,7 +50,7 @@ HOE_CLONES void axpy(float a, const float* x, float* acc, int64_t count) {
 }  // namespace
 
 void mixture(const MixtureShape& s, const float* y, const float* f, const float* mix, const uint8_t* q,
-             const float* scales, const float* zeros, const float* offsets, float* z) {
+             const float* scales, const float* zeros, const float* offsets, const std::vector<Output>& z) {
   const int64_t m = static_cast<int64_t>(s.widths.size());
   const int64_t er = s.experts * s.rank;
   const int64_t blocks = (er + s.block - 1) / s.block;
@@ -63,20 +63,20 @@ void mixture(const MixtureShape& s, const float* y, const float* f, const float*
     const float* logits = h + m * er;
     const float* mr = mix + (row / s.steps) * s.routers;
     const float* yr = y + row * s.y_stride;
-    float* zr = z + row * n_all;
     int64_t col = 0, tile = 0;
     for (int64_t i = 0; i < m; ++i) {
       const int64_t w = s.widths[i];
+      float* zr = z[i].data + row * z[i].stride;  // module i's columns of this row
       gates(logits + i * s.routers * s.experts, mr, s.routers, s.experts, g.data());
       for (int64_t j = 0; j < er; ++j) hg[j] = h[i * er + j] * g[j / s.rank];
-      std::copy(yr + col, yr + col + w, zr + col);
-      for (int64_t b = 0; offsets && b < s.sums; ++b) axpy(fr[s.sums_offset + b], offsets + b * n_all + col, zr + col, w);
+      std::copy(yr + col, yr + col + w, zr);
+      for (int64_t b = 0; offsets && b < s.sums; ++b) axpy(fr[s.sums_offset + b], offsets + b * n_all + col, zr, w);
       for (int64_t b = 0; b < blocks; ++b) {
         const int64_t j0 = b * s.block, rows = std::min(er, j0 + s.block) - j0;
         for (int64_t t = 0; t < tiles(w); ++t) {
           const int64_t at = (tile + t) * kTile;  // the tile's first column in the padded layout
           tile_product(hg.data() + j0, rows, q + ((tile + t) * er + j0) * kTile, zeros + b * padded + at,
-                       scales + b * padded + at, zr + col + t * kTile, std::min(kTile, w - t * kTile));
+                       scales + b * padded + at, zr + t * kTile, std::min(kTile, w - t * kTile));
         }
       }
       tile += tiles(w);

@@ -37,8 +37,15 @@ struct MixtureShape {
   int64_t sums = 0;             // k_blocks of x·S
 };
 
-// The checks on shapes happen in the caller; this only computes. Z [rows, N].
+// Where module i's output goes: row r's w_i columns start at data + r·stride (one [rows, N] tensor for all
+// modules: data = Z + its first column, stride N; one tensor per module: stride w_i).
+struct Output {
+  float* data;
+  int64_t stride;
+};
+
+// The checks on shapes happen in the caller; this only computes. z: one Output per module.
 void mixture(const MixtureShape& s, const float* y, const float* f, const float* mix, const uint8_t* q,
-             const float* scales, const float* zeros, const float* offsets, float* z);
+             const float* scales, const float* zeros, const float* offsets, const std::vector<Output>& z);
 
 }  // namespace hoe

@@ -73,6 +73,7 @@ enum Slot : size_t {
   kGetTensorTypeAndShape = 65,          // OrtStatus* (const OrtValue*, OrtTensorTypeAndShapeInfo** out)
   kKernelInfoGetAttributeInt64 = 86,    // OrtStatus* (const OrtKernelInfo*, const char* name, int64_t* out)
   kKernelContextGetInputCount = 88,     // OrtStatus* (const OrtKernelContext*, size_t* out)
+  kKernelContextGetOutputCount = 89,    // OrtStatus* (const OrtKernelContext*, size_t* out)
   kKernelContextGetInput = 90,          // OrtStatus* (const OrtKernelContext*, size_t i, const OrtValue** out)
   kKernelContextGetOutput = 91,         // OrtStatus* (OrtKernelContext*, size_t i, const int64_t* dims, size_t n,
                                         //             OrtValue** out)

@@ -5,7 +5,7 @@
 //            [k_blocks, N] f32
 //   attrs    h_offset, block_size, modules m, width_0 .. width_{m-1} (N = their sum); with offsets sums_offset
 //            (F's first x·S column)
-//   output   Z [B,T,N] f32
+//   outputs  Z [B,T,N] f32, or one [B,T,w_i] per module (variadic)
 // E and r follow from the shapes: m·K·E logits after m·E·r lora_A columns, E·r rows of levels.
 #include <algorithm>
 #include <cstring>
@@ -157,17 +157,28 @@ OrtStatus* compute(void* opaque, OrtKernelContext* context) {
     s.sums_offset = k.sums_offset;
     s.sums = offsets.dims[0];
   }
-  const int64_t out_dims[3] = {f.dims[0], f.dims[1], n};
-  OrtValue* out = nullptr;
-  HOE_TRY(slot<OrtStatus* (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**)>(
-      kKernelContextGetOutput)(context, 0, out_dims, 3, &out));
-  void* z = nullptr;
-  HOE_TRY(slot<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(out, &z));
+  // Outputs: Z [B,T,N] (one), or one [B,T,w_i] per module (m).
+  size_t outputs = 0;
+  HOE_TRY(slot<OrtStatus* (*)(const OrtKernelContext*, size_t*)>(kKernelContextGetOutputCount)(context, &outputs));
+  if (outputs != 1 && outputs != static_cast<size_t>(m))
+    return error(std::to_string(outputs) + " outputs: expected 1 (all modules) or " + std::to_string(m));
+  std::vector<Output> z;
+  for (size_t o = 0; o < outputs; ++o) {
+    const int64_t width = outputs == 1 ? n : k.widths[o];
+    const int64_t dims[3] = {f.dims[0], f.dims[1], width};
+    OrtValue* out = nullptr;
+    HOE_TRY(slot<OrtStatus* (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**)>(
+        kKernelContextGetOutput)(context, o, dims, 3, &out));
+    void* data = nullptr;
+    HOE_TRY(slot<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(out, &data));
+    z.push_back({static_cast<float*>(data), width});
+  }
+  for (int64_t i = 1; outputs == 1 && i < m; ++i) z.push_back({z[i - 1].data + k.widths[i - 1], n});
   if (s.rows == 0) return nullptr;
   mixture(s, static_cast<const float*>(y.data), static_cast<const float*>(f.data),
           static_cast<const float*>(mix.data), static_cast<const uint8_t*>(levels.data),
           static_cast<const float*>(scales.data), static_cast<const float*>(zeros.data),
-          static_cast<const float*>(offsets.data), static_cast<float*>(z));
+          static_cast<const float*>(offsets.data), z);
   return nullptr;
 }
 
@@ -180,7 +191,7 @@ OrtElementType output_type(const OrtCustomOp*, size_t) { return kTypeFloat; }
 size_t output_count(const OrtCustomOp*) { return 1; }
 void destroy(void* kernel) { delete static_cast<Kernel*>(kernel); }
 OrtCharacteristic input_characteristic(const OrtCustomOp*, size_t i) { return i == 6 ? kOptional : kRequired; }
-OrtCharacteristic required(const OrtCustomOp*, size_t) { return kRequired; }
+OrtCharacteristic variadic(const OrtCustomOp*, size_t) { return kVariadic; }
 int default_memory(const OrtCustomOp*, size_t) { return 0; }
 int one(const OrtCustomOp*) { return 1; }
 int zero(const OrtCustomOp*) { return 0; }
@@ -197,12 +208,12 @@ OrtCustomOp make_op() {
   op.GetOutputTypeCount = output_count;
   op.KernelDestroy = destroy;
   op.GetInputCharacteristic = input_characteristic;
-  op.GetOutputCharacteristic = required;
+  op.GetOutputCharacteristic = variadic;
   op.GetInputMemoryType = default_memory;
   op.GetVariadicInputMinArity = one;
   op.GetVariadicInputHomogeneity = zero;
   op.GetVariadicOutputMinArity = one;
-  op.GetVariadicOutputHomogeneity = zero;
+  op.GetVariadicOutputHomogeneity = one;
   op.CreateKernelV2 = create;
   op.KernelComputeV2 = compute;
   return op;
