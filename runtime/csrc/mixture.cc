@@ -23,7 +23,7 @@ void gates(const float* logits, const float* mix, int64_t routers, int64_t exper
     float top = -std::numeric_limits<float>::infinity();
     for (int64_t e = 0; e < experts; ++e) top = std::max(top, l[e]);
     float sum = 0.0f;
-    float p[64];
+    float p[kMaxExperts];
     for (int64_t e = 0; e < experts; ++e) sum += (p[e] = std::exp(l[e] - top));
     const float w = mix[k] / sum;
     for (int64_t e = 0; e < experts; ++e) out[e] += w * p[e];
@@ -50,13 +50,13 @@ HOE_CLONES void axpy(float a, const float* x, float* acc, int64_t count) {
 }  // namespace
 
 void mixture(const MixtureShape& s, const float* y, const float* f, const float* mix, const uint8_t* q,
-             const float* scales, const float* zeros, const float* offsets, const std::vector<Output>& z) {
-  const int64_t m = static_cast<int64_t>(s.widths.size());
+             const float* scales, const float* zeros, const float* offsets, const Output* z) {
+  const int64_t m = s.modules;
   const int64_t er = s.experts * s.rank;
   const int64_t blocks = (er + s.block - 1) / s.block;
   int64_t n_all = 0, padded = 0;  // N, and the columns of the modules' whole tiles
-  for (int64_t w : s.widths) n_all += w, padded += tiles(w) * kTile;
-  std::vector<float> hg(er), g(s.experts);
+  for (int64_t i = 0; i < m; ++i) n_all += s.widths[i], padded += tiles(s.widths[i]) * kTile;
+  float hg[kMaxRows], g[kMaxExperts];
   for (int64_t row = 0; row < s.rows; ++row) {
     const float* fr = f + row * s.f_stride;
     const float* h = fr + s.h_offset;
@@ -67,7 +67,7 @@ void mixture(const MixtureShape& s, const float* y, const float* f, const float*
     for (int64_t i = 0; i < m; ++i) {
       const int64_t w = s.widths[i];
       float* zr = z[i].data + row * z[i].stride;  // module i's columns of this row
-      gates(logits + i * s.routers * s.experts, mr, s.routers, s.experts, g.data());
+      gates(logits + i * s.routers * s.experts, mr, s.routers, s.experts, g);
       for (int64_t j = 0; j < er; ++j) hg[j] = h[i * er + j] * g[j / s.rank];
       std::copy(yr + col, yr + col + w, zr);
       for (int64_t b = 0; offsets && b < s.sums; ++b) axpy(fr[s.sums_offset + b], offsets + b * n_all + col, zr, w);
@@ -75,7 +75,7 @@ void mixture(const MixtureShape& s, const float* y, const float* f, const float*
         const int64_t j0 = b * s.block, rows = std::min(er, j0 + s.block) - j0;
         for (int64_t t = 0; t < tiles(w); ++t) {
           const int64_t at = (tile + t) * kTile;  // the tile's first column in the padded layout
-          tile_product(hg.data() + j0, rows, q + ((tile + t) * er + j0) * kTile, zeros + b * padded + at,
+          tile_product(hg + j0, rows, q + ((tile + t) * er + j0) * kTile, zeros + b * padded + at,
                        scales + b * padded + at, zr + t * kTile, std::min(kTile, w - t * kTile));
         }
       }

@@ -7,18 +7,20 @@
 //   Z[n]   = Y[n] + sum_j h[i,j]·g[i,j/r] · (q[j,n] - z[j/bs,n]) · s[j/bs,n]   for n in module i's columns
 // lora_B on its int8 grid (the experts' scaling folded in), in tiles of kTile columns per module (a module's last
 // tile padded): levels q uint8 [tiles, E·r, kTile], scales s and zero points z fp32 [ceil(E·r/bs), tiles·kTile]
-// (N = sum of the modules' widths; the tiles keep each column tile's rows contiguous in memory). This is the graph hoe_graph.py builds, computed in one pass.
+// (N = sum of the modules' widths; the tiles keep each column tile's rows contiguous in memory).
+// This is the graph hoe_graph.py builds, computed in one pass.
 // With block offsets (quantize.py `_offset_product`) Y is y₀ and F also holds the block sums x·S at column
 // sums_offset: Y[n] becomes y₀[n] + sum_b (x·S)[b] · O[b, n], O fp32 [k_blocks, N], before the mixture.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
-#include <vector>
 
 namespace hoe {
 
 constexpr int64_t kTile = 64;  // lora_B columns per tile
+
+constexpr int64_t kMaxModules = 8, kMaxExperts = 64, kMaxRows = 4096;  // m, E and E·r (stack buffers)
 
 inline int64_t tiles(int64_t width) { return (width + kTile - 1) / kTile; }
 
@@ -32,7 +34,8 @@ struct MixtureShape {
   int64_t rank;      // r
   int64_t routers;   // K
   int64_t block;     // bs of lora_B's grid
-  std::vector<int64_t> widths;  // out features of the m modules, in order; N = their sum
+  const int64_t* widths;  // out features of the m modules, in order; N = their sum
+  int64_t modules;        // m
   int64_t sums_offset = -1;     // first x·S column of F, with block offsets (else -1)
   int64_t sums = 0;             // k_blocks of x·S
 };
@@ -46,6 +49,6 @@ struct Output {
 
 // The checks on shapes happen in the caller; this only computes. z: one Output per module.
 void mixture(const MixtureShape& s, const float* y, const float* f, const float* mix, const uint8_t* q,
-             const float* scales, const float* zeros, const float* offsets, const std::vector<Output>& z);
+             const float* scales, const float* zeros, const float* offsets, const Output* z);
 
 }  // namespace hoe

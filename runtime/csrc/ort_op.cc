@@ -38,8 +38,15 @@ void release(OrtStatus* status) { slot<void (*)(OrtStatus*)>(kReleaseStatus)(sta
     if (OrtStatus* status_ = (call)) return status_; \
   } while (0)
 
+struct Dims {  // a tensor's shape, rank <= 4 (no allocation per call)
+  int64_t d[4] = {};
+  size_t rank = 0;
+  size_t size() const { return rank; }
+  int64_t operator[](size_t i) const { return d[i]; }
+};
+
 struct Tensor {
-  std::vector<int64_t> dims;
+  Dims dims;
   void* data = nullptr;
 };
 
@@ -52,17 +59,18 @@ OrtStatus* read(OrtKernelContext* context, size_t index, Tensor* out) {
   HOE_TRY(slot<OrtStatus* (*)(const OrtValue*, OrtTensorTypeAndShapeInfo**)>(kGetTensorTypeAndShape)(value, &info));
   size_t rank = 0;
   OrtStatus* status = slot<OrtStatus* (*)(const OrtTensorTypeAndShapeInfo*, size_t*)>(kGetDimensionsCount)(info, &rank);
+  if (!status && rank > 4) status = error("an input of rank " + std::to_string(rank) + ": expected <= 4");
   if (!status) {
-    out->dims.assign(rank, 0);
+    out->dims.rank = rank;
     status = slot<OrtStatus* (*)(const OrtTensorTypeAndShapeInfo*, int64_t*, size_t)>(kGetDimensions)(
-        info, out->dims.data(), rank);
+        info, out->dims.d, rank);
   }
   slot<void (*)(OrtTensorTypeAndShapeInfo*)>(kReleaseTensorTypeAndShapeInfo)(info);
   if (status) return status;
   return slot<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(const_cast<OrtValue*>(value), &out->data);
 }
 
-std::string shape(const std::vector<int64_t>& dims) {
+std::string shape(const Dims& dims) {
   std::string s = "[";
   for (size_t i = 0; i < dims.size(); ++i) s += (i ? "," : "") + std::to_string(dims[i]);
   return s + "]";
@@ -96,8 +104,9 @@ OrtStatus* create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, 
       kernel->sums_offset = -1;
     }
   }
-  if (!status && (modules < 1 || kernel->block < 1 || kernel->h_offset < 0))
-    status = error("attributes need modules >= 1, block_size >= 1, h_offset >= 0");
+  if (!status && (modules < 1 || modules > kMaxModules || kernel->block < 1 || kernel->h_offset < 0))
+    status = error("attributes need 1 <= modules <= " + std::to_string(kMaxModules) +
+                   ", block_size >= 1, h_offset >= 0");
   if (status) {
     delete kernel;
     return status;
@@ -114,7 +123,8 @@ OrtStatus* compute(void* opaque, OrtKernelContext* context) {
   for (size_t i = 0; i < std::min<size_t>(count, 7); ++i) HOE_TRY(read(context, i, &t[i]));
   const Tensor &y = t[0], &f = t[1], &mix = t[2], &levels = t[3], &scales = t[4], &zeros = t[5], &offsets = t[6];
   MixtureShape s;
-  s.widths = k.widths;
+  s.widths = k.widths.data();
+  s.modules = static_cast<int64_t>(k.widths.size());
   s.h_offset = k.h_offset;
   s.block = k.block;
   int64_t n = 0;
@@ -141,9 +151,9 @@ OrtStatus* compute(void* opaque, OrtKernelContext* context) {
     return error("F " + shape(f.dims) + " holds no m*K*E router logits after column " +
                  std::to_string(s.h_offset + m * er));
   s.experts = logits / (m * s.routers);
-  if (er % s.experts != 0 || s.experts > 64)
-    return error(std::to_string(s.experts) + " experts do not divide the " + std::to_string(er) +
-                 " lora_B rows (or exceed 64)");
+  if (er % s.experts != 0 || s.experts > kMaxExperts || er > kMaxRows)
+    return error(std::to_string(s.experts) + " experts do not divide the " + std::to_string(er) + " lora_B rows (or "
+                 "exceed " + std::to_string(kMaxExperts) + " experts, " + std::to_string(kMaxRows) + " rows)");
   s.rank = er / s.experts;
   for (const Tensor* g : {&scales, &zeros})
     if (g->dims.size() != 2 || g->dims[0] != blocks || g->dims[1] != tile_count * kTile)
@@ -162,7 +172,7 @@ OrtStatus* compute(void* opaque, OrtKernelContext* context) {
   HOE_TRY(slot<OrtStatus* (*)(const OrtKernelContext*, size_t*)>(kKernelContextGetOutputCount)(context, &outputs));
   if (outputs != 1 && outputs != static_cast<size_t>(m))
     return error(std::to_string(outputs) + " outputs: expected 1 (all modules) or " + std::to_string(m));
-  std::vector<Output> z;
+  Output z[kMaxModules];
   for (size_t o = 0; o < outputs; ++o) {
     const int64_t width = outputs == 1 ? n : k.widths[o];
     const int64_t dims[3] = {f.dims[0], f.dims[1], width};
@@ -171,9 +181,9 @@ OrtStatus* compute(void* opaque, OrtKernelContext* context) {
         kKernelContextGetOutput)(context, o, dims, 3, &out));
     void* data = nullptr;
     HOE_TRY(slot<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(out, &data));
-    z.push_back({static_cast<float*>(data), width});
+    z[o] = {static_cast<float*>(data), width};
   }
-  for (int64_t i = 1; outputs == 1 && i < m; ++i) z.push_back({z[i - 1].data + k.widths[i - 1], n});
+  for (int64_t i = 1; outputs == 1 && i < m; ++i) z[i] = {z[i - 1].data + k.widths[i - 1], n};
   if (s.rows == 0) return nullptr;
   mixture(s, static_cast<const float*>(y.data), static_cast<const float*>(f.data),
           static_cast<const float*>(mix.data), static_cast<const uint8_t*>(levels.data),

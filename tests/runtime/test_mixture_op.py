@@ -43,7 +43,7 @@ def _reference(y, f, mix, lora_b, h_offset, widths, experts, rank, routers, offs
     return np.concatenate([base[..., cols[i]:cols[i + 1]] + hg[:, :, i] @ lora_b[i] for i in range(m)], axis=-1)
 
 
-def _session(inputs, initializers, attrs, n):
+def _session(inputs, initializers, attrs):
     from onnx import TensorProto, helper, numpy_helper
 
     names = ["Y", "F", "router_mix", "levels", "scales", "zeros", "offsets"][: len(inputs) + len(initializers)]
@@ -60,7 +60,8 @@ def _session(inputs, initializers, attrs, n):
 
 
 # (widths, experts, rank, routers, block, symmetric, offsets)
-CASES = [([70, 5, 128], 3, 8, 4, 16, True, False), ([64], 5, 8, 2, 32, False, False), ([33, 200], 2, 4, 7, 16, True, True)]
+CASES = [([70, 5, 128], 3, 8, 4, 16, True, False), ([64], 5, 8, 2, 32, False, False),
+         ([33, 200], 2, 4, 7, 16, True, True)]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"widths{c[0]}-E{c[1]}-r{c[2]}" for c in CASES])
@@ -84,7 +85,7 @@ def test_mixture_op_matches_numpy(case):
         offsets = rng.normal(size=(k_blocks, n)).astype(np.float32)
         initializers.append(offsets)
         attrs["sums_offset"] = n
-    session = _session([f, f, mix], initializers, attrs, n)
+    session = _session([f, f, mix], initializers, attrs)
     z = session.run(None, {"Y": f, "F": f, "router_mix": mix})[0]
     want = _reference(f, f, mix, lora_b, h_offset, widths, experts, rank, routers, offsets, n)
     assert z.shape == (batch, steps, n)
@@ -97,10 +98,10 @@ def test_mixture_op_refuses_bad_shapes_with_a_message():
     f = rng.normal(size=(1, 1, 64 + 24 + 6)).astype(np.float32)
     attrs = dict(h_offset=64, block_size=32, modules=1, width_0=64)
     bad_mix = np.ones((1, 5), np.float32)  # 5 routers: F holds 6 logits, not 1·5·E
-    session = _session([f, f, bad_mix], [levels, scales, zeros], attrs, 64)
+    session = _session([f, f, bad_mix], [levels, scales, zeros], attrs)
     with pytest.raises(Exception, match="hoe.ort.Mixture: F"):
         session.run(None, {"Y": f, "F": f, "router_mix": bad_mix})
     wide = dict(attrs, width_0=128)  # levels hold one tile, the attribute asks for two
-    session = _session([f, f, np.ones((1, 2), np.float32)], [levels, scales, zeros], wide, 128)
+    session = _session([f, f, np.ones((1, 2), np.float32)], [levels, scales, zeros], wide)
     with pytest.raises(Exception, match="expected"):
         session.run(None, {"Y": f, "F": f, "router_mix": np.ones((1, 2), np.float32)})
