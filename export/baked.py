@@ -21,6 +21,7 @@ work as before; only swapping experts needs new initializers (`rebake`, same E, 
 from __future__ import annotations
 
 import numpy as np
+from hoe.contract.io_spec import ROUTER_MIX
 from hoe.contract.manifest import BAKED
 from hoe.core import names, packing
 from hoe.core.errors import ConfigError
@@ -33,7 +34,6 @@ EXPERT_BITS = 8  # lora_B: K = E·r rows (24 for 3 rank-8 experts), one block pe
 QUANT_PARTS = ("B", "scales", "zp")  # a MatMulNBits weight's initializers: `{prefix}.{part}`
 MIXTURE_TILE = 64  # lora_B columns per tile in the Mixture kernel's layout (kTile in runtime/csrc/mixture.h)
 MIXTURE_PARTS = ("levels", "scales", "zeros")  # the Mixture kernel's lora_B: `baked.{group}.lora_B.{part}`
-ROUTER_MIX = "router_mix"
 
 
 def check_bakeable(cfg: QuantConfig, experts: bool = True) -> None:
@@ -290,11 +290,9 @@ class _Baker:
                           modules=len(widths), num_outputs=len(widths),
                           **{f"width_{i}": w for i, w in enumerate(widths)}, **sums)
         self.graph.insert_before(adds[0], node)
-        outs = list(node.outputs)
-        for add, out in zip(adds, outs):
+        for add, out in zip(adds, node.outputs):
             out.shape, out.type = add.outputs[0].shape, add.outputs[0].type
             add.outputs[0].replace_all_uses_with(out)
-        self.model.opset_imports[MIXTURE_DOMAIN] = 1
         self.baked += [packing.lora_b(module) for module in g.modules]
 
     def _lora_b(self, module: str) -> None:
@@ -317,6 +315,7 @@ class _Baker:
             from onnx_ir.passes.common import RemoveUnusedNodesPass
 
             RemoveUnusedNodesPass()(self.model)  # the bypassed gating chains and lora_B products
+            self.model.opset_imports[MIXTURE_DOMAIN] = 1
         for name in self.baked:
             value = self.inputs[name]
             for use in list(value.uses()):

@@ -54,8 +54,7 @@ void mixture(const MixtureShape& s, const float* y, const float* f, const float*
   const int64_t m = s.modules;
   const int64_t er = s.experts * s.rank;
   const int64_t blocks = (er + s.block - 1) / s.block;
-  int64_t n_all = 0, padded = 0;  // N, and the columns of the modules' whole tiles
-  for (int64_t i = 0; i < m; ++i) n_all += s.widths[i], padded += tiles(s.widths[i]) * kTile;
+  const int64_t n_all = s.n, padded = s.padded;
   float hg[kMaxRows], g[kMaxExperts];
   for (int64_t row = 0; row < s.rows; ++row) {
     const float* fr = f + row * s.f_stride;

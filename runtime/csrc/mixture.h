@@ -34,10 +34,12 @@ struct MixtureShape {
   int64_t rank;      // r
   int64_t routers;   // K
   int64_t block;     // bs of lora_B's grid
-  const int64_t* widths;  // out features of the m modules, in order; N = their sum
+  const int64_t* widths;  // out features of the m modules, in order
   int64_t modules;        // m
-  int64_t sums_offset = -1;     // first x·S column of F, with block offsets (else -1)
-  int64_t sums = 0;             // k_blocks of x·S
+  int64_t n;              // N: the widths' sum
+  int64_t padded;         // the columns of the modules' whole tiles: sum of tiles(w_i)·kTile
+  int64_t sums_offset = -1;  // first x·S column of F, with block offsets (else -1)
+  int64_t sums = 0;          // k_blocks of x·S
 };
 
 // Where module i's output goes: row r's w_i columns start at data + r·stride (one [rows, N] tensor for all

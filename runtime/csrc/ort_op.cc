@@ -77,8 +77,8 @@ std::string shape(const Dims& dims) {
 }
 
 struct Kernel {
-  int64_t h_offset = 0, block = 0, sums_offset = -1;
   std::vector<int64_t> widths;
+  MixtureShape shape{};  // what the attributes fix (widths, N, tiles, h_offset, block, sums_offset)
 };
 
 OrtStatus* attribute(const OrtKernelInfo* info, const char* name, int64_t* out) {
@@ -89,8 +89,9 @@ OrtStatus* attribute(const OrtKernelInfo* info, const char* name, int64_t* out) 
 OrtStatus* create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
   auto* kernel = new (std::nothrow) Kernel();
   if (!kernel) return error("out of memory");
-  OrtStatus* status = attribute(info, "h_offset", &kernel->h_offset);
-  if (!status) status = attribute(info, "block_size", &kernel->block);
+  MixtureShape& s = kernel->shape;
+  OrtStatus* status = attribute(info, "h_offset", &s.h_offset);
+  if (!status) status = attribute(info, "block_size", &s.block);
   int64_t modules = 0;
   if (!status) status = attribute(info, "modules", &modules);
   for (int64_t i = 0; !status && i < modules; ++i) {
@@ -99,18 +100,22 @@ OrtStatus* create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, 
     kernel->widths.push_back(width);
   }
   if (!status) {
-    if (OrtStatus* absent = attribute(info, "sums_offset", &kernel->sums_offset)) {  // no block offsets
+    if (OrtStatus* absent = attribute(info, "sums_offset", &s.sums_offset)) {  // no block offsets
       release(absent);
-      kernel->sums_offset = -1;
+      s.sums_offset = -1;
     }
   }
-  if (!status && (modules < 1 || modules > kMaxModules || kernel->block < 1 || kernel->h_offset < 0))
+  if (!status && (modules < 1 || modules > kMaxModules || s.block < 1 || s.h_offset < 0))
     status = error("attributes need 1 <= modules <= " + std::to_string(kMaxModules) +
                    ", block_size >= 1, h_offset >= 0");
   if (status) {
     delete kernel;
     return status;
   }
+  s.widths = kernel->widths.data();  // the vector is not resized again
+  s.modules = modules;
+  s.n = s.padded = 0;
+  for (int64_t w : kernel->widths) s.n += w, s.padded += tiles(w) * kTile;
   *out = kernel;
   return nullptr;
 }
@@ -122,21 +127,13 @@ OrtStatus* compute(void* opaque, OrtKernelContext* context) {
   Tensor t[7];
   for (size_t i = 0; i < std::min<size_t>(count, 7); ++i) HOE_TRY(read(context, i, &t[i]));
   const Tensor &y = t[0], &f = t[1], &mix = t[2], &levels = t[3], &scales = t[4], &zeros = t[5], &offsets = t[6];
-  MixtureShape s;
-  s.widths = k.widths.data();
-  s.modules = static_cast<int64_t>(k.widths.size());
-  s.h_offset = k.h_offset;
-  s.block = k.block;
-  int64_t n = 0;
-  for (int64_t w : k.widths) n += w;
-  const int64_t m = static_cast<int64_t>(k.widths.size());
+  MixtureShape s = k.shape;
+  const int64_t n = s.n, m = s.modules, tile_count = s.padded / kTile;
   if (y.dims.size() != 3 || f.dims.size() != 3 || y.dims[0] != f.dims[0] || y.dims[1] != f.dims[1] || y.dims[2] < n)
     return error("Y " + shape(y.dims) + " and F " + shape(f.dims) + ": expected [B,T,>=" + std::to_string(n) +
                  "] and [B,T,*]");
   if (mix.dims.size() != 2 || mix.dims[0] != f.dims[0] || mix.dims[1] < 1)
     return error("router_mix " + shape(mix.dims) + ": expected [" + std::to_string(f.dims[0]) + ",K]");
-  int64_t tile_count = 0;
-  for (int64_t w : k.widths) tile_count += tiles(w);
   if (levels.dims.size() != 3 || levels.dims[0] != tile_count || levels.dims[1] < 1 || levels.dims[2] != kTile)
     return error("levels " + shape(levels.dims) + ": expected [" + std::to_string(tile_count) + ",E*r," +
                  std::to_string(kTile) + "]");
@@ -160,11 +157,10 @@ OrtStatus* compute(void* opaque, OrtKernelContext* context) {
       return error("scales/zeros " + shape(g->dims) + ": expected [" + std::to_string(blocks) + "," +
                    std::to_string(tile_count * kTile) + "]");
   if (offsets.data) {
-    if (offsets.dims.size() != 2 || offsets.dims[1] != n || k.sums_offset < 0 ||
-        k.sums_offset + offsets.dims[0] > s.h_offset)
-      return error("offsets " + shape(offsets.dims) + " with sums_offset " + std::to_string(k.sums_offset) +
+    if (offsets.dims.size() != 2 || offsets.dims[1] != n || s.sums_offset < 0 ||
+        s.sums_offset + offsets.dims[0] > s.h_offset)
+      return error("offsets " + shape(offsets.dims) + " with sums_offset " + std::to_string(s.sums_offset) +
                    ": expected [k_blocks," + std::to_string(n) + "] and F's x·S columns before h_offset");
-    s.sums_offset = k.sums_offset;
     s.sums = offsets.dims[0];
   }
   // Outputs: Z [B,T,N] (one), or one [B,T,w_i] per module (m).

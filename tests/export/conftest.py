@@ -69,3 +69,37 @@ def quantized(tmp_path_factory):
         return done[key]
 
     return get
+
+
+@pytest.fixture
+def revalidate():
+    """(folder, base_dir, ckpt_dir) -> validate_export's report with the fast quantized config, no quality prompts."""
+    from hoe.export.validate import ValidationConfig, validate_export
+    from tiny_models import QUANT_FAST
+
+    return lambda folder, base_dir, ckpt_dir: validate_export(
+        folder, base_dir, ckpt_dir, ValidationConfig(**{**QUANT_FAST, "quality_prompts": 0}))
+
+
+@pytest.fixture
+def swap_random(tmp_path):
+    """(base_dir, ckpt_dir, out, seed) -> (folder, other_ckpt): a copy of export `out` into which another random
+    checkpoint of the same E, r and K (3 experts, the checkpoint's rank and anchors) was swapped."""
+    import json
+    import shutil
+
+    from hoe.contract.manifest import swap_experts
+    from hoe.core.loading import load_base
+    from tiny_models import random_hoe_checkpoint
+
+    def swap(base_dir, ckpt_dir, out, seed):
+        folder, other_dir = tmp_path / "swapped", tmp_path / "other"
+        shutil.copytree(out, folder)
+        hoe = json.loads((ckpt_dir / "hoe.json").read_text())
+        other = random_hoe_checkpoint(load_base(base_dir), n_experts=3, rank=hoe["rank"], seed=seed)
+        assert len(other.config.anchors) == len(hoe["anchors"])  # same E, r and K
+        other.save(other_dir)
+        swap_experts(folder, other_dir)
+        return folder, other_dir
+
+    return swap

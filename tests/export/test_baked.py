@@ -3,13 +3,11 @@ dequantized experts, the graph's shape, the runtime, swap-experts (rebake) and r
 
 import hashlib
 import json
-import shutil
 
 import numpy as np
 import onnx
 import pytest
 from hoe.core.errors import ConfigError
-from tiny_models import QUANT_FAST as FAST
 
 CASES = [("llama", "int4", True, 32), ("qwen2", "int8", False, 16), ("mistral", "int4", False, 16)]
 
@@ -39,15 +37,13 @@ def test_baked_graph_matches_the_dequantized_reference(baked, case):
     assert len(fused) == 8 and all(n.input[5] for n in fused)  # the router bias rides on the fused product
 
 
-def test_baked_parity_can_fail(baked, monkeypatch):
+def test_baked_parity_can_fail(baked, monkeypatch, revalidate):
     """A reference holding the float experts is not the baked graph: the check sees it."""
     import hoe.export.baked as baked_module
-    from hoe.export.validate import ValidationConfig, validate_export
 
     base_dir, ckpt_dir, out, _ = baked(*CASES[0])
     monkeypatch.setattr(baked_module, "round_trip_experts", lambda tensors, *a, **k: dict(tensors))
-    report = validate_export(out, base_dir, ckpt_dir, ValidationConfig(**{**FAST, "quality_prompts": 0}))
-    assert not report["passed"]
+    assert not revalidate(out, base_dir, ckpt_dir)["passed"]
 
 
 def test_runtime_runs_a_baked_export(baked):
@@ -74,23 +70,16 @@ def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_swap_experts_rebakes_the_graph(baked, tmp_path):
+def test_swap_experts_rebakes_the_graph(baked, tmp_path, revalidate, swap_random):
     from hoe.contract.manifest import swap_experts
     from hoe.core.loading import load_base
-    from hoe.export.validate import ValidationConfig, validate_export
     from tiny_models import random_hoe_checkpoint
 
     base_dir, ckpt_dir, out, _ = baked(*CASES[0])
-    folder = tmp_path / "swapped"
-    shutil.copytree(out, folder)
-    data_before = _digest(folder / "model.onnx.data")
-    hoe = json.loads((ckpt_dir / "hoe.json").read_text())
-    other = random_hoe_checkpoint(load_base(base_dir), n_experts=3, rank=hoe["rank"], seed=7)
-    assert len(other.config.anchors) == len(hoe["anchors"])  # same E, r and K
-    other.save(tmp_path / "other")
-    swap_experts(folder, tmp_path / "other")
+    data_before = _digest(out / "model.onnx.data")
+    folder, other = swap_random(base_dir, ckpt_dir, out, seed=7)
     assert _digest(folder / "model.onnx.data") != data_before
-    report = validate_export(folder, base_dir, tmp_path / "other", ValidationConfig(**{**FAST, "quality_prompts": 0}))
+    report = revalidate(folder, base_dir, other)
     assert report["passed"], report["max_abs_logits"]
     assert _digest(out / "model.onnx.data") != _digest(folder / "model.onnx.data")  # the source export untouched
 

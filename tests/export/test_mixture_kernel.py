@@ -3,14 +3,12 @@ group's gating and lora_B products in one node matches the reference holding the
 the runtime as the node-by-node baked graph does, swaps experts, and is refused where it cannot work."""
 
 import json
-import shutil
 
 import numpy as np
 import onnx
 import pytest
 from hoe.core.errors import CheckpointError, ConfigError
 from hoe.runtime import kernels
-from tiny_models import QUANT_FAST as FAST
 
 pytestmark = pytest.mark.skipif(kernels.library() is None, reason="hoe was installed without its kernels library "
                                                                   "(no C++17 compiler at install)")
@@ -42,15 +40,13 @@ def test_kernel_graph_matches_the_dequantized_reference(with_kernel, case):
     assert len(folded) >= (2 * 3 if case[4] else 0) and (case[4] or not folded)
 
 
-def test_kernel_parity_can_fail(with_kernel, monkeypatch):
+def test_kernel_parity_can_fail(with_kernel, monkeypatch, revalidate):
     """The kernel's graph against a reference holding the float experts: the check sees the difference."""
     import hoe.export.baked as baked_module
-    from hoe.export.validate import ValidationConfig, validate_export
 
     base_dir, ckpt_dir, out, _ = with_kernel(*CASES[0])
     monkeypatch.setattr(baked_module, "round_trip_experts", lambda tensors, *a, **k: dict(tensors))
-    report = validate_export(out, base_dir, ckpt_dir, ValidationConfig(**{**FAST, "quality_prompts": 0}))
-    assert not report["passed"]
+    assert not revalidate(out, base_dir, ckpt_dir)["passed"]
 
 
 def test_runtime_routes_each_row_through_the_kernel(with_kernel):
@@ -72,20 +68,10 @@ def test_runtime_routes_each_row_through_the_kernel(with_kernel):
     assert gen.generate_next_token().shape == first.shape
 
 
-def test_swap_experts_rebakes_the_kernel_graph(with_kernel, tmp_path):
-    from hoe.contract.manifest import swap_experts
-    from hoe.core.loading import load_base
-    from hoe.export.validate import ValidationConfig, validate_export
-    from tiny_models import random_hoe_checkpoint
-
+def test_swap_experts_rebakes_the_kernel_graph(with_kernel, revalidate, swap_random):
     base_dir, ckpt_dir, out, _ = with_kernel(*CASES[1])
-    folder = tmp_path / "swapped"
-    shutil.copytree(out, folder)
-    hoe = json.loads((ckpt_dir / "hoe.json").read_text())
-    other = random_hoe_checkpoint(load_base(base_dir), n_experts=3, rank=hoe["rank"], seed=11)
-    other.save(tmp_path / "other")
-    swap_experts(folder, tmp_path / "other")
-    report = validate_export(folder, base_dir, tmp_path / "other", ValidationConfig(**{**FAST, "quality_prompts": 0}))
+    folder, other = swap_random(base_dir, ckpt_dir, out, seed=11)
+    report = revalidate(folder, base_dir, other)
     assert report["passed"], report["max_abs_logits"]
 
 

@@ -3,14 +3,12 @@
 dequantized reference (plain and baked), a check that can fail, rebake, and refusals."""
 
 import json
-import shutil
 
 import numpy as np
 import onnx
 import pytest
 from hoe.core.errors import ConfigError
 from hoe.export.quantize import OFFSETS_SUFFIX, QuantConfig, quantize_blocks
-from tiny_models import QUANT_FAST as FAST
 
 
 def q4_1_weight(k: int, n: int, seed: int, block: int = 32) -> np.ndarray:
@@ -98,31 +96,19 @@ def test_offset_graph_matches_the_dequantized_reference(quantized, case):
     assert not float_weights
 
 
-def test_offset_parity_can_fail(quantized, monkeypatch):
+def test_offset_parity_can_fail(quantized, monkeypatch, revalidate):
     """A reference on the absmax grid (the offsets dropped) is not the graph: the check sees it."""
     import hoe.export.quantize as quantize
-    from hoe.export.validate import ValidationConfig, validate_export
 
     base_dir, ckpt_dir, out, _ = _export(quantized, *CASES[0])
     original = quantize.round_trip
     monkeypatch.setattr(quantize, "round_trip", lambda w, cfg, table=False: original(w, QuantConfig(
         **{**cfg.to_dict(), "offsets": False}), table))
-    report = validate_export(out, base_dir, ckpt_dir, ValidationConfig(**{**FAST, "quality_prompts": 0}))
-    assert not report["passed"]
+    assert not revalidate(out, base_dir, ckpt_dir)["passed"]
 
 
-def test_swap_experts_rebakes_an_offset_graph(quantized, tmp_path):
-    from hoe.contract.manifest import swap_experts
-    from hoe.core.loading import load_base
-    from hoe.export.validate import ValidationConfig, validate_export
-    from tiny_models import random_hoe_checkpoint
-
+def test_swap_experts_rebakes_an_offset_graph(quantized, revalidate, swap_random):
     base_dir, ckpt_dir, out, _ = _export(quantized, *CASES[2])
-    folder = tmp_path / "swapped"
-    shutil.copytree(out, folder)
-    hoe = json.loads((ckpt_dir / "hoe.json").read_text())
-    other = random_hoe_checkpoint(load_base(base_dir), n_experts=3, rank=hoe["rank"], seed=9)
-    other.save(tmp_path / "other")
-    swap_experts(folder, tmp_path / "other")
-    report = validate_export(folder, base_dir, tmp_path / "other", ValidationConfig(**{**FAST, "quality_prompts": 0}))
+    folder, other = swap_random(base_dir, ckpt_dir, out, seed=9)
+    report = revalidate(folder, base_dir, other)
     assert report["passed"], report["max_abs_logits"]
