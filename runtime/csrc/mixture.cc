@@ -1,10 +1,19 @@
 // The mixture kernel's arithmetic (mixture.h). Plain loops over contiguous columns, which the compiler
-// vectorizes; on x86-64 one clone per instruction set is picked at load time (GCC's target_clones).
+// vectorizes; on x86-64 one clone per instruction set is picked at load time (GCC's target_clones), and the
+// lora_B tile product, where the time goes, has an AVX2 version picked the same way (the compiler widens uint8
+// to fp32 in three steps where AVX2 needs one: 2.5x faster on a Zen 3).
 #include "mixture.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HOE_AVX2 1
+#endif
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define HOE_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
@@ -31,16 +40,65 @@ void gates(const float* logits, const float* mix, int64_t routers, int64_t exper
 }
 
 // z[n] += scale[n] · sum_j hg[j] · (q[j, n] - zero[n]) for n < count <= kTile, j < rows; q one tile of lora_B
-// [rows, kTile], contiguous. The compiler keeps the tile's kTile sums in vector registers across j.
-HOE_CLONES void tile_product(const float* hg, int64_t rows, const uint8_t* q, const float* zero, const float* scale,
-                             float* z, int64_t count) {
+// [rows, kTile], contiguous. As scale[n] · (sum_j hg[j]·q[j, n] - zero[n] · sum_j hg[j]): the levels are exact in
+// fp32, and the tile's kTile sums stay in vector registers across j.
+void tile_product_portable(const float* hg, int64_t rows, const uint8_t* q, const float* zero, const float* scale,
+                           float* z, int64_t count) {
   float acc[kTile] = {};
+  float sum = 0.0f;
   for (int64_t j = 0; j < rows; ++j) {
     const float a = hg[j];
-    for (int64_t t = 0; t < kTile; ++t) acc[t] += a * (static_cast<float>(q[j * kTile + t]) - zero[t]);
+    sum += a;
+    for (int64_t t = 0; t < kTile; ++t) acc[t] += a * static_cast<float>(q[j * kTile + t]);
   }
-  for (int64_t t = 0; t < count; ++t) z[t] += acc[t] * scale[t];
+  for (int64_t t = 0; t < count; ++t) z[t] += (acc[t] - sum * zero[t]) * scale[t];
 }
+
+#ifdef HOE_AVX2
+__attribute__((target("avx2,fma"))) void tile_product_avx2(const float* hg, int64_t rows, const uint8_t* q,
+                                                           const float* zero, const float* scale, float* z,
+                                                           int64_t count) {
+  constexpr int kLanes = 8, kVectors = kTile / kLanes;
+  __m256 acc[kVectors];
+  for (__m256& a : acc) a = _mm256_setzero_ps();
+  float sum = 0.0f;
+  for (int64_t j = 0; j < rows; ++j, q += kTile) {
+    const __m256 a = _mm256_set1_ps(hg[j]);
+    sum += hg[j];
+    for (int v = 0; v < kVectors; ++v) {  // 8 levels: uint8 -> int32 -> fp32, one instruction each
+      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + v * kLanes));
+      acc[v] = _mm256_fmadd_ps(a, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)), acc[v]);
+    }
+  }
+  const __m256 total = _mm256_set1_ps(sum);
+  alignas(32) float last[kTile];  // the lanes of a partial vector, stored one by one below
+  for (int v = 0; v < kVectors; ++v) {
+    const int n = v * kLanes;
+    const __m256 term = _mm256_mul_ps(_mm256_fnmadd_ps(total, _mm256_loadu_ps(zero + n), acc[v]),
+                                      _mm256_loadu_ps(scale + n));
+    if (n + kLanes <= count)
+      _mm256_storeu_ps(z + n, _mm256_add_ps(_mm256_loadu_ps(z + n), term));
+    else
+      _mm256_store_ps(last + n, term);
+  }
+  for (int64_t n = count / kLanes * kLanes; n < count; ++n) z[n] += last[n];
+}
+#endif
+
+using TileProduct = void (*)(const float*, int64_t, const uint8_t*, const float*, const float*, float*, int64_t);
+
+// HOE_KERNELS_PORTABLE=1 in the environment keeps the portable loop (what other CPUs run), for tests.
+TileProduct pick_tile_product() {
+  const char* portable = std::getenv("HOE_KERNELS_PORTABLE");
+  if (portable && std::strcmp(portable, "1") == 0) return tile_product_portable;
+#ifdef HOE_AVX2
+  __builtin_cpu_init();  // this runs as a static initializer, maybe before libgcc's own
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return tile_product_avx2;
+#endif
+  return tile_product_portable;
+}
+
+const TileProduct tile_product = pick_tile_product();
 
 // acc[n] += a · x[n] over n < count.
 HOE_CLONES void axpy(float a, const float* x, float* acc, int64_t count) {

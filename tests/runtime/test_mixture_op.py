@@ -64,8 +64,8 @@ CASES = [([70, 5, 128], 3, 8, 4, 16, True, False), ([64], 5, 8, 2, 32, False, Fa
          ([33, 200], 2, 4, 7, 16, True, True)]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"widths{c[0]}-E{c[1]}-r{c[2]}" for c in CASES])
-def test_mixture_op_matches_numpy(case):
+def _run_case(case):
+    """One case through the op -> (Z, the numpy reference)."""
     widths, experts, rank, routers, block, symmetric, with_offsets = case
     rng = np.random.default_rng(len(widths))
     (levels, scales, zeros), lora_b = _mixture_inputs(rng, widths, experts, rank, routers, block, symmetric)
@@ -87,9 +87,35 @@ def test_mixture_op_matches_numpy(case):
         attrs["sums_offset"] = n
     session = _session([f, f, mix], initializers, attrs)
     z = session.run(None, {"Y": f, "F": f, "router_mix": mix})[0]
-    want = _reference(f, f, mix, lora_b, h_offset, widths, experts, rank, routers, offsets, n)
     assert z.shape == (batch, steps, n)
+    return z, _reference(f, f, mix, lora_b, h_offset, widths, experts, rank, routers, offsets, n)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"widths{c[0]}-E{c[1]}-r{c[2]}" for c in CASES])
+def test_mixture_op_matches_numpy(case):
+    z, want = _run_case(case)
     np.testing.assert_allclose(z, want, rtol=1e-4, atol=1e-4)
+
+
+def test_portable_loop_matches_numpy(tmp_path):
+    """HOE_KERNELS_PORTABLE=1 (read when onnxruntime loads the library, so in a fresh process) runs the loop other
+    CPUs run instead of the AVX2 one. On an AVX2 machine the two round differently (FMA), which shows the switch
+    took effect."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (f"import sys, numpy as np; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+              f"import test_mixture_op as t; np.save({str(tmp_path / 'z.npy')!r}, t._run_case(t.CASES[0])[0])")
+    env = {**os.environ, "HOE_KERNELS_PORTABLE": "1"}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
+    portable = np.load(tmp_path / "z.npy")
+    z, want = _run_case(CASES[0])
+    np.testing.assert_allclose(portable, want, rtol=1e-4, atol=1e-4)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and " avx2" in cpuinfo.read_text(errors="ignore"):
+        assert not np.array_equal(portable, z), "HOE_KERNELS_PORTABLE=1 did not change the kernel's path"
 
 
 def test_mixture_op_refuses_bad_shapes_with_a_message():
