@@ -1,16 +1,19 @@
-"""Experts and routers baked into a quantized onnxruntime graph (`hoe export --weights int4 --bake-experts`).
+"""Experts and routers baked into an onnxruntime graph (`hoe export --weights int4 --bake-experts`).
 
-On a CPU at 4-bit base weights the HoE mixture read as graph inputs costs more than it should: every expert
-and router product is an fp32 MatMul on a weight onnxruntime cannot prepack (GRAPH.md). Baked, each site
-group of m modules reading x [B,T,in] costs one product with x instead of three:
+On a CPU the HoE mixture read as graph inputs costs more than it should: every expert and router product is
+an fp32 MatMul on a weight onnxruntime cannot prepack (GRAPH.md). Baked, each site group of m modules
+reading x [B,T,in] costs one product with x instead of three:
 
-    MatMulNBits(x, [W_base | lora_A | router_W], bias [0 | 0 | router_bias]) ─► Split ─► y, h, logits
-    (with --block-offsets: [W_base | S | lora_A | router_W] ─► y₀, x·S, h, logits; quantize._offset_product)
-    per module: MatMulNBits(h_i, lora_B_i)  (int8)
+    int8/int4: MatMulNBits(x, [W_base | lora_A | router_W], bias [0 | 0 | router_bias]) ─► Split ─► y, h, logits
+               (--block-offsets: [W_base | S | lora_A | router_W] ─► y₀, x·S, h, logits; quantize._offset_product)
+               per module: MatMulNBits(h_i, lora_B_i)  (int8)
+    fp32:      Add(MatMul(x, [W_base | lora_A | router_W]), [0 | 0 | router_bias]) ─► Split ─► y, h, logits
+               per module: MatMul(h_i, lora_B_i)  (fp32: the graph is the unbaked one's, exactly)
 
-lora_A and the router weights are quantized like the base (same bits, block size and symmetry: one column of
-the concatenated weight is quantized exactly as it would be alone), lora_B at `EXPERT_BITS` (its K is E·r, tiny);
-the router bias (with the -inf mask) stays float as the node's bias. The gating (softmax, router_mix, gate
+Quantized, lora_A and the router weights are quantized like the base (same bits, block size and symmetry: one
+column of the concatenated weight is quantized exactly as it would be alone), lora_B at `EXPERT_BITS` (its K is
+E·r, tiny); the router bias (with the -inf mask) stays float as the node's bias. With the Mixture kernel lora_B
+is on the int8 grid at fp32 too (the kernel reads uint8 levels). The gating (softmax, router_mix, gate
 repeat) is unchanged and still reads router_mix per row, so per-row preferences and mid-generation switches
 work as before; only swapping experts needs new initializers (`rebake`, same E, r and K).
 
@@ -31,6 +34,7 @@ from hoe.runtime.kernels import MIXTURE_DOMAIN, MIXTURE_KERNEL, MIXTURE_OP
 from .quantize import MS_DOMAIN, OFFSETS_SUFFIX, QuantConfig, offset_split, quantize_blocks
 
 EXPERT_BITS = 8  # lora_B: K = E·r rows (24 for 3 rank-8 experts), one block per column
+FLOAT_BITS = 32  # `quantization.experts` of an fp32 bake: lora_A, router_weight (and lora_B without the kernel)
 QUANT_PARTS = ("B", "scales", "zp")  # a MatMulNBits weight's initializers: `{prefix}.{part}`
 MIXTURE_TILE = 64  # lora_B columns per tile in the Mixture kernel's layout (kTile in runtime/csrc/mixture.h)
 MIXTURE_PARTS = ("levels", "scales", "zeros")  # the Mixture kernel's lora_B: `baked.{group}.lora_B.{part}`
@@ -38,22 +42,24 @@ MIXTURE_PARTS = ("levels", "scales", "zeros")  # the Mixture kernel's lora_B: `b
 
 def check_bakeable(cfg: QuantConfig, experts: bool = True) -> None:
     """ConfigError unless experts can be baked into a graph of this precision and target."""
-    if cfg.form != "MatMulNBits" or not experts:
-        raise ConfigError(f"--bake-experts needs experts and int8/int4 weights on an onnxruntime target "
-                          f"(MatMulNBits), got weights {cfg.weights!r}, target {cfg.target!r}, experts {experts}")
+    if cfg.form not in ("MatMulNBits", "none") or not experts:
+        raise ConfigError(f"--bake-experts needs experts and fp32, int8 or int4 weights on an onnxruntime target, "
+                          f"got weights {cfg.weights!r}, target {cfg.target!r}, experts {experts}")
 
 
 def experts_section(cfg: QuantConfig, groups: int, kernel: bool = False) -> dict:
-    """The manifest's `quantization.experts` of a baked graph."""
-    return {"storage": BAKED, "lora_A": cfg.bits, "router_weight": cfg.bits, "lora_B": EXPERT_BITS,
+    """The manifest's `quantization.experts` of a baked graph (bits per tensor, FLOAT_BITS: float)."""
+    bits = cfg.bits if cfg.quantized else FLOAT_BITS
+    return {"storage": BAKED, "lora_A": bits, "router_weight": bits,
+            "lora_B": EXPERT_BITS if cfg.quantized or kernel else FLOAT_BITS,
             "router_bias": "float", "block_size": cfg.block_size, "symmetric": cfg.symmetric, "groups": groups,
             **({"kernel": MIXTURE_KERNEL} if kernel else {})}
 
 
 def section_config(section: dict) -> QuantConfig:
     """The QuantConfig lora_A and the routers were baked with (`experts_section`)."""
-    return QuantConfig(weights={4: "int4", 8: "int8"}[section["lora_A"]], block_size=section["block_size"],
-                       symmetric=section["symmetric"])
+    return QuantConfig(weights={4: "int4", 8: "int8", FLOAT_BITS: "fp32"}[section["lora_A"]],
+                       block_size=section["block_size"], symmetric=section["symmetric"])
 
 
 def bake_experts(model, groups: list[SiteGroup], packed: dict[str, np.ndarray], cfg: QuantConfig,
@@ -79,16 +85,24 @@ def rebake(model, groups: list[SiteGroup], packed: dict[str, np.ndarray], sectio
         if new != [n_a, n_r]:
             raise ConfigError(f"{g.name}: the baked graph holds {[n_a, n_r]} lora_A/router columns, the new experts "
                               f"have {new} (E, r and K must stay the same; re-export for other sizes)")
-        held = [init.get(f"{_prefix(g)}.{part}") for part in QUANT_PARTS]
-        base = [None if v is None else v.const_value.numpy()[:n_base] for v in held]  # the base's rows stay
-        _set_all(init, _prefix(g), _fused_rows(base, _quantize_ar(g, packed, cfg)))
+        if cfg.quantized:
+            held = [init.get(f"{_prefix(g)}.{part}") for part in QUANT_PARTS]
+            base = [None if v is None else v.const_value.numpy()[:n_base] for v in held]  # the base's rows stay
+            _set_all(init, _prefix(g), _fused_rows(base, _quantize_ar(g, packed, cfg)))
+        else:
+            base = init[f"{_prefix(g)}.weight"].const_value.numpy()[:, :n_base]  # the base's columns stay
+            _set(init, f"{_prefix(g)}.weight", _fused_columns(base, g, packed))
         _set(init, f"{_prefix(g)}.bias", _bias(n_base, g, packed))
         if section.get("kernel") == MIXTURE_KERNEL:
             for part, array in zip(MIXTURE_PARTS, _mixture_b(g, packed, cfg)):
                 _set(init, f"{_prefix(g)}.lora_B.{part}", array)
             continue
         for module in g.modules:
-            _set_all(init, packing.lora_b(module), _parts(_quantize_b(packed[packing.lora_b(module)], cfg)))
+            name = packing.lora_b(module)
+            if cfg.quantized:
+                _set_all(init, name, _parts(_quantize_b(packed[name], cfg)))
+            else:
+                _set(init, f"{name}.weight", packed[name])
 
 
 def round_trip_experts(tensors: dict[str, np.ndarray], modules: list[str], section: dict,
@@ -96,13 +110,15 @@ def round_trip_experts(tensors: dict[str, np.ndarray], modules: list[str], secti
     """Canonical checkpoint tensors (names.py) -> the dequantized ones a baked graph computes with: lora_A and
     router weights through the base's quantizer, lora_B (scaling folded in, scaling then 1) through lora_B's.
     Column by column this is what `bake_experts` quantizes (each column of a packed tensor is one row of a
-    module's tensor here). Other tensors are returned as they are."""
+    module's tensor here); float ones (an fp32 bake) stay. Other tensors are returned as they are."""
     cfg = section_config(section)
     out = dict(tensors)
     for module in modules:
-        for name in (names.lora_a(module), names.router_weight(module)):
+        for name in (names.lora_a(module), names.router_weight(module)) if cfg.quantized else ():
             t = tensors[name]  # [E, r, in] / [K, E, in]: columns t[a, b, :]
             out[name] = _round_trip(t.reshape(-1, t.shape[-1]).T, cfg.bits, cfg, dtype).T.reshape(t.shape)
+        if section["lora_B"] == FLOAT_BITS:
+            continue
         b, s = tensors[names.lora_b(module)], tensors[names.scaling(module)]  # [E, out, r], [E]
         e, d_out, r = b.shape
         folded = (b * s[:, None, None]).transpose(0, 2, 1).reshape(e * r, d_out)  # packing.pack's lora_B [E·r, out]
@@ -145,15 +161,16 @@ def _held_widths(graph, g: SiteGroup) -> tuple[int, int, int]:
     if f"{_prefix(g)}.widths" in init:
         *head, n_a, n_r = init[f"{_prefix(g)}.widths"].const_value.numpy().tolist()
         return sum(head), n_a, n_r
-    nodes = {n.name: n for n in graph}
-    n_all = nodes[f"baked/{g.name}/MatMulNBits"].attributes["N"].as_int()
-    n_base = nodes[f"baked/{g.name}/{MIXTURE_OP}"].attributes["h_offset"].as_int()
+    fused = init.get(f"{_prefix(g)}.B")  # MatMulNBits' B [N, k_blocks, bytes], or the fp32 weight [in, N]
+    n_all = fused.shape[0] if fused is not None else init[f"{_prefix(g)}.weight"].shape[1]
+    n_base = next(n for n in graph if n.name == f"baked/{g.name}/{MIXTURE_OP}").attributes["h_offset"].as_int()
     n_a = len(g.modules) * init[f"{_prefix(g)}.lora_B.levels"].shape[1]
     return n_base, n_a, n_all - n_base - n_a
 
 
 def _prefix(g: SiteGroup) -> str:
-    """The initializers of a group's fused product are `baked.{group}.{B, scales, zp, bias, widths}`."""
+    """The initializers of a group's fused product are `baked.{group}.{B, scales, zp, bias, widths}` (fp32:
+    `.weight` instead of B, scales and zp)."""
     return f"baked.{g.name}"
 
 
@@ -167,9 +184,18 @@ def _fused_rows(base: list, q) -> tuple:
     return tuple(None if b is None else np.concatenate([b, new.astype(b.dtype)]) for b, new in zip(base, _parts(q)))
 
 
+def _ar(g: SiteGroup, packed: dict[str, np.ndarray]) -> np.ndarray:
+    """[lora_A | router_W] of a group: [in, m·E·r + m·K·E]."""
+    return np.concatenate([packed[packing.lora_a(g)], packed[packing.router_weight(g)]], axis=1)
+
+
 def _quantize_ar(g: SiteGroup, packed: dict[str, np.ndarray], cfg: QuantConfig):
-    ar = np.concatenate([packed[packing.lora_a(g)], packed[packing.router_weight(g)]], axis=1)  # [in, m·E·r + m·K·E]
-    return quantize_blocks(ar, cfg.bits, cfg.block_size, cfg.symmetric)
+    return quantize_blocks(_ar(g, packed), cfg.bits, cfg.block_size, cfg.symmetric)
+
+
+def _fused_columns(base: np.ndarray, g: SiteGroup, packed: dict[str, np.ndarray]) -> np.ndarray:
+    """The fp32 fused weight [in, N_base + m·E·r + m·K·E]: the base's columns, then lora_A's and the routers'."""
+    return np.concatenate([base, _ar(g, packed).astype(base.dtype)], axis=1)
 
 
 def _quantize_b(b: np.ndarray, cfg: QuantConfig):
@@ -228,41 +254,64 @@ class _Baker:
         a_node = self._matmul(packing.lora_a(g))
         r_node = self._matmul(packing.router_weight(g))
         x = a_node.inputs[0]
-        base = [u.node for u in x.uses() if u.node.op_type == "MatMulNBits" and u.node.domain == MS_DOMAIN]
+        base = [u.node for u in x.uses() if self._is_base(u.node)]
         if len(base) != 1 or r_node.inputs[0] is not x:
-            raise ConfigError(f"{g.name}: expected one MatMulNBits base projection beside the experts reading the "
-                              f"same input, found {len(base)}")
+            raise ConfigError(f"{g.name}: expected one {'MatMulNBits' if self.cfg.quantized else 'MatMul'} base "
+                              f"projection beside the experts reading the same input, found {len(base)}")
         base = base[0]
         bias_add = self._bias_add(r_node, packing.router_bias(g))
-        attrs = {k: v.as_int() for k, v in base.attributes.items()}
-        if attrs["bits"] != self.cfg.bits or attrs["block_size"] != self.cfg.block_size or len(base.inputs) > 4:
-            raise ConfigError(f"{g.name}: the base projection is not a plain {self.cfg.bits}-bit MatMulNBits")
-        n_base = attrs["N"]  # the base's rows, with block offsets its x·S columns too
-        head = offset_split(base)  # with block offsets the base's product is split into y₀ and x·S already
+        head, f, nodes, n_base, head_widths = (self._fuse_quantized if self.cfg.quantized else self._fuse_float)(
+            g, x, base)
         held = list(head.outputs) if head else [base.outputs[0]]
-        head_widths = head.inputs[1].const_value.numpy().tolist() if head else [n_base]
-        base_parts = [base.inputs[i].const_value.numpy() if i < len(base.inputs) and base.inputs[i] is not None
-                      else None for i in (1, 2, 3)]  # B, scales, zp
-        quant = self._inits(_prefix(g), _fused_rows(base_parts, _quantize_ar(g, self.packed, self.cfg)))
-        bias = self._init(f"{_prefix(g)}.bias", _bias(n_base, g, self.packed))
         widths = head_widths + [self.packed[packing.lora_a(g)].shape[1], self.packed[packing.router_weight(g)].shape[1]]
-        fused = self._node("MatMulNBits", [x, *quant, None, bias], MS_DOMAIN, g.name, **{**attrs, "N": sum(widths)})
-        split = self._node("Split", [fused.outputs[0], self._init(f"{_prefix(g)}.widths", np.array(widths, np.int64))],
+        split = self._node("Split", [f, self._init(f"{_prefix(g)}.widths", np.array(widths, np.int64))],
                            "", g.name, num_outputs=len(widths), axis=-1)
-        self.graph.insert_before(base, [fused, split])
+        self.graph.insert_before(base, [*nodes, split])
         for old, new in zip(held + [a_node.outputs[0], bias_add.outputs[0]], split.outputs):
             new.shape, new.type = old.shape, old.type
             old.replace_all_uses_with(new)
         for node in (bias_add, r_node, a_node, *([head] if head else []), base):
             self.graph.remove(node, safe=True)
         if self.kernel:
-            self._mixture(g, fused, split, n_base)
+            self._mixture(g, f, split, n_base)
         else:
             for module in g.modules:
                 self._lora_b(module)
         self.baked += [packing.lora_a(g), packing.router_weight(g), packing.router_bias(g)]
 
-    def _mixture(self, g: SiteGroup, fused, split, h_offset: int) -> None:
+    def _is_base(self, node) -> bool:
+        """The base projection among x's readers: a MatMulNBits, or (fp32) a MatMul on an initializer."""
+        if self.cfg.quantized:
+            return node.op_type == "MatMulNBits" and node.domain == MS_DOMAIN
+        return node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and node.inputs[1].const_value is not None
+
+    def _fuse_quantized(self, g: SiteGroup, x, base):
+        """-> (the block offsets' Split or None, the fused product F, its nodes, the base's columns (with x·S), the
+        widths of the base's outputs)."""
+        attrs = {k: v.as_int() for k, v in base.attributes.items()}
+        if attrs["bits"] != self.cfg.bits or attrs["block_size"] != self.cfg.block_size or len(base.inputs) > 4:
+            raise ConfigError(f"{g.name}: the base projection is not a plain {self.cfg.bits}-bit MatMulNBits")
+        n_base = attrs["N"]  # the base's rows, with block offsets its x·S columns too
+        head = offset_split(base)  # with block offsets the base's product is split into y₀ and x·S already
+        head_widths = head.inputs[1].const_value.numpy().tolist() if head else [n_base]
+        base_parts = [base.inputs[i].const_value.numpy() if i < len(base.inputs) and base.inputs[i] is not None
+                      else None for i in (1, 2, 3)]  # B, scales, zp
+        quant = self._inits(_prefix(g), _fused_rows(base_parts, _quantize_ar(g, self.packed, self.cfg)))
+        bias = self._init(f"{_prefix(g)}.bias", _bias(n_base, g, self.packed))
+        n_all = n_base + _ar(g, self.packed).shape[1]
+        fused = self._node("MatMulNBits", [x, *quant, None, bias], MS_DOMAIN, g.name, **{**attrs, "N": n_all})
+        return head, fused.outputs[0], [fused], n_base, head_widths
+
+    def _fuse_float(self, g: SiteGroup, x, base):
+        """`_fuse_quantized` at fp32: Add(MatMul(x, [W | lora_A | router_W]), [0 | 0 | router_bias])."""
+        w = base.inputs[1].const_value.numpy()  # [in, N_base]
+        weight = self._init(f"{_prefix(g)}.weight", _fused_columns(w, g, self.packed))
+        product = self._node("MatMul", [x, weight], "", g.name)
+        add = self._node("Add", [product.outputs[0], self._init(f"{_prefix(g)}.bias",
+                                                                 _bias(w.shape[1], g, self.packed))], "", g.name)
+        return None, add.outputs[0], [product, add], w.shape[1], [w.shape[1]]
+
+    def _mixture(self, g: SiteGroup, f, split, h_offset: int) -> None:
         """The group's gating chain and lora_B products -> one Mixture node reading the fused product F (h and
         the router logits from column h_offset) and Y, whose first columns are the modules' base outputs y_i;
         it writes the modules' z_i (one output each). The bypassed nodes are left for `finish`."""
@@ -277,14 +326,14 @@ class _Baker:
             ys.append(next(v for v in uses[0].inputs if v is not product))
         y, offsets = _joined(ys), None
         if y is split.outputs[0]:  # plain grid: the y_i are F's first columns
-            y = fused.outputs[0]
+            y = f
         elif (offsets := _offset_terms(y, split)) is not None:  # y = y₀ + (x·S)·O: the kernel adds it, from F
-            y = fused.outputs[0]
+            y = f
         levels, scales, zeros = (self._init(f"{_prefix(g)}.lora_B.{part}", a)
                                  for part, a in zip(MIXTURE_PARTS, _mixture_b(g, self.packed, self.cfg)))
         widths = [int(n) for n in g.d_outs]
         sums = {} if offsets is None else {"sums_offset": offsets.const_value.shape[1]}  # x·S follows y₀ [.., N]
-        node = self._node(MIXTURE_OP, [y, fused.outputs[0], self.inputs[ROUTER_MIX], levels, scales, zeros,
+        node = self._node(MIXTURE_OP, [y, f, self.inputs[ROUTER_MIX], levels, scales, zeros,
                                        *([offsets] if offsets is not None else [])],
                           MIXTURE_DOMAIN, g.name, h_offset=h_offset, block_size=self.cfg.block_size,
                           modules=len(widths), num_outputs=len(widths),
@@ -298,11 +347,14 @@ class _Baker:
     def _lora_b(self, module: str) -> None:
         name = packing.lora_b(module)
         node = self._matmul(name)
-        q = _quantize_b(self.packed[name], self.cfg)
-        quant = [v for v in self._inits(name, _parts(q)) if v is not None]
-        new = self._node("MatMulNBits", [node.inputs[0], *quant], MS_DOMAIN, name, K=q.k, N=q.n, bits=q.bits,
-                         block_size=q.block_size,
-                         **({"accuracy_level": self.cfg.accuracy_level} if self.cfg.accuracy_level else {}))
+        if not self.cfg.quantized:  # fp32: the same product on an initializer
+            new = self._node("MatMul", [node.inputs[0], self._init(f"{name}.weight", self.packed[name])], "", name)
+        else:
+            q = _quantize_b(self.packed[name], self.cfg)
+            quant = [v for v in self._inits(name, _parts(q)) if v is not None]
+            new = self._node("MatMulNBits", [node.inputs[0], *quant], MS_DOMAIN, name, K=q.k, N=q.n, bits=q.bits,
+                             block_size=q.block_size,
+                             **({"accuracy_level": self.cfg.accuracy_level} if self.cfg.accuracy_level else {}))
         self.graph.insert_before(node, new)
         new.outputs[0].shape, new.outputs[0].type = node.outputs[0].shape, node.outputs[0].type
         node.outputs[0].replace_all_uses_with(new.outputs[0])

@@ -49,11 +49,13 @@ def register(sub) -> None:
     q.add_argument("--accuracy-level", type=int, default=4, choices=(0, 1, 2, 3, 4),
                    help="MatMulNBits activations on onnxruntime: 0 fp32 (exact), 4 int8 (default, fastest on CPU)")
     q.add_argument("--bake-experts", action="store_true",
-                   help="int8/int4 on onnxruntime: experts and routers become quantized initializers fused with the "
-                        "base projections (faster on CPU; swap-experts then rewrites the graph, same E, r, K)")
+                   help="onnxruntime targets: experts and routers become initializers fused with the base "
+                        "projections (quantized like them at int8/int4; faster on CPU; swap-experts then rewrites "
+                        "the graph, same E, r, K)")
     q.add_argument("--mixture-kernel", action="store_true",
-                   help="with --bake-experts (fp32 graph): each site group's gating and lora_B products run as one "
-                        "node of hoe's own onnxruntime kernel (built with hoe; fewer nodes per token)")
+                   help="with --bake-experts, target ort-cpu, fp32 activations: each site group's gating and lora_B "
+                        "products run as one node of hoe's own onnxruntime kernel (built with hoe; fewer nodes per "
+                        "token; lora_B on an int8 grid, fp32 weights included)")
     p.set_defaults(func=_export)
 
     w = sub.add_parser("swap-experts", help="install another HoE checkpoint's experts/routers, no re-export",

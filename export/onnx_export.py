@@ -64,7 +64,7 @@ class ExportConfig(JsonConfig):
     symmetric: bool = True  # int8/int4: False adds a zero point per block
     accuracy_level: int = 4  # MatMulNBits activations: 0 exact fp32, 4 int8 (fastest on CPU)
     table: str = ""  # embedding table / tied lm_head precision: "" = as `weights`, else fp32|fp16|int8|int4
-    bake_experts: bool = False  # int8/int4 on onnxruntime: experts and routers as quantized initializers (baked.py)
+    bake_experts: bool = False  # onnxruntime targets: experts and routers as initializers (baked.py)
     offsets: bool = False  # int8/int4 on onnxruntime: min-max grid with a float offset per block (quantize.py)
     mixture_kernel: bool = False  # baked: gating + lora_B per group as hoe's Mixture op (runtime/kernels.py)
 
@@ -76,6 +76,8 @@ class ExportConfig(JsonConfig):
             from .baked import check_bakeable
 
             check_bakeable(self.quant_config(), self.experts)
+            if self.weights == "fp32" and self.dtype != "fp32":
+                raise ConfigError(f"--bake-experts with fp32 weights needs an fp32 graph, got dtype {self.dtype!r}")
         if self.mixture_kernel:
             _check_mixture_kernel(self)
         if self.dtype not in DTYPES:
@@ -95,9 +97,9 @@ class ExportConfig(JsonConfig):
 def _check_mixture_kernel(config: ExportConfig) -> None:
     from hoe.runtime import kernels
 
-    if not config.bake_experts or config.dtype != "fp32":
-        raise ConfigError(f"--mixture-kernel needs --bake-experts and an fp32 graph, got bake_experts "
-                          f"{config.bake_experts}, dtype {config.dtype!r}")
+    if not config.bake_experts or config.dtype != "fp32" or config.target != "ort-cpu":
+        raise ConfigError(f"--mixture-kernel needs --bake-experts, an fp32 graph and target ort-cpu (a CPU kernel), "
+                          f"got bake_experts {config.bake_experts}, dtype {config.dtype!r}, target {config.target!r}")
     if kernels.library() is None:
         raise ConfigError(f"--mixture-kernel: this install of hoe has no kernels library ({kernels.LIBRARY_MODULE}); "
                           "reinstall where a C++17 compiler is available")

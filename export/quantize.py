@@ -531,7 +531,11 @@ def dequantize_reference(model, quant: dict | None) -> int:
     import torch
     from torch import nn
 
-    if not quant or quant.get("weights", "fp32") == "fp32":
+    if not quant:
+        return 0
+    if quant.get("weights", "fp32") == "fp32":  # the base as it is; experts baked into an fp32 graph may be int8
+        if experts_baked(quant):
+            _dequantize_experts(model, quant)
         return 0
     cfg = QuantConfig(**QuantConfig.section_fields(quant))
     tcfg = cfg.table_config()

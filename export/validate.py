@@ -97,7 +97,7 @@ def validate_export(folder, base_dir, ckpt_dir, config: ValidationConfig | None 
     report["not_validated"] += _window_note(base_dir, config)
     if ref64 is not None:
         report["fp64"] = _fp64_report(stats64, min(config.fp64_cases, len(cases)))
-    if quant and quant.get("weights", "fp32") != "fp32":
+    if quant and (quant.get("weights", "fp32") != "fp32" or mf.experts_baked(quant)):
         report["quantization"] = _quant_report(quant, ref, ort, folder, manifest, config)
         if config.quality_prompts:
             from .quality import QualityConfig, quality_report

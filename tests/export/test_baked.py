@@ -10,6 +10,7 @@ import pytest
 from hoe.core.errors import ConfigError
 
 CASES = [("llama", "int4", True, 32), ("qwen2", "int8", False, 16), ("mistral", "int4", False, 16)]
+FLOAT_CASES = [("llama", "fp32", True, 32), ("qwen2", "fp32", True, 32)]  # qwen2: a base bias after the product
 
 
 @pytest.fixture
@@ -35,6 +36,23 @@ def test_baked_graph_matches_the_dequantized_reference(baked, case):
     assert ops.count("MatMulNBits") == 2 * (4 + 7) + 1
     fused = [n for n in graph.node if n.name.startswith("baked/") and n.op_type == "MatMulNBits" and len(n.input) == 6]
     assert len(fused) == 8 and all(n.input[5] for n in fused)  # the router bias rides on the fused product
+
+
+@pytest.mark.parametrize("case", FLOAT_CASES, ids=["-".join(map(str, c)) for c in FLOAT_CASES])
+def test_float_baked_graph_matches_the_reference(baked, case):
+    """fp32 weights: experts and routers as fp32 initializers of one MatMul per group, lora_B products on fp32
+    initializers; nothing is quantized, so the reference is the plain HoE model."""
+    _, _, out, report = baked(*case)
+    assert report["passed"] and report["argmax_agreement"] == 1.0, report["max_abs_logits"]
+    assert report["quality"]["greedy_agreement"] == 1.0
+    section = json.loads((out / "hoe_config.json").read_text())["quantization"]["experts"]
+    assert section["lora_A"] == section["router_weight"] == section["lora_B"] == 32
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    assert not any(n.startswith(("experts.", "routers.")) for n in {i.name for i in graph.input})
+    ops = [n.op_type for n in graph.node]
+    assert "MatMulNBits" not in ops
+    baked_ops = [n.op_type for n in graph.node if n.name.startswith("baked/")]
+    assert baked_ops.count("MatMul") == 2 * (4 + 7)  # one product per site group, one per lora_B
 
 
 def test_baked_parity_can_fail(baked, monkeypatch, revalidate):
@@ -70,12 +88,13 @@ def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_swap_experts_rebakes_the_graph(baked, tmp_path, revalidate, swap_random):
+@pytest.mark.parametrize("case", [CASES[0], FLOAT_CASES[1]], ids=["int4", "fp32"])
+def test_swap_experts_rebakes_the_graph(baked, tmp_path, revalidate, swap_random, case):
     from hoe.contract.manifest import swap_experts
     from hoe.core.loading import load_base
     from tiny_models import random_hoe_checkpoint
 
-    base_dir, ckpt_dir, out, _ = baked(*CASES[0])
+    base_dir, ckpt_dir, out, _ = baked(*case)
     data_before = _digest(out / "model.onnx.data")
     folder, other = swap_random(base_dir, ckpt_dir, out, seed=7)
     assert _digest(folder / "model.onnx.data") != data_before
@@ -93,8 +112,9 @@ def test_swap_experts_rebakes_the_graph(baked, tmp_path, revalidate, swap_random
 def test_bake_refusals():
     from hoe.export.onnx_export import ExportConfig
 
-    for bad in (dict(weights="fp32"), dict(weights="fp16"), dict(weights="int4", target="tensorrt"),
-                dict(weights="int4", experts=False)):
+    for bad in (dict(weights="fp16"), dict(weights="int4", target="tensorrt"), dict(weights="int4", experts=False),
+                dict(weights="fp32", dtype="fp16")):
         with pytest.raises(ConfigError, match="bake-experts"):
             ExportConfig(bake_experts=True, **bad)
     assert np.isfinite(ExportConfig(bake_experts=True, weights="int8").block_size)
+    assert ExportConfig(bake_experts=True).weights == "fp32"
