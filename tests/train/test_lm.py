@@ -36,7 +36,7 @@ def test_grouped_logprobs_and_gradients_equal_per_row(tmp_path, arch):
     assert torch.equal(ref[1], got[1])
     torch.testing.assert_close(got[0], ref[0], atol=1e-5, rtol=1e-5)
     assert max(float(g.abs().max()) for g in ref[2]) > 1e-4  # the routers do get a gradient
-    for a, b in zip(got[2], ref[2]):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    for a, b in zip(got[2], ref[2]):  # float32 sums in another order: tolerance scaled to the gradient's size
+        torch.testing.assert_close(a, b, atol=max(1e-5, 1e-3 * float(b.abs().max())), rtol=1e-4)
     with pytest.raises(ValueError, match="2 answers per prompt"):
         grouped_answer_logprobs(model, prompts, answers[:3], 2, codec.pad_id, router_mix=mix)
