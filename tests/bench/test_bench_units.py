@@ -133,11 +133,13 @@ def test_configs_validate_and_targets_judge():
         parity.ParityConfig(batches=[])
     quick = LatencyConfig.quick()
     assert quick.batches == [1] and quick.prompt_lengths == [32]
-    result = {"ratios": {"torch_over_hoe": 3.5, "hoe_over_base": 1.2, "mod_over_hoe": 2.5},
+    result = {"ratios": {"torch_over_hoe": 3.5, "hoe_over_base": 1.12, "mod_over_hoe": 2.9},
               "preference_switch_ms": {"hoe": 0.05}}
-    t = targets(result)
+    t = targets(result)  # fp32: issue 11's hoe/base <= 1.10 and MOD/hoe >= 2.8
     assert t["torch_over_hoe"]["met"] and not t["hoe_over_base"]["met"] and t["mod_over_hoe"]["met"]
     assert t["preference_switch_ms"]["met"]
+    t = targets({**result, "weights": "int4"})  # int4: hoe/base <= 1.25, torch/hoe >= 6
+    assert t["hoe_over_base"]["met"] and not t["torch_over_hoe"]["met"]
 
 
 def test_markdown_table():
