@@ -104,7 +104,7 @@ def _affine_solver(points: bytes, shape: tuple[int, int]) -> tuple[tuple[np.ndar
 def _snap(w: np.ndarray) -> np.ndarray:
     """Round-off below 1e-12 to exact zeros, then renormalise (exact anchors give exact one-hots)."""
     w = w * (w >= 1e-12)
-    return w / w.sum()
+    return w / np.add.reduce(w)
 
 
 def simplex_lstsq(points: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -168,7 +168,7 @@ def route_normalised(pref: np.ndarray, anchors: np.ndarray, n_route: int | None 
     w, unique = _affine_lstsq(points, pref)
     if not unique:  # dependent points: a subset may still hold pref (simplex_lstsq searches them)
         weights = simplex_lstsq(points, pref)
-    elif w.min() >= -1e-12:  # simplex_lstsq's own fast path: the affine fit is convex
+    elif min(w.tolist()) >= -1e-12:  # simplex_lstsq's own fast path: the affine fit is convex
         weights = _snap(w)
     else:  # independent points whose affine fit is not convex hold pref in no subset either
         weights = None
@@ -191,40 +191,44 @@ def _miss(diff: np.ndarray) -> bool:
 def _containing_set(pref: np.ndarray, anchors: np.ndarray, n: int, dist: np.ndarray, order: np.ndarray):
     """(indices, convex weights) of the subset of at most n of the 2n nearest anchors that holds `pref` in its
     hull with the smallest sum of distances to it (ties: the smaller subset, then the nearer anchors); None
-    when none does. Every subset is solved at once from a table built once per set of 2n nearest anchors.
+    when none does. Every subset is solved at once from a table built once per set of 2n nearest anchors, in a
+    fixed handful of numpy calls (a preference switch runs this on the host).
     dist [K]: the anchors' distances to pref; order: _by_distance(dist)."""
     near = tuple(sorted(order[: 2 * n].tolist()))
     table = _subset_table(anchors.tobytes(), anchors.shape, n, near)
-    s, m = len(table.size), len(pref)
-    both = table.linear @ pref + table.constant  # one product for all subsets: [S·n weights | S·m fits]
-    w = both[:-s * m].reshape(s, -1)  # [S, n] (padding rows give 0)
-    miss = both[-s * m:].reshape(s, m) - pref  # [S, m]: each subset's affine fit minus pref
-    found = np.flatnonzero(table.unique & (w >= -1e-12).all(1) & ((miss * miss).sum(1) <= _EXACT * _EXACT))
-    if not len(found):
+    s = len(table.size)
+    both = table.linear @ pref + table.constant  # one product for all subsets: [S·n weights | S·m misses]
+    w = both[: s * n].reshape(s, n)  # [S, n] (padding rows give 0)
+    miss = both[s * n:].reshape(s, -1)  # [S, m]: each subset's affine fit minus pref
+    holds = (np.minimum.reduce(w, axis=1) >= -1e-12) & ((miss * miss) @ table.ones <= _EXACT * _EXACT)
+    cost = np.where(holds, table.member @ dist, np.inf)  # [S]: sum of the members' distances
+    least = float(np.minimum.reduce(cost))
+    if least == np.inf:
         return None
-    cost = np.append(dist, 0.0)[table.index[found]].sum(1)
-    ties = found[cost <= cost.min() + 1e-12]
+    ties = (cost <= least + 1e-12).nonzero()[0]
     best = ties[0]
     if len(ties) > 1:
         rank = np.empty(len(anchors) + 1, dtype=np.int64)
         rank[order] = np.arange(len(anchors))  # as nearest_anchors orders them
         rank[-1] = -1  # the padding index K counts as near and sorts first
         best = min(ties, key=lambda i: (table.size[i], sorted(rank[table.index[i]].tolist())))
-    keep = table.index[best] < len(anchors)
-    return table.index[best][keep], _snap(w[best][keep])
+    size = table.size[best]
+    return table.index[best][:size], _snap(w[best][:size])
 
 
 class _Subsets(NamedTuple):
-    """Every subset of at most n of the anchors `near`, padded to n with the index K: index [S, n], size [S], the
-    affine solve of each (`_affine_solver`, zero rows for padding) and the fit it makes (Σ_j w_j·anchor_j), both
-    affine in pref and stacked as one map [S·n weights | S·m fits] = linear @ pref + constant, and whether each
-    subset is affinely independent unique [S]."""
+    """Every subset of at most n of the anchors `near`, padded to n with the index K: index [S, n] (members
+    first), size [S], member [S, K] (0/1), the affine solve of each (`_affine_solver`, zero rows for padding) and
+    the fit it makes minus pref (Σ_j w_j·anchor_j − pref), both affine in pref and stacked as one map
+    [S·n weights | S·m misses] = linear @ pref + constant; an affinely dependent subset's weights are the
+    constant −1, so it never holds pref. ones [m] sums the squared misses in one product."""
 
     index: np.ndarray
     size: np.ndarray
+    member: np.ndarray  # [S, K]
     linear: np.ndarray  # [S·n + S·m, m]
     constant: np.ndarray  # [S·n + S·m]
-    unique: np.ndarray
+    ones: np.ndarray  # [m]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -234,16 +238,20 @@ def _subset_table(anchors: bytes, shape: tuple[int, int], n: int, near: tuple[in
     subsets = [c for size in range(1, min(n, len(near)) + 1) for c in itertools.combinations(near, size)]
     s = len(subsets)
     index = np.full((s, n), k)
+    member = np.zeros((s, k))
     w_lin, w_const = np.zeros((s, n, m)), np.zeros((s, n))  # w = w_lin @ pref + w_const (padding rows 0)
-    fit_lin, fit_const = np.zeros((s, m, m)), np.zeros((s, m))  # Σ_j w_j·anchor_j, affine in pref too
-    unique = np.zeros(s, dtype=bool)
+    miss_lin, miss_const = np.zeros((s, m, m)), np.zeros((s, m))  # Σ_j w_j·anchor_j − pref, affine in pref too
     for i, c in enumerate(subsets):
         index[i, :len(c)] = c
-        (w_lin[i, :len(c)], w_const[i, :len(c)]), unique[i] = _affine_solver(pts[list(c)].tobytes(), (len(c), m))
-        fit_lin[i], fit_const[i] = pts[list(c)].T @ w_lin[i, :len(c)], pts[list(c)].T @ w_const[i, :len(c)]
-    linear = np.concatenate([w_lin.reshape(-1, m), fit_lin.reshape(-1, m)])
-    constant = np.concatenate([w_const.reshape(-1), fit_const.reshape(-1)])
-    return _Subsets(index, np.array([len(c) for c in subsets]), linear, constant, unique)
+        member[i, list(c)] = 1.0
+        (w_lin[i, :len(c)], w_const[i, :len(c)]), unique = _affine_solver(pts[list(c)].tobytes(), (len(c), m))
+        if not unique:  # a dependent subset holds pref in a smaller one, which the search has as well
+            w_lin[i], w_const[i] = 0.0, -1.0
+        miss_lin[i] = pts[list(c)].T @ w_lin[i, :len(c)] - np.eye(m)
+        miss_const[i] = pts[list(c)].T @ w_const[i, :len(c)]
+    linear = np.concatenate([w_lin.reshape(-1, m), miss_lin.reshape(-1, m)])
+    constant = np.concatenate([w_const.reshape(-1), miss_const.reshape(-1)])
+    return _Subsets(index, np.array([len(c) for c in subsets]), member, linear, constant, np.ones(m))
 
 
 def simplex_grid(m: int, steps: int) -> list[list[float]]:
