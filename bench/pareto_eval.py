@@ -69,6 +69,16 @@ class AnswerCache:
             atomic_write_text(self.path, json.dumps({"identity": self.identity, "batches": self.data}))
 
 
+def export_weights(model, plain, quant: dict | None) -> None:
+    """Give the HoE model and the plain base (the `base` row) the weights an export's graph computes with, in
+    place: quant is its manifest's `quantization` section (None or fp32: unchanged, baked experts aside)."""
+    from hoe.export.quantize import dequantize_reference
+
+    dequantize_reference(model, quant)
+    if quant:  # the base row has no experts to take from a baked graph
+        dequantize_reference(plain, {k: v for k, v in quant.items() if k != "experts"})
+
+
 class Runner:
     """Greedy decoding of many (prompt, mix) rows in batches, counting wall time per system."""
 
@@ -155,11 +165,10 @@ def evaluate(cfg) -> dict:
     plain = load_base(base_dir)
     ckpt.validate(plain)
     model = hoe_from_checkpoint(load_base(base_dir), ckpt)
-    if cfg.export:  # the export's quantized base weights, dequantized (export/quantize.py)
+    if cfg.export:  # the export's quantized weights, dequantized (export/quantize.py)
         from hoe.contract.manifest import load_manifest
-        from hoe.export.quantize import dequantize_reference
 
-        dequantize_reference(model, load_manifest(cfg.export).get("quantization"))
+        export_weights(model, plain, load_manifest(cfg.export).get("quantization"))
     hc = model.config
     codec = ChatCodec.from_folder(base_dir)
     objectives = make_objectives(hc.objectives)

@@ -183,3 +183,27 @@ def test_pareto_reuses_static_answers_when_only_routers_change(tiny, monkeypatch
     assert data["systems"]["hoe"]["points"][centre]["rewards"][2] == 1.0  # empty answers from the stub decoder
     assert data["systems"]["static"]["points"][centre]["rewards"][2] < 1.0  # cached real answers
     assert data["systems"]["mod"]["points"][centre]["rewards"][2] < 1.0  # MOD came from the cache too
+
+
+@pytest.mark.parametrize("baked", [False, True])
+def test_export_weights_reach_the_base_row(tiny, baked):
+    """`--export`: the plain base (the `base` row) gets the export's dequantized base weights, as HoE does."""
+    from hoe.bench.pareto_eval import export_weights
+
+    tmp, base_dir = tiny
+    quant = {"weights": "int8", "block_size": 16, "symmetric": True, "accuracy_level": 0}
+    if baked:
+        quant["experts"] = {"storage": "baked", "lora_A": 8, "router_weight": 8, "lora_B": 8,
+                            "router_bias": "float", "block_size": 16, "symmetric": True}
+    plain = load_base(base_dir)
+    model = hoe_from_checkpoint(load_base(base_dir), HoECheckpoint.load(tmp / "ckpt"))
+    before = {n: p.detach().clone() for n, p in plain.named_parameters()}
+    export_weights(model, plain, quant)
+    lm = dict(model.model.named_parameters())
+    changed = 0
+    for name, p in plain.named_parameters():
+        if name.endswith("proj.weight"):
+            hoe_name = name.replace("proj.weight", "proj.base.weight")  # HoE wraps each adapted linear
+            torch.testing.assert_close(p, lm[hoe_name], rtol=0, atol=0)  # the same grid in both rows
+            changed += int(not torch.equal(p, before[name]))
+    assert changed > 0
