@@ -200,7 +200,7 @@ def _containing_set(pref: np.ndarray, anchors: np.ndarray, n: int, dist: np.ndar
     both = table.linear @ pref + table.constant  # one product for all subsets: [S·n weights | S·m misses]
     w = both[: s * n].reshape(s, n)  # [S, n] (padding rows give 0)
     miss = both[s * n:].reshape(s, -1)  # [S, m]: each subset's affine fit minus pref
-    holds = (np.minimum.reduce(w, axis=1) >= -1e-12) & ((miss * miss) @ table.ones <= _EXACT * _EXACT)
+    holds = (np.minimum.reduce(w, axis=1) >= -1e-12) & (np.add.reduce(miss * miss, axis=1) <= _EXACT * _EXACT)
     cost = np.where(holds, table.member @ dist, np.inf)  # [S]: sum of the members' distances
     least = float(np.minimum.reduce(cost))
     if least == np.inf:
@@ -221,14 +221,13 @@ class _Subsets(NamedTuple):
     first), size [S], member [S, K] (0/1), the affine solve of each (`_affine_solver`, zero rows for padding) and
     the fit it makes minus pref (Σ_j w_j·anchor_j − pref), both affine in pref and stacked as one map
     [S·n weights | S·m misses] = linear @ pref + constant; an affinely dependent subset's weights are the
-    constant −1, so it never holds pref. ones [m] sums the squared misses in one product."""
+    constant −1, so it never holds pref."""
 
     index: np.ndarray
     size: np.ndarray
     member: np.ndarray  # [S, K]
     linear: np.ndarray  # [S·n + S·m, m]
     constant: np.ndarray  # [S·n + S·m]
-    ones: np.ndarray  # [m]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -245,13 +244,13 @@ def _subset_table(anchors: bytes, shape: tuple[int, int], n: int, near: tuple[in
         index[i, :len(c)] = c
         member[i, list(c)] = 1.0
         (w_lin[i, :len(c)], w_const[i, :len(c)]), unique = _affine_solver(pts[list(c)].tobytes(), (len(c), m))
-        if not unique:  # a dependent subset holds pref in a smaller one, which the search has as well
-            w_lin[i], w_const[i] = 0.0, -1.0
         miss_lin[i] = pts[list(c)].T @ w_lin[i, :len(c)] - np.eye(m)
         miss_const[i] = pts[list(c)].T @ w_const[i, :len(c)]
+        if not unique:  # a dependent subset holds pref in a smaller one, which the search has as well
+            w_lin[i], w_const[i] = 0.0, -1.0
     linear = np.concatenate([w_lin.reshape(-1, m), miss_lin.reshape(-1, m)])
     constant = np.concatenate([w_const.reshape(-1), miss_const.reshape(-1)])
-    return _Subsets(index, np.array([len(c) for c in subsets]), member, linear, constant, np.ones(m))
+    return _Subsets(index, np.array([len(c) for c in subsets]), member, linear, constant)
 
 
 def simplex_grid(m: int, steps: int) -> list[list[float]]:
