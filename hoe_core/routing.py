@@ -27,7 +27,7 @@ from .errors import ConfigError, PreferenceError
 
 # Exact subset enumeration is used up to this many anchors (2^12 - 1 tiny solves).
 _MAX_EXACT_ANCHORS = 12
-_EXACT = 1e-9  # a convex fit this close to the preference represents it exactly
+_EXACT = 1e-9  # a convex fit this close to the preference in every coordinate represents it exactly
 
 
 def validate_preference(preference: Sequence[float] | np.ndarray, n_objectives: int) -> np.ndarray:
@@ -45,16 +45,17 @@ def validate_preference(preference: Sequence[float] | np.ndarray, n_objectives: 
             f"preference must have length {n_objectives} (one weight per objective), "
             f"got shape {tuple(pref.shape)}: {pref.tolist()}"
         )
-    values = pref.tolist()  # a few weights: Python's min/max beat numpy's reductions
+    values = pref.tolist()  # a few weights: Python's arithmetic beats numpy's per-call cost (same IEEE results)
     low, top = min(values), max(values)
     if not all(map(math.isfinite, values)):
-        raise PreferenceError(f"preference must be finite, got {pref.tolist()}")
+        raise PreferenceError(f"preference must be finite, got {values}")
     if low < 0:
-        raise PreferenceError(f"preference weights must be >= 0, got {pref.tolist()}")
+        raise PreferenceError(f"preference weights must be >= 0, got {values}")
     if top <= 0:
-        raise PreferenceError(f"preference must have a positive sum, got {pref.tolist()} (sum {float(pref.sum())})")
-    pref = pref / top  # first by the largest weight: 1e308-sized weights would overflow the sum
-    return pref / pref.sum()
+        raise PreferenceError(f"preference must have a positive sum, got {values} (sum {sum(values)})")
+    scaled = [v / top for v in values]  # first by the largest weight: 1e308-sized weights would overflow the sum
+    total = sum(scaled)
+    return np.array([v / total for v in scaled])
 
 
 def nearest_anchors(pref: np.ndarray, anchors: np.ndarray, n: int) -> np.ndarray:
@@ -102,9 +103,11 @@ def _affine_solver(points: bytes, shape: tuple[int, int]) -> tuple[tuple[np.ndar
 
 
 def _snap(w: np.ndarray) -> np.ndarray:
-    """Round-off below 1e-12 to exact zeros, then renormalise (exact anchors give exact one-hots)."""
-    w = w * (w >= 1e-12)
-    return w / np.add.reduce(w)
+    """Round-off below 1e-12 to exact zeros, then renormalise (exact anchors give exact one-hots). A few
+    weights: Python's arithmetic, which sums them in numpy's order below 8 (one numpy call costs more)."""
+    kept = [v if v >= 1e-12 else 0.0 for v in w.tolist()]
+    total = sum(kept)
+    return np.array([v / total for v in kept])
 
 
 def simplex_lstsq(points: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -184,50 +187,48 @@ def route_normalised(pref: np.ndarray, anchors: np.ndarray, n_route: int | None 
 
 
 def _miss(diff: np.ndarray) -> bool:
-    """Whether a fit misses the preference by more than _EXACT."""
-    return float(diff @ diff) > _EXACT * _EXACT
+    """Whether a fit misses the preference by more than _EXACT in some coordinate."""
+    return max(map(abs, diff.tolist())) > _EXACT
 
 
 def _containing_set(pref: np.ndarray, anchors: np.ndarray, n: int, dist: np.ndarray, order: np.ndarray):
     """(indices, convex weights) of the subset of at most n of the 2n nearest anchors that holds `pref` in its
     hull with the smallest sum of distances to it (ties: the smaller subset, then the nearer anchors); None
-    when none does. Every subset is solved at once from a table built once per set of 2n nearest anchors, in a
+    when none does. Every subset is checked at once from a table built once per set of 2n nearest anchors, in a
     fixed handful of numpy calls (a preference switch runs this on the host).
     dist [K]: the anchors' distances to pref; order: _by_distance(dist)."""
     near = tuple(sorted(order[: 2 * n].tolist()))
     table = _subset_table(anchors.tobytes(), anchors.shape, n, near)
     s = len(table.size)
-    both = table.linear @ pref + table.constant  # one product for all subsets: [S·n weights | S·m misses]
-    w = both[: s * n].reshape(s, n)  # [S, n] (padding rows give 0)
-    miss = both[s * n:].reshape(s, -1)  # [S, m]: each subset's affine fit minus pref
-    holds = (np.minimum.reduce(w, axis=1) >= -1e-12) & (np.add.reduce(miss * miss, axis=1) <= _EXACT * _EXACT)
+    rows = (table.linear @ pref + table.constant).reshape(-1, s)  # [n + 2m, S]: weights, then miss slacks
+    holds = np.minimum.reduce(rows, axis=0) >= -1e-12  # [S]
     cost = np.where(holds, table.member @ dist, np.inf)  # [S]: sum of the members' distances
-    least = float(np.minimum.reduce(cost))
-    if least == np.inf:
+    best = int(cost.argmin())
+    if cost[best] == np.inf:
         return None
-    ties = (cost <= least + 1e-12).nonzero()[0]
-    best = ties[0]
+    ties = (cost <= cost[best] + 1e-12).nonzero()[0]
     if len(ties) > 1:
         rank = np.empty(len(anchors) + 1, dtype=np.int64)
         rank[order] = np.arange(len(anchors))  # as nearest_anchors orders them
         rank[-1] = -1  # the padding index K counts as near and sorts first
         best = min(ties, key=lambda i: (table.size[i], sorted(rank[table.index[i]].tolist())))
     size = table.size[best]
-    return table.index[best][:size], _snap(w[best][:size])
+    return table.index[best][:size], _snap(rows[:size, best])
 
 
 class _Subsets(NamedTuple):
     """Every subset of at most n of the anchors `near`, padded to n with the index K: index [S, n] (members
-    first), size [S], member [S, K] (0/1), the affine solve of each (`_affine_solver`, zero rows for padding) and
-    the fit it makes minus pref (Σ_j w_j·anchor_j − pref), both affine in pref and stacked as one map
-    [S·n weights | S·m misses] = linear @ pref + constant; an affinely dependent subset's weights are the
-    constant −1, so it never holds pref."""
+    first), size [S], member [S, K] (0/1), and one map, affine in pref, to n + 2m rows per subset, laid out row
+    by row over the subsets ([(n + 2m)·S] = linear @ pref + constant): its weights w_j (`_affine_solver`;
+    padding 0), then _EXACT − 1e-12 ∓ miss_i (miss = Σ_j w_j·anchor_j − pref). A subset holds pref (w ≥ −1e-12
+    and |miss| ≤ _EXACT) iff all its rows are ≥ −1e-12; an affinely dependent subset's weights are the
+    constant −1, so it never does."""
 
     index: np.ndarray
     size: np.ndarray
     member: np.ndarray  # [S, K]
-    linear: np.ndarray  # [S·n + S·m, m]
-    constant: np.ndarray  # [S·n + S·m]
+    linear: np.ndarray  # [(n + 2m)·S, m]
+    constant: np.ndarray  # [(n + 2m)·S]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -238,19 +239,20 @@ def _subset_table(anchors: bytes, shape: tuple[int, int], n: int, near: tuple[in
     s = len(subsets)
     index = np.full((s, n), k)
     member = np.zeros((s, k))
-    w_lin, w_const = np.zeros((s, n, m)), np.zeros((s, n))  # w = w_lin @ pref + w_const (padding rows 0)
-    miss_lin, miss_const = np.zeros((s, m, m)), np.zeros((s, m))  # Σ_j w_j·anchor_j − pref, affine in pref too
+    linear, constant = np.zeros((n + 2 * m, s, m)), np.zeros((n + 2 * m, s))
+    constant[n:] = _EXACT - 1e-12
     for i, c in enumerate(subsets):
         index[i, :len(c)] = c
         member[i, list(c)] = 1.0
-        (w_lin[i, :len(c)], w_const[i, :len(c)]), unique = _affine_solver(pts[list(c)].tobytes(), (len(c), m))
-        miss_lin[i] = pts[list(c)].T @ w_lin[i, :len(c)] - np.eye(m)
-        miss_const[i] = pts[list(c)].T @ w_const[i, :len(c)]
+        (w_lin, w_const), unique = _affine_solver(pts[list(c)].tobytes(), (len(c), m))  # [size, m], [size]
         if not unique:  # a dependent subset holds pref in a smaller one, which the search has as well
-            w_lin[i], w_const[i] = 0.0, -1.0
-    linear = np.concatenate([w_lin.reshape(-1, m), miss_lin.reshape(-1, m)])
-    constant = np.concatenate([w_const.reshape(-1), miss_const.reshape(-1)])
-    return _Subsets(index, np.array([len(c) for c in subsets]), member, linear, constant)
+            constant[:n, i] = -1.0
+            continue
+        linear[:len(c), i], constant[:len(c), i] = w_lin, w_const
+        miss_lin, miss_const = pts[list(c)].T @ w_lin - np.eye(m), pts[list(c)].T @ w_const  # [m, m], [m]
+        linear[n:n + m, i], constant[n:n + m, i] = -miss_lin, constant[n:n + m, i] - miss_const
+        linear[n + m:, i], constant[n + m:, i] = miss_lin, constant[n + m:, i] + miss_const
+    return _Subsets(index, np.array([len(c) for c in subsets]), member, linear.reshape(-1, m), constant.reshape(-1))
 
 
 def simplex_grid(m: int, steps: int) -> list[list[float]]:
