@@ -4,12 +4,15 @@
       ─► torch-free runtime: generate at each preference, score the answers with the objectives
       ─► decode speed: our runtime vs the PyTorch reference, same prompt, same greedy tokens
 
-The export uses `hoe.export.export_hoe(base_dir, ckpt_dir, out_dir)` (or the `exporter` given).
+The export uses `hoe.export.export_hoe(base_dir, ckpt_dir, out_dir, demo_export_options())` (or the `exporter`
+given): experts baked into the base projections, with hoe's Mixture kernel where this install has it, the
+fastest fp32 graph on CPU (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -50,13 +53,23 @@ def content_key(*folders_and_files: Path) -> str:
     return h.hexdigest()
 
 
+def demo_export_options() -> dict:
+    """The demo's ExportConfig fields: fp32, experts and routers baked in (lora_B on an int8 grid; validated
+    against a reference with the same weights) and their mixtures as hoe's Mixture op when the kernels library
+    was built (hoe/base 1.03 against 1.40 unbaked, docs/BENCHMARKS.md). Part of the export's cache key."""
+    from hoe.runtime import kernels
+
+    return {"bake_experts": True, "mixture_kernel": kernels.library() is not None}
+
+
 def default_exporter(base_dir: Path, ckpt_dir: Path, out_dir: Path) -> Path:
     try:
         from hoe.export import export_hoe
+        from hoe.export.onnx_export import ExportConfig
     except ImportError as e:
         raise HoEError("the exporter hoe.export.export_hoe(base_dir, ckpt_dir, out_dir) is not available in this "
                        "checkout; `hoe demo` needs it to build the ONNX folder") from e
-    export_hoe(base_dir, ckpt_dir, out_dir)
+    export_hoe(base_dir, ckpt_dir, out_dir, ExportConfig(**demo_export_options()))
     return out_dir
 
 
@@ -72,11 +85,13 @@ def _readable(folder: Path) -> bool:
 
 
 def cached_export(base_dir: Path, ckpt_dir: Path, root: Path, exporter=None) -> Path:
-    """The exported folder for (base, checkpoint), built once: keyed by the checkpoint's content and the
-    base's preparation stamp (or config), written to a temporary folder and renamed when whole."""
+    """The exported folder for (base, checkpoint), built once: keyed by the checkpoint's content, the base's
+    preparation stamp (or config) and the demo's export options, written to a temporary folder and renamed
+    when whole."""
     ckpt_files = [ckpt_dir / n for n in ("hoe.json", "experts.safetensors", "routers.safetensors")]
     stamp = base_dir / "hoe_prepared.json"
-    key = content_key(*ckpt_files, stamp if stamp.is_file() else base_dir / "config.json")[:16]
+    content = content_key(*ckpt_files, stamp if stamp.is_file() else base_dir / "config.json")
+    key = hashlib.sha256((content + json.dumps(demo_export_options(), sort_keys=True)).encode()).hexdigest()[:16]
     folder = root / f"{ckpt_dir.name}-{key}"
     if (folder / "hoe_config.json").is_file():
         if _readable(folder):
@@ -100,16 +115,19 @@ def resolve(cfg: DemoConfig) -> tuple[Path, Path, Path]:
 
 
 def torch_decode_ms(base_dir: Path, ckpt_dir: Path, prompt_ids: list[int], preference, tokens: int,
-                    threads: int, repeats: int = 2) -> tuple[float, list[int]]:
-    """PyTorch reference: ms per decode step (prefill excluded), batch 1, greedy, no EOS stop."""
+                    threads: int, repeats: int = 2, quant: dict | None = None) -> tuple[float, list[int]]:
+    """PyTorch reference: ms per decode step (prefill excluded), batch 1, greedy, no EOS stop. `quant` (the
+    export's manifest `quantization`) gives it the weights the graph computes with (baked lora_B's grid)."""
     import numpy as np
     import torch
     from hoe.core.generate import generate
     from hoe.core.loading import load_hoe
     from hoe.core.preference import PreferenceRouter
+    from hoe.export.quantize import dequantize_reference
 
     torch.set_num_threads(threads)
     model = load_hoe(base_dir, ckpt_dir)
+    dequantize_reference(model, quant)
     cfg = model.config
     mix = torch.from_numpy(PreferenceRouter(cfg.objectives, cfg.anchors, cfg.n_route).route(preference, 1)[1])  # [1, K]
     ids = torch.tensor([prompt_ids])
@@ -155,8 +173,8 @@ def run_demo(cfg: DemoConfig, exporter=None, echo=print) -> dict:
 
 
 def measure_speed(model, cfg: DemoConfig, base_dir: Path, ckpt_dir: Path, repeats: int = 2) -> dict:
-    """Runtime vs PyTorch on the same prompt and preference (uniform), same number of greedy tokens
-    (EOS ignored), batch 1; best of `repeats` runs each. A progress bar on stderr while it runs."""
+    """Runtime vs PyTorch (with the export's weights) on the same prompt and preference (uniform), same number
+    of greedy tokens (EOS ignored), batch 1; best of `repeats` runs each. A progress bar on stderr while it runs."""
     import hoe.runtime as hr
     from tqdm import tqdm
 
@@ -171,7 +189,7 @@ def measure_speed(model, cfg: DemoConfig, base_dir: Path, ckpt_dir: Path, repeat
         bar.update()
         bar.set_postfix_str("PyTorch")
         torch_ms, torch_ids = torch_decode_ms(base_dir, ckpt_dir, prompt_ids, pref, cfg.speed_tokens, cfg.threads,
-                                              repeats)
+                                              repeats, model.manifest.data.get("quantization"))
         bar.update()
     return {"runtime_ms_per_token": rt_ms, "torch_ms_per_token": torch_ms, "speedup": torch_ms / rt_ms,
             "same_tokens": runs[0].token_ids == torch_ids[:len(runs[0].token_ids)]}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "train"))
-from hoe.cli.demo import DemoConfig, cached_export, run_demo  # noqa: E402
+from hoe.cli.demo import DemoConfig, cached_export, default_exporter, run_demo  # noqa: E402
 from hoe.contract.manifest import FORMAT_VERSION, GRAPH_REVISION  # noqa: E402
 from hoe.core.errors import HoEError  # noqa: E402
 from tiny_chat import tiny_chat_hoe  # noqa: E402
@@ -24,18 +24,17 @@ def test_demo_prints_answers_scores_and_speed(tiny):
     tmp, base_dir, ckpt_dir = tiny
     calls = []
 
-    def exporter(base, ckpt, out):
+    def exporter(base, ckpt, out):  # the demo's own export (baked experts, Mixture kernel), counted
         calls.append(out)
-        from hoe.export import export_hoe
-
-        export_hoe(base, ckpt, out)
-        return out
+        return default_exporter(base, ckpt, out)
 
     cfg = DemoConfig(prompt="tell me about cats", max_new_tokens=6, checkpoint=str(ckpt_dir), base=str(base_dir),
                      export_root=str(tmp / "exports"), speed_tokens=4)
     lines = []
     got = run_demo(cfg, exporter=exporter, echo=lines.append)
     assert len(got["answers"]) == 3 and len(calls) == 1
+    quant = json.loads((Path(got["export"]) / "hoe_config.json").read_text())["quantization"]
+    assert quant["experts"]["storage"] == "baked" and quant["experts"]["kernel"] == "hoe.ort.Mixture", quant
     for a in got["answers"]:
         assert set(a["scores"]) == {"char:a", "char:e", "concise"}
         assert all(0.0 <= v <= 1.0 for v in a["scores"].values())
