@@ -56,6 +56,10 @@ def register(sub) -> None:
                    help="with --bake-experts, target ort-cpu, fp32 activations: each site group's gating and lora_B "
                         "products run as one node of hoe's own onnxruntime kernel (built with hoe; fewer nodes per "
                         "token; lora_B on an int8 grid, fp32 weights included)")
+    p.add_argument("--attention-kernel", action="store_true",
+                   help="target ort-cpu, fp32 activations: each layer's attention runs as hoe's own onnxruntime "
+                        "kernel in place of GroupQueryAttention (built with hoe; same shared KV buffer, the cache "
+                        "read once per KV head; docs/GRAPH.md)")
     p.set_defaults(func=_export)
 
     w = sub.add_parser("swap-experts", help="install another HoE checkpoint's experts/routers, no re-export",
@@ -89,7 +93,7 @@ def _export(args) -> int:
                           weights=args.weights, block_size=args.block_size, symmetric=args.symmetric,
                           accuracy_level=args.accuracy_level, target=args.target, table=args.table,
                           bake_experts=args.bake_experts, offsets=args.offsets,
-                          mixture_kernel=args.mixture_kernel)
+                          mixture_kernel=args.mixture_kernel, attention_kernel=args.attention_kernel)
     try:
         if args.no_experts:
             result = export_base(args.base, args.out, config, ckpt_dir=args.hoe)

@@ -140,9 +140,10 @@ def dynamic_shapes(specs: list[TensorSpec], n_fixed: int):
 
 
 def trace(model: nn.Module, inputs: list[TensorSpec], outputs: list[TensorSpec], num_layers: int,
-          vocab_size: int, opset: int, fused_attention: bool = False):
+          vocab_size: int, opset: int, fused_attention: bool = False, attention_kernel: bool = False):
     """torch.onnx.export (dynamo) of the flat-tensor forward -> onnx_ir Model (not yet optimised).
-    `fused_attention`: every layer's attention becomes GroupQueryAttention (fused_attention.py)."""
+    `fused_attention`: every layer's attention becomes GroupQueryAttention (fused_attention.py), or hoe's
+    Attention op with `attention_kernel`."""
     from . import fused_attention as fa
 
     n_fixed = len(inputs) - 2 * num_layers
@@ -154,6 +155,7 @@ def trace(model: nn.Module, inputs: list[TensorSpec], outputs: list[TensorSpec],
             graph, example_inputs(inputs, vocab_size), dynamo=True, opset_version=opset, optimize=False,
             dynamic_shapes=dynamic_shapes(inputs, n_fixed), input_names=[s.name for s in inputs],
             output_names=[s.name for s in outputs], verbose=False,
-            custom_translation_table={torch.ops.hoe.lora_site.default: _site_translation, **fa.TRANSLATIONS},
+            custom_translation_table={torch.ops.hoe.lora_site.default: _site_translation,
+                                      **fa.translations(attention_kernel)},
         )
     return program.model

@@ -30,6 +30,7 @@ from hoe.contract.io_spec import (
 )
 from hoe.core.config import HoEConfig, JsonConfig
 from hoe.core.errors import ConfigError
+from hoe.runtime.kernels import ATTENTION_KERNEL
 
 from .quantize import QuantConfig
 
@@ -67,6 +68,7 @@ class ExportConfig(JsonConfig):
     bake_experts: bool = False  # onnxruntime targets: experts and routers as initializers (baked.py)
     offsets: bool = False  # int8/int4 on onnxruntime: min-max grid with a float offset per block (quantize.py)
     mixture_kernel: bool = False  # baked: gating + lora_B per group as hoe's Mixture op (runtime/kernels.py)
+    attention_kernel: bool = False  # ort-cpu, fp32: hoe's Attention op in place of GroupQueryAttention
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -80,6 +82,8 @@ class ExportConfig(JsonConfig):
                 raise ConfigError(f"--bake-experts with fp32 weights needs an fp32 graph, got dtype {self.dtype!r}")
         if self.mixture_kernel:
             _check_mixture_kernel(self)
+        if self.attention_kernel:
+            _check_attention_kernel(self)
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -95,13 +99,24 @@ class ExportConfig(JsonConfig):
 
 
 def _check_mixture_kernel(config: ExportConfig) -> None:
-    from hoe.runtime import kernels
-
     if not config.bake_experts or config.dtype != "fp32" or config.target != "ort-cpu":
         raise ConfigError(f"--mixture-kernel needs --bake-experts, an fp32 graph and target ort-cpu (a CPU kernel), "
                           f"got bake_experts {config.bake_experts}, dtype {config.dtype!r}, target {config.target!r}")
+    _check_library("--mixture-kernel")
+
+
+def _check_attention_kernel(config: ExportConfig) -> None:
+    if config.dtype != "fp32" or config.target != "ort-cpu":
+        raise ConfigError(f"--attention-kernel needs an fp32 graph and target ort-cpu (a CPU kernel), got dtype "
+                          f"{config.dtype!r}, target {config.target!r}")
+    _check_library("--attention-kernel")
+
+
+def _check_library(flag: str) -> None:
+    from hoe.runtime import kernels
+
     if kernels.library() is None:
-        raise ConfigError(f"--mixture-kernel: this install of hoe has no kernels library ({kernels.LIBRARY_MODULE}); "
+        raise ConfigError(f"{flag}: this install of hoe has no kernels library ({kernels.LIBRARY_MODULE}); "
                           "reinstall where a C++17 compiler is available")
 
 
@@ -228,6 +243,9 @@ class _Export:
         from .static_split import split_sequences_to_split
 
         if self.fused and not supported(self.model):
+            if self.config.attention_kernel:
+                raise ConfigError(f"--attention-kernel replaces the fused attention, which model_type "
+                                  f"{self.model.config.model_type!r} does not get (export/fused_attention.py)")
             log.info("%s: no fused attention for model_type %r; the %s graph keeps the standard attention",
                      self.base_dir, self.model.config.model_type, self.config.target)
             self.fused = False
@@ -235,7 +253,8 @@ class _Export:
         self.base_inputs = graph_inputs(self.dims, None)
         self.outputs = graph_outputs(self.dims)
         self.graph = trace(self.model, self.base_inputs, self.outputs, self.dims.num_layers,
-                           self.dims.vocab_size, self.config.opset, fused_attention=self.fused)
+                           self.dims.vocab_size, self.config.opset, fused_attention=self.fused,
+                           attention_kernel=self.config.attention_kernel)
         got = self.graph.opset_imports.get("")
         if got != self.config.opset:
             raise ConfigError(f"the traced graph has opset {got}, expected the requested {self.config.opset} "
@@ -356,7 +375,8 @@ class _Export:
                              "max_position_embeddings": hf.get("max_position_embeddings")},
             "inputs": {s.name: s.to_dict() for s in self.inputs},
             "outputs": {s.name: s.to_dict() for s in self.outputs},
-            "kv_cache": {**KV_CACHE, "shared_buffer": self.fused},
+            "kv_cache": {**KV_CACHE, "shared_buffer": self.fused,
+                         **({"kernel": ATTENTION_KERNEL} if self.config.attention_kernel else {})},
             "hoe": mf.hoe_section(self.hoe_config, experts, routers, getattr(self, "groups", [])),
             "quantization": self.quantization,
             "files": files,

@@ -1,4 +1,5 @@
-"""hoe's own onnxruntime kernels: the Mixture op of `hoe export --bake-experts --mixture-kernel` (runtime/csrc).
+"""hoe's own onnxruntime kernels (runtime/csrc): the Mixture op of `hoe export --bake-experts --mixture-kernel`
+and the Attention op of `hoe export --attention-kernel`.
 
 The C++ sources are built at install into one shared library, `hoe.runtime._kernels` (setup.py; a C++17
 compiler is needed, and without one the install goes on without it). onnxruntime loads it per session with
@@ -17,6 +18,8 @@ from hoe.core.errors import CheckpointError
 
 MIXTURE_DOMAIN, MIXTURE_OP = "hoe.ort", "Mixture"
 MIXTURE_KERNEL = f"{MIXTURE_DOMAIN}.{MIXTURE_OP}"  # quantization.experts.kernel in hoe_config.json
+ATTENTION_OP = "Attention"
+ATTENTION_KERNEL = f"{MIXTURE_DOMAIN}.{ATTENTION_OP}"  # kv_cache.kernel in hoe_config.json
 LIBRARY_MODULE = "hoe.runtime._kernels"
 
 
@@ -26,19 +29,29 @@ def library() -> Path | None:
     return Path(spec.origin) if spec is not None and spec.origin else None
 
 
+def kernels_used(manifest: dict) -> list[str]:
+    """hoe's own ops a manifest's graph holds (MIXTURE_KERNEL, ATTENTION_KERNEL)."""
+    mixture = ((manifest.get("quantization") or {}).get("experts") or {}).get("kernel")
+    attention = (manifest.get("kv_cache") or {}).get("kernel")
+    return [k for k, used in ((MIXTURE_KERNEL, mixture == MIXTURE_KERNEL), (ATTENTION_KERNEL,
+                                                                            attention == ATTENTION_KERNEL)) if used]
+
+
 def needs_kernels(manifest: dict) -> bool:
     """Whether a manifest's graph holds hoe's own ops."""
-    return ((manifest.get("quantization") or {}).get("experts") or {}).get("kernel") == MIXTURE_KERNEL
+    return bool(kernels_used(manifest))
 
 
 def register(options, manifest: dict) -> bool:
     """Register the library with `options` (onnxruntime.SessionOptions) if the graph needs it; True if it did."""
-    if not needs_kernels(manifest):
+    used = kernels_used(manifest)
+    if not used:
         return False
     path = library()
     if path is None:
-        raise CheckpointError(f"this export's graph uses hoe's {MIXTURE_KERNEL} kernel, but this install of hoe was "
-                              f"built without it (module {LIBRARY_MODULE} missing): reinstall hoe where a C++17 "
-                              "compiler is available, or re-export without --mixture-kernel")
+        flags = {MIXTURE_KERNEL: "--mixture-kernel", ATTENTION_KERNEL: "--attention-kernel"}
+        raise CheckpointError(f"this export's graph uses hoe's {' and '.join(used)} kernel, but this install of hoe "
+                              f"was built without it (module {LIBRARY_MODULE} missing): reinstall hoe where a C++17 "
+                              f"compiler is available, or re-export without {' '.join(flags[k] for k in used)}")
     options.register_custom_ops_library(str(path))
     return True

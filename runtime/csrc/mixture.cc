@@ -6,13 +6,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#include "cpu.h"
+
+#ifdef HOE_AVX2
 #include <immintrin.h>
-#define HOE_AVX2 1
 #endif
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -89,11 +88,8 @@ using TileProduct = void (*)(const float*, int64_t, const uint8_t*, const float*
 
 // HOE_KERNELS_PORTABLE=1 in the environment keeps the portable loop (what other CPUs run), for tests.
 TileProduct pick_tile_product() {
-  const char* portable = std::getenv("HOE_KERNELS_PORTABLE");
-  if (portable && std::strcmp(portable, "1") == 0) return tile_product_portable;
 #ifdef HOE_AVX2
-  __builtin_cpu_init();  // this runs as a static initializer, maybe before libgcc's own
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return tile_product_avx2;
+  if (use_avx2()) return tile_product_avx2;
 #endif
   return tile_product_portable;
 }

@@ -71,6 +71,7 @@ enum Slot : size_t {
   kGetDimensionsCount = 61,             // OrtStatus* (const OrtTensorTypeAndShapeInfo*, size_t* out)
   kGetDimensions = 62,                  // OrtStatus* (const OrtTensorTypeAndShapeInfo*, int64_t* dims, size_t n)
   kGetTensorTypeAndShape = 65,          // OrtStatus* (const OrtValue*, OrtTensorTypeAndShapeInfo** out)
+  kKernelInfoGetAttributeFloat = 85,    // OrtStatus* (const OrtKernelInfo*, const char* name, float* out)
   kKernelInfoGetAttributeInt64 = 86,    // OrtStatus* (const OrtKernelInfo*, const char* name, int64_t* out)
   kKernelContextGetInputCount = 88,     // OrtStatus* (const OrtKernelContext*, size_t* out)
   kKernelContextGetOutputCount = 89,    // OrtStatus* (const OrtKernelContext*, size_t* out)

@@ -1,5 +1,7 @@
-// The Mixture op (domain hoe.ort) for onnxruntime's CPU provider: shapes checked, then mixture.cc computes.
+// hoe's ops (domain hoe.ort) for onnxruntime's CPU provider: shapes checked, then mixture.cc / attention.cc
+// compute.
 //
+// Mixture
 //   inputs   Y [B,T,>=N] f32, F [B,T,h_offset + m·E·r + m·K·E] f32, router_mix [B,K] f32,
 //            levels [tiles, E·r, 64] u8, scales and zeros [blocks, tiles·64] f32 (mixture.h), optional offsets
 //            [k_blocks, N] f32
@@ -7,6 +9,13 @@
 //            (F's first x·S column)
 //   outputs  Z [B,T,N] f32, or one [B,T,w_i] per module (variadic)
 // E and r follow from the shapes: m·K·E logits after m·E·r lora_A columns, E·r rows of levels.
+//
+// Attention
+//   inputs   q [B,T,H·D], k and v [B,T,Hkv·D] f32 (rotary applied), past_key and past_value [B,Hkv,C,D] f32
+//            (P = S − T columns used), bias [B,1,T,S] f32 (additive)
+//   attrs    num_heads H, kv_num_heads Hkv, scale
+//   outputs  out [B,T,H·D], present_key and present_value [B,Hkv,max(C,S),D]: bound to the past's buffer, only
+//            the new columns are written (attention.h)
 #include <algorithm>
 #include <cstring>
 #include <mutex>
@@ -14,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "attention.h"
 #include "mixture.h"
 #include "ort_abi.h"
 
@@ -27,9 +37,12 @@ Fn slot(size_t index) {
   return reinterpret_cast<Fn>(reinterpret_cast<void* const*>(g_api)[index]);
 }
 
-OrtStatus* error(const std::string& message) {
-  return slot<OrtStatus* (*)(int, const char*)>(kCreateStatus)(kInvalidArgument, ("hoe.ort.Mixture: " + message).c_str());
+OrtStatus* error(const char* op, const std::string& message) {
+  return slot<OrtStatus* (*)(int, const char*)>(kCreateStatus)(kInvalidArgument,
+                                                               ("hoe.ort." + std::string(op) + ": " + message).c_str());
 }
+
+OrtStatus* error(const std::string& message) { return error("Mixture", message); }
 
 void release(OrtStatus* status) { slot<void (*)(OrtStatus*)>(kReleaseStatus)(status); }
 
@@ -59,7 +72,7 @@ OrtStatus* read(OrtKernelContext* context, size_t index, Tensor* out) {
   HOE_TRY(slot<OrtStatus* (*)(const OrtValue*, OrtTensorTypeAndShapeInfo**)>(kGetTensorTypeAndShape)(value, &info));
   size_t rank = 0;
   OrtStatus* status = slot<OrtStatus* (*)(const OrtTensorTypeAndShapeInfo*, size_t*)>(kGetDimensionsCount)(info, &rank);
-  if (!status && rank > 4) status = error("an input of rank " + std::to_string(rank) + ": expected <= 4");
+  if (!status && rank > 4) status = error("kernels", "an input of rank " + std::to_string(rank) + ": expected <= 4");
   if (!status) {
     out->dims.rank = rank;
     status = slot<OrtStatus* (*)(const OrtTensorTypeAndShapeInfo*, int64_t*, size_t)>(kGetDimensions)(
@@ -227,6 +240,110 @@ OrtCustomOp make_op() {
 
 const OrtCustomOp kMixture = make_op();
 
+// -- Attention
+struct AttentionKernel {
+  int64_t heads = 0, kv_heads = 0;
+  float scale = 0.0f;
+};
+
+OrtStatus* attention_error(const std::string& message) { return error("Attention", message); }
+
+OrtStatus* attention_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
+  AttentionKernel k;
+  HOE_TRY(attribute(info, "num_heads", &k.heads));
+  HOE_TRY(attribute(info, "kv_num_heads", &k.kv_heads));
+  HOE_TRY(slot<OrtStatus* (*)(const OrtKernelInfo*, const char*, float*)>(kKernelInfoGetAttributeFloat)(info, "scale",
+                                                                                                         &k.scale));
+  if (k.heads < 1 || k.kv_heads < 1 || k.heads % k.kv_heads != 0)
+    return attention_error("num_heads " + std::to_string(k.heads) + ", kv_num_heads " + std::to_string(k.kv_heads) +
+                           ": expected kv_num_heads >= 1 dividing num_heads");
+  auto* kernel = new (std::nothrow) AttentionKernel(k);
+  if (!kernel) return attention_error("out of memory");
+  *out = kernel;
+  return nullptr;
+}
+
+OrtStatus* output(OrtKernelContext* context, size_t index, const int64_t* dims, size_t rank, float** data) {
+  OrtValue* value = nullptr;
+  HOE_TRY(slot<OrtStatus* (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**)>(
+      kKernelContextGetOutput)(context, index, dims, rank, &value));
+  void* raw = nullptr;
+  HOE_TRY(slot<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(value, &raw));
+  *data = static_cast<float*>(raw);
+  return nullptr;
+}
+
+OrtStatus* attention_compute(void* opaque, OrtKernelContext* context) {
+  const AttentionKernel& k = *static_cast<AttentionKernel*>(opaque);
+  Tensor t[6];
+  for (size_t i = 0; i < 6; ++i) HOE_TRY(read(context, i, &t[i]));
+  const Tensor &q = t[0], &key = t[1], &value = t[2], &past_k = t[3], &past_v = t[4], &bias = t[5];
+  if (past_k.dims.size() != 4 || past_k.dims[1] != k.kv_heads || past_v.dims.size() != 4)
+    return attention_error("past_key " + shape(past_k.dims) + ": expected [B," + std::to_string(k.kv_heads) +
+                           ",capacity,D]");
+  for (size_t i = 0; i < 4; ++i)
+    if (past_v.dims[i] != past_k.dims[i])
+      return attention_error("past_value " + shape(past_v.dims) + ": expected the past_key's " + shape(past_k.dims));
+  const int64_t b = past_k.dims[0], d = past_k.dims[3], capacity = past_k.dims[2];
+  if (q.dims.size() != 3 || q.dims[0] != b || q.dims[2] != k.heads * d)
+    return attention_error("q " + shape(q.dims) + ": expected [" + std::to_string(b) + ",T," +
+                           std::to_string(k.heads * d) + "]");
+  const int64_t steps = q.dims[1];
+  for (const Tensor* kv : {&key, &value})
+    if (kv->dims.size() != 3 || kv->dims[0] != b || kv->dims[1] != steps || kv->dims[2] != k.kv_heads * d)
+      return attention_error("k/v " + shape(kv->dims) + ": expected [" + std::to_string(b) + "," +
+                             std::to_string(steps) + "," + std::to_string(k.kv_heads * d) + "]");
+  if (bias.dims.size() != 4 || bias.dims[0] != b || bias.dims[1] != 1 || bias.dims[2] != steps ||
+      bias.dims[3] < steps || bias.dims[3] - steps > capacity)
+    return attention_error("bias " + shape(bias.dims) + ": expected [" + std::to_string(b) + ",1," +
+                           std::to_string(steps) + ",S] with T <= S <= T + " + std::to_string(capacity) +
+                           " (the past's capacity)");
+  const int64_t total = bias.dims[3], present = std::max(capacity, total);
+  const int64_t out_dims[3] = {b, steps, k.heads * d}, cache_dims[4] = {b, k.kv_heads, present, d};
+  float *out = nullptr, *present_k = nullptr, *present_v = nullptr;
+  HOE_TRY(output(context, 0, out_dims, 3, &out));
+  HOE_TRY(output(context, 1, cache_dims, 4, &present_k));
+  HOE_TRY(output(context, 2, cache_dims, 4, &present_v));
+  if (b == 0 || steps == 0) return nullptr;
+  const AttentionShape s{b, steps, k.heads, k.kv_heads, d, total, capacity, present, k.scale};
+  attention(s, static_cast<const float*>(q.data), static_cast<const float*>(key.data),
+            static_cast<const float*>(value.data), static_cast<const float*>(bias.data),
+            static_cast<const float*>(past_k.data), static_cast<const float*>(past_v.data), present_k, present_v, out);
+  return nullptr;
+}
+
+const char* attention_name(const OrtCustomOp*) { return "Attention"; }
+OrtElementType float_type(const OrtCustomOp*, size_t) { return kTypeFloat; }
+size_t six(const OrtCustomOp*) { return 6; }
+size_t three(const OrtCustomOp*) { return 3; }
+void attention_destroy(void* kernel) { delete static_cast<AttentionKernel*>(kernel); }
+OrtCharacteristic required(const OrtCustomOp*, size_t) { return kRequired; }
+
+OrtCustomOp make_attention() {
+  OrtCustomOp op;
+  std::memset(&op, 0, sizeof(op));
+  op.version = kApiVersion;
+  op.GetName = attention_name;
+  op.GetExecutionProviderType = provider;
+  op.GetInputType = float_type;
+  op.GetInputTypeCount = six;
+  op.GetOutputType = float_type;
+  op.GetOutputTypeCount = three;
+  op.KernelDestroy = attention_destroy;
+  op.GetInputCharacteristic = required;
+  op.GetOutputCharacteristic = required;
+  op.GetInputMemoryType = default_memory;
+  op.GetVariadicInputMinArity = one;
+  op.GetVariadicInputHomogeneity = zero;
+  op.GetVariadicOutputMinArity = one;
+  op.GetVariadicOutputHomogeneity = zero;
+  op.CreateKernelV2 = attention_create;
+  op.KernelComputeV2 = attention_compute;
+  return op;
+}
+
+const OrtCustomOp kAttention = make_attention();
+
 }  // namespace
 }  // namespace hoe::ort
 
@@ -242,6 +359,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
   OrtCustomOpDomain* domain = nullptr;
   HOE_TRY(slot<OrtStatus* (*)(const char*, OrtCustomOpDomain**)>(kCreateCustomOpDomain)("hoe.ort", &domain));
   domains.push_back(domain);
-  HOE_TRY(slot<OrtStatus* (*)(OrtCustomOpDomain*, const OrtCustomOp*)>(kCustomOpDomainAdd)(domain, &kMixture));
+  for (const OrtCustomOp* op : {&kMixture, &kAttention})
+    HOE_TRY(slot<OrtStatus* (*)(OrtCustomOpDomain*, const OrtCustomOp*)>(kCustomOpDomainAdd)(domain, op));
   return slot<OrtStatus* (*)(OrtSessionOptions*, OrtCustomOpDomain*)>(kAddCustomOpDomain)(options, domain);
 }

@@ -37,6 +37,27 @@ def test_export_validates(arch_run, name):
         assert run.base.config.sliding_window == WINDOW
 
 
+FUSED_NAMES = ["llama", "mistral", "qwen2", "qwen3"]  # export/fused_attention.FUSED_MODEL_TYPES
+
+
+@pytest.mark.parametrize("name", FUSED_NAMES)
+def test_attention_kernel_validates(arch_run, name):
+    """`--attention-kernel` through the CLI: hoe's Attention op in place of GroupQueryAttention validates, sliding
+    windows (the model's mask) and Qwen3's q/k norms included."""
+    from hoe.runtime import kernels
+
+    if kernels.library() is None:
+        pytest.skip("hoe was installed without its kernels library")
+    run = arch_run(name)
+    folder = run.out_dir.with_name("out-attention-kernel")
+    rc, out = cli(["export", "--base", str(run.base_dir), "--hoe", str(run.ckpt_dir), "--out", str(folder),
+                   "--attention-kernel", "--threads", "1"])
+    assert rc == 0, out
+    report = json.loads((folder / "validation.json").read_text())
+    assert report["passed"] and report["max_abs_logits"] < 1e-4 and report["argmax_agreement"] == 1.0, report
+    assert json.loads((folder / "hoe_config.json").read_text())["kv_cache"]["kernel"] == kernels.ATTENTION_KERNEL
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_tensorrt_ready(arch_run, name):
     from hoe.export.trt_ops import check_model

@@ -1,5 +1,6 @@
-"""The fused onnxruntime graph (`--target ort-cpu`: GroupQueryAttention, KV buffer shared by past and present)
-against the standard graph (`--target tensorrt`) of the same tiny HoE model, run by the same runtime.
+"""The fused onnxruntime graph (`--target ort-cpu`: GroupQueryAttention, KV buffer shared by past and present),
+and the same with hoe's Attention op (`--attention-kernel`), against the standard graph (`--target tensorrt`) of
+the same tiny HoE model, run by the same runtime.
 
 Both graphs are validated against PyTorch by the exporter (tests/export); here long generations check the
 shared buffer itself: 300 greedy tokens (the buffer grows past its first 256 columns), per-row preferences,
@@ -11,23 +12,31 @@ import threading
 import hoe.runtime as hr
 import numpy as np
 import pytest
+from hoe.runtime import kernels
 
 PROMPTS = [[5, 9, 3, 7, 22, 40, 8, 2], [11, 4, 17]]  # row 1 left padded by 5
 PREFS = [[1.0, 0.0, 0.0], [0.1, 0.3, 0.6]]
 N_LONG = 300
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "mistral"])
+KERNEL = pytest.mark.skipif(kernels.library() is None, reason="hoe was installed without its kernels library")
+CASES = [pytest.param((arch, kernel), id=f"{arch}{'-attention-kernel' * kernel}", marks=[KERNEL] if kernel else [])
+         for kernel in (False, True) for arch in ("llama", "qwen2", "mistral")]
+
+
+@pytest.fixture(scope="module", params=CASES)
 def pair(request, tmp_path_factory):
-    """(fused model, standard model) of one tiny HoE checkpoint with a 512-token context."""
+    """(fused model, standard model) of one tiny HoE checkpoint with a 512-token context; the fused graph's
+    attention is GroupQueryAttention, or hoe's Attention op."""
     from runtime_export import exported_folder
     from tiny_models import tiny_hoe
 
-    root = tmp_path_factory.mktemp(f"fused_{request.param}")
-    base, ckpt = tiny_hoe(request.param, root, context=512)
+    arch, kernel = request.param
+    root = tmp_path_factory.mktemp(f"fused_{arch}")
+    base, ckpt = tiny_hoe(arch, root, context=512)
     base.save_pretrained(root / "base")
     ckpt.save(root / "hoe")
-    fused = exported_folder(root / "base", root / "hoe", root / "fused", target="ort-cpu")
+    fused = exported_folder(root / "base", root / "hoe", root / "fused", target="ort-cpu", attention_kernel=kernel)
     standard = exported_folder(root / "base", root / "hoe", root / "standard", target="tensorrt")
     with hr.load(fused, threads=1) as f, hr.load(standard, threads=1) as s:
         yield f, s
@@ -43,6 +52,8 @@ def test_fused_export_declares_a_shared_buffer(pair):
     assert fused.manifest.data["model"]["target"] == "ort-cpu"
     assert not standard.manifest.data["kv_cache"].get("shared_buffer")
     assert fused.backend.shared_kv and not standard.backend.shared_kv
+    kernel = fused.manifest.data["kv_cache"].get("kernel")
+    assert kernel in (None, kernels.ATTENTION_KERNEL) and kernels.needs_kernels(fused.manifest.data) == bool(kernel)
 
 
 def test_300_tokens_batch2_equal_the_standard_graph(pair):

@@ -1,0 +1,283 @@
+// The Attention op's arithmetic (attention.h). Per batch row and KV head, the R = (H / Hkv)·T query rows that
+// share the head are scored against its S cached keys, softmaxed and mixed over its values:
+// - a decode step (few rows): each key and value is read once and serves every row (the cache is read once per
+//   KV head, not once per query head);
+// - a prompt (many rows, D a multiple of 16): the keys are transposed once into a scratch buffer and both products
+//   run as register-blocked 4 x 16 tiles.
+// Both take AVX2 + FMA where the CPU has them (cpu.h), with a vectorised exp; other CPUs run the plain loops.
+#include "attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "cpu.h"
+
+#ifdef HOE_AVX2
+#include <immintrin.h>
+#endif
+
+namespace hoe {
+namespace {
+
+constexpr int64_t kRowBlock = 4, kColBlock = 16;  // the prompt path's tiles
+constexpr int64_t kFewRows = 8;                   // at most this many rows take the decode path
+constexpr float kMinExp = -87.0f;                 // exp below this is taken as 0 (fp32 underflows near -87.3)
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// One KV head's work: R query rows (pre-scaled) of D, S keys and values (row stride D), each row's bias row and
+// output row.
+struct Group {
+  int64_t rows, dim, total;
+  const float* q;             // [R, D] (scratch)
+  const float* keys;          // [S, D]
+  const float* values;        // [S, D]
+  const float* const* bias;   // R pointers to S values
+  float* const* out;          // R pointers to D values
+};
+
+struct Scratch {  // per thread, grown as needed
+  std::vector<float> q, scores, packed;
+  std::vector<const float*> bias;
+  std::vector<float*> out;
+};
+
+thread_local Scratch scratch;
+
+// -- portable loops
+void softmax_portable(float* x, const float* bias, int64_t n) {
+  float top = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; ++j) top = std::max(top, x[j] += bias[j]);
+  if (top == -std::numeric_limits<float>::infinity()) {  // a row masked everywhere: no weight anywhere
+    std::fill(x, x + n, 0.0f);
+    return;
+  }
+  float sum = 0.0f;
+  for (int64_t j = 0; j < n; ++j) sum += (x[j] = x[j] - top < kMinExp ? 0.0f : std::exp(x[j] - top));
+  const float inv = 1.0f / sum;
+  for (int64_t j = 0; j < n; ++j) x[j] *= inv;
+}
+
+void group_portable(const Group& g, float* scores, int64_t stride) {
+  for (int64_t r = 0; r < g.rows; ++r) {
+    float* s = scores + r * stride;
+    const float* q = g.q + r * g.dim;
+    for (int64_t j = 0; j < g.total; ++j) {
+      const float* k = g.keys + j * g.dim;
+      float acc = 0.0f;
+      for (int64_t d = 0; d < g.dim; ++d) acc += q[d] * k[d];
+      s[j] = acc;
+    }
+    softmax_portable(s, g.bias[r], g.total);
+    float* o = g.out[r];
+    std::fill(o, o + g.dim, 0.0f);
+    for (int64_t j = 0; j < g.total; ++j) {
+      const float p = s[j], *v = g.values + j * g.dim;
+      for (int64_t d = 0; d < g.dim; ++d) o[d] += p * v[d];
+    }
+  }
+}
+
+#ifdef HOE_AVX2
+#define HOE_AVX2_FN __attribute__((target("avx2,fma")))
+
+// exp(x) for x <= 0: 2^n · p(r), n = round(x·log2 e), r = x − n·ln 2 (two-part ln 2), p Cephes' degree-6
+// polynomial (≈ 1 ulp); 0 below kMinExp.
+HOE_AVX2_FN inline __m256 exp_ps(__m256 x) {
+  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(kMinExp), _CMP_GE_OQ);
+  x = _mm256_max_ps(x, _mm256_set1_ps(kMinExp));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(two_n)), keep);
+}
+
+HOE_AVX2_FN inline float hsum(__m256 a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+}
+
+HOE_AVX2_FN void softmax_avx2(float* x, const float* bias, int64_t n) {
+  float top = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; ++j) top = std::max(top, x[j] += bias[j]);
+  if (top == -std::numeric_limits<float>::infinity()) {
+    std::fill(x, x + n, 0.0f);
+    return;
+  }
+  const __m256 vt = _mm256_set1_ps(top);
+  __m256 vs = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), vt));
+    _mm256_storeu_ps(x + j, e);
+    vs = _mm256_add_ps(vs, e);
+  }
+  float sum = hsum(vs);
+  for (; j < n; ++j) sum += (x[j] = x[j] - top < kMinExp ? 0.0f : std::exp(x[j] - top));
+  const __m256 inv = _mm256_set1_ps(1.0f / sum);
+  for (j = 0; j + 8 <= n; j += 8) _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), inv));
+  for (; j < n; ++j) x[j] *= 1.0f / sum;
+}
+
+// Few rows (D % 8 == 0): every key and value once, for all rows.
+HOE_AVX2_FN void group_few_rows(const Group& g, float* scores, int64_t stride) {
+  const int64_t chunks = g.dim / 8;
+  for (int64_t j = 0; j < g.total; ++j) {
+    const float* k = g.keys + j * g.dim;
+    for (int64_t r = 0; r < g.rows; ++r) {
+      const float* q = g.q + r * g.dim;
+      __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(q), _mm256_loadu_ps(k));
+      for (int64_t c = 1; c < chunks; ++c)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * c), _mm256_loadu_ps(k + 8 * c), acc);
+      scores[r * stride + j] = hsum(acc);
+    }
+  }
+  for (int64_t r = 0; r < g.rows; ++r) {
+    softmax_avx2(scores + r * stride, g.bias[r], g.total);
+    std::fill(g.out[r], g.out[r] + g.dim, 0.0f);
+  }
+  for (int64_t j = 0; j < g.total; ++j) {
+    const float* v = g.values + j * g.dim;
+    for (int64_t r = 0; r < g.rows; ++r) {
+      const __m256 p = _mm256_set1_ps(scores[r * stride + j]);
+      float* o = g.out[r];
+      for (int64_t c = 0; c < chunks; ++c)
+        _mm256_storeu_ps(o + 8 * c, _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * c), _mm256_loadu_ps(o + 8 * c)));
+    }
+  }
+}
+
+// Columns a row reaches: 1 + its last column whose bias is above kMasked (S for a row masked everywhere, whose
+// softmax is then uniform as in the full product). Past it every weight is exactly 0 (exp underflows), so the
+// softmax stops there and the tiles past a row block's reach are skipped (a prompt's causal upper triangle).
+constexpr float kMasked = -1e30f;
+
+int64_t reach(const Group& g, int64_t r) {
+  int64_t j = g.total;
+  while (j > 0 && !(g.bias[r][j - 1] > kMasked)) --j;
+  return j == 0 ? g.total : j;
+}
+
+// Many rows (D % 16 == 0): for each block of 4 rows, scores = Q·Kᵀ, softmax, out = P·V, in 4 x 16 register
+// tiles; the block's scores [4, stride] stay in cache. q holds round_up(R, 4) rows (the extra ones zero); Kᵀ is
+// packed once [D, stride = round_up(S, 16)] (columns past S zero).
+HOE_AVX2_FN void group_many_rows(const Group& g, float* scores, int64_t stride, float* packed) {
+  const int64_t d_all = g.dim, s_all = g.total, rows = round_up(g.rows, kRowBlock);
+  for (int64_t j = 0; j < stride; ++j)
+    for (int64_t d = 0; d < d_all; ++d) packed[d * stride + j] = j < s_all ? g.keys[j * d_all + d] : 0.0f;
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+    int64_t ends[kRowBlock] = {}, most = 0;  // the columns each row, and the block, reach
+    for (int64_t i = 0; i < kRowBlock && r0 + i < g.rows; ++i) most = std::max(most, ends[i] = reach(g, r0 + i));
+    const int64_t tiles = round_up(most, kColBlock);
+    for (int64_t j0 = 0; j0 < tiles; j0 += kColBlock) {
+      __m256 c[kRowBlock][2];
+      for (auto& row : c) row[0] = row[1] = _mm256_setzero_ps();
+      for (int64_t d = 0; d < d_all; ++d) {
+        const __m256 b0 = _mm256_loadu_ps(packed + d * stride + j0), b1 = _mm256_loadu_ps(packed + d * stride + j0 + 8);
+        for (int64_t i = 0; i < kRowBlock; ++i) {
+          const __m256 a = _mm256_set1_ps(g.q[(r0 + i) * d_all + d]);
+          c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
+          c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
+        }
+      }
+      for (int64_t i = 0; i < kRowBlock; ++i) {
+        _mm256_storeu_ps(scores + i * stride + j0, c[i][0]);
+        _mm256_storeu_ps(scores + i * stride + j0 + 8, c[i][1]);
+      }
+    }
+    for (int64_t i = 0; i < kRowBlock; ++i) {  // weights past a row's reach are 0
+      if (r0 + i < g.rows) softmax_avx2(scores + i * stride, g.bias[r0 + i], ends[i]);
+      std::fill(scores + i * stride + ends[i], scores + i * stride + most, 0.0f);
+    }
+    for (int64_t d0 = 0; d0 < d_all; d0 += kColBlock) {
+      __m256 c[kRowBlock][2];
+      for (auto& row : c) row[0] = row[1] = _mm256_setzero_ps();
+      for (int64_t j = 0; j < most; ++j) {
+        const float* v = g.values + j * d_all + d0;
+        const __m256 b0 = _mm256_loadu_ps(v), b1 = _mm256_loadu_ps(v + 8);
+        for (int64_t i = 0; i < kRowBlock; ++i) {
+          const __m256 a = _mm256_set1_ps(scores[i * stride + j]);
+          c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
+          c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
+        }
+      }
+      for (int64_t i = 0; i < kRowBlock && r0 + i < g.rows; ++i) {
+        _mm256_storeu_ps(g.out[r0 + i] + d0, c[i][0]);
+        _mm256_storeu_ps(g.out[r0 + i] + d0 + 8, c[i][1]);
+      }
+    }
+  }
+}
+#endif
+
+const bool kAvx2 = use_avx2();
+
+void run_group(const Group& g) {
+  Scratch& w = scratch;
+  const int64_t stride = round_up(g.total, kColBlock);
+#ifdef HOE_AVX2
+  if (kAvx2 && g.rows > kFewRows && g.dim % kColBlock == 0) {
+    w.scores.resize(kRowBlock * stride);
+    w.packed.resize(g.dim * stride);
+    return group_many_rows(g, w.scores.data(), stride, w.packed.data());
+  }
+  w.scores.resize(g.rows * stride);
+  if (kAvx2 && g.dim % 8 == 0) return group_few_rows(g, w.scores.data(), stride);
+#endif
+  w.scores.resize(g.rows * stride);
+  group_portable(g, w.scores.data(), stride);
+}
+
+// The cache's columns of (b, g): past's P columns when present is another buffer, then the T new ones.
+void write_cache(const AttentionShape& s, const float* past, const float* fresh, float* present, int64_t b,
+                 int64_t g) {
+  const int64_t d = s.head_dim, p = s.total - s.steps;
+  float* dst = present + (b * s.kv_heads + g) * s.present_capacity * d;
+  const float* src = past + (b * s.kv_heads + g) * s.past_capacity * d;
+  if (dst != src && p > 0) std::memcpy(dst, src, sizeof(float) * p * d);
+  for (int64_t t = 0; t < s.steps; ++t)
+    std::memcpy(dst + (p + t) * d, fresh + ((b * s.steps + t) * s.kv_heads + g) * d, sizeof(float) * d);
+}
+
+}  // namespace
+
+void attention(const AttentionShape& s, const float* q, const float* k, const float* v, const float* bias,
+               const float* past_k, const float* past_v, float* present_k, float* present_v, float* out) {
+  const int64_t groups = s.heads / s.kv_heads, d = s.head_dim, rows = groups * s.steps;
+  Scratch& w = scratch;
+  w.q.assign(round_up(rows, kRowBlock) * d, 0.0f);
+  w.bias.resize(rows);
+  w.out.resize(rows);
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t g = 0; g < s.kv_heads; ++g) {
+      write_cache(s, past_k, k, present_k, b, g);
+      write_cache(s, past_v, v, present_v, b, g);
+      for (int64_t t = 0; t < s.steps; ++t) {
+        for (int64_t i = 0; i < groups; ++i) {  // row t·G + i: query head g·G + i at step t
+          const int64_t r = t * groups + i, head = g * groups + i;
+          const float* src = q + ((b * s.steps + t) * s.heads + head) * d;
+          for (int64_t c = 0; c < d; ++c) w.q[r * d + c] = src[c] * s.scale;
+          w.bias[r] = bias + (b * s.steps + t) * s.total;
+          w.out[r] = out + ((b * s.steps + t) * s.heads + head) * d;
+        }
+      }
+      const int64_t at = (b * s.kv_heads + g) * s.present_capacity * d;
+      run_group({rows, d, s.total, w.q.data(), present_k + at, present_v + at, w.bias.data(), w.out.data()});
+    }
+  }
+}
+
+}  // namespace hoe

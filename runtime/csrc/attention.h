@@ -1,0 +1,33 @@
+// The Attention op of hoe's kernels (docs/GRAPH.md "Attention kernel"): what onnxruntime's GroupQueryAttention
+// computes in hoe's fused graph (export/fused_attention.py), with the KV cache in one buffer shared by past and
+// present, in one pass per KV head over the cache.
+//
+// Per batch row b, query step t, query head h of KV head g = h / (H / Hkv), S = P + T columns:
+//   present[b, g, P + t] = k[b, t, g], v[b, t, g]                   (the new columns; rotary already applied)
+//   s[j]  = scale · q[b, t, h] · K[b, g, j] + bias[b, 0, t, j]       j < S (bias: the model's additive mask)
+//   out[b, t, h] = sum_j softmax(s)[j] · V[b, g, j]
+// Past and present may be the same buffer (capacity >= S: only the new columns are written), or present a new
+// one of S columns (past's P columns are copied first).
+#pragma once
+
+#include <cstdint>
+
+namespace hoe {
+
+struct AttentionShape {
+  int64_t batch;             // B
+  int64_t steps;             // T: new tokens
+  int64_t heads;             // H: query heads
+  int64_t kv_heads;          // Hkv: a divisor of H
+  int64_t head_dim;          // D
+  int64_t total;             // S = P + T
+  int64_t past_capacity;     // columns of the past buffer (>= P)
+  int64_t present_capacity;  // columns of the present buffer (>= S)
+  float scale;
+};
+
+// q [B,T,H·D], k/v [B,T,Hkv·D], bias [B,1,T,S], past/present [B,Hkv,capacity,D], out [B,T,H·D]; all fp32.
+void attention(const AttentionShape& s, const float* q, const float* k, const float* v, const float* bias,
+               const float* past_k, const float* past_v, float* present_k, float* present_v, float* out);
+
+}  // namespace hoe

@@ -1,0 +1,145 @@
+"""The Attention op of hoe's kernels library on its own, against numpy: decode steps and prompts (both code
+paths), grouped and plain multi-head attention, left padding in the bias, past and present one buffer or two;
+and its errors."""
+
+import numpy as np
+import pytest
+from hoe.runtime import kernels
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.skipif(kernels.library() is None, reason="hoe was installed without its kernels library "
+                                                                  "(no C++17 compiler at install)")
+
+NAMES = ["q", "k", "v", "past_key", "past_value", "bias"]
+
+
+def _session(heads, kv_heads, scale, library=None):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Attention", NAMES, ["out", "present_key", "present_value"], domain="hoe.ort",
+                            num_heads=heads, kv_num_heads=kv_heads, scale=scale)
+    graph = helper.make_graph([node], "attention", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                                                    for n in NAMES],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                               for n in ("out", "present_key", "present_value")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("hoe.ort", 1)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.register_custom_ops_library(str(library or kernels.library()))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _inputs(rng, batch, steps, past, heads, kv_heads, dim, capacity, pads):
+    """Random q/k/v, a past of `past` columns in a buffer of `capacity`, and the additive mask of left-padded rows
+    (row b: its first pads[b] past columns are padding, finfo.min as Hugging Face's mask) with causal new steps."""
+    total = past + steps
+    f = np.float32
+    q = rng.normal(size=(batch, steps, heads * dim)).astype(f)
+    k, v = (rng.normal(size=(batch, steps, kv_heads * dim)).astype(f) for _ in range(2))
+    past_k, past_v = (rng.normal(size=(batch, kv_heads, capacity, dim)).astype(f) for _ in range(2))
+    bias = np.zeros((batch, 1, steps, total), f)
+    low = np.finfo(f).min
+    for b in range(batch):
+        bias[b, :, :, :min(pads[b % len(pads)], past)] = low  # padding lies in the past
+        for t in range(steps):
+            bias[b, 0, t, past + t + 1:] = low
+    return q, k, v, past_k, past_v, bias
+
+
+def _reference(q, k, v, past_k, past_v, bias, heads, kv_heads, scale):
+    batch, steps, _ = q.shape
+    total = bias.shape[-1]
+    past = total - steps
+    dim = past_k.shape[-1]
+    keys = np.concatenate([past_k[:, :, :past], k.reshape(batch, steps, kv_heads, dim).transpose(0, 2, 1, 3)], 2)
+    values = np.concatenate([past_v[:, :, :past], v.reshape(batch, steps, kv_heads, dim).transpose(0, 2, 1, 3)], 2)
+    qh = q.reshape(batch, steps, heads, dim).transpose(0, 2, 1, 3).astype(np.float64)  # [B,H,T,D]
+    kh = np.repeat(keys, heads // kv_heads, 1).astype(np.float64)
+    vh = np.repeat(values, heads // kv_heads, 1).astype(np.float64)
+    s = qh @ kh.transpose(0, 1, 3, 2) * scale + bias.astype(np.float64)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    out = (p @ vh).transpose(0, 2, 1, 3).reshape(batch, steps, heads * dim)
+    return out, keys, values
+
+
+# (batch, steps, past, heads, kv_heads, dim): decode steps (few rows), prompts (many rows, the tiled path), a
+# prompt with a past, plain multi-head, a head size the tiles do not take (24) and one the AVX2 loops do not (12)
+CASES = [(1, 1, 40, 9, 3, 64), (3, 1, 7, 4, 2, 32), (2, 13, 0, 9, 3, 64), (3, 7, 5, 4, 2, 16), (2, 5, 9, 4, 4, 32),
+         (1, 9, 3, 6, 2, 24), (2, 3, 4, 2, 1, 12)]
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-buffer", "growing"])
+@pytest.mark.parametrize("case", CASES, ids=["B{}-T{}-P{}-H{}-Hkv{}-D{}".format(*c) for c in CASES])
+def test_attention_op_matches_numpy(case, shared):
+    batch, steps, past, heads, kv_heads, dim = case
+    rng = np.random.default_rng(sum(case))
+    capacity = past + steps + 5 if shared else past
+    q, k, v, past_k, past_v, bias = _inputs(rng, batch, steps, past, heads, kv_heads, dim, capacity, [0, 2, 1])
+    scale = dim ** -0.5
+    want, keys, values = _reference(q, k, v, past_k, past_v, bias, heads, kv_heads, scale)
+    session = _session(heads, kv_heads, scale)
+    feed = dict(zip(NAMES, (q, k, v, past_k, past_v, bias)))
+    if shared:  # past and present one buffer, as the runtime binds them: only the new columns change
+        binding = session.io_binding()
+        buffers = [ort.OrtValue.ortvalue_from_numpy(a) for a in (past_k, past_v)]
+        for name in NAMES[:3] + NAMES[5:]:
+            binding.bind_cpu_input(name, feed[name])
+        binding.bind_output("out")  # outputs come back in the order bound
+        for name, present, value in zip(NAMES[3:5], ("present_key", "present_value"), buffers):
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output(present, value)
+        session.run_with_iobinding(binding)
+        out = binding.get_outputs()[0].numpy()
+        present_k, present_v = past_k, past_v  # written in place
+    else:
+        out, present_k, present_v = session.run(None, feed)
+        assert present_k.shape == (batch, kv_heads, past + steps, dim)
+    total = past + steps
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(present_k[:, :, :total], keys)
+    np.testing.assert_array_equal(present_v[:, :, :total], values)
+
+
+def test_portable_loops_match_numpy(tmp_path):
+    """HOE_KERNELS_PORTABLE=1 (read when onnxruntime loads the library, so in a fresh process) runs the loops other
+    CPUs run; on an AVX2 machine they round differently, which shows the switch took effect."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (f"import sys, numpy as np; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+              f"import test_attention_op as t; np.save({str(tmp_path / 'o.npy')!r}, t._run(t.CASES[2]))")
+    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "HOE_KERNELS_PORTABLE": "1"},
+                   timeout=120)
+    portable = np.load(tmp_path / "o.npy")
+    out = _run(CASES[2])
+    rng = np.random.default_rng(0)
+    batch, steps, past, heads, kv_heads, dim = CASES[2]
+    want = _reference(*_inputs(rng, batch, steps, past, heads, kv_heads, dim, past, [0, 2, 1]), heads, kv_heads,
+                      dim ** -0.5)[0]
+    np.testing.assert_allclose(portable, want, rtol=1e-5, atol=1e-5)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and " avx2" in cpuinfo.read_text(errors="ignore"):
+        assert not np.array_equal(portable, out), "HOE_KERNELS_PORTABLE=1 did not change the kernel's path"
+
+
+def _run(case):
+    batch, steps, past, heads, kv_heads, dim = case
+    inputs = _inputs(np.random.default_rng(0), batch, steps, past, heads, kv_heads, dim, past, [0, 2, 1])
+    return _session(heads, kv_heads, dim ** -0.5).run(None, dict(zip(NAMES, inputs)))[0]
+
+
+def test_attention_op_refuses_bad_shapes_with_a_message():
+    rng = np.random.default_rng(0)
+    q, k, v, past_k, past_v, bias = _inputs(rng, 1, 1, 4, 4, 2, 16, 4, [0])
+    session = _session(4, 2, 0.25)
+    feed = dict(zip(NAMES, (q, k, v, past_k, past_v, bias)))
+    with pytest.raises(Exception, match=r"hoe.ort.Attention: q \[1,1,48\]: expected \[1,T,64\]"):
+        session.run(None, {**feed, "q": q[..., :48]})
+    with pytest.raises(Exception, match=r"hoe.ort.Attention: bias \[1,1,1,9\]"):  # 8 past columns: only 4 there
+        session.run(None, {**feed, "bias": np.zeros((1, 1, 1, 9), np.float32)})
+    with pytest.raises(Exception, match="kv_num_heads >= 1 dividing num_heads"):
+        _session(4, 3, 0.25).run(None, feed)
