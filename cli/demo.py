@@ -5,8 +5,8 @@
       ─► decode speed: our runtime vs the PyTorch reference, same prompt, same greedy tokens
 
 The export uses `hoe.export.export_hoe(base_dir, ckpt_dir, out_dir, demo_export_options())` (or the `exporter`
-given): experts baked into the base projections, with hoe's Mixture kernel where this install has it, the
-fastest fp32 graph on CPU (docs/BENCHMARKS.md).
+given): experts baked into the base projections, with hoe's Mixture and Attention kernels where this install has
+them, the fastest fp32 graph on CPU (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -55,11 +55,13 @@ def content_key(*folders_and_files: Path) -> str:
 
 def demo_export_options() -> dict:
     """The demo's ExportConfig fields: fp32, experts and routers baked in (lora_B on an int8 grid; validated
-    against a reference with the same weights) and their mixtures as hoe's Mixture op when the kernels library
-    was built (hoe/base 1.03 against 1.40 unbaked, docs/BENCHMARKS.md). Part of the export's cache key."""
+    against a reference with the same weights), and where the kernels library was built their mixtures as hoe's
+    Mixture op (hoe/base 1.03 against 1.40 unbaked) and the attention as its Attention op (docs/BENCHMARKS.md).
+    Part of the export's cache key."""
     from hoe.runtime import kernels
 
-    return {"bake_experts": True, "mixture_kernel": kernels.library() is not None}
+    built = kernels.library() is not None
+    return {"bake_experts": True, "mixture_kernel": built, "attention_kernel": built}
 
 
 def default_exporter(base_dir: Path, ckpt_dir: Path, out_dir: Path) -> Path:

@@ -35,6 +35,8 @@ def test_demo_prints_answers_scores_and_speed(tiny):
     assert len(got["answers"]) == 3 and len(calls) == 1
     quant = json.loads((Path(got["export"]) / "hoe_config.json").read_text())["quantization"]
     assert quant["experts"]["storage"] == "baked" and quant["experts"]["kernel"] == "hoe.ort.Mixture", quant
+    kv = json.loads((Path(got["export"]) / "hoe_config.json").read_text())["kv_cache"]
+    assert kv["kernel"] == "hoe.ort.Attention", kv
     for a in got["answers"]:
         assert set(a["scores"]) == {"char:a", "char:e", "concise"}
         assert all(0.0 <= v <= 1.0 for v in a["scores"].values())

@@ -3,7 +3,7 @@
 // - a decode step (few rows): each key and value is read once and serves every row (the cache is read once per
 //   KV head, not once per query head);
 // - a prompt (many rows, D a multiple of 16): the keys are transposed once into a scratch buffer and both products
-//   run as register-blocked 4 x 16 tiles.
+//   run as register-blocked 6 x 16 tiles.
 // Both take AVX2 + FMA where the CPU has them (cpu.h), with a vectorised exp; other CPUs run the plain loops.
 #include "attention.h"
 
@@ -22,7 +22,7 @@
 namespace hoe {
 namespace {
 
-constexpr int64_t kRowBlock = 4, kColBlock = 16;  // the prompt path's tiles
+constexpr int64_t kRowBlock = 6, kColBlock = 16;  // the prompt path's tiles (12 accumulators)
 constexpr int64_t kFewRows = 8;                   // at most this many rows take the decode path
 constexpr float kMinExp = -87.0f;                 // exp below this is taken as 0 (fp32 underflows near -87.3)
 
@@ -171,16 +171,21 @@ int64_t reach(const Group& g, int64_t r) {
   return j == 0 ? g.total : j;
 }
 
-// Many rows (D % 16 == 0): for each block of 4 rows, scores = Q·Kᵀ, softmax, out = P·V, in 4 x 16 register
-// tiles; the block's scores [4, stride] stay in cache. q holds round_up(R, 4) rows (the extra ones zero); Kᵀ is
+// Many rows (D % 16 == 0): for each block of 6 rows, scores = Q·Kᵀ, softmax, out = P·V, in 6 x 16 register
+// tiles; the block's scores [6, stride] stay in cache. q holds round_up(R, 6) rows (the extra ones zero); Kᵀ is
 // packed once [D, stride = round_up(S, 16)] (columns past S zero).
 HOE_AVX2_FN void group_many_rows(const Group& g, float* scores, int64_t stride, float* packed) {
   const int64_t d_all = g.dim, s_all = g.total, rows = round_up(g.rows, kRowBlock);
   for (int64_t j = 0; j < stride; ++j)
     for (int64_t d = 0; d < d_all; ++d) packed[d * stride + j] = j < s_all ? g.keys[j * d_all + d] : 0.0f;
+  int64_t last = 0;  // the previous row's reach
   for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
     int64_t ends[kRowBlock] = {}, most = 0;  // the columns each row, and the block, reach
-    for (int64_t i = 0; i < kRowBlock && r0 + i < g.rows; ++i) most = std::max(most, ends[i] = reach(g, r0 + i));
+    for (int64_t i = 0; i < kRowBlock && r0 + i < g.rows; ++i) {  // the G rows of a step share its bias row
+      const int64_t r = r0 + i;
+      last = ends[i] = r > 0 && g.bias[r] == g.bias[r - 1] ? last : reach(g, r);
+      most = std::max(most, last);
+    }
     const int64_t tiles = round_up(most, kColBlock);
     for (int64_t j0 = 0; j0 < tiles; j0 += kColBlock) {
       __m256 c[kRowBlock][2];
