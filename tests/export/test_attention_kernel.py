@@ -21,14 +21,17 @@ FAST = dict(threads=1, decode_steps=3, quality_prompts=0)
 @pytest.fixture(scope="module")
 def kernel_export(tmp_path_factory):
     """(arch, bake) -> (base_dir, ckpt_dir, out, validation report), exported once per module."""
-    from conftest import make_tiny
+    from tiny_models import tiny_hoe
 
     done = {}
 
     def get(arch, bake=False):
         if (arch, bake) not in done:
             root = tmp_path_factory.mktemp(f"attention_{arch}{'_baked' * bake}")
-            base_dir, ckpt_dir = make_tiny(root, arch)
+            base, ckpt = tiny_hoe(arch, root)
+            base_dir, ckpt_dir = root / "base", root / "hoe"
+            base.save_pretrained(base_dir)
+            ckpt.save(ckpt_dir)
             export(base_dir, ckpt_dir, root / "out", ExportConfig(threads=1, validate=False, attention_kernel=True,
                                                                   bake_experts=bake, mixture_kernel=bake))
             report = validate_export(root / "out", base_dir, ckpt_dir, ValidationConfig(**FAST))
