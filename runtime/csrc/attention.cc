@@ -40,7 +40,7 @@ struct Group {
 };
 
 struct Scratch {  // per thread, grown as needed
-  std::vector<float> q, scores, packed;
+  std::vector<float> q, scores;
   std::vector<const float*> bias;
   std::vector<float*> out;
 };
@@ -172,12 +172,10 @@ int64_t reach(const Group& g, int64_t r) {
 }
 
 // Many rows (D % 16 == 0): for each block of 6 rows, scores = Q·Kᵀ, softmax, out = P·V, in 6 x 16 register
-// tiles; the block's scores [6, stride] stay in cache. q holds round_up(R, 6) rows (the extra ones zero); Kᵀ is
-// packed once [D, stride = round_up(S, 16)] (columns past S zero).
-HOE_AVX2_FN void group_many_rows(const Group& g, float* scores, int64_t stride, float* packed) {
-  const int64_t d_all = g.dim, s_all = g.total, rows = round_up(g.rows, kRowBlock);
-  for (int64_t j = 0; j < stride; ++j)
-    for (int64_t d = 0; d < d_all; ++d) packed[d * stride + j] = j < s_all ? g.keys[j * d_all + d] : 0.0f;
+// tiles; the block's scores [6, stride] stay in cache. q holds round_up(R, 6) rows (the extra ones zero); packed
+// is Kᵀ [D, stride = round_up(S, 16)] (columns past S zero).
+HOE_AVX2_FN void group_many_rows(const Group& g, float* scores, int64_t stride, const float* packed) {
+  const int64_t d_all = g.dim, rows = round_up(g.rows, kRowBlock);
   int64_t last = 0;  // the previous row's reach
   for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
     int64_t ends[kRowBlock] = {}, most = 0;  // the columns each row, and the block, reach
@@ -230,21 +228,7 @@ HOE_AVX2_FN void group_many_rows(const Group& g, float* scores, int64_t stride, 
 
 const bool kAvx2 = use_avx2();
 
-void run_group(const Group& g) {
-  Scratch& w = scratch;
-  const int64_t stride = round_up(g.total, kColBlock);
-#ifdef HOE_AVX2
-  if (kAvx2 && g.rows > kFewRows && g.dim % kColBlock == 0) {
-    w.scores.resize(kRowBlock * stride);
-    w.packed.resize(g.dim * stride);
-    return group_many_rows(g, w.scores.data(), stride, w.packed.data());
-  }
-  w.scores.resize(g.rows * stride);
-  if (kAvx2 && g.dim % 8 == 0) return group_few_rows(g, w.scores.data(), stride);
-#endif
-  w.scores.resize(g.rows * stride);
-  group_portable(g, w.scores.data(), stride);
-}
+constexpr int64_t kChunkRows = 8 * kRowBlock;  // a prompt's rows per task
 
 // The cache's columns of (b, g): past's P columns when present is another buffer, then the T new ones.
 void write_cache(const AttentionShape& s, const float* past, const float* fresh, float* present, int64_t b,
@@ -257,32 +241,76 @@ void write_cache(const AttentionShape& s, const float* past, const float* fresh,
     std::memcpy(dst + (p + t) * d, fresh + ((b * s.steps + t) * s.kv_heads + g) * d, sizeof(float) * d);
 }
 
+// What every task reads: the op's tensors, and how the rows are split.
+struct Job {
+  const AttentionShape& s;
+  const float *q, *bias, *keys, *values;  // keys/values: the present buffers
+  float* out;
+  const float* packed;  // tiled: Kᵀ of every (b, g), [B·Hkv][D, stride]; else null
+  int64_t stride, rows, chunk, chunks;  // rows per (b, g) = G·T, in `chunks` tasks of `chunk`
+};
+
+// Task i: rows [c·chunk, ...) of KV head g of batch row b.
+void run_task(void* data, size_t index) {
+  const Job& j = *static_cast<const Job*>(data);
+  const AttentionShape& s = j.s;
+  const int64_t i = static_cast<int64_t>(index), bg = i / j.chunks, row0 = i % j.chunks * j.chunk;
+  const int64_t b = bg / s.kv_heads, g = bg % s.kv_heads, n = std::min(j.chunk, j.rows - row0);
+  const int64_t groups = s.heads / s.kv_heads, d = s.head_dim;
+  Scratch& w = scratch;
+  w.q.assign(round_up(n, kRowBlock) * d, 0.0f);
+  w.bias.resize(n);
+  w.out.resize(n);
+  for (int64_t r = 0; r < n; ++r) {  // row t·G + h: query head g·G + h at step t
+    const int64_t t = (row0 + r) / groups, head = g * groups + (row0 + r) % groups;
+    const float* src = j.q + ((b * s.steps + t) * s.heads + head) * d;
+    for (int64_t c = 0; c < d; ++c) w.q[r * d + c] = src[c] * s.scale;
+    w.bias[r] = j.bias + (b * s.steps + t) * s.total;
+    w.out[r] = j.out + ((b * s.steps + t) * s.heads + head) * d;
+  }
+  const int64_t at = bg * s.present_capacity * d;
+  const Group group{n, d, s.total, w.q.data(), j.keys + at, j.values + at, w.bias.data(), w.out.data()};
+#ifdef HOE_AVX2
+  if (j.packed) {
+    w.scores.resize(kRowBlock * j.stride);
+    return group_many_rows(group, w.scores.data(), j.stride, j.packed + bg * d * j.stride);
+  }
+  w.scores.resize(n * j.stride);
+  if (kAvx2 && d % 8 == 0) return group_few_rows(group, w.scores.data(), j.stride);
+#endif
+  w.scores.resize(n * j.stride);
+  group_portable(group, w.scores.data(), j.stride);
+}
+
 }  // namespace
 
 void attention(const AttentionShape& s, const float* q, const float* k, const float* v, const float* bias,
-               const float* past_k, const float* past_v, float* present_k, float* present_v, float* out) {
-  const int64_t groups = s.heads / s.kv_heads, d = s.head_dim, rows = groups * s.steps;
-  Scratch& w = scratch;
-  w.q.assign(round_up(rows, kRowBlock) * d, 0.0f);
-  w.bias.resize(rows);
-  w.out.resize(rows);
+               const float* past_k, const float* past_v, float* present_k, float* present_v, float* out,
+               const Parallel& parallel) {
+  const int64_t d = s.head_dim, heads = s.batch * s.kv_heads, rows = s.heads / s.kv_heads * s.steps;
+  const int64_t stride = round_up(s.total, kColBlock);
   for (int64_t b = 0; b < s.batch; ++b) {
     for (int64_t g = 0; g < s.kv_heads; ++g) {
       write_cache(s, past_k, k, present_k, b, g);
       write_cache(s, past_v, v, present_v, b, g);
-      for (int64_t t = 0; t < s.steps; ++t) {
-        for (int64_t i = 0; i < groups; ++i) {  // row t·G + i: query head g·G + i at step t
-          const int64_t r = t * groups + i, head = g * groups + i;
-          const float* src = q + ((b * s.steps + t) * s.heads + head) * d;
-          for (int64_t c = 0; c < d; ++c) w.q[r * d + c] = src[c] * s.scale;
-          w.bias[r] = bias + (b * s.steps + t) * s.total;
-          w.out[r] = out + ((b * s.steps + t) * s.heads + head) * d;
-        }
-      }
-      const int64_t at = (b * s.kv_heads + g) * s.present_capacity * d;
-      run_group({rows, d, s.total, w.q.data(), present_k + at, present_v + at, w.bias.data(), w.out.data()});
     }
   }
+  const bool tiled = kAvx2 && rows > kFewRows && d % kColBlock == 0;
+  static thread_local std::vector<float> packed;  // Kᵀ [D, stride] per (b, g), the columns past S zero
+  if (tiled) {
+    packed.resize(heads * d * stride);
+    for (int64_t bg = 0; bg < heads; ++bg) {
+      const float* keys = present_k + bg * s.present_capacity * d;
+      float* kt = packed.data() + bg * d * stride;
+      for (int64_t j = 0; j < stride; ++j)
+        for (int64_t c = 0; c < d; ++c) kt[c * stride + j] = j < s.total ? keys[j * d + c] : 0.0f;
+    }
+  }
+  const int64_t chunk = tiled ? kChunkRows : rows, chunks = (rows + chunk - 1) / chunk;
+  Job job{s, q, bias, present_k, present_v, out, tiled ? packed.data() : nullptr, stride, rows, chunk, chunks};
+  const size_t tasks = static_cast<size_t>(heads * chunks);
+  if (parallel.run) return parallel.run(parallel.context, run_task, tasks, &job);
+  for (size_t i = 0; i < tasks; ++i) run_task(&job, i);
 }
 
 }  // namespace hoe

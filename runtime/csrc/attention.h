@@ -10,6 +10,7 @@
 // one of S columns (past's P columns are copied first).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace hoe {
@@ -26,8 +27,16 @@ struct AttentionShape {
   float scale;
 };
 
+// Runs fn(data, i) for every i < total, in any order, maybe on several threads (onnxruntime's intra-op pool).
+struct Parallel {
+  void* context = nullptr;
+  void (*run)(void* context, void (*fn)(void*, size_t), size_t total, void* data) = nullptr;  // null: in order
+};
+
 // q [B,T,H·D], k/v [B,T,Hkv·D], bias [B,1,T,S], past/present [B,Hkv,capacity,D], out [B,T,H·D]; all fp32.
+// The work is split into tasks of one KV head's rows (a prompt's in chunks) run through `parallel`.
 void attention(const AttentionShape& s, const float* q, const float* k, const float* v, const float* bias,
-               const float* past_k, const float* past_v, float* present_k, float* present_v, float* out);
+               const float* past_k, const float* past_v, float* present_k, float* present_v, float* out,
+               const Parallel& parallel = {});
 
 }  // namespace hoe

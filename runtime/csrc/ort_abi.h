@@ -80,6 +80,10 @@ enum Slot : size_t {
                                         //             OrtValue** out)
   kReleaseStatus = 93,                  // void (OrtStatus*)
   kReleaseTensorTypeAndShapeInfo = 99,  // void (OrtTensorTypeAndShapeInfo*)
+  kKernelContextParallelFor = 274,      // OrtStatus* (const OrtKernelContext*, void (*fn)(void*, size_t),
+                                        //             size_t total, size_t num_batch, void* data); API >= 17
 };
+
+constexpr uint32_t kParallelForApiVersion = 17;  // onnxruntime >= 1.17: KernelContext_ParallelFor
 
 }  // namespace hoe::ort

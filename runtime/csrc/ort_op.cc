@@ -31,6 +31,7 @@ namespace hoe::ort {
 namespace {
 
 const OrtApi* g_api = nullptr;
+bool g_parallel = false;  // KernelContext_ParallelFor is in this onnxruntime's table
 
 template <typename Fn>
 Fn slot(size_t index) {
@@ -273,6 +274,16 @@ OrtStatus* output(OrtKernelContext* context, size_t index, const int64_t* dims, 
   return nullptr;
 }
 
+// The tasks on the session's intra-op threads (one thread: in order, on this one).
+void parallel_for(void* context, void (*fn)(void*, size_t), size_t total, void* data) {
+  using ParallelFor = OrtStatus* (*)(const OrtKernelContext*, void (*)(void*, size_t), size_t, size_t, void*);
+  if (OrtStatus* status = slot<ParallelFor>(kKernelContextParallelFor)(static_cast<const OrtKernelContext*>(context),
+                                                                       fn, total, 0, data)) {
+    release(status);  // the tasks only write their own rows: running them all here is safe
+    for (size_t i = 0; i < total; ++i) fn(data, i);
+  }
+}
+
 OrtStatus* attention_compute(void* opaque, OrtKernelContext* context) {
   const AttentionKernel& k = *static_cast<AttentionKernel*>(opaque);
   Tensor t[6];
@@ -306,9 +317,12 @@ OrtStatus* attention_compute(void* opaque, OrtKernelContext* context) {
   HOE_TRY(output(context, 2, cache_dims, 4, &present_v));
   if (b == 0 || steps == 0) return nullptr;
   const AttentionShape s{b, steps, k.heads, k.kv_heads, d, total, capacity, present, k.scale};
+  Parallel parallel;
+  if (g_parallel) parallel = {context, parallel_for};
   attention(s, static_cast<const float*>(q.data), static_cast<const float*>(key.data),
             static_cast<const float*>(value.data), static_cast<const float*>(bias.data),
-            static_cast<const float*>(past_k.data), static_cast<const float*>(past_v.data), present_k, present_v, out);
+            static_cast<const float*>(past_k.data), static_cast<const float*>(past_v.data), present_k, present_v, out,
+            parallel);
   return nullptr;
 }
 
@@ -352,6 +366,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
   using namespace hoe::ort;
   g_api = base->GetApi(kApiVersion);
   if (!g_api) return nullptr;  // an onnxruntime older than 1.16: nothing to register with (it then reports the op)
+  g_parallel = base->GetApi(kParallelForApiVersion) != nullptr;
   // A domain per session options, kept for the life of the process: sessions point at it.
   static std::mutex lock;
   static std::vector<OrtCustomOpDomain*> domains;

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(kernels.library() is None, reason="hoe was insta
 NAMES = ["q", "k", "v", "past_key", "past_value", "bias"]
 
 
-def _session(heads, kv_heads, scale, library=None):
+def _session(heads, kv_heads, scale, library=None, threads=1):
     from onnx import TensorProto, helper
 
     node = helper.make_node("Attention", NAMES, ["out", "present_key", "present_value"], domain="hoe.ort",
@@ -25,7 +25,7 @@ def _session(heads, kv_heads, scale, library=None):
                                for n in ("out", "present_key", "present_value")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("hoe.ort", 1)])
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.register_custom_ops_library(str(library or kernels.library()))
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
@@ -65,21 +65,24 @@ def _reference(q, k, v, past_k, past_v, bias, heads, kv_heads, scale):
 
 
 # (batch, steps, past, heads, kv_heads, dim): decode steps (few rows), prompts (many rows, the tiled path), a
-# prompt with a past, plain multi-head, a head size the tiles do not take (24) and one the AVX2 loops do not (12)
+# prompt with a past, plain multi-head, a head size the tiles do not take (24) and one the AVX2 loops do not (12),
+# a prompt of several row chunks per KV head (210 rows)
 CASES = [(1, 1, 40, 9, 3, 64), (3, 1, 7, 4, 2, 32), (2, 13, 0, 9, 3, 64), (3, 7, 5, 4, 2, 16), (2, 5, 9, 4, 4, 32),
-         (1, 9, 3, 6, 2, 24), (2, 3, 4, 2, 1, 12)]
+         (1, 9, 3, 6, 2, 24), (2, 3, 4, 2, 1, 12), (1, 70, 30, 9, 3, 64)]
 
 
-@pytest.mark.parametrize("shared", [True, False], ids=["shared-buffer", "growing"])
+@pytest.mark.parametrize("shared, threads", [(True, 1), (False, 1), (True, 2)],
+                         ids=["shared-buffer", "growing", "shared-buffer-2-threads"])
 @pytest.mark.parametrize("case", CASES, ids=["B{}-T{}-P{}-H{}-Hkv{}-D{}".format(*c) for c in CASES])
-def test_attention_op_matches_numpy(case, shared):
+def test_attention_op_matches_numpy(case, shared, threads):
+    """Several threads: the tasks (one KV head's rows, a prompt's in chunks) on onnxruntime's intra-op pool."""
     batch, steps, past, heads, kv_heads, dim = case
     rng = np.random.default_rng(sum(case))
     capacity = past + steps + 5 if shared else past
     q, k, v, past_k, past_v, bias = _inputs(rng, batch, steps, past, heads, kv_heads, dim, capacity, [0, 2, 1])
     scale = dim ** -0.5
     want, keys, values = _reference(q, k, v, past_k, past_v, bias, heads, kv_heads, scale)
-    session = _session(heads, kv_heads, scale)
+    session = _session(heads, kv_heads, scale, threads=threads)
     feed = dict(zip(NAMES, (q, k, v, past_k, past_v, bias)))
     if shared:  # past and present one buffer, as the runtime binds them: only the new columns change
         binding = session.io_binding()
