@@ -81,9 +81,9 @@ enum Slot : size_t {
   kReleaseStatus = 93,                  // void (OrtStatus*)
   kReleaseTensorTypeAndShapeInfo = 99,  // void (OrtTensorTypeAndShapeInfo*)
   kKernelContextParallelFor = 274,      // OrtStatus* (const OrtKernelContext*, void (*fn)(void*, size_t),
-                                        //             size_t total, size_t num_batch, void* data); API >= 17
+                                        //             size_t total, size_t num_batch, void* data)
 };
 
-constexpr uint32_t kParallelForApiVersion = 17;  // onnxruntime >= 1.17: KernelContext_ParallelFor
+constexpr uint32_t kParallelForApiVersion = 18;  // a table with KernelContext_ParallelFor (added in 1.17)
 
 }  // namespace hoe::ort
