@@ -216,12 +216,23 @@ int default_memory(const OrtCustomOp*, size_t) { return 0; }
 int one(const OrtCustomOp*) { return 1; }
 int zero(const OrtCustomOp*) { return 0; }
 
-OrtCustomOp make_op() {
+// What every op's table holds: the API version, the CPU provider, inputs in CPU memory, variadic arities of 1.
+OrtCustomOp base_op() {
   OrtCustomOp op;
   std::memset(&op, 0, sizeof(op));
   op.version = kApiVersion;
-  op.GetName = name;
   op.GetExecutionProviderType = provider;
+  op.GetInputMemoryType = default_memory;
+  op.GetVariadicInputMinArity = one;
+  op.GetVariadicInputHomogeneity = zero;
+  op.GetVariadicOutputMinArity = one;
+  op.GetVariadicOutputHomogeneity = one;
+  return op;
+}
+
+OrtCustomOp make_op() {
+  OrtCustomOp op = base_op();
+  op.GetName = name;
   op.GetInputType = input_type;
   op.GetInputTypeCount = input_count;
   op.GetOutputType = output_type;
@@ -229,11 +240,6 @@ OrtCustomOp make_op() {
   op.KernelDestroy = destroy;
   op.GetInputCharacteristic = input_characteristic;
   op.GetOutputCharacteristic = variadic;
-  op.GetInputMemoryType = default_memory;
-  op.GetVariadicInputMinArity = one;
-  op.GetVariadicInputHomogeneity = zero;
-  op.GetVariadicOutputMinArity = one;
-  op.GetVariadicOutputHomogeneity = one;
   op.CreateKernelV2 = create;
   op.KernelComputeV2 = compute;
   return op;
@@ -334,11 +340,8 @@ void attention_destroy(void* kernel) { delete static_cast<AttentionKernel*>(kern
 OrtCharacteristic required(const OrtCustomOp*, size_t) { return kRequired; }
 
 OrtCustomOp make_attention() {
-  OrtCustomOp op;
-  std::memset(&op, 0, sizeof(op));
-  op.version = kApiVersion;
+  OrtCustomOp op = base_op();
   op.GetName = attention_name;
-  op.GetExecutionProviderType = provider;
   op.GetInputType = float_type;
   op.GetInputTypeCount = six;
   op.GetOutputType = float_type;
@@ -346,11 +349,6 @@ OrtCustomOp make_attention() {
   op.KernelDestroy = attention_destroy;
   op.GetInputCharacteristic = required;
   op.GetOutputCharacteristic = required;
-  op.GetInputMemoryType = default_memory;
-  op.GetVariadicInputMinArity = one;
-  op.GetVariadicInputHomogeneity = zero;
-  op.GetVariadicOutputMinArity = one;
-  op.GetVariadicOutputHomogeneity = zero;
   op.CreateKernelV2 = attention_create;
   op.KernelComputeV2 = attention_compute;
   return op;
