@@ -298,6 +298,7 @@ def time_case(loaded: Loaded, cfg: LatencyConfig, batch: int, prompt_len: int, v
     for name in names:  # warm-up: allocator arenas, thread pools, first-shape kernels
         greedy_run(loaded.systems[name], prompt, min(cfg.warmup_tokens, cfg.new_tokens))
     steps = {n: [] for n in names}
+    per_rep = {n: [] for n in names}  # each repetition's decode median
     ttft = {n: [] for n in names}
     growth = {n: 0.0 for n in names}
     tokens = {}
@@ -306,6 +307,7 @@ def time_case(loaded: Loaded, cfg: LatencyConfig, batch: int, prompt_len: int, v
             with PeakRss() as mem:
                 run = greedy_run(loaded.systems[name], prompt, cfg.new_tokens)
             steps[name] += run.step_ms
+            per_rep[name].append(summary(run.step_ms)["median"])
             ttft[name].append(run.ttft_ms)
             growth[name] = max(growth[name], mem.growth_mb)
             tokens[name] = run.tokens
@@ -313,6 +315,7 @@ def time_case(loaded: Loaded, cfg: LatencyConfig, batch: int, prompt_len: int, v
     for name in names:
         decode = summary(steps[name])
         out[name] = {"decode_ms_per_token": {"median": decode["median"], "p90": decode["p90"], "n": decode["n"]},
+                     "decode_ms_per_repetition": per_rep[name],
                      "ttft_ms": summary(ttft[name])["median"],
                      "tokens_per_s": batch * 1e3 / decode["median"],
                      "peak_rss_mb": loaded.load_rss_mb[name] + growth[name]}
@@ -321,17 +324,37 @@ def time_case(loaded: Loaded, cfg: LatencyConfig, batch: int, prompt_len: int, v
     return out
 
 
-def ratios(systems: dict) -> dict[str, float | None]:
-    def ratio(a: str, b: str):
-        if a not in systems or b not in systems:
-            return None
-        return systems[a]["decode_ms_per_token"]["median"] / systems[b]["decode_ms_per_token"]["median"]
+# Each ratio the bench reports: (numerator, denominator) systems. The first four are always present (None when a
+# side was not timed), the others only when both were.
+RATIO_PAIRS = {"torch_over_hoe": ("torch", "hoe-ort"), "hoe_over_base": ("hoe-ort", "base-ort"),
+               "mod_over_hoe": ("mod", "hoe-ort"), "merged_over_base": ("merged", "base-ort"),
+               "hoe_over_ortgenai": ("hoe-ort", "ortgenai"), "base_over_ortgenai": ("base-ort", "ortgenai"),
+               "torch_compile_over_hoe": ("torch-compile", "hoe-ort")}
+_ALWAYS = ("torch_over_hoe", "hoe_over_base", "mod_over_hoe", "merged_over_base")
 
-    out = {"torch_over_hoe": ratio("torch", "hoe-ort"), "hoe_over_base": ratio("hoe-ort", "base-ort"),
-           "mod_over_hoe": ratio("mod", "hoe-ort"), "merged_over_base": ratio("merged", "base-ort")}
-    extra = {"hoe_over_ortgenai": ratio("hoe-ort", "ortgenai"), "base_over_ortgenai": ratio("base-ort", "ortgenai"),
-             "torch_compile_over_hoe": ratio("torch-compile", "hoe-ort")}  # present only when both were timed
-    return {**out, **{k: v for k, v in extra.items() if v is not None}}
+
+def ratios(systems: dict) -> dict[str, float | None]:
+    """Ratios of the systems' decode medians (RATIO_PAIRS)."""
+    out = {}
+    for key, (a, b) in RATIO_PAIRS.items():
+        timed = a in systems and b in systems
+        if timed or key in _ALWAYS:
+            out[key] = (systems[a]["decode_ms_per_token"]["median"] / systems[b]["decode_ms_per_token"]["median"]
+                        if timed else None)
+    return out
+
+
+def paired_ratios(systems: dict) -> dict[str, dict[str, float]]:
+    """Per pair of RATIO_PAIRS timed in both: median, min and max over the repetitions of the ratio of the two
+    systems' decode medians within one repetition. A repetition runs every system once, back to back, so a slow
+    phase of the machine weighs on both sides of its ratio (the ratio of medians mixes phases)."""
+    out = {}
+    for key, (a, b) in RATIO_PAIRS.items():
+        if a in systems and b in systems:
+            r = (np.asarray(systems[a]["decode_ms_per_repetition"])
+                 / np.asarray(systems[b]["decode_ms_per_repetition"]))
+            out[key] = {"median": float(np.median(r)), "min": float(r.min()), "max": float(r.max())}
+    return out
 
 
 def long_over_short(short: dict, long: dict) -> dict[str, float]:
@@ -412,6 +435,7 @@ def run_latency(src: Sources, cfg: LatencyConfig | None = None) -> dict:
             entry["floor_ms_per_token"] = floors.get(name)
             entry["over_floor"] = median / floors[name] if name in floors else None
         case["ratios"] = ratios(case["systems"])
+        case["paired_ratios"] = paired_ratios(case["systems"])
     machine["load_average_after"] = machine_info()["load_average"]
     result = _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch, cases, top_floor, peak_mb())
     if compile_ms is not None:
@@ -459,7 +483,7 @@ def _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch
     result = {
         "machine": machine, "threads": cfg.threads,
         "case": {"batch": head["batch"], "prompt_tokens": head["prompt_tokens"], "new_tokens": cfg.new_tokens},
-        "systems": head["systems"], "ratios": head["ratios"],
+        "systems": head["systems"], "ratios": head["ratios"], "paired_ratios": head["paired_ratios"],
         "preference_switch_ms": {"hoe": switch.get("hoe", {}).get("median"),
                                  "merged_remerge": switch.get("merged_remerge", {}).get("total_ms", {}).get("median")},
         "floor_ms_per_token": top_floor,

@@ -96,6 +96,9 @@ def latency_tables(result: dict) -> str:
         parts.append(f"batch {case['batch']}, prompt {case['prompt_tokens']} tokens\n\n" + markdown_table(
             ["system", "TTFT ms", "decode ms/token (median)", "p90", "tokens/s", "peak RSS MB", "× floor"], rows))
         parts.append("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in case["ratios"].items() if v is not None))
+        if case.get("paired_ratios"):
+            parts.append("paired (median [min, max] of the per-repetition ratios): " + ", ".join(
+                f"{k} {v['median']:.2f} [{v['min']:.2f}, {v['max']:.2f}]" for k, v in case["paired_ratios"].items()))
     sw = result["preference_switch_ms"]
     hoe_mb = result["bytes_per_token"].get("hoe-ort", 0) / 1e6
     parts.append(f"floor: {result['floor_ms_per_token']:.2f} ms/token (hoe weights {hoe_mb:.0f} MB read per token "

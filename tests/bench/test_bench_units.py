@@ -158,3 +158,17 @@ def test_decode_op_times_skip_the_prefill_run():
                      node("Add", 220, 7)]
     total, nodes, decode_runs = decode_op_times(events)
     assert decode_runs == 2 and total == {"MatMul": 70, "Add": 12} and nodes == {"MatMul": 1, "Add": 1}
+
+
+def test_paired_ratios_pair_each_repetition():
+    """Per repetition: a slow phase that doubles both systems leaves the paired ratio where it is, while the ratio
+    of the medians moves with the mix of phases."""
+    from hoe.bench.latency import paired_ratios, ratios
+
+    systems = {"hoe-ort": {"decode_ms_per_token": {"median": 12.0}, "decode_ms_per_repetition": [11.0, 22.0, 12.0]},
+               "base-ort": {"decode_ms_per_token": {"median": 11.0}, "decode_ms_per_repetition": [10.0, 20.0, 10.0]}}
+    paired = paired_ratios(systems)
+    assert set(paired) == {"hoe_over_base"}
+    assert paired["hoe_over_base"] == {"median": 1.1, "min": 1.1, "max": 1.2}
+    assert list(ratios(systems)) == ["torch_over_hoe", "hoe_over_base", "mod_over_hoe", "merged_over_base"]
+    assert ratios(systems)["hoe_over_base"] == 12.0 / 11.0 and ratios(systems)["torch_over_hoe"] is None
