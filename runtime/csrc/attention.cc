@@ -282,6 +282,30 @@ void run_task(void* data, size_t index) {
   group_portable(group, w.scores.data(), j.stride);
 }
 
+// Kᵀ of every (b, g), in tasks of kPackColumns columns, 16 at a time (each of the D rows written 64 bytes at once).
+constexpr int64_t kPackColumns = 256;
+
+struct Pack {
+  const float* keys;  // the present buffer [B·Hkv, capacity, D]
+  float* packed;      // [B·Hkv][D, stride]
+  int64_t dim, stride, total, capacity, blocks;  // blocks of kPackColumns per (b, g)
+};
+
+void pack_task(void* data, size_t index) {
+  const Pack& p = *static_cast<const Pack*>(data);
+  const int64_t i = static_cast<int64_t>(index), bg = i / p.blocks, j_begin = i % p.blocks * kPackColumns;
+  const float* keys = p.keys + bg * p.capacity * p.dim;
+  float* kt = p.packed + bg * p.dim * p.stride;
+  for (int64_t j0 = j_begin; j0 < std::min(j_begin + kPackColumns, p.stride); j0 += kColBlock)
+    for (int64_t c = 0; c < p.dim; ++c)
+      for (int64_t j = j0; j < j0 + kColBlock; ++j) kt[c * p.stride + j] = j < p.total ? keys[j * p.dim + c] : 0.0f;
+}
+
+void run_all(const Parallel& parallel, void (*fn)(void*, size_t), size_t total, void* data) {
+  if (parallel.run) return parallel.run(parallel.context, fn, total, data);
+  for (size_t i = 0; i < total; ++i) fn(data, i);
+}
+
 }  // namespace
 
 void attention(const AttentionShape& s, const float* q, const float* k, const float* v, const float* bias,
@@ -299,18 +323,13 @@ void attention(const AttentionShape& s, const float* q, const float* k, const fl
   static thread_local std::vector<float> packed;  // Kᵀ [D, stride] per (b, g), the columns past S zero
   if (tiled) {
     packed.resize(heads * d * stride);
-    for (int64_t bg = 0; bg < heads; ++bg) {
-      const float* keys = present_k + bg * s.present_capacity * d;
-      float* kt = packed.data() + bg * d * stride;
-      for (int64_t j = 0; j < stride; ++j)
-        for (int64_t c = 0; c < d; ++c) kt[c * stride + j] = j < s.total ? keys[j * d + c] : 0.0f;
-    }
+    const int64_t blocks = (stride + kPackColumns - 1) / kPackColumns;
+    Pack pack{present_k, packed.data(), d, stride, s.total, s.present_capacity, blocks};
+    run_all(parallel, pack_task, static_cast<size_t>(heads * pack.blocks), &pack);
   }
   const int64_t chunk = tiled ? kChunkRows : rows, chunks = (rows + chunk - 1) / chunk;
   Job job{s, q, bias, present_k, present_v, out, tiled ? packed.data() : nullptr, stride, rows, chunk, chunks};
-  const size_t tasks = static_cast<size_t>(heads * chunks);
-  if (parallel.run) return parallel.run(parallel.context, run_task, tasks, &job);
-  for (size_t i = 0; i < tasks; ++i) run_task(&job, i);
+  run_all(parallel, run_task, static_cast<size_t>(heads * chunks), &job);
 }
 
 }  // namespace hoe
