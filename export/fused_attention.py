@@ -71,21 +71,15 @@ def _rotate(x: torch.Tensor, position_ids: torch.Tensor, cos: torch.Tensor, sin:
 _TYPES = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(int32)", "tensor(int64)"]
 
 
-def _contrib_op(name: str, n_inputs: int, n_outputs: int, attributes: dict[str, str]):
-    """An onnxscript Op for a com.microsoft op (onnx itself registers no schema for them)."""
+def _contrib_op(name: str, n_inputs: int, n_outputs: int, attributes: dict[str, str], domain: str = GQA_DOMAIN):
+    """An onnxscript Op for an op outside the ONNX domain (com.microsoft's, hoe's own: onnx registers no schema
+    for them); every input optional, each with its own type variable."""
     import onnxscript
-
-    return onnxscript.values.Op(onnxscript.values.Opset(GQA_DOMAIN, 1), name,
-                                _contrib_schema(name, n_inputs, n_outputs, attributes, GQA_DOMAIN))
-
-
-def _contrib_schema(name: str, n_inputs: int, n_outputs: int, attributes: dict[str, str], domain: str):
-    """An OpSchema of op `name` in `domain`: every input optional, each with its own type variable."""
     from onnx.defs import OpSchema
 
     kinds = {"int": OpSchema.AttrType.INT, "float": OpSchema.AttrType.FLOAT}
     param = OpSchema.FormalParameterOption.Optional
-    return OpSchema(
+    schema = OpSchema(
         name, domain, 1,
         inputs=[OpSchema.FormalParameter(f"i{i}", f"T{i}", param_option=param) for i in range(n_inputs)],
         outputs=[OpSchema.FormalParameter(f"o{i}", f"U{i}", param_option=param) for i in range(n_outputs)],
@@ -93,6 +87,7 @@ def _contrib_schema(name: str, n_inputs: int, n_outputs: int, attributes: dict[s
         + [(f"U{i}", _TYPES, "") for i in range(n_outputs)],
         attributes=[OpSchema.Attribute(k, kinds[v], k) for k, v in attributes.items()],
     )
+    return onnxscript.values.Op(onnxscript.values.Opset(domain, 1), name, schema)
 
 
 def _gqa_translation(q, k, v, past_k, past_v, position_ids, mask, cos, sin, num_heads: int, kv_heads: int,
@@ -118,13 +113,11 @@ def _kernel_translation(q, k, v, past_k, past_v, position_ids, mask, cos, sin, n
                         scale: float):
     """ONNX of hoe::gqa with hoe's Attention op (runtime/csrc/attention.h) in place of GroupQueryAttention: the
     same rotary nodes, then one node that takes the model's mask as it is (no sequence lengths)."""
-    import onnxscript
     from hoe.runtime.kernels import ATTENTION_OP, MIXTURE_DOMAIN
 
     rotary = _contrib_op("RotaryEmbedding", 4, 1, {"num_heads": "int"})
-    attention = onnxscript.values.Op(onnxscript.values.Opset(MIXTURE_DOMAIN, 1), ATTENTION_OP,
-                                     _contrib_schema(ATTENTION_OP, 6, 3, {"num_heads": "int", "kv_num_heads": "int",
-                                                                          "scale": "float"}, MIXTURE_DOMAIN))
+    attention = _contrib_op(ATTENTION_OP, 6, 3, {"num_heads": "int", "kv_num_heads": "int", "scale": "float"},
+                            MIXTURE_DOMAIN)
     q_rot = rotary(q, position_ids, cos, sin, num_heads=num_heads)
     k_rot = rotary(k, position_ids, cos, sin, num_heads=kv_heads)
     return attention(q_rot, k_rot, v, past_k, past_v, mask, num_heads=num_heads, kv_num_heads=kv_heads, scale=scale)

@@ -31,10 +31,9 @@ def library() -> Path | None:
 
 def kernels_used(manifest: dict) -> list[str]:
     """hoe's own ops a manifest's graph holds (MIXTURE_KERNEL, ATTENTION_KERNEL)."""
-    mixture = ((manifest.get("quantization") or {}).get("experts") or {}).get("kernel")
-    attention = (manifest.get("kv_cache") or {}).get("kernel")
-    return [k for k, used in ((MIXTURE_KERNEL, mixture == MIXTURE_KERNEL), (ATTENTION_KERNEL,
-                                                                            attention == ATTENTION_KERNEL)) if used]
+    named = (((manifest.get("quantization") or {}).get("experts") or {}).get("kernel"),
+             (manifest.get("kv_cache") or {}).get("kernel"))
+    return [kernel for kernel in (MIXTURE_KERNEL, ATTENTION_KERNEL) if kernel in named]
 
 
 def needs_kernels(manifest: dict) -> bool:

@@ -47,16 +47,22 @@ struct Scratch {  // per thread, grown as needed
 
 thread_local Scratch scratch;
 
-// -- portable loops
-void softmax_portable(float* x, const float* bias, int64_t n) {
+// x += bias over n columns -> their max; a row masked everywhere (-inf) becomes all 0 and returns -inf.
+float add_bias(float* x, const float* bias, int64_t n) {
   float top = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < n; ++j) top = std::max(top, x[j] += bias[j]);
-  if (top == -std::numeric_limits<float>::infinity()) {  // a row masked everywhere: no weight anywhere
-    std::fill(x, x + n, 0.0f);
-    return;
-  }
+  if (top == -std::numeric_limits<float>::infinity()) std::fill(x, x + n, 0.0f);  // no weight anywhere
+  return top;
+}
+
+inline float exp_or_zero(float x) { return x < kMinExp ? 0.0f : std::exp(x); }
+
+// -- portable loops
+void softmax_portable(float* x, const float* bias, int64_t n) {
+  const float top = add_bias(x, bias, n);
+  if (top == -std::numeric_limits<float>::infinity()) return;
   float sum = 0.0f;
-  for (int64_t j = 0; j < n; ++j) sum += (x[j] = x[j] - top < kMinExp ? 0.0f : std::exp(x[j] - top));
+  for (int64_t j = 0; j < n; ++j) sum += (x[j] = exp_or_zero(x[j] - top));
   const float inv = 1.0f / sum;
   for (int64_t j = 0; j < n; ++j) x[j] *= inv;
 }
@@ -111,12 +117,8 @@ HOE_AVX2_FN inline float hsum(__m256 a) {
 }
 
 HOE_AVX2_FN void softmax_avx2(float* x, const float* bias, int64_t n) {
-  float top = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < n; ++j) top = std::max(top, x[j] += bias[j]);
-  if (top == -std::numeric_limits<float>::infinity()) {
-    std::fill(x, x + n, 0.0f);
-    return;
-  }
+  const float top = add_bias(x, bias, n);
+  if (top == -std::numeric_limits<float>::infinity()) return;
   const __m256 vt = _mm256_set1_ps(top);
   __m256 vs = _mm256_setzero_ps();
   int64_t j = 0;
@@ -126,7 +128,7 @@ HOE_AVX2_FN void softmax_avx2(float* x, const float* bias, int64_t n) {
     vs = _mm256_add_ps(vs, e);
   }
   float sum = hsum(vs);
-  for (; j < n; ++j) sum += (x[j] = x[j] - top < kMinExp ? 0.0f : std::exp(x[j] - top));
+  for (; j < n; ++j) sum += (x[j] = exp_or_zero(x[j] - top));
   const __m256 inv = _mm256_set1_ps(1.0f / sum);
   for (j = 0; j + 8 <= n; j += 8) _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), inv));
   for (; j < n; ++j) x[j] *= 1.0f / sum;

@@ -84,6 +84,17 @@ OrtStatus* read(OrtKernelContext* context, size_t index, Tensor* out) {
   return slot<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(const_cast<OrtValue*>(value), &out->data);
 }
 
+// Output `index` of shape dims [rank], allocated (or the buffer bound to it) -> its fp32 data.
+OrtStatus* output(OrtKernelContext* context, size_t index, const int64_t* dims, size_t rank, float** data) {
+  OrtValue* value = nullptr;
+  HOE_TRY(slot<OrtStatus* (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**)>(
+      kKernelContextGetOutput)(context, index, dims, rank, &value));
+  void* raw = nullptr;
+  HOE_TRY(slot<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(value, &raw));
+  *data = static_cast<float*>(raw);
+  return nullptr;
+}
+
 std::string shape(const Dims& dims) {
   std::string s = "[";
   for (size_t i = 0; i < dims.size(); ++i) s += (i ? "," : "") + std::to_string(dims[i]);
@@ -186,12 +197,9 @@ OrtStatus* compute(void* opaque, OrtKernelContext* context) {
   for (size_t o = 0; o < outputs; ++o) {
     const int64_t width = outputs == 1 ? n : k.widths[o];
     const int64_t dims[3] = {f.dims[0], f.dims[1], width};
-    OrtValue* out = nullptr;
-    HOE_TRY(slot<OrtStatus* (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**)>(
-        kKernelContextGetOutput)(context, o, dims, 3, &out));
-    void* data = nullptr;
-    HOE_TRY(slot<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(out, &data));
-    z[o] = {static_cast<float*>(data), width};
+    float* data = nullptr;
+    HOE_TRY(output(context, o, dims, 3, &data));
+    z[o] = {data, width};
   }
   for (int64_t i = 1; outputs == 1 && i < m; ++i) z[i] = {z[i - 1].data + k.widths[i - 1], n};
   if (s.rows == 0) return nullptr;
@@ -267,16 +275,6 @@ OrtStatus* attention_create(const OrtCustomOp*, const OrtApi*, const OrtKernelIn
   auto* kernel = new (std::nothrow) AttentionKernel(k);
   if (!kernel) return attention_error("out of memory");
   *out = kernel;
-  return nullptr;
-}
-
-OrtStatus* output(OrtKernelContext* context, size_t index, const int64_t* dims, size_t rank, float** data) {
-  OrtValue* value = nullptr;
-  HOE_TRY(slot<OrtStatus* (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**)>(
-      kKernelContextGetOutput)(context, index, dims, rank, &value));
-  void* raw = nullptr;
-  HOE_TRY(slot<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(value, &raw));
-  *data = static_cast<float*>(raw);
   return nullptr;
 }
 
