@@ -167,7 +167,8 @@ class Manifest:
         return tuple(kv[k] % layer for k in ("past_key", "past_value", "present_key", "present_value"))
 
     def kv_spec(self) -> tuple[str, int, int]:
-        """(dtype, kv heads, head dim) of the cache, read from the layer-0 past input."""
+        """(dtype, kv heads, row width) of the cache, read from the layer-0 past input: the width is the head dim,
+        or head dim + 4 for an int8 cache (rows of D values and their scale, hoe.contract.kv_int8)."""
         spec = self.inputs[self.kv_names(0)[0]]
         shape = spec["shape"]
         return spec["dtype"], int(shape[1]), int(shape[3])

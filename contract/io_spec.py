@@ -7,12 +7,14 @@ runtime (`Manifest.hoe_tensors`, with `bind_shapes`) makes on expert tensors bef
     input_ids [B,T]  attention_mask [B,P+T]  position_ids [B,T]  router_mix [B,K]
     past_key_values.{i}.key|value [B,Hkv,P,D]  experts.*.packed / routers.*.packed  (E, r, K dynamic)
         ──► logits [B,T,V]  present.{i}.key|value [B,Hkv,P+T,D]
+(an int8 KV cache: past/present int8 [B,Hkv,P,D+4], rows of D values and their scale: kv_int8.py)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hoe.contract import kv_int8
 from hoe.core import packing
 from hoe.core.errors import ConfigError, ShapeMismatchError
 from hoe.core.packing import SiteGroup
@@ -52,6 +54,16 @@ class ModelDims:
     head_dim: int
     vocab_size: int
     dtype: str  # "float32" or "float16": KV cache, logits, experts and routers (routers.mask stays float32)
+    kv_cache: str = ""  # "" the cache holds `dtype` rows of D; "int8": rows of D int8 and their scale (kv_int8.py)
+
+    @property
+    def kv_dtype(self) -> str:
+        return self.kv_cache or self.dtype
+
+    @property
+    def kv_width(self) -> int:
+        """The cache's last dimension: D, or D + 4 for int8 rows."""
+        return kv_int8.row_width(self.head_dim) if self.kv_cache == kv_int8.DTYPE else self.head_dim
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -70,20 +82,20 @@ def expert_tensor_specs(groups: list[SiteGroup], dtype: str) -> list[TensorSpec]
 
 def graph_inputs(dims: ModelDims, hoe_specs: list[TensorSpec] | None) -> list[TensorSpec]:
     """All graph inputs in order; `hoe_specs` None gives the plain base graph (no router_mix, no experts)."""
-    kv = (BATCH, dims.num_kv_heads, PAST, dims.head_dim)
+    kv = (BATCH, dims.num_kv_heads, PAST, dims.kv_width)
     specs = [TensorSpec(INPUT_IDS, "int64", (BATCH, SEQUENCE)),
              TensorSpec(ATTENTION_MASK, "int64", (BATCH, TOTAL)),
              TensorSpec(POSITION_IDS, "int64", (BATCH, SEQUENCE))]
     if hoe_specs is not None:
         specs.append(TensorSpec(ROUTER_MIX, "float32", (BATCH, ROUTERS)))
-    specs += [TensorSpec(n, dims.dtype, kv) for n in past_names(dims.num_layers)]
+    specs += [TensorSpec(n, dims.kv_dtype, kv) for n in past_names(dims.num_layers)]
     return specs + list(hoe_specs or [])
 
 
 def graph_outputs(dims: ModelDims) -> list[TensorSpec]:
-    kv = (BATCH, dims.num_kv_heads, TOTAL, dims.head_dim)
+    kv = (BATCH, dims.num_kv_heads, TOTAL, dims.kv_width)
     specs = [TensorSpec(LOGITS, dims.dtype, (BATCH, SEQUENCE, dims.vocab_size))]
-    return specs + [TensorSpec(n, dims.dtype, kv) for n in present_names(dims.num_layers)]
+    return specs + [TensorSpec(n, dims.kv_dtype, kv) for n in present_names(dims.num_layers)]
 
 
 def bind_shapes(specs: list[TensorSpec], shapes: dict[str, tuple[int, ...]],

@@ -70,6 +70,7 @@ class Stats:
     def __init__(self) -> None:
         self.outputs: dict[str, dict[str, float]] = {}
         self.agree: list[bool] = []
+        self.kv_steps_apart = 0  # int8 KV caches: the most the two sides' rows differ, in rounding steps
 
     def add(self, name: str, got: np.ndarray, want: np.ndarray) -> dict[str, float]:
         d = diff(got, want)
@@ -116,7 +117,7 @@ class FeedRunner:
     def __init__(self, infer, kv_names: list[tuple[str, str, str, str]], kv_spec: tuple[str, int, int]) -> None:
         self.infer, self.kv_names = infer, kv_names
         dtype, self.kv_heads, self.head_dim = kv_spec
-        self.kv_dtype = np.float16 if dtype in ("float16", "fp16") else np.float32
+        self.kv_dtype = {"float16": np.float16, "fp16": np.float16, "int8": np.int8}.get(dtype, np.float32)
         self.past: dict[str, np.ndarray] = {}
 
     @property

@@ -60,6 +60,10 @@ def register(sub) -> None:
                    help="target ort-cpu, fp32 activations: each layer's attention runs as hoe's own onnxruntime "
                         "kernel in place of GroupQueryAttention (built with hoe; same shared KV buffer, the cache "
                         "read once per KV head; docs/GRAPH.md)")
+    p.add_argument("--kv-cache", choices=["auto", "int8"], default="auto",
+                   help="KV cache precision. auto: the graph's dtype. int8 (with --attention-kernel): each cached "
+                        "token row as int8 values and one fp32 scale, about a quarter of the fp32 cache's bytes read "
+                        "per step at long context; a step's own tokens attend unrounded (docs/FORMAT.md)")
     p.set_defaults(func=_export)
 
     w = sub.add_parser("swap-experts", help="install another HoE checkpoint's experts/routers, no re-export",
@@ -93,7 +97,8 @@ def _export(args) -> int:
                           weights=args.weights, block_size=args.block_size, symmetric=args.symmetric,
                           accuracy_level=args.accuracy_level, target=args.target, table=args.table,
                           bake_experts=args.bake_experts, offsets=args.offsets,
-                          mixture_kernel=args.mixture_kernel, attention_kernel=args.attention_kernel)
+                          mixture_kernel=args.mixture_kernel, attention_kernel=args.attention_kernel,
+                          kv_cache=args.kv_cache)
     try:
         if args.no_experts:
             result = export_base(args.base, args.out, config, ckpt_dir=args.hoe)

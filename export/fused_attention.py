@@ -29,6 +29,7 @@ only its signature; it is also what the fused modules compute when run in PyTorc
 from __future__ import annotations
 
 import torch
+from hoe.runtime.kernels import ATTENTION_INT8_OP, ATTENTION_OP, MIXTURE_DOMAIN
 from torch import nn
 
 GQA_DOMAIN = "com.microsoft"
@@ -39,19 +40,28 @@ def gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_k: torch.Tensor,
         position_ids: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
         num_heads: int, kv_heads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q [B,T,H·D], k/v [B,T,Hkv·D], past [B,Hkv,P,D], position_ids [B,T], mask [B,1,T,P+T] additive,
-    cos/sin [max_pos, D/2] -> out [B,T,H·D], present_k/v [B,Hkv,P+T,D]."""
+    cos/sin [max_pos, D/2] -> out [B,T,H·D], present_k/v [B,Hkv,P+T,D]. An int8 past [B,Hkv,P,D+4] (rows of D
+    values and their scale, hoe.contract.kv_int8) attends dequantized, the new columns exact; its present holds
+    the new columns quantized."""
     b, t, _ = q.shape
-    d = past_k.shape[-1]
+    d = q.shape[-1] // num_heads
     qh = _rotate(q.view(b, t, num_heads, d), position_ids, cos, sin).transpose(1, 2)  # [B,H,T,D]
     kh = _rotate(k.view(b, t, kv_heads, d), position_ids, cos, sin).transpose(1, 2)  # [B,Hkv,T,D]
-    present_k = torch.cat([past_k, kh], dim=2)
-    present_v = torch.cat([past_v, v.view(b, t, kv_heads, d).transpose(1, 2)], dim=2)
+    vh = v.view(b, t, kv_heads, d).transpose(1, 2)
+    stored = None  # an int8 cache's present: the past's rows, then the new columns quantized
+    if past_k.dtype == torch.int8:
+        from hoe.contract import kv_int8
+
+        stored = tuple(torch.cat([p, torch.from_numpy(kv_int8.quantize(x.numpy()))], dim=2)
+                       for p, x in ((past_k, kh), (past_v, vh)))
+        past_k, past_v = (torch.from_numpy(kv_int8.dequantize(p.numpy())).to(q.dtype) for p in (past_k, past_v))
+    present_k, present_v = torch.cat([past_k, kh], dim=2), torch.cat([past_v, vh], dim=2)
     groups = num_heads // kv_heads
     keys, values = present_k.repeat_interleave(groups, 1), present_v.repeat_interleave(groups, 1)
     scores = torch.matmul(qh, keys.transpose(2, 3)) * scale + mask  # [B,H,T,P+T]
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     out = torch.matmul(probs, values).transpose(1, 2).reshape(b, t, num_heads * d)
-    return out, present_k, present_v
+    return (out, *stored) if stored is not None else (out, present_k, present_v)
 
 
 @gqa.register_fake
@@ -68,7 +78,7 @@ def _rotate(x: torch.Tensor, position_ids: torch.Tensor, cos: torch.Tensor, sin:
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
 
 
-_TYPES = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(int32)", "tensor(int64)"]
+_TYPES = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(int8)", "tensor(int32)", "tensor(int64)"]
 
 
 def _contrib_op(name: str, n_inputs: int, n_outputs: int, attributes: dict[str, str], domain: str = GQA_DOMAIN):
@@ -110,22 +120,29 @@ def _gqa_translation(q, k, v, past_k, past_v, position_ids, mask, cos, sin, num_
 
 
 def _kernel_translation(q, k, v, past_k, past_v, position_ids, mask, cos, sin, num_heads: int, kv_heads: int,
-                        scale: float):
+                        scale: float, op_name: str = ATTENTION_OP):
     """ONNX of hoe::gqa with hoe's Attention op (runtime/csrc/attention.h) in place of GroupQueryAttention: the
     same rotary nodes, then one node that takes the model's mask as it is (no sequence lengths)."""
-    from hoe.runtime.kernels import ATTENTION_OP, MIXTURE_DOMAIN
-
     rotary = _contrib_op("RotaryEmbedding", 4, 1, {"num_heads": "int"})
-    attention = _contrib_op(ATTENTION_OP, 6, 3, {"num_heads": "int", "kv_num_heads": "int", "scale": "float"},
+    attention = _contrib_op(op_name, 6, 3, {"num_heads": "int", "kv_num_heads": "int", "scale": "float"},
                             MIXTURE_DOMAIN)
     q_rot = rotary(q, position_ids, cos, sin, num_heads=num_heads)
     k_rot = rotary(k, position_ids, cos, sin, num_heads=kv_heads)
     return attention(q_rot, k_rot, v, past_k, past_v, mask, num_heads=num_heads, kv_num_heads=kv_heads, scale=scale)
 
 
-def translations(kernel: bool = False) -> dict:
-    """The custom translation of hoe::gqa: GroupQueryAttention, or hoe's Attention op (`kernel`)."""
-    return {torch.ops.hoe.gqa.default: _kernel_translation if kernel else _gqa_translation}
+def _int8_kernel_translation(q, k, v, past_k, past_v, position_ids, mask, cos, sin, num_heads: int, kv_heads: int,
+                             scale: float):
+    """hoe::gqa on an int8 cache: hoe's AttentionInt8 op (rows of D int8 and their scale)."""
+    return _kernel_translation(q, k, v, past_k, past_v, position_ids, mask, cos, sin, num_heads, kv_heads, scale,
+                               op_name=ATTENTION_INT8_OP)
+
+
+def translations(kernel: bool = False, int8_cache: bool = False) -> dict:
+    """The custom translation of hoe::gqa: GroupQueryAttention, or hoe's Attention op (`kernel`), on an int8
+    cache its AttentionInt8 form."""
+    chosen = _gqa_translation if not kernel else _int8_kernel_translation if int8_cache else _kernel_translation
+    return {torch.ops.hoe.gqa.default: chosen}
 
 
 class RotaryCache(nn.Module):

@@ -21,7 +21,7 @@ from .hoe_graph import SITE_DOMAIN, SITE_OP
 log = logging.getLogger(__name__)
 
 EXAMPLE_SIZES = {BATCH: 2, SEQUENCE: 3, PAST: 4, TOTAL: 7}  # ≥ 2 each, so none is specialised to 0/1
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int8": torch.int8}
 
 
 @torch.library.custom_op("hoe::lora_site", mutates_args=())
@@ -94,7 +94,7 @@ class CausalLMGraph(nn.Module):
         if fused:  # the cache only tells the mask its length: [1,1,P,1], P = mask columns - T (no K/V data;
             # transformers counts an empty tensor as length 0)
             length = attention_mask.shape[1] - input_ids.shape[1]
-            stub = attention_mask.new_zeros((1, 1, length, 1), dtype=past[0].dtype)
+            stub = attention_mask.new_zeros((1, 1, length, 1), dtype=self.model.dtype)
             for module, pair in zip(fused, pairs):
                 module.past = pair
             pairs = [(stub, stub)] * self.num_layers
@@ -119,6 +119,8 @@ def example_inputs(specs: list[TensorSpec], vocab_size: int) -> tuple[torch.Tens
             out.append(mask)
         elif spec.name == "position_ids":
             out.append(torch.arange(EXAMPLE_SIZES[PAST], EXAMPLE_SIZES[TOTAL]).expand(shape).clone())
+        elif spec.dtype == "int8":  # an int8 KV cache's rows
+            out.append(torch.randint(-127, 128, shape, generator=gen, dtype=torch.int8))
         else:
             out.append(torch.randn(shape, generator=gen).to(_TORCH_DTYPES[spec.dtype]))
     return tuple(out)
@@ -140,10 +142,11 @@ def dynamic_shapes(specs: list[TensorSpec], n_fixed: int):
 
 
 def trace(model: nn.Module, inputs: list[TensorSpec], outputs: list[TensorSpec], num_layers: int,
-          vocab_size: int, opset: int, fused_attention: bool = False, attention_kernel: bool = False):
+          vocab_size: int, opset: int, fused_attention: bool = False, attention_kernel: bool = False,
+          int8_cache: bool = False):
     """torch.onnx.export (dynamo) of the flat-tensor forward -> onnx_ir Model (not yet optimised).
     `fused_attention`: every layer's attention becomes GroupQueryAttention (fused_attention.py), or hoe's
-    Attention op with `attention_kernel`."""
+    Attention op with `attention_kernel` (its AttentionInt8 form with `int8_cache`)."""
     from . import fused_attention as fa
 
     n_fixed = len(inputs) - 2 * num_layers
@@ -156,6 +159,6 @@ def trace(model: nn.Module, inputs: list[TensorSpec], outputs: list[TensorSpec],
             dynamic_shapes=dynamic_shapes(inputs, n_fixed), input_names=[s.name for s in inputs],
             output_names=[s.name for s in outputs], verbose=False,
             custom_translation_table={torch.ops.hoe.lora_site.default: _site_translation,
-                                      **fa.translations(attention_kernel)},
+                                      **fa.translations(attention_kernel, int8_cache)},
         )
     return program.model

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hoe.contract import kv_int8
 from hoe.contract import manifest as mf
 from hoe.contract.io_spec import (
     KV_CACHE,
@@ -37,6 +38,7 @@ from .quantize import QuantConfig
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": "float32", "fp16": "float16"}
+KV_CACHES = ("auto", kv_int8.DTYPE)  # the cache's precision: the graph's dtype, or int8 rows (contract/kv_int8.py)
 # What the graph is built for (docs/GRAPH.md): the onnxruntime targets get fused attention (GroupQueryAttention,
 # KV buffer shared by past and present) and fused RMSNorm (com.microsoft ops); tensorrt keeps standard ONNX ops.
 TARGETS = ("ort-cpu", "ort-cuda", "tensorrt")
@@ -69,6 +71,7 @@ class ExportConfig(JsonConfig):
     offsets: bool = False  # int8/int4 on onnxruntime: min-max grid with a float offset per block (quantize.py)
     mixture_kernel: bool = False  # baked: gating + lora_B per group as hoe's Mixture op (runtime/kernels.py)
     attention_kernel: bool = False  # ort-cpu, fp32: hoe's Attention op in place of GroupQueryAttention
+    kv_cache: str = "auto"  # auto: the graph's dtype | int8: rows of D int8 + fp32 scale (needs attention_kernel)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -84,6 +87,11 @@ class ExportConfig(JsonConfig):
             _check_mixture_kernel(self)
         if self.attention_kernel:
             _check_attention_kernel(self)
+        if self.kv_cache not in KV_CACHES:
+            raise ConfigError(f"kv_cache must be one of {list(KV_CACHES)}, got {self.kv_cache!r}")
+        if self.kv_cache == kv_int8.DTYPE and not self.attention_kernel:
+            raise ConfigError("--kv-cache int8 needs --attention-kernel (hoe's AttentionInt8 op reads and writes the "
+                              "int8 rows)")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -231,7 +239,8 @@ class _Export:
         kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads  # None: no GQA
         self.dims = ModelDims(num_layers=cfg.num_hidden_layers, num_kv_heads=kv_heads,
                               head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
-                              vocab_size=cfg.vocab_size, dtype=self.dtype)
+                              vocab_size=cfg.vocab_size, dtype=self.dtype,
+                              kv_cache=self.config.kv_cache if self.config.kv_cache != "auto" else "")
         self.modules = list(self.hoe_config.target_modules) if self.config.experts else []
         self.features = {m: (self.model.get_submodule(m).in_features, self.model.get_submodule(m).out_features)
                          for m in self.modules}
@@ -254,7 +263,8 @@ class _Export:
         self.outputs = graph_outputs(self.dims)
         self.graph = trace(self.model, self.base_inputs, self.outputs, self.dims.num_layers,
                            self.dims.vocab_size, self.config.opset, fused_attention=self.fused,
-                           attention_kernel=self.config.attention_kernel)
+                           attention_kernel=self.config.attention_kernel,
+                           int8_cache=self.dims.kv_cache == kv_int8.DTYPE)
         got = self.graph.opset_imports.get("")
         if got != self.config.opset:
             raise ConfigError(f"the traced graph has opset {got}, expected the requested {self.config.opset} "
@@ -376,7 +386,8 @@ class _Export:
             "inputs": {s.name: s.to_dict() for s in self.inputs},
             "outputs": {s.name: s.to_dict() for s in self.outputs},
             "kv_cache": {**KV_CACHE, "shared_buffer": self.fused,
-                         **({"kernel": ATTENTION_KERNEL} if self.config.attention_kernel else {})},
+                         **({"kernel": ATTENTION_KERNEL} if self.config.attention_kernel else {}),
+                         **({"dtype": d.kv_cache} if d.kv_cache else {})},
             "hoe": mf.hoe_section(self.hoe_config, experts, routers, getattr(self, "groups", [])),
             "quantization": self.quantization,
             "files": files,

@@ -8,8 +8,8 @@ this measures how far those weights move the model from its fp32 original:
       shipped graph (onnxruntime, its accuracy level) greedy N tokens ─► tokens_q
       greedy_agreement      identical prefix of tokens_q and tokens_ref / N   (mean over prompts)
       token_agreement       positions where tokens_q == tokens_ref / N
-      both fed prompt + tokens_ref (teacher forcing): next-token KL(p_ref || p_q) per position (mean, max)
-      and top-1 agreement
+      both fed prompt + tokens_ref (teacher forcing, one step per token as in decoding): next-token
+      KL(p_ref || p_q) per position (mean, max) and top-1 agreement
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def quality_report(folder, base_dir, ckpt_dir, config: QualityConfig | None = No
     folder = Path(folder)
     manifest = mf.load_manifest(folder)
     ref = _Reference(base_dir, ckpt_dir if manifest["hoe"].get("enabled", True) else None, manifest, "fp32",
-                     config.threads)
+                     config.threads, float_cache=True)
     ort = _OrtModel(folder, manifest, config.threads)
     hoe, router = manifest["hoe"], PreferenceRouter.from_hoe(manifest["hoe"])
     prefs = default_preferences(len(hoe["objectives"])) if hoe.get("enabled", True) else [None]
@@ -55,7 +55,8 @@ def quality_report(folder, base_dir, ckpt_dir, config: QualityConfig | None = No
         rows.append(_compare(ref, ort, np.asarray([ids], dtype=np.int64), mix, config.new_tokens))
     kl = np.concatenate([r["kl"] for r in rows])
     return {"vs": "fp32 PyTorch reference (original weights)", "graph": "as shipped",
-            "weights": manifest.get("quantization", {}).get("weights", "fp32"), "prompts": len(rows),
+            "weights": manifest.get("quantization", {}).get("weights", "fp32"),
+            "kv_cache": (manifest.get("kv_cache") or {}).get("dtype", manifest["model"]["dtype"]), "prompts": len(rows),
             "new_tokens": config.new_tokens,
             "greedy_agreement": float(np.mean([r["prefix"] for r in rows])),
             "token_agreement": float(np.mean([r["same"] for r in rows])),
@@ -97,10 +98,16 @@ def _greedy(runner, ids: np.ndarray, mix, n: int) -> list[int]:
 
 
 def _forced_logits(runner, ids: np.ndarray, mix, n: int) -> np.ndarray:
-    """Logits [n, V] float64 of the last n positions of `ids` [1, T] in one forward from an empty cache."""
+    """Logits [n, V] float64 of the last n positions of `ids` [1, T] from an empty cache, computed as decoding
+    computes them: the prompt in one step, then each of the n-1 forced tokens in its own step (an int8 KV cache
+    then reads them back rounded, as it does in use)."""
     runner.reset(1)
+    start = ids.shape[1] - n + 1
     mask, pos = np.ones_like(ids), np.arange(ids.shape[1], dtype=np.int64)[None]
-    return runner.run(ids, mask, pos, mix)[LOGITS][0, -n:].astype(np.float64)
+    out = [runner.run(ids[:, :start], mask[:, :start], pos[:, :start], mix)[LOGITS][0, -1:]]
+    for t in range(start, ids.shape[1]):
+        out.append(runner.run(ids[:, t:t + 1], mask[:, :t + 1], pos[:, t:t + 1], mix)[LOGITS][0])
+    return np.concatenate(out).astype(np.float64)
 
 
 def _compare(ref, ort, ids: np.ndarray, mix, n: int) -> dict:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from hoe.contract import kv_int8
 from hoe.contract import manifest as mf
 from hoe.contract.folder import Manifest
 from hoe.contract.io_spec import LOGITS
@@ -97,7 +98,7 @@ def validate_export(folder, base_dir, ckpt_dir, config: ValidationConfig | None 
     report["not_validated"] += _window_note(base_dir, config)
     if ref64 is not None:
         report["fp64"] = _fp64_report(stats64, min(config.fp64_cases, len(cases)))
-    if quant and (quant.get("weights", "fp32") != "fp32" or mf.experts_baked(quant)):
+    if _int8_cache(manifest) or quant and (quant.get("weights", "fp32") != "fp32" or mf.experts_baked(quant)):
         report["quantization"] = _quant_report(quant, ref, ort, folder, manifest, config)
         if config.quality_prompts:
             from .quality import QualityConfig, quality_report
@@ -144,7 +145,8 @@ class _Reference:
     dtype, or "fp64": the fp32 model computed in float64 throughout (fp64_reference.py). It keeps its own
     transformers cache between runs."""
 
-    def __init__(self, base_dir, ckpt_dir, manifest: dict, dtype: str, threads: int, quant: dict | None = None) -> None:
+    def __init__(self, base_dir, ckpt_dir, manifest: dict, dtype: str, threads: int, quant: dict | None = None,
+                 float_cache: bool = False) -> None:
         import torch
         from hoe.core.loading import load_base, load_hoe
 
@@ -164,27 +166,57 @@ class _Reference:
             exact_float64(self.model)
         self.model.eval()
         self.present_names = _kv_runner_args(manifest)[0]
-        self.cache = None
+        self.int8_cache = not float_cache and _int8_cache(manifest)  # float_cache: the unrounded model
+        self.cache = None  # a transformers cache; for an int8 cache the rows [B,Hkv,P,D+4] per present name
 
     def reset(self, batch: int) -> None:
         self.cache = None
 
+    def adopt(self, presents: dict[str, np.ndarray]) -> None:
+        """Continue from the graph's own int8 cache (`presents` by graph name): both sides then attend the same
+        rounded past, so a value the two sides' fp32 rounding put on opposite sides of a rounding boundary (one
+        step apart, checked by the caller) does not move every later logit."""
+        self.cache = [presents[n] for n in self.present_names]
+
     def run(self, ids, mask, pos, mix) -> dict[str, np.ndarray]:
-        """-> logits [B,T,V] float64 and the presents [B,Hkv,P+T,D] float32 by graph name."""
-        import torch
-
-        args = dict(attention_mask=torch.from_numpy(mask), position_ids=torch.from_numpy(pos), cache=self.cache)
-        with torch.no_grad():
-            if self.hoe:
-                logits, self.cache = self.model(torch.from_numpy(ids), torch.from_numpy(mix), **args)
-            else:
-                from hoe.core.model import cache_kwarg, output_cache
-
-                cache_arg = {cache_kwarg(self.model): args.pop("cache")}
-                out = self.model(input_ids=torch.from_numpy(ids), use_cache=True, **args, **cache_arg)
-                logits, self.cache = out.logits, output_cache(out)
+        """-> logits [B,T,V] float64 and the presents [B,Hkv,P+T,D] float32 (int8 rows for an int8 cache) by
+        graph name."""
+        if self.int8_cache:
+            return self._run_int8(ids, mask, pos, mix)
+        logits, self.cache = self._forward(ids, mask, pos, mix, self.cache)
         presents = [t.float().numpy() for layer in self.cache.layers for t in (layer.keys, layer.values)]
         return {LOGITS: logits.double().numpy(), **dict(zip(self.present_names, presents))}
+
+    def _run_int8(self, ids, mask, pos, mix) -> dict[str, np.ndarray]:
+        """The model on the dequantized past (a step's own tokens exact), its new columns quantized onto the past's
+        rows: what the AttentionInt8 op computes (hoe.contract.kv_int8)."""
+        import torch
+        from transformers import DynamicCache
+
+        past = self.cache
+        cache = None
+        if past is not None and past[0].shape[2] > 0:
+            dtype = next(self.model.parameters()).dtype
+            floats = [torch.from_numpy(kv_int8.dequantize(rows)).to(dtype) for rows in past]
+            cache = DynamicCache(list(zip(floats[0::2], floats[1::2])), config=self.model.model.config)
+        logits, cache = self._forward(ids, mask, pos, mix, cache)
+        floats = [t.float().numpy() for layer in cache.layers for t in (layer.keys, layer.values)]
+        if past is None:
+            past = [np.zeros((*f.shape[:2], 0, kv_int8.row_width(f.shape[3])), np.int8) for f in floats]
+        self.cache = [kv_int8.append(rows, f, ids.shape[1]) for rows, f in zip(past, floats)]
+        return {LOGITS: logits.double().numpy(), **dict(zip(self.present_names, self.cache))}
+
+    def _forward(self, ids, mask, pos, mix, cache):
+        """(logits [B,T,V], the transformers cache after the step)."""
+        import torch
+        from hoe.core.model import cache_kwarg, output_cache
+
+        args = dict(attention_mask=torch.from_numpy(mask), position_ids=torch.from_numpy(pos))
+        with torch.no_grad():
+            if self.hoe:
+                return self.model(torch.from_numpy(ids), torch.from_numpy(mix), **args, cache=cache)
+            out = self.model(input_ids=torch.from_numpy(ids), use_cache=True, **args, **{cache_kwarg(self.model): cache})
+            return out.logits, output_cache(out)
 
 
 class _OrtModel(FeedRunner):
@@ -278,10 +310,16 @@ def _run_case(ref: _Reference, ort: _OrtModel, mix, manifest: dict, config: Vali
             exact[1].add("torch_fp32", want[LOGITS][real], outs["fp64"][LOGITS][real])
         for name in ort.present_names:
             held, ref_t, cols = _held_columns(got[name], want[name], mask)
-            diffs[name] = stats.add(name, held[cols], ref_t[cols])  # [n_real, Hkv, D]
+            held, ref_t = held[cols], ref_t[cols]  # [n_real, Hkv, D] (int8 rows: D + 4)
+            if ref.int8_cache:  # the same rounding of (nearly) the same values: at most one step apart
+                stats.kv_steps_apart = max(stats.kv_steps_apart, kv_int8.steps_apart(held, ref_t))
+            diffs[name] = stats.add(name, kv_int8.as_float(held), kv_int8.as_float(ref_t))
         agree += list(got[LOGITS][:, -1].argmax(-1) == want[LOGITS][:, -1].argmax(-1))
         steps.append({"step": step, "new_tokens": int(ids.shape[1]), "logits": diffs[LOGITS],
                       "present_max_abs": max((d["max_abs"] for n, d in diffs.items() if n != LOGITS), default=0.0)})
+        if ref.int8_cache:
+            for runner in [ref] + ([exact[0]] if exact is not None else []):
+                runner.adopt(got)
         ids = want[LOGITS][:, -1].argmax(-1)[:, None].astype(np.int64)  # the same next token on both sides
         mask = np.concatenate([mask, np.ones((b, 1), dtype=np.int64)], axis=1)
     stats.agree += agree
@@ -348,7 +386,8 @@ def _report(stats: Stats, cases: list, manifest: dict, config: ValidationConfig)
             "fp16 arithmetic of GPU kernels: onnxruntime CPU runs ops that lack fp16 CPU kernels in fp32 "
             "between casts, so GPU/TensorRT fp16 accumulation is not reproduced here",
             "TensorRT engine build and run (TensorRT is not installable on this machine)"]
-    return {"passed": rule.passed(logits["max_abs"], logits["max_ref"]), "dtype": dtype,
+    kv = _kv_report(stats, manifest)
+    return {"passed": rule.passed(logits["max_abs"], logits["max_ref"]) and kv.get("passed", True), "dtype": dtype,
             "reference": REFERENCE_DTYPE.get(dtype, dtype),
             "max_abs_logits": logits["max_abs"], "max_rel_logits": logits["max_rel"],
             "tolerance": rule.bound(logits["max_ref"]),
@@ -356,4 +395,18 @@ def _report(stats: Stats, cases: list, manifest: dict, config: ValidationConfig)
             "argmax_agreement": float(np.mean(stats.agree)), "n_cases": len(cases),
             "steps_per_case": config.decode_steps + 1, "batch": len(config.prompt_lengths),
             "prompt_lengths": config.prompt_lengths, "outputs": stats.outputs, "cases": cases,
-            "not_validated": not_validated, "config": config.to_dict()}
+            "not_validated": not_validated, "config": config.to_dict(), **({"kv_cache": kv} if kv else {})}
+
+
+def _int8_cache(manifest: dict) -> bool:
+    return (manifest.get("kv_cache") or {}).get("dtype") == kv_int8.DTYPE
+
+
+def _kv_report(stats: Stats, manifest: dict) -> dict:
+    """An int8 KV cache: how far the graph's rows are from the reference's own rounding (at most one step where the
+    two sides' fp32 values straddle a rounding boundary); {} for a float cache."""
+    if not _int8_cache(manifest):
+        return {}
+    return {"dtype": kv_int8.DTYPE, "max_steps_apart": stats.kv_steps_apart, "passed": stats.kv_steps_apart <= 1,
+            "rule": "each side rounds its own k/v (at most 1 step apart); each step the reference then continues "
+                    "from the graph's rows, so the logits compare the same rounded past"}

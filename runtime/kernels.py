@@ -19,6 +19,7 @@ from hoe.core.errors import CheckpointError
 MIXTURE_DOMAIN, MIXTURE_OP = "hoe.ort", "Mixture"
 MIXTURE_KERNEL = f"{MIXTURE_DOMAIN}.{MIXTURE_OP}"  # quantization.experts.kernel in hoe_config.json
 ATTENTION_OP = "Attention"
+ATTENTION_INT8_OP = "AttentionInt8"  # the same on an int8 KV cache (`hoe export --kv-cache int8`)
 ATTENTION_KERNEL = f"{MIXTURE_DOMAIN}.{ATTENTION_OP}"  # kv_cache.kernel in hoe_config.json
 LIBRARY_MODULE = "hoe.runtime._kernels"
 

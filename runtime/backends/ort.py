@@ -23,6 +23,7 @@ import logging
 import time
 
 import numpy as np
+from hoe.contract.io_spec import LOGITS
 from hoe.contract.io_spec import STEP_INPUTS as _STEP_INPUTS
 from hoe.core.errors import BackendError, CheckpointError, ShapeMismatchError
 
@@ -185,7 +186,8 @@ class OrtBackend(Backend):
         """(host array, OrtValue) [B,T,V] for the logits; the decode one (T = 1) is kept and reused."""
         if new == 1 and state.logits is not None:
             return state.logits
-        host = np.empty((state.batch, new, self.manifest.vocab_size), dtype=_numpy_dtype(self._kv_dtype))
+        logits = self.manifest.outputs[LOGITS]["dtype"]
+        host = np.empty((state.batch, new, self.manifest.vocab_size), dtype=_numpy_dtype(logits))
         buffer = (host, self._ortvalue(host))
         if new == 1:
             state.logits = buffer
@@ -259,7 +261,7 @@ class OrtBackend(Backend):
 
 
 def _numpy_dtype(name: str):
-    return {"float32": np.float32, "float16": np.float16, "fp32": np.float32, "fp16": np.float16}[name]
+    return {"float32": np.float32, "float16": np.float16, "fp32": np.float32, "fp16": np.float16, "int8": np.int8}[name]
 
 
 def _check_input(spec, arr: np.ndarray) -> None:

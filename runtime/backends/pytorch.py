@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from hoe.contract import kv_int8
+from hoe.contract.kv_int8 import as_float
 from hoe.contract.manifest import MANIFEST_FILE
 from hoe.core.errors import BackendError
 
@@ -86,13 +88,16 @@ class TorchBackend(Backend):
         cache = None
         if all(k is not None and v is not None for k, v in pasts) and pasts[0][0].shape[2] > 0:
             t = self._torch
-            cache = DynamicCache([(t.from_numpy(k.copy()), t.from_numpy(v.copy())) for k, v in pasts],
-                                 config=self.model.model.config)
+            cache = DynamicCache([(t.from_numpy(as_float(k).copy()), t.from_numpy(as_float(v).copy()))
+                                  for k, v in pasts], config=self.model.model.config)
         logits, cache = self._run(feed["input_ids"], feed["attention_mask"], feed["position_ids"],
                                   feed["router_mix"], cache)
         out = {"logits": logits.float().numpy()}
-        for layer, (_, _, pk, pv) in zip(cache.layers, self._layers):
+        steps = feed["input_ids"].shape[1]
+        for layer, (past_k, past_v), (_, _, pk, pv) in zip(cache.layers, pasts, self._layers):
             out[pk], out[pv] = layer.keys.numpy(), layer.values.numpy()
+            if past_k is not None and past_k.dtype == np.int8:  # an int8 cache (hoe.contract.kv_int8): new rows
+                out[pk], out[pv] = kv_int8.append(past_k, out[pk], steps), kv_int8.append(past_v, out[pv], steps)
         return out
 
     def new_state(self, batch: int) -> TorchState:

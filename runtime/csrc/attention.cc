@@ -28,19 +28,36 @@ constexpr float kMinExp = -87.0f;                 // exp below this is taken as 
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-// One KV head's work: R query rows (pre-scaled) of D, S keys and values (row stride D), each row's bias row and
+// One KV head's keys or values, S rows of D: rows [0, quantized) are int8 cache rows (D values, then their fp32
+// scale), rows [quantized, S) fp32 rows `stride` floats apart (an fp32 cache: all of them, stride D).
+struct Rows {
+  const int8_t* q = nullptr;
+  int64_t quantized = 0;
+  const float* f = nullptr;  // row `quantized`
+  int64_t stride = 0, dim = 0;
+
+  const int8_t* qrow(int64_t j) const { return q + j * (dim + kScaleBytes); }
+  float scale(int64_t j) const {
+    float s;
+    std::memcpy(&s, qrow(j) + dim, sizeof s);
+    return s;
+  }
+  const float* frow(int64_t j) const { return f + (j - quantized) * stride; }
+  float at(int64_t j, int64_t c) const { return j < quantized ? qrow(j)[c] * scale(j) : frow(j)[c]; }
+};
+
+// One KV head's work: R query rows (pre-scaled) of D against its S keys and values, each row's bias row and
 // output row.
 struct Group {
   int64_t rows, dim, total;
   const float* q;             // [R, D] (scratch)
-  const float* keys;          // [S, D]
-  const float* values;        // [S, D]
+  Rows keys, values;
   const float* const* bias;   // R pointers to S values
   float* const* out;          // R pointers to D values
 };
 
 struct Scratch {  // per thread, grown as needed
-  std::vector<float> q, scores;
+  std::vector<float> q, scores, row;
   std::vector<const float*> bias;
   std::vector<float*> out;
 };
@@ -72,18 +89,15 @@ void group_portable(const Group& g, float* scores, int64_t stride) {
     float* s = scores + r * stride;
     const float* q = g.q + r * g.dim;
     for (int64_t j = 0; j < g.total; ++j) {
-      const float* k = g.keys + j * g.dim;
       float acc = 0.0f;
-      for (int64_t d = 0; d < g.dim; ++d) acc += q[d] * k[d];
+      for (int64_t d = 0; d < g.dim; ++d) acc += q[d] * g.keys.at(j, d);
       s[j] = acc;
     }
     softmax_portable(s, g.bias[r], g.total);
     float* o = g.out[r];
     std::fill(o, o + g.dim, 0.0f);
-    for (int64_t j = 0; j < g.total; ++j) {
-      const float p = s[j], *v = g.values + j * g.dim;
-      for (int64_t d = 0; d < g.dim; ++d) o[d] += p * v[d];
-    }
+    for (int64_t j = 0; j < g.total; ++j)
+      for (int64_t d = 0; d < g.dim; ++d) o[d] += s[j] * g.values.at(j, d);
   }
 }
 
@@ -134,30 +148,63 @@ HOE_AVX2_FN void softmax_avx2(float* x, const float* bias, int64_t n) {
   for (; j < n; ++j) x[j] *= 1.0f / sum;
 }
 
-// Few rows (D % 8 == 0): every key and value once, for all rows.
-HOE_AVX2_FN void group_few_rows(const Group& g, float* scores, int64_t stride) {
-  const int64_t chunks = g.dim / 8;
-  for (int64_t j = 0; j < g.total; ++j) {
-    const float* k = g.keys + j * g.dim;
-    for (int64_t r = 0; r < g.rows; ++r) {
-      const float* q = g.q + r * g.dim;
-      __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(q), _mm256_loadu_ps(k));
-      for (int64_t c = 1; c < chunks; ++c)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * c), _mm256_loadu_ps(k + 8 * c), acc);
-      scores[r * stride + j] = hsum(acc);
+// Row j of `rows` as fp32: an fp32 row as it is, an int8 row widened into `tmp` (D floats; its scale not applied).
+HOE_AVX2_FN inline const float* widened(const Rows& rows, int64_t j, float* tmp) {
+  if (j >= rows.quantized) return rows.frow(j);
+  const int8_t* q = rows.qrow(j);
+  for (int64_t c = 0; c < rows.dim; c += 8)
+    _mm256_storeu_ps(tmp + c, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + c)))));
+  return tmp;
+}
+
+// The four horizontal sums of a0..a3.
+HOE_AVX2_FN inline __m128 sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+constexpr int64_t kFewBlock = 3, kKeys = 4;  // decode score tiles: 3 rows x 4 keys
+
+// Few rows (D % 8 == 0): scores in register tiles of 3 rows x 4 keys (12 independent accumulators, each key loaded
+// once per tile), then out = P·V with each value loaded once for every row. tmp holds 4·D floats; the scores
+// rows are `stride` >= round_up(S, 16) apart.
+HOE_AVX2_FN void group_few_rows(const Group& g, float* scores, int64_t stride, float* tmp) {
+  const int64_t dim = g.dim, last = g.rows - 1;
+  for (int64_t j0 = 0; j0 < g.total; j0 += kKeys) {
+    const float* k[kKeys];
+    alignas(16) float factor[kKeys];
+    for (int64_t t = 0; t < kKeys; ++t) {  // past S: the last key again (its scores land past S, unused)
+      const int64_t j = std::min(j0 + t, g.total - 1);
+      k[t] = widened(g.keys, j, tmp + t * dim);
+      factor[t] = j < g.keys.quantized ? g.keys.scale(j) : 1.0f;
+    }
+    const __m128 f = _mm_load_ps(factor);
+    for (int64_t r0 = 0; r0 < g.rows; r0 += kFewBlock) {
+      __m256 acc[kFewBlock][kKeys];
+      for (auto& row : acc)
+        for (auto& a : row) a = _mm256_setzero_ps();
+      for (int64_t c = 0; c < dim; c += 8)
+        for (int64_t i = 0; i < kFewBlock; ++i) {
+          const __m256 q = _mm256_loadu_ps(g.q + std::min(r0 + i, last) * dim + c);
+          for (int64_t t = 0; t < kKeys; ++t) acc[i][t] = _mm256_fmadd_ps(q, _mm256_loadu_ps(k[t] + c), acc[i][t]);
+        }
+      for (int64_t i = 0; i < kFewBlock && r0 + i < g.rows; ++i)
+        _mm_storeu_ps(scores + (r0 + i) * stride + j0, _mm_mul_ps(sum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]), f));
     }
   }
-  for (int64_t r = 0; r < g.rows; ++r) {
-    softmax_avx2(scores + r * stride, g.bias[r], g.total);
-    std::fill(g.out[r], g.out[r] + g.dim, 0.0f);
+  for (int64_t r = 0; r < g.rows; ++r) {  // weights; an int8 value row's scale folded into its weight
+    float* p = scores + r * stride;
+    softmax_avx2(p, g.bias[r], g.total);
+    for (int64_t j = 0; j < g.values.quantized; ++j) p[j] *= g.values.scale(j);
   }
-  for (int64_t j = 0; j < g.total; ++j) {
-    const float* v = g.values + j * g.dim;
+  for (int64_t r = 0; r < g.rows; ++r) std::fill(g.out[r], g.out[r] + dim, 0.0f);
+  for (int64_t j = 0; j < g.total; ++j) {  // (tiles of P·V measured slower on fp32 rows: two passes over them)
+    const float* v = widened(g.values, j, tmp);
     for (int64_t r = 0; r < g.rows; ++r) {
       const __m256 p = _mm256_set1_ps(scores[r * stride + j]);
       float* o = g.out[r];
-      for (int64_t c = 0; c < chunks; ++c)
-        _mm256_storeu_ps(o + 8 * c, _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * c), _mm256_loadu_ps(o + 8 * c)));
+      for (int64_t c = 0; c < dim; c += 8)
+        _mm256_storeu_ps(o + c, _mm256_fmadd_ps(p, _mm256_loadu_ps(v + c), _mm256_loadu_ps(o + c)));
     }
   }
 }
@@ -175,8 +222,9 @@ int64_t reach(const Group& g, int64_t r) {
 
 // Many rows (D % 16 == 0): for each block of 6 rows, scores = Q·Kᵀ, softmax, out = P·V, in 6 x 16 register
 // tiles; the block's scores [6, stride] stay in cache. q holds round_up(R, 6) rows (the extra ones zero); packed
-// is Kᵀ [D, stride = round_up(S, 16)] (columns past S zero).
-HOE_AVX2_FN void group_many_rows(const Group& g, float* scores, int64_t stride, const float* packed) {
+// is Kᵀ [D, stride = round_up(S, 16)] (columns past S zero), values the S values as fp32 [S, D].
+HOE_AVX2_FN void group_many_rows(const Group& g, float* scores, int64_t stride, const float* packed,
+                                 const float* values) {
   const int64_t d_all = g.dim, rows = round_up(g.rows, kRowBlock);
   int64_t last = 0;  // the previous row's reach
   for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
@@ -211,7 +259,7 @@ HOE_AVX2_FN void group_many_rows(const Group& g, float* scores, int64_t stride, 
       __m256 c[kRowBlock][2];
       for (auto& row : c) row[0] = row[1] = _mm256_setzero_ps();
       for (int64_t j = 0; j < most; ++j) {
-        const float* v = g.values + j * d_all + d0;
+        const float* v = values + j * d_all + d0;
         const __m256 b0 = _mm256_loadu_ps(v), b1 = _mm256_loadu_ps(v + 8);
         for (int64_t i = 0; i < kRowBlock; ++i) {
           const __m256 a = _mm256_set1_ps(scores[i * stride + j]);
@@ -232,23 +280,42 @@ const bool kAvx2 = use_avx2();
 
 constexpr int64_t kChunkRows = 8 * kRowBlock;  // a prompt's rows per task
 
-// The cache's columns of (b, g): past's P columns when present is another buffer, then the T new ones.
-void write_cache(const AttentionShape& s, const float* past, const float* fresh, float* present, int64_t b,
+// The cache's columns of (b, g): past's P columns when present is another buffer, then the T new ones (quantized
+// in an int8 cache).
+void write_cache(const AttentionShape& s, const void* past, const float* fresh, void* present, int64_t b,
                  int64_t g) {
-  const int64_t d = s.head_dim, p = s.total - s.steps;
-  float* dst = present + (b * s.kv_heads + g) * s.present_capacity * d;
-  const float* src = past + (b * s.kv_heads + g) * s.past_capacity * d;
-  if (dst != src && p > 0) std::memcpy(dst, src, sizeof(float) * p * d);
-  for (int64_t t = 0; t < s.steps; ++t)
-    std::memcpy(dst + (p + t) * d, fresh + ((b * s.steps + t) * s.kv_heads + g) * d, sizeof(float) * d);
+  const int64_t d = s.head_dim, p = s.total - s.steps, bytes = s.int8_cache ? d + kScaleBytes : 4 * d;
+  auto* dst = static_cast<char*>(present) + (b * s.kv_heads + g) * s.present_capacity * bytes;
+  const auto* src = static_cast<const char*>(past) + (b * s.kv_heads + g) * s.past_capacity * bytes;
+  if (dst != src && p > 0) std::memcpy(dst, src, p * bytes);
+  for (int64_t t = 0; t < s.steps; ++t) {
+    const float* x = fresh + ((b * s.steps + t) * s.kv_heads + g) * d;
+    char* row = dst + (p + t) * bytes;
+    if (s.int8_cache)
+      quantize_row(x, d, reinterpret_cast<int8_t*>(row));
+    else
+      std::memcpy(row, x, sizeof(float) * d);
+  }
+}
+
+// The S keys (or values) of (b, g): the present buffer's columns; in an int8 cache its P past rows, then the step's
+// own fp32 rows of k (or v).
+Rows cache_rows(const AttentionShape& s, const void* present, const float* fresh, int64_t bg) {
+  const int64_t d = s.head_dim;
+  if (!s.int8_cache) return {nullptr, 0, static_cast<const float*>(present) + bg * s.present_capacity * d, d, d};
+  const int64_t b = bg / s.kv_heads, g = bg % s.kv_heads;
+  return {static_cast<const int8_t*>(present) + bg * s.present_capacity * (d + kScaleBytes), s.total - s.steps,
+          fresh + (b * s.steps * s.kv_heads + g) * d, s.kv_heads * d, d};
 }
 
 // What every task reads: the op's tensors, and how the rows are split.
 struct Job {
   const AttentionShape& s;
-  const float *q, *bias, *keys, *values;  // keys/values: the present buffers
+  const float *q, *k, *v, *bias;
+  const void *keys, *values;  // the present buffers
   float* out;
-  const float* packed;  // tiled: Kᵀ of every (b, g), [B·Hkv][D, stride]; else null
+  const float* packed;    // tiled: Kᵀ of every (b, g), [B·Hkv][D, stride]; else null
+  const float* unpacked;  // tiled with an int8 cache: the values of every (b, g) as fp32, [B·Hkv][S, D]
   int64_t stride, rows, chunk, chunks;  // rows per (b, g) = G·T, in `chunks` tasks of `chunk`
 };
 
@@ -270,37 +337,50 @@ void run_task(void* data, size_t index) {
     w.bias[r] = j.bias + (b * s.steps + t) * s.total;
     w.out[r] = j.out + ((b * s.steps + t) * s.heads + head) * d;
   }
-  const int64_t at = bg * s.present_capacity * d;
-  const Group group{n, d, s.total, w.q.data(), j.keys + at, j.values + at, w.bias.data(), w.out.data()};
+  const Group group{n, d, s.total, w.q.data(), cache_rows(s, j.keys, j.k, bg), cache_rows(s, j.values, j.v, bg),
+                    w.bias.data(), w.out.data()};
 #ifdef HOE_AVX2
   if (j.packed) {
     w.scores.resize(kRowBlock * j.stride);
-    return group_many_rows(group, w.scores.data(), j.stride, j.packed + bg * d * j.stride);
+    const float* values = j.unpacked ? j.unpacked + bg * s.total * d : group.values.f;
+    return group_many_rows(group, w.scores.data(), j.stride, j.packed + bg * d * j.stride, values);
   }
   w.scores.resize(n * j.stride);
-  if (kAvx2 && d % 8 == 0) return group_few_rows(group, w.scores.data(), j.stride);
+  if (kAvx2 && d % 8 == 0) {
+    w.row.resize(kKeys * d);
+    return group_few_rows(group, w.scores.data(), j.stride, w.row.data());
+  }
 #endif
   w.scores.resize(n * j.stride);
   group_portable(group, w.scores.data(), j.stride);
 }
 
-// Kᵀ of every (b, g), in tasks of kPackColumns columns, 16 at a time (each of the D rows written 64 bytes at once).
+// Kᵀ of every (b, g) (and, from an int8 cache, its values as fp32), in tasks of kPackColumns columns, 16 at a time
+// (each of the D rows written 64 bytes at once).
 constexpr int64_t kPackColumns = 256;
 
 struct Pack {
-  const float* keys;  // the present buffer [B·Hkv, capacity, D]
-  float* packed;      // [B·Hkv][D, stride]
-  int64_t dim, stride, total, capacity, blocks;  // blocks of kPackColumns per (b, g)
+  const Job& job;
+  float* packed;    // [B·Hkv][D, stride]
+  float* unpacked;  // [B·Hkv][S, D], or null (an fp32 cache: the tiles read its buffer)
+  int64_t blocks;   // of kPackColumns per (b, g)
 };
 
 void pack_task(void* data, size_t index) {
   const Pack& p = *static_cast<const Pack*>(data);
+  const AttentionShape& s = p.job.s;
   const int64_t i = static_cast<int64_t>(index), bg = i / p.blocks, j_begin = i % p.blocks * kPackColumns;
-  const float* keys = p.keys + bg * p.capacity * p.dim;
-  float* kt = p.packed + bg * p.dim * p.stride;
-  for (int64_t j0 = j_begin; j0 < std::min(j_begin + kPackColumns, p.stride); j0 += kColBlock)
-    for (int64_t c = 0; c < p.dim; ++c)
-      for (int64_t j = j0; j < j0 + kColBlock; ++j) kt[c * p.stride + j] = j < p.total ? keys[j * p.dim + c] : 0.0f;
+  const int64_t d = s.head_dim, stride = p.job.stride, j_end = std::min(j_begin + kPackColumns, stride);
+  const Rows keys = cache_rows(s, p.job.keys, p.job.k, bg);
+  float* kt = p.packed + bg * d * stride;
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += kColBlock)
+    for (int64_t c = 0; c < d; ++c)
+      for (int64_t j = j0; j < j0 + kColBlock; ++j) kt[c * stride + j] = j < s.total ? keys.at(j, c) : 0.0f;
+  if (!p.unpacked) return;
+  const Rows values = cache_rows(s, p.job.values, p.job.v, bg);
+  float* dst = p.unpacked + bg * s.total * d;
+  for (int64_t j = j_begin; j < std::min(j_end, s.total); ++j)
+    for (int64_t c = 0; c < d; ++c) dst[j * d + c] = values.at(j, c);
 }
 
 void run_all(const Parallel& parallel, void (*fn)(void*, size_t), size_t total, void* data) {
@@ -310,8 +390,17 @@ void run_all(const Parallel& parallel, void (*fn)(void*, size_t), size_t total, 
 
 }  // namespace
 
+void quantize_row(const float* x, int64_t dim, int8_t* row) {
+  float top = 0.0f;
+  for (int64_t c = 0; c < dim; ++c) top = std::max(top, std::fabs(x[c]));
+  const float scale = top / 127.0f;
+  for (int64_t c = 0; c < dim; ++c)
+    row[c] = scale > 0.0f ? static_cast<int8_t>(std::clamp(std::nearbyint(x[c] / scale), -127.0f, 127.0f)) : 0;
+  std::memcpy(row + dim, &scale, sizeof scale);
+}
+
 void attention(const AttentionShape& s, const float* q, const float* k, const float* v, const float* bias,
-               const float* past_k, const float* past_v, float* present_k, float* present_v, float* out,
+               const void* past_k, const void* past_v, void* present_k, void* present_v, float* out,
                const Parallel& parallel) {
   const int64_t d = s.head_dim, heads = s.batch * s.kv_heads, rows = s.heads / s.kv_heads * s.steps;
   const int64_t stride = round_up(s.total, kColBlock);
@@ -322,15 +411,17 @@ void attention(const AttentionShape& s, const float* q, const float* k, const fl
     }
   }
   const bool tiled = kAvx2 && rows > kFewRows && d % kColBlock == 0;
-  static thread_local std::vector<float> packed;  // Kᵀ [D, stride] per (b, g), the columns past S zero
+  const int64_t chunk = tiled ? kChunkRows : rows, chunks = (rows + chunk - 1) / chunk;
+  Job job{s, q, k, v, bias, present_k, present_v, out, nullptr, nullptr, stride, rows, chunk, chunks};
+  static thread_local std::vector<float> packed, unpacked;  // Kᵀ [D, stride] per (b, g), the columns past S zero
   if (tiled) {
     packed.resize(heads * d * stride);
-    const int64_t blocks = (stride + kPackColumns - 1) / kPackColumns;
-    Pack pack{present_k, packed.data(), d, stride, s.total, s.present_capacity, blocks};
+    if (s.int8_cache) unpacked.resize(heads * s.total * d);
+    job.packed = packed.data();
+    job.unpacked = s.int8_cache ? unpacked.data() : nullptr;
+    Pack pack{job, packed.data(), s.int8_cache ? unpacked.data() : nullptr, (stride + kPackColumns - 1) / kPackColumns};
     run_all(parallel, pack_task, static_cast<size_t>(heads * pack.blocks), &pack);
   }
-  const int64_t chunk = tiled ? kChunkRows : rows, chunks = (rows + chunk - 1) / chunk;
-  Job job{s, q, bias, present_k, present_v, out, tiled ? packed.data() : nullptr, stride, rows, chunk, chunks};
   run_all(parallel, run_task, static_cast<size_t>(heads * chunks), &job);
 }
 

@@ -8,6 +8,11 @@
 //   out[b, t, h] = sum_j softmax(s)[j] · V[b, g, j]
 // Past and present may be the same buffer (capacity >= S: only the new columns are written), or present a new
 // one of S columns (past's P columns are copied first).
+//
+// An int8 cache (`int8_cache`) holds each row as D int8 values then their fp32 scale (D + 4 bytes, x ≈ q · scale,
+// scale = max|x| / 127, q = x / scale rounded half to even, 0 for a row of zeros). The new columns are written
+// quantized, but attend with their exact fp32 k/v: a step's own tokens are never rounded before they are used,
+// only the past is.
 #pragma once
 
 #include <cstddef>
@@ -25,7 +30,10 @@ struct AttentionShape {
   int64_t past_capacity;     // columns of the past buffer (>= P)
   int64_t present_capacity;  // columns of the present buffer (>= S)
   float scale;
+  bool int8_cache = false;   // past/present rows: D int8 + fp32 scale (else D fp32)
 };
+
+constexpr int64_t kScaleBytes = 4;  // an int8 cache row's trailing fp32 scale
 
 // Runs fn(data, i) for every i < total, in any order, maybe on several threads (onnxruntime's intra-op pool).
 struct Parallel {
@@ -33,10 +41,14 @@ struct Parallel {
   void (*run)(void* context, void (*fn)(void*, size_t), size_t total, void* data) = nullptr;  // null: in order
 };
 
-// q [B,T,H·D], k/v [B,T,Hkv·D], bias [B,1,T,S], past/present [B,Hkv,capacity,D], out [B,T,H·D]; all fp32.
-// The work is split into tasks of one KV head's rows (a prompt's in chunks) run through `parallel`.
+// q [B,T,H·D], k/v [B,T,Hkv·D], bias [B,1,T,S], out [B,T,H·D] fp32; past/present [B,Hkv,capacity,D] fp32, or
+// [B,Hkv,capacity,D+4] int8 rows (int8_cache). The work is split into tasks of one KV head's rows (a prompt's in
+// chunks) run through `parallel`.
 void attention(const AttentionShape& s, const float* q, const float* k, const float* v, const float* bias,
-               const float* past_k, const float* past_v, float* present_k, float* present_v, float* out,
+               const void* past_k, const void* past_v, void* present_k, void* present_v, float* out,
                const Parallel& parallel = {});
+
+// x [D] fp32 -> row [D + 4]: D int8 values, then the fp32 scale (the int8 cache's rounding, above).
+void quantize_row(const float* x, int64_t dim, int8_t* row);
 
 }  // namespace hoe

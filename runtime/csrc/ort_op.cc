@@ -16,6 +16,8 @@
 //   attrs    num_heads H, kv_num_heads Hkv, scale
 //   outputs  out [B,T,H·D], present_key and present_value [B,Hkv,max(C,S),D]: bound to the past's buffer, only
 //            the new columns are written (attention.h)
+// AttentionInt8: the same with an int8 cache, past and present int8 [B,Hkv,C,D+4] (D values, then their fp32
+//            scale: attention.h)
 #include <algorithm>
 #include <cstring>
 #include <mutex>
@@ -259,12 +261,16 @@ const OrtCustomOp kMixture = make_op();
 struct AttentionKernel {
   int64_t heads = 0, kv_heads = 0;
   float scale = 0.0f;
+  bool int8_cache = false;
 };
+
+extern const OrtCustomOp kAttentionInt8;
 
 OrtStatus* attention_error(const std::string& message) { return error("Attention", message); }
 
-OrtStatus* attention_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
+OrtStatus* attention_create(const OrtCustomOp* op, const OrtApi*, const OrtKernelInfo* info, void** out) {
   AttentionKernel k;
+  k.int8_cache = op == &kAttentionInt8;
   HOE_TRY(attribute(info, "num_heads", &k.heads));
   HOE_TRY(attribute(info, "kv_num_heads", &k.kv_heads));
   HOE_TRY(slot<OrtStatus* (*)(const OrtKernelInfo*, const char*, float*)>(kKernelInfoGetAttributeFloat)(info, "scale",
@@ -299,7 +305,10 @@ OrtStatus* attention_compute(void* opaque, OrtKernelContext* context) {
   for (size_t i = 0; i < 4; ++i)
     if (past_v.dims[i] != past_k.dims[i])
       return attention_error("past_value " + shape(past_v.dims) + ": expected the past_key's " + shape(past_k.dims));
-  const int64_t b = past_k.dims[0], d = past_k.dims[3], capacity = past_k.dims[2];
+  const int64_t b = past_k.dims[0], d = past_k.dims[3] - (k.int8_cache ? kScaleBytes : 0), capacity = past_k.dims[2];
+  if (d < 1)
+    return attention_error("past_key " + shape(past_k.dims) + ": expected rows of D int8 values and their " +
+                           std::to_string(kScaleBytes) + "-byte scale");
   if (q.dims.size() != 3 || q.dims[0] != b || q.dims[2] != k.heads * d)
     return attention_error("q " + shape(q.dims) + ": expected [" + std::to_string(b) + ",T," +
                            std::to_string(k.heads * d) + "]");
@@ -314,24 +323,26 @@ OrtStatus* attention_compute(void* opaque, OrtKernelContext* context) {
                            std::to_string(steps) + ",S] with T <= S <= T + " + std::to_string(capacity) +
                            " (the past's capacity)");
   const int64_t total = bias.dims[3], present = std::max(capacity, total);
-  const int64_t out_dims[3] = {b, steps, k.heads * d}, cache_dims[4] = {b, k.kv_heads, present, d};
-  float *out = nullptr, *present_k = nullptr, *present_v = nullptr;
+  const int64_t out_dims[3] = {b, steps, k.heads * d}, cache_dims[4] = {b, k.kv_heads, present, past_k.dims[3]};
+  float *out = nullptr, *present_k = nullptr, *present_v = nullptr;  // an int8 cache's: its bytes
   HOE_TRY(output(context, 0, out_dims, 3, &out));
   HOE_TRY(output(context, 1, cache_dims, 4, &present_k));
   HOE_TRY(output(context, 2, cache_dims, 4, &present_v));
   if (b == 0 || steps == 0) return nullptr;
-  const AttentionShape s{b, steps, k.heads, k.kv_heads, d, total, capacity, present, k.scale};
+  const AttentionShape s{b, steps, k.heads, k.kv_heads, d, total, capacity, present, k.scale, k.int8_cache};
   Parallel parallel;
   if (g_parallel) parallel = {context, parallel_for};
   attention(s, static_cast<const float*>(q.data), static_cast<const float*>(key.data),
-            static_cast<const float*>(value.data), static_cast<const float*>(bias.data),
-            static_cast<const float*>(past_k.data), static_cast<const float*>(past_v.data), present_k, present_v, out,
-            parallel);
+            static_cast<const float*>(value.data), static_cast<const float*>(bias.data), past_k.data, past_v.data,
+            present_k, present_v, out, parallel);
   return nullptr;
 }
 
 const char* attention_name(const OrtCustomOp*) { return "Attention"; }
+const char* attention_int8_name(const OrtCustomOp*) { return "AttentionInt8"; }
 OrtElementType float_type(const OrtCustomOp*, size_t) { return kTypeFloat; }
+OrtElementType int8_cache_input(const OrtCustomOp*, size_t i) { return i == 3 || i == 4 ? kTypeInt8 : kTypeFloat; }
+OrtElementType int8_cache_output(const OrtCustomOp*, size_t i) { return i == 0 ? kTypeFloat : kTypeInt8; }
 size_t six(const OrtCustomOp*) { return 6; }
 size_t three(const OrtCustomOp*) { return 3; }
 void attention_destroy(void* kernel) { delete static_cast<AttentionKernel*>(kernel); }
@@ -354,6 +365,16 @@ OrtCustomOp make_attention() {
 
 const OrtCustomOp kAttention = make_attention();
 
+OrtCustomOp make_attention_int8() {
+  OrtCustomOp op = make_attention();
+  op.GetName = attention_int8_name;
+  op.GetInputType = int8_cache_input;
+  op.GetOutputType = int8_cache_output;
+  return op;
+}
+
+const OrtCustomOp kAttentionInt8 = make_attention_int8();
+
 }  // namespace
 }  // namespace hoe::ort
 
@@ -370,7 +391,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
   OrtCustomOpDomain* domain = nullptr;
   HOE_TRY(slot<OrtStatus* (*)(const char*, OrtCustomOpDomain**)>(kCreateCustomOpDomain)("hoe.ort", &domain));
   domains.push_back(domain);
-  for (const OrtCustomOp* op : {&kMixture, &kAttention})
+  for (const OrtCustomOp* op : {&kMixture, &kAttention, &kAttentionInt8})
     HOE_TRY(slot<OrtStatus* (*)(OrtCustomOpDomain*, const OrtCustomOp*)>(kCustomOpDomainAdd)(domain, op));
   return slot<OrtStatus* (*)(OrtSessionOptions*, OrtCustomOpDomain*)>(kAddCustomOpDomain)(options, domain);
 }

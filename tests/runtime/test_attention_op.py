@@ -146,3 +146,77 @@ def test_attention_op_refuses_bad_shapes_with_a_message():
         session.run(None, {**feed, "bias": np.zeros((1, 1, 1, 9), np.float32)})
     with pytest.raises(Exception, match="kv_num_heads >= 1 dividing num_heads"):
         _session(4, 3, 0.25).run(None, feed)
+
+
+def _int8_session(heads, kv_heads, scale, threads=1):
+    from onnx import TensorProto, helper
+
+    types = [TensorProto.INT8 if n in ("past_key", "past_value") else TensorProto.FLOAT for n in NAMES]
+    node = helper.make_node("AttentionInt8", NAMES, ["out", "present_key", "present_value"], domain="hoe.ort",
+                            num_heads=heads, kv_num_heads=kv_heads, scale=scale)
+    graph = helper.make_graph([node], "attention", [helper.make_tensor_value_info(n, t, None)
+                                                    for n, t in zip(NAMES, types)],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
+                              + [helper.make_tensor_value_info(n, TensorProto.INT8, None)
+                                 for n in ("present_key", "present_value")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("hoe.ort", 1)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.register_custom_ops_library(str(kernels.library()))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("shared, threads", [(True, 1), (False, 1), (True, 2)],
+                         ids=["shared-buffer", "growing", "shared-buffer-2-threads"])
+@pytest.mark.parametrize("case", CASES, ids=["B{}-T{}-P{}-H{}-Hkv{}-D{}".format(*c) for c in CASES])
+def test_int8_cache_op_matches_numpy(case, shared, threads):
+    """AttentionInt8: the past read back from its int8 rows, the step's own k/v exact, the new rows written with
+    hoe.contract.kv_int8's rounding (the same bytes); the past's rows untouched."""
+    from hoe.contract import kv_int8
+
+    batch, steps, past, heads, kv_heads, dim = case
+    rng = np.random.default_rng(sum(case) + 1)
+    capacity = past + steps + 5 if shared else past
+    q, k, v, past_k, past_v, bias = _inputs(rng, batch, steps, past, heads, kv_heads, dim, capacity, [0, 2, 1])
+    past_k[:, :, :1] *= 0  # a row of zeros: scale 0
+    rows_k, rows_v = kv_int8.quantize(past_k), kv_int8.quantize(past_v)
+    scale = dim ** -0.5
+    want, _, _ = _reference(q, k, v, kv_int8.dequantize(rows_k), kv_int8.dequantize(rows_v), bias, heads, kv_heads,
+                            scale)
+    session = _int8_session(heads, kv_heads, scale, threads=threads)
+    feed = dict(zip(NAMES, (q, k, v, rows_k, rows_v, bias)))
+    before_k, before_v = rows_k.copy(), rows_v.copy()
+    if shared:
+        binding = session.io_binding()
+        buffers = [ort.OrtValue.ortvalue_from_numpy(a) for a in (rows_k, rows_v)]
+        for name in NAMES[:3] + NAMES[5:]:
+            binding.bind_cpu_input(name, feed[name])
+        binding.bind_output("out")
+        for name, present, value in zip(NAMES[3:5], ("present_key", "present_value"), buffers):
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output(present, value)
+        session.run_with_iobinding(binding)
+        out, present_k, present_v = binding.get_outputs()[0].numpy(), rows_k, rows_v
+    else:
+        out, present_k, present_v = session.run(None, feed)
+        assert present_k.shape == (batch, kv_heads, past + steps, dim + 4) and present_k.dtype == np.int8
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    new = [kv_int8.quantize(a.reshape(batch, steps, kv_heads, dim).transpose(0, 2, 1, 3)) for a in (k, v)]
+    for present, before, fresh in zip((present_k, present_v), (before_k, before_v), new):
+        np.testing.assert_array_equal(present[:, :, :past], before[:, :, :past])
+        np.testing.assert_array_equal(present[:, :, past:past + steps], fresh)
+
+
+def test_int8_cache_op_refuses_rows_without_their_scale():
+    from hoe.contract import kv_int8
+
+    rng = np.random.default_rng(0)
+    q, k, v, past_k, past_v, bias = _inputs(rng, 1, 1, 4, 4, 2, 16, 4, [0])
+    rows = kv_int8.quantize(past_k)
+    feed = dict(zip(NAMES, (q, k, v, rows, rows, bias)))
+    session = _int8_session(4, 2, 0.25)
+    with pytest.raises(Exception, match=r"past_key \[1,2,4,4\]: expected rows of D int8 values and their 4-byte"):
+        session.run(None, {**feed, "past_key": rows[..., :4].copy(), "past_value": rows[..., :4].copy()})
+    with pytest.raises(Exception, match=r"q \[1,1,64\]: expected \[1,T,48\]"):  # fp32 rows read as int8: D = 12
+        session.run(None, {**feed, "past_key": past_k.view(np.int8)[..., :16].copy(),
+                           "past_value": past_v.view(np.int8)[..., :16].copy()})
