@@ -44,13 +44,16 @@ def cached_base_export(base_dir: str | Path, cache: str | Path | None = None, op
 
 
 def export_options(manifest: dict) -> dict:
-    """ExportConfig fields that make a graph like `manifest`'s: its target, its attention kernel, and the
+    """ExportConfig fields that make a graph like `manifest`'s: its target, its attention kernel and KV cache, and the
     `quantization` section's weight precision ({} of those for fp32)."""
     options = {"target": (manifest.get("model") or {}).get("target", "ort-cpu")}
     from hoe.runtime.kernels import ATTENTION_KERNEL
 
-    if (manifest.get("kv_cache") or {}).get("kernel") == ATTENTION_KERNEL:  # the same attention as the HoE graph
+    kv = manifest.get("kv_cache") or {}
+    if kv.get("kernel") == ATTENTION_KERNEL:  # the same attention (and cache precision) as the HoE graph
         options["attention_kernel"] = True
+        if kv.get("dtype"):
+            options["kv_cache"] = kv["dtype"]
     from hoe.export.quantize import QuantConfig
 
     quant = manifest.get("quantization")

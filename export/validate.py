@@ -215,7 +215,8 @@ class _Reference:
         with torch.no_grad():
             if self.hoe:
                 return self.model(torch.from_numpy(ids), torch.from_numpy(mix), **args, cache=cache)
-            out = self.model(input_ids=torch.from_numpy(ids), use_cache=True, **args, **{cache_kwarg(self.model): cache})
+            cache_arg = {cache_kwarg(self.model): cache}
+            out = self.model(input_ids=torch.from_numpy(ids), use_cache=True, **args, **cache_arg)
             return out.logits, output_cache(out)
 
 

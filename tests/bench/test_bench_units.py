@@ -172,3 +172,14 @@ def test_paired_ratios_pair_each_repetition():
     assert paired["hoe_over_base"] == {"median": 1.1, "min": 1.1, "max": 1.2}
     assert list(ratios(systems)) == ["torch_over_hoe", "hoe_over_base", "mod_over_hoe", "merged_over_base"]
     assert ratios(systems)["hoe_over_base"] == 12.0 / 11.0 and ratios(systems)["torch_over_hoe"] is None
+
+
+def test_base_export_follows_the_attention_kernel_and_its_cache():
+    """base-ort is built with the HoE graph's attention op and cache precision, so hoe/base compares the mixture."""
+    from hoe.bench.base_export import export_options
+    from hoe.runtime.kernels import ATTENTION_KERNEL
+
+    kv = {"kernel": ATTENTION_KERNEL, "dtype": "int8"}
+    assert export_options({"model": {"target": "ort-cpu"}, "kv_cache": kv}) == {
+        "target": "ort-cpu", "attention_kernel": True, "kv_cache": "int8"}
+    assert export_options({"model": {"target": "ort-cpu"}, "kv_cache": {}}) == {"target": "ort-cpu"}

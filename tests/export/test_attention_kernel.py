@@ -145,8 +145,9 @@ def test_eager_fused_attention_on_an_int8_cache_matches_the_op():
     for i in range(t):
         bias[:, 0, i, p + i + 1:] = np.finfo(np.float32).min
     cos, sin = torch.ones(8, d // 2), torch.zeros(8, d // 2)
-    out, pk, pv = torch.ops.hoe.gqa(*(torch.from_numpy(a) for a in (q, k, v, *past)), torch.zeros(b, t, dtype=torch.long),
-                                    torch.from_numpy(bias), cos, sin, h, hkv, d ** -0.5)
+    tensors = [torch.from_numpy(a) for a in (q, k, v, *past)]
+    out, pk, pv = torch.ops.hoe.gqa(*tensors, torch.zeros(b, t, dtype=torch.long), torch.from_numpy(bias), cos, sin,
+                                    h, hkv, d ** -0.5)
     names = ["q", "k", "v", "past_key", "past_value", "bias"]
     types = [TensorProto.INT8 if n.startswith("past") else TensorProto.FLOAT for n in names]
     node = helper.make_node("AttentionInt8", names, ["out", "pk", "pv"], domain="hoe.ort", num_heads=h,
