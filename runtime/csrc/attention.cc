@@ -57,7 +57,7 @@ struct Group {
 };
 
 struct Scratch {  // per thread, grown as needed
-  std::vector<float> q, scores, row;
+  std::vector<float> q, scores;
   std::vector<const float*> bias;
   std::vector<float*> out;
 };
@@ -130,8 +130,25 @@ HOE_AVX2_FN inline float hsum(__m256 a) {
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
 }
 
+// add_bias, 8 columns at a time.
+HOE_AVX2_FN float add_bias_avx2(float* x, const float* bias, int64_t n) {
+  __m256 vtop = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 y = _mm256_add_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(bias + j));
+    _mm256_storeu_ps(x + j, y);
+    vtop = _mm256_max_ps(vtop, y);
+  }
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(vtop), _mm256_extractf128_ps(vtop, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  float top = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+  for (; j < n; ++j) top = std::max(top, x[j] += bias[j]);
+  if (top == -std::numeric_limits<float>::infinity()) std::fill(x, x + n, 0.0f);  // no weight anywhere
+  return top;
+}
+
 HOE_AVX2_FN void softmax_avx2(float* x, const float* bias, int64_t n) {
-  const float top = add_bias(x, bias, n);
+  const float top = add_bias_avx2(x, bias, n);
   if (top == -std::numeric_limits<float>::infinity()) return;
   const __m256 vt = _mm256_set1_ps(top);
   __m256 vs = _mm256_setzero_ps();
@@ -148,13 +165,13 @@ HOE_AVX2_FN void softmax_avx2(float* x, const float* bias, int64_t n) {
   for (; j < n; ++j) x[j] *= 1.0f / sum;
 }
 
-// Row j of `rows` as fp32: an fp32 row as it is, an int8 row widened into `tmp` (D floats; its scale not applied).
-HOE_AVX2_FN inline const float* widened(const Rows& rows, int64_t j, float* tmp) {
-  if (j >= rows.quantized) return rows.frow(j);
-  const int8_t* q = rows.qrow(j);
-  for (int64_t c = 0; c < rows.dim; c += 8)
-    _mm256_storeu_ps(tmp + c, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + c)))));
-  return tmp;
+// 8 values of row j from column c as fp32: an int8 row widened (its scale not applied), an fp32 row loaded.
+template <bool kInt8>
+HOE_AVX2_FN inline __m256 load8(const Rows& rows, int64_t j, int64_t c) {
+  if constexpr (kInt8)
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows.qrow(j) + c))));
+  else
+    return _mm256_loadu_ps(rows.frow(j) + c);
 }
 
 // The four horizontal sums of a0..a3.
@@ -163,47 +180,85 @@ HOE_AVX2_FN inline __m128 sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
   return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
-constexpr int64_t kFewBlock = 3, kKeys = 4;  // decode score tiles: 3 rows x 4 keys
+constexpr int64_t kFewBlock = 3, kKeys = 4, kChunks = 4;  // decode tiles: 3 rows x 4 keys, or x 4 chunks of 8
 
-// Few rows (D % 8 == 0): scores in register tiles of 3 rows x 4 keys (12 independent accumulators, each key loaded
-// once per tile), then out = P·V with each value loaded once for every row. tmp holds 4·D floats; the scores
-// rows are `stride` >= round_up(S, 16) apart.
-HOE_AVX2_FN void group_few_rows(const Group& g, float* scores, int64_t stride, float* tmp) {
-  const int64_t dim = g.dim, last = g.rows - 1;
-  for (int64_t j0 = 0; j0 < g.total; j0 += kKeys) {
-    const float* k[kKeys];
+// Scores of keys [j_begin, j_end) (all int8 rows, or all fp32), in register tiles of 3 rows x 4 keys: 12
+// independent accumulators, each key chunk loaded once per tile. A tile past j_end repeats the last key; its
+// extra scores land on columns computed later or past S (the scores rows have kKeys spare columns).
+template <bool kInt8>
+HOE_AVX2_FN void score_tiles(const Group& g, float* scores, int64_t stride, int64_t j_begin, int64_t j_end) {
+  const int64_t last = g.rows - 1;
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += kKeys) {
+    int64_t j[kKeys];
     alignas(16) float factor[kKeys];
-    for (int64_t t = 0; t < kKeys; ++t) {  // past S: the last key again (its scores land past S, unused)
-      const int64_t j = std::min(j0 + t, g.total - 1);
-      k[t] = widened(g.keys, j, tmp + t * dim);
-      factor[t] = j < g.keys.quantized ? g.keys.scale(j) : 1.0f;
+    for (int64_t t = 0; t < kKeys; ++t) {
+      j[t] = std::min(j0 + t, j_end - 1);
+      factor[t] = kInt8 ? g.keys.scale(j[t]) : 1.0f;
     }
     const __m128 f = _mm_load_ps(factor);
     for (int64_t r0 = 0; r0 < g.rows; r0 += kFewBlock) {
       __m256 acc[kFewBlock][kKeys];
       for (auto& row : acc)
         for (auto& a : row) a = _mm256_setzero_ps();
-      for (int64_t c = 0; c < dim; c += 8)
+      for (int64_t c = 0; c < g.dim; c += 8) {
+        __m256 k[kKeys];
+        for (int64_t t = 0; t < kKeys; ++t) k[t] = load8<kInt8>(g.keys, j[t], c);
         for (int64_t i = 0; i < kFewBlock; ++i) {
-          const __m256 q = _mm256_loadu_ps(g.q + std::min(r0 + i, last) * dim + c);
-          for (int64_t t = 0; t < kKeys; ++t) acc[i][t] = _mm256_fmadd_ps(q, _mm256_loadu_ps(k[t] + c), acc[i][t]);
+          const __m256 q = _mm256_loadu_ps(g.q + std::min(r0 + i, last) * g.dim + c);
+          for (int64_t t = 0; t < kKeys; ++t) acc[i][t] = _mm256_fmadd_ps(q, k[t], acc[i][t]);
         }
+      }
       for (int64_t i = 0; i < kFewBlock && r0 + i < g.rows; ++i)
         _mm_storeu_ps(scores + (r0 + i) * stride + j0, _mm_mul_ps(sum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]), f));
     }
   }
-  for (int64_t r = 0; r < g.rows; ++r) {  // weights; an int8 value row's scale folded into its weight
-    float* p = scores + r * stride;
-    softmax_avx2(p, g.bias[r], g.total);
-    for (int64_t j = 0; j < g.values.quantized; ++j) p[j] *= g.values.scale(j);
+}
+
+// out = P·V over the int8 value rows [0, quantized), in register tiles of 3 rows x 32 columns (each row's scale
+// folded into its weights); written, not added.
+HOE_AVX2_FN void int8_value_tiles(const Group& g, const float* scores, int64_t stride) {
+  const int64_t last = g.rows - 1;
+  for (int64_t c0 = 0; c0 < g.dim; c0 += 8 * kChunks) {
+    const int64_t chunks = std::min(kChunks, (g.dim - c0) / 8);
+    for (int64_t r0 = 0; r0 < g.rows; r0 += kFewBlock) {
+      __m256 acc[kFewBlock][kChunks];
+      for (auto& row : acc)
+        for (auto& a : row) a = _mm256_setzero_ps();
+      const float* p[kFewBlock];
+      for (int64_t i = 0; i < kFewBlock; ++i) p[i] = scores + std::min(r0 + i, last) * stride;
+      for (int64_t j = 0; j < g.values.quantized; ++j) {
+        __m256 v[kChunks];
+        for (int64_t t = 0; t < chunks; ++t) v[t] = load8<true>(g.values, j, c0 + 8 * t);
+        const __m256 scale = _mm256_set1_ps(g.values.scale(j));
+        for (int64_t i = 0; i < kFewBlock; ++i) {
+          const __m256 w = _mm256_mul_ps(_mm256_broadcast_ss(p[i] + j), scale);
+          for (int64_t t = 0; t < chunks; ++t) acc[i][t] = _mm256_fmadd_ps(w, v[t], acc[i][t]);
+        }
+      }
+      for (int64_t i = 0; i < kFewBlock && r0 + i < g.rows; ++i)
+        for (int64_t t = 0; t < chunks; ++t) _mm256_storeu_ps(g.out[r0 + i] + c0 + 8 * t, acc[i][t]);
+    }
   }
-  for (int64_t r = 0; r < g.rows; ++r) std::fill(g.out[r], g.out[r] + dim, 0.0f);
-  for (int64_t j = 0; j < g.total; ++j) {  // (tiles of P·V measured slower on fp32 rows: two passes over them)
-    const float* v = widened(g.values, j, tmp);
+}
+
+// Few rows (D % 8 == 0): scores in register tiles (the int8 past, then the fp32 rows), softmax, then out = P·V:
+// the int8 past in register tiles, the fp32 rows added with each value loaded once for every row (tiles of P·V
+// measured slower on fp32 rows). The scores rows are `stride` >= S + kKeys apart.
+HOE_AVX2_FN void group_few_rows(const Group& g, float* scores, int64_t stride) {
+  const int64_t split = g.keys.quantized;
+  if (split > 0) score_tiles<true>(g, scores, stride, 0, split);
+  score_tiles<false>(g, scores, stride, split, g.total);
+  for (int64_t r = 0; r < g.rows; ++r) softmax_avx2(scores + r * stride, g.bias[r], g.total);
+  if (g.values.quantized > 0)
+    int8_value_tiles(g, scores, stride);
+  else
+    for (int64_t r = 0; r < g.rows; ++r) std::fill(g.out[r], g.out[r] + g.dim, 0.0f);
+  for (int64_t j = g.values.quantized; j < g.total; ++j) {
+    const float* v = g.values.frow(j);
     for (int64_t r = 0; r < g.rows; ++r) {
       const __m256 p = _mm256_set1_ps(scores[r * stride + j]);
       float* o = g.out[r];
-      for (int64_t c = 0; c < dim; c += 8)
+      for (int64_t c = 0; c < g.dim; c += 8)
         _mm256_storeu_ps(o + c, _mm256_fmadd_ps(p, _mm256_loadu_ps(v + c), _mm256_loadu_ps(o + c)));
     }
   }
@@ -345,10 +400,10 @@ void run_task(void* data, size_t index) {
     const float* values = j.unpacked ? j.unpacked + bg * s.total * d : group.values.f;
     return group_many_rows(group, w.scores.data(), j.stride, j.packed + bg * d * j.stride, values);
   }
-  w.scores.resize(n * j.stride);
   if (kAvx2 && d % 8 == 0) {
-    w.row.resize(kKeys * d);
-    return group_few_rows(group, w.scores.data(), j.stride, w.row.data());
+    const int64_t stride = round_up(s.total + kKeys, kColBlock);  // room for a last tile's spare scores
+    w.scores.resize(n * stride);
+    return group_few_rows(group, w.scores.data(), stride);
   }
 #endif
   w.scores.resize(n * j.stride);
