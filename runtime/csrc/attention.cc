@@ -214,30 +214,40 @@ HOE_AVX2_FN void score_tiles(const Group& g, float* scores, int64_t stride, int6
   }
 }
 
-// out = P·V over the int8 value rows [0, quantized), in register tiles of 3 rows x 32 columns (each row's scale
-// folded into its weights); written, not added.
-HOE_AVX2_FN void int8_value_tiles(const Group& g, const float* scores, int64_t stride) {
+// out[:, c0 : c0 + 8·kC] = P·V over the int8 value rows [0, quantized), in register tiles of 3 rows x kC chunks of 8
+// (kC fixed, so the 3·kC accumulators stay in registers), each row's scale folded into its weights; written, not
+// added.
+template <int64_t kC>
+HOE_AVX2_FN void int8_value_tile(const Group& g, const float* scores, int64_t stride, int64_t c0) {
   const int64_t last = g.rows - 1;
-  for (int64_t c0 = 0; c0 < g.dim; c0 += 8 * kChunks) {
-    const int64_t chunks = std::min(kChunks, (g.dim - c0) / 8);
-    for (int64_t r0 = 0; r0 < g.rows; r0 += kFewBlock) {
-      __m256 acc[kFewBlock][kChunks];
-      for (auto& row : acc)
-        for (auto& a : row) a = _mm256_setzero_ps();
-      const float* p[kFewBlock];
-      for (int64_t i = 0; i < kFewBlock; ++i) p[i] = scores + std::min(r0 + i, last) * stride;
-      for (int64_t j = 0; j < g.values.quantized; ++j) {
-        __m256 v[kChunks];
-        for (int64_t t = 0; t < chunks; ++t) v[t] = load8<true>(g.values, j, c0 + 8 * t);
-        const __m256 scale = _mm256_set1_ps(g.values.scale(j));
-        for (int64_t i = 0; i < kFewBlock; ++i) {
-          const __m256 w = _mm256_mul_ps(_mm256_broadcast_ss(p[i] + j), scale);
-          for (int64_t t = 0; t < chunks; ++t) acc[i][t] = _mm256_fmadd_ps(w, v[t], acc[i][t]);
-        }
+  for (int64_t r0 = 0; r0 < g.rows; r0 += kFewBlock) {
+    __m256 acc[kFewBlock][kC];
+    for (auto& row : acc)
+      for (auto& a : row) a = _mm256_setzero_ps();
+    const float* p[kFewBlock];
+    for (int64_t i = 0; i < kFewBlock; ++i) p[i] = scores + std::min(r0 + i, last) * stride;
+    for (int64_t j = 0; j < g.values.quantized; ++j) {
+      __m256 v[kC];
+      for (int64_t t = 0; t < kC; ++t) v[t] = load8<true>(g.values, j, c0 + 8 * t);
+      const __m256 scale = _mm256_set1_ps(g.values.scale(j));
+      for (int64_t i = 0; i < kFewBlock; ++i) {
+        const __m256 w = _mm256_mul_ps(_mm256_broadcast_ss(p[i] + j), scale);
+        for (int64_t t = 0; t < kC; ++t) acc[i][t] = _mm256_fmadd_ps(w, v[t], acc[i][t]);
       }
-      for (int64_t i = 0; i < kFewBlock && r0 + i < g.rows; ++i)
-        for (int64_t t = 0; t < chunks; ++t) _mm256_storeu_ps(g.out[r0 + i] + c0 + 8 * t, acc[i][t]);
     }
+    for (int64_t i = 0; i < kFewBlock && r0 + i < g.rows; ++i)
+      for (int64_t t = 0; t < kC; ++t) _mm256_storeu_ps(g.out[r0 + i] + c0 + 8 * t, acc[i][t]);
+  }
+}
+
+HOE_AVX2_FN void int8_value_tiles(const Group& g, const float* scores, int64_t stride) {
+  int64_t c0 = 0;
+  for (; c0 + 8 * kChunks <= g.dim; c0 += 8 * kChunks) int8_value_tile<kChunks>(g, scores, stride, c0);
+  switch ((g.dim - c0) / 8) {  // D % 8 == 0
+    case 3: return int8_value_tile<3>(g, scores, stride, c0);
+    case 2: return int8_value_tile<2>(g, scores, stride, c0);
+    case 1: return int8_value_tile<1>(g, scores, stride, c0);
+    default: return;
   }
 }
 
