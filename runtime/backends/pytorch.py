@@ -4,6 +4,8 @@ Needs the export extra (torch, transformers). The exported folder does not hold 
 torch form, so the base comes from `BackendConfig.base`, else the manifest's `source.base`. Experts and
 routers come from `BackendConfig.hoe`, else the exported folder itself (its hoe.json and its packed
 experts/routers, unpacked: the same model with the expert scaling folded into lora_B), else `source.hoe`.
+An export with an int8 KV cache (`kv_cache.dtype`) keeps its rows here too: the model runs on the dequantized
+past and its new columns are quantized as the graph's op does (hoe.contract.kv_int8).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ log = logging.getLogger(__name__)
 class TorchState(DecodeState):
     def __init__(self, batch: int) -> None:
         super().__init__(batch)
-        self.cache = None  # transformers DynamicCache, created by the first step
+        self.cache = None  # transformers DynamicCache, created by the first step; an int8-cache export's: its rows
+        # by past input name (hoe.contract.kv_int8)
 
 
 class TorchBackend(Backend):
@@ -100,11 +103,22 @@ class TorchBackend(Backend):
                 out[pk], out[pv] = kv_int8.append(past_k, out[pk], steps), kv_int8.append(past_v, out[pv], steps)
         return out
 
+    def _empty_rows(self, batch: int) -> dict[str, np.ndarray]:
+        _, heads, width = self.manifest.kv_spec()
+        empty = np.zeros((batch, heads, 0, width), np.int8)
+        return {name: empty for k, v, _, _ in self._layers for name in (k, v)}
+
     def new_state(self, batch: int) -> TorchState:
         self._require_active()
         return TorchState(batch)
 
     def step(self, state: TorchState, input_ids, attention_mask, position_ids, router_mix) -> np.ndarray:
+        if self.manifest.data["kv_cache"].get("dtype") == kv_int8.DTYPE:  # the export's own rounding of its past
+            out = self.infer({"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+                              "router_mix": router_mix, **(state.cache or self._empty_rows(state.batch))})
+            state.cache = {past: out[present] for k, v, pk, pv in self._layers for past, present in ((k, pk), (v, pv))}
+            state.past_length += input_ids.shape[1]
+            return out["logits"][:, -1]
         logits, state.cache = self._run(input_ids, attention_mask, position_ids, router_mix, state.cache)
         state.past_length += input_ids.shape[1]
         return logits[:, -1].float().numpy()  # [B, V]

@@ -22,6 +22,20 @@ def test_parity_passes_and_reports_every_case(bench_model, tmp_path):
     assert {c["past"] for c in entry["cases"]} == {0, 5}
 
 
+@pytest.mark.skipif(__import__("hoe.runtime.kernels", fromlist=["library"]).library() is None,
+                    reason="hoe was installed without its kernels library")
+def test_parity_of_an_int8_cache_export(bench_model, tmp_path):
+    """--kv-cache int8: the torch reference keeps int8 rows too (its infer and its greedy steps), and each case's
+    reference runs on the backend's own rounded past; the sweep and the greedy tokens pass."""
+    from runtime_export import exported_folder
+
+    folder = exported_folder(bench_model.base_dir, bench_model.ckpt_dir, tmp_path / "int8", attention_kernel=True,
+                             kv_cache="int8")
+    result = run_parity(folder, ParityConfig(**SMALL), base=str(bench_model.base_dir))
+    entry = result["backends"]["ort:cpu"]
+    assert result["passed"] and entry["max_abs"] < 1e-4 and entry["greedy_agreement"] == 1.0, entry["max_abs"]
+
+
 def _corrupted_export(bench_model, tmp_path):
     """A copy of the export whose expert B factors are 50 % off (hashes refreshed, so it still loads)."""
     from hoe.contract.manifest import refresh_hashes
