@@ -294,7 +294,7 @@ def _run_parity(cfg: ParityConfig, folder: Path, graph_folder: Path, manifest, b
               "reference": ref.backend.describe(), "skipped": skipped, "backends": {}}
     for run in runners:
         result["backends"][run.label] = {"describe": run.backend.describe(), "cases": [], "greedy": []}
-    int8_cache = manifest.data["kv_cache"].get("dtype") == kv_int8.DTYPE
+    int8_cache = kv_int8.in_manifest(manifest.data)
     for case in tqdm(cases, desc="parity sweep", unit="case"):
         expected = None if int8_cache else ref.forward(case)
         real = case.mask[:, case.past:] > 0  # [B, T]

@@ -18,6 +18,11 @@ DTYPE = "int8"  # kv_cache.dtype in hoe_config.json
 SCALE_BYTES = 4
 
 
+def in_manifest(manifest: dict) -> bool:
+    """Whether an exported folder's manifest (hoe_config.json as a dict) declares an int8 KV cache."""
+    return (manifest.get("kv_cache") or {}).get("dtype") == DTYPE
+
+
 def row_width(head_dim: int) -> int:
     """Bytes per cached row: D values and the scale."""
     return head_dim + SCALE_BYTES

@@ -98,7 +98,7 @@ def validate_export(folder, base_dir, ckpt_dir, config: ValidationConfig | None 
     report["not_validated"] += _window_note(base_dir, config)
     if ref64 is not None:
         report["fp64"] = _fp64_report(stats64, min(config.fp64_cases, len(cases)))
-    if _int8_cache(manifest) or quant and (quant.get("weights", "fp32") != "fp32" or mf.experts_baked(quant)):
+    if kv_int8.in_manifest(manifest) or quant and (quant.get("weights", "fp32") != "fp32" or mf.experts_baked(quant)):
         report["quantization"] = _quant_report(quant, ref, ort, folder, manifest, config)
         if config.quality_prompts:
             from .quality import QualityConfig, quality_report
@@ -166,7 +166,7 @@ class _Reference:
             exact_float64(self.model)
         self.model.eval()
         self.present_names = _kv_runner_args(manifest)[0]
-        self.int8_cache = not float_cache and _int8_cache(manifest)  # float_cache: the unrounded model
+        self.int8_cache = not float_cache and kv_int8.in_manifest(manifest)  # float_cache: the unrounded model
         self.cache = None  # a transformers cache; for an int8 cache the rows [B,Hkv,P,D+4] per present name
 
     def reset(self, batch: int) -> None:
@@ -399,14 +399,10 @@ def _report(stats: Stats, cases: list, manifest: dict, config: ValidationConfig)
             "not_validated": not_validated, "config": config.to_dict(), **({"kv_cache": kv} if kv else {})}
 
 
-def _int8_cache(manifest: dict) -> bool:
-    return (manifest.get("kv_cache") or {}).get("dtype") == kv_int8.DTYPE
-
-
 def _kv_report(stats: Stats, manifest: dict) -> dict:
     """An int8 KV cache: how far the graph's rows are from the reference's own rounding (at most one step where the
     two sides' fp32 values straddle a rounding boundary); {} for a float cache."""
-    if not _int8_cache(manifest):
+    if not kv_int8.in_manifest(manifest):
         return {}
     return {"dtype": kv_int8.DTYPE, "max_steps_apart": stats.kv_steps_apart, "passed": stats.kv_steps_apart <= 1,
             "rule": "each side rounds its own k/v (at most 1 step apart); each step the reference then continues "

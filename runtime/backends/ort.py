@@ -73,7 +73,8 @@ class OrtBackend(Backend):
         self._layers = [self.manifest.kv_names(i) for i in range(self.manifest.num_layers)]
         self._check_graph()
         self.tensors = self._load_tensors()  # name -> OrtValue, bound to every state
-        self._kv_dtype, self._kv_heads, self._head_dim = self.manifest.kv_spec()
+        self._kv_dtype, self._kv_heads, self._kv_width = self.manifest.kv_spec()  # width: D, or D + 4 (int8 rows)
+        self._logits_dtype = _numpy_dtype(self.manifest.outputs[LOGITS]["dtype"])  # not the cache's (int8 rows)
         self.shared_kv = bool(self.manifest.data["kv_cache"].get("shared_buffer"))
         log.info("onnxruntime %s session ready in %.0f ms on %s (threads=%s, %d expert/router inputs)",
                  ort.__version__, self.load_ms, self.providers_used, self.config.threads, len(self.tensors))
@@ -139,7 +140,7 @@ class OrtBackend(Backend):
             binding.bind_ortvalue_input(name, value)
         if self.shared_kv:
             return OrtState(batch, binding)  # buffers come with the first step (their size depends on it)
-        empty = np.zeros((batch, self._kv_heads, 0, self._head_dim), dtype=_numpy_dtype(self._kv_dtype))
+        empty = np.zeros((batch, self._kv_heads, 0, self._kv_width), dtype=_numpy_dtype(self._kv_dtype))
         for past_k, past_v, _, _ in self._layers:
             binding.bind_cpu_input(past_k, empty)
             binding.bind_cpu_input(past_v, empty)
@@ -186,8 +187,7 @@ class OrtBackend(Backend):
         """(host array, OrtValue) [B,T,V] for the logits; the decode one (T = 1) is kept and reused."""
         if new == 1 and state.logits is not None:
             return state.logits
-        logits = self.manifest.outputs[LOGITS]["dtype"]
-        host = np.empty((state.batch, new, self.manifest.vocab_size), dtype=_numpy_dtype(logits))
+        host = np.empty((state.batch, new, self.manifest.vocab_size), dtype=self._logits_dtype)
         buffer = (host, self._ortvalue(host))
         if new == 1:
             state.logits = buffer
@@ -197,7 +197,7 @@ class OrtBackend(Backend):
         """(Re)allocate the per-layer buffers with >= `needed` columns, keeping the cached columns."""
         limit = max(needed, self.manifest.context_length)
         capacity = min(limit, max(needed, MIN_CAPACITY, 2 * state.capacity))
-        shape = (state.batch, self._kv_heads, capacity, self._head_dim)
+        shape = (state.batch, self._kv_heads, capacity, self._kv_width)
         dtype = _numpy_dtype(self._kv_dtype)
         old = [a if self.device == "cpu" else v.numpy() for a, v in zip(state.kv, state.kv_values)]
         state.kv, state.kv_values = [], []

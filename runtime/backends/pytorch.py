@@ -51,6 +51,7 @@ class TorchBackend(Backend):
         self.model = load_hoe(base, experts, dtype=dtype)
         self.load_ms = (time.perf_counter() - start) * 1e3
         self._layers = [self.manifest.kv_names(i) for i in range(self.manifest.num_layers)]
+        self._int8_cache = kv_int8.in_manifest(self.manifest.data)
         log.info("torch %s reference model ready in %.0f ms (base %s, experts %s, threads=%s)",
                  torch.__version__, self.load_ms, base, ckpt, torch.get_num_threads())
 
@@ -99,7 +100,7 @@ class TorchBackend(Backend):
         steps = feed["input_ids"].shape[1]
         for layer, (past_k, past_v), (_, _, pk, pv) in zip(cache.layers, pasts, self._layers):
             out[pk], out[pv] = layer.keys.numpy(), layer.values.numpy()
-            if past_k is not None and past_k.dtype == np.int8:  # an int8 cache (hoe.contract.kv_int8): new rows
+            if self._int8_cache:  # new rows quantized onto the past's (hoe.contract.kv_int8)
                 out[pk], out[pv] = kv_int8.append(past_k, out[pk], steps), kv_int8.append(past_v, out[pv], steps)
         return out
 
@@ -113,7 +114,7 @@ class TorchBackend(Backend):
         return TorchState(batch)
 
     def step(self, state: TorchState, input_ids, attention_mask, position_ids, router_mix) -> np.ndarray:
-        if self.manifest.data["kv_cache"].get("dtype") == kv_int8.DTYPE:  # the export's own rounding of its past
+        if self._int8_cache:  # the export's own rounding of its past
             out = self.infer({"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
                               "router_mix": router_mix, **(state.cache or self._empty_rows(state.batch))})
             state.cache = {past: out[present] for k, v, pk, pv in self._layers for past, present in ((k, pk), (v, pv))}
