@@ -4,7 +4,9 @@
 //   KV head, not once per query head);
 // - a prompt (many rows, D a multiple of 16): the keys are transposed once into a scratch buffer and both products
 //   run as register-blocked 6 x 16 tiles.
-// Both take AVX2 + FMA where the CPU has them (cpu.h), with a vectorised exp; other CPUs run the plain loops.
+// Both take AVX2 + FMA where the CPU has them (cpu.h), with a vectorised exp; other CPUs run the plain loops. The
+// decode path is compiled twice, for AVX2 and for AVX-512 F + VL, where the same code keeps every accumulator of
+// its tiles in one of 32 vector registers (with 16 the tiles spill some to the stack).
 #include "attention.h"
 
 #include <algorithm>
@@ -103,10 +105,13 @@ void group_portable(const Group& g, float* scores, int64_t stride) {
 
 #ifdef HOE_AVX2
 #define HOE_AVX2_FN __attribute__((target("avx2,fma")))
+// The decode path's functions: inlined into each of its two entry points (few_rows_avx2, few_rows_avx512), so
+// that each is compiled for its caller's registers.
+#define HOE_DECODE_FN __attribute__((target("avx2,fma"), always_inline)) inline
 
 // exp(x) for x <= 0: 2^n · p(r), n = round(x·log2 e), r = x − n·ln 2 (two-part ln 2), p Cephes' degree-6
 // polynomial (≈ 1 ulp); 0 below kMinExp.
-HOE_AVX2_FN inline __m256 exp_ps(__m256 x) {
+HOE_DECODE_FN __m256 exp_ps(__m256 x) {
   const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(kMinExp), _CMP_GE_OQ);
   x = _mm256_max_ps(x, _mm256_set1_ps(kMinExp));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
@@ -124,14 +129,14 @@ HOE_AVX2_FN inline __m256 exp_ps(__m256 x) {
   return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(two_n)), keep);
 }
 
-HOE_AVX2_FN inline float hsum(__m256 a) {
+HOE_DECODE_FN float hsum(__m256 a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
 }
 
 // add_bias, 8 columns at a time.
-HOE_AVX2_FN float add_bias_avx2(float* x, const float* bias, int64_t n) {
+HOE_DECODE_FN float add_bias_avx2(float* x, const float* bias, int64_t n) {
   __m256 vtop = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
@@ -147,7 +152,7 @@ HOE_AVX2_FN float add_bias_avx2(float* x, const float* bias, int64_t n) {
   return top;
 }
 
-HOE_AVX2_FN void softmax_avx2(float* x, const float* bias, int64_t n) {
+HOE_DECODE_FN void softmax_avx2(float* x, const float* bias, int64_t n) {
   const float top = add_bias_avx2(x, bias, n);
   if (top == -std::numeric_limits<float>::infinity()) return;
   const __m256 vt = _mm256_set1_ps(top);
@@ -167,7 +172,7 @@ HOE_AVX2_FN void softmax_avx2(float* x, const float* bias, int64_t n) {
 
 // 8 values of row j from column c as fp32: an int8 row widened (its scale not applied), an fp32 row loaded.
 template <bool kInt8>
-HOE_AVX2_FN inline __m256 load8(const Rows& rows, int64_t j, int64_t c) {
+HOE_DECODE_FN __m256 load8(const Rows& rows, int64_t j, int64_t c) {
   if constexpr (kInt8)
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows.qrow(j) + c))));
   else
@@ -175,7 +180,7 @@ HOE_AVX2_FN inline __m256 load8(const Rows& rows, int64_t j, int64_t c) {
 }
 
 // The four horizontal sums of a0..a3.
-HOE_AVX2_FN inline __m128 sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+HOE_DECODE_FN __m128 sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
   const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
   return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
@@ -186,7 +191,7 @@ constexpr int64_t kFewBlock = 3, kKeys = 4, kChunks = 4;  // decode tiles: 3 row
 // independent accumulators, each key chunk loaded once per tile. A tile past j_end repeats the last key; its
 // extra scores land on columns computed later or past S (the scores rows have kKeys spare columns).
 template <bool kInt8>
-HOE_AVX2_FN void score_tiles(const Group& g, float* scores, int64_t stride, int64_t j_begin, int64_t j_end) {
+HOE_DECODE_FN void score_tiles(const Group& g, float* scores, int64_t stride, int64_t j_begin, int64_t j_end) {
   const int64_t last = g.rows - 1;
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kKeys) {
     int64_t j[kKeys];
@@ -214,11 +219,11 @@ HOE_AVX2_FN void score_tiles(const Group& g, float* scores, int64_t stride, int6
   }
 }
 
-// out[:, c0 : c0 + 8·kC] = P·V over the int8 value rows [0, quantized), in register tiles of 3 rows x kC chunks of 8
-// (kC fixed, so the 3·kC accumulators stay in registers), each row's scale folded into its weights; written, not
-// added.
-template <int64_t kC>
-HOE_AVX2_FN void int8_value_tile(const Group& g, const float* scores, int64_t stride, int64_t c0) {
+// out[:, c0 : c0 + 8·kC] = P·V over the value rows [0, rows) (all int8, or all fp32), in register tiles of 3 rows
+// x kC chunks of 8 (kC fixed, so the 3·kC accumulators stay in registers), an int8 row's scale folded into its
+// weights; written, not added.
+template <bool kInt8, int64_t kC>
+HOE_DECODE_FN void value_tile(const Group& g, const float* scores, int64_t stride, int64_t rows, int64_t c0) {
   const int64_t last = g.rows - 1;
   for (int64_t r0 = 0; r0 < g.rows; r0 += kFewBlock) {
     __m256 acc[kFewBlock][kC];
@@ -226,12 +231,12 @@ HOE_AVX2_FN void int8_value_tile(const Group& g, const float* scores, int64_t st
       for (auto& a : row) a = _mm256_setzero_ps();
     const float* p[kFewBlock];
     for (int64_t i = 0; i < kFewBlock; ++i) p[i] = scores + std::min(r0 + i, last) * stride;
-    for (int64_t j = 0; j < g.values.quantized; ++j) {
+    for (int64_t j = 0; j < rows; ++j) {
       __m256 v[kC];
-      for (int64_t t = 0; t < kC; ++t) v[t] = load8<true>(g.values, j, c0 + 8 * t);
-      const __m256 scale = _mm256_set1_ps(g.values.scale(j));
+      for (int64_t t = 0; t < kC; ++t) v[t] = load8<kInt8>(g.values, j, c0 + 8 * t);
+      const __m256 scale = _mm256_set1_ps(kInt8 ? g.values.scale(j) : 1.0f);
       for (int64_t i = 0; i < kFewBlock; ++i) {
-        const __m256 w = _mm256_mul_ps(_mm256_broadcast_ss(p[i] + j), scale);
+        const __m256 w = kInt8 ? _mm256_mul_ps(_mm256_broadcast_ss(p[i] + j), scale) : _mm256_broadcast_ss(p[i] + j);
         for (int64_t t = 0; t < kC; ++t) acc[i][t] = _mm256_fmadd_ps(w, v[t], acc[i][t]);
       }
     }
@@ -240,30 +245,38 @@ HOE_AVX2_FN void int8_value_tile(const Group& g, const float* scores, int64_t st
   }
 }
 
-HOE_AVX2_FN void int8_value_tiles(const Group& g, const float* scores, int64_t stride) {
+template <bool kInt8>
+HOE_DECODE_FN void value_tiles(const Group& g, const float* scores, int64_t stride, int64_t rows) {
   int64_t c0 = 0;
-  for (; c0 + 8 * kChunks <= g.dim; c0 += 8 * kChunks) int8_value_tile<kChunks>(g, scores, stride, c0);
+  for (; c0 + 8 * kChunks <= g.dim; c0 += 8 * kChunks) value_tile<kInt8, kChunks>(g, scores, stride, rows, c0);
   switch ((g.dim - c0) / 8) {  // D % 8 == 0
-    case 3: return int8_value_tile<3>(g, scores, stride, c0);
-    case 2: return int8_value_tile<2>(g, scores, stride, c0);
-    case 1: return int8_value_tile<1>(g, scores, stride, c0);
+    case 3: return value_tile<kInt8, 3>(g, scores, stride, rows, c0);
+    case 2: return value_tile<kInt8, 2>(g, scores, stride, rows, c0);
+    case 1: return value_tile<kInt8, 1>(g, scores, stride, rows, c0);
     default: return;
   }
 }
 
 // Few rows (D % 8 == 0): scores in register tiles (the int8 past, then the fp32 rows), softmax, then out = P·V:
-// the int8 past in register tiles, the fp32 rows added with each value loaded once for every row (tiles of P·V
-// measured slower on fp32 rows). The scores rows are `stride` >= S + kKeys apart.
-HOE_AVX2_FN void group_few_rows(const Group& g, float* scores, int64_t stride) {
+// the int8 past in register tiles; the fp32 rows in register tiles too with 32 vector registers (kFloatTiles),
+// else added with each value loaded once for every row (with 16 the tiles spill and measured slower). The scores
+// rows are `stride` >= S + kKeys apart.
+template <bool kFloatTiles>
+HOE_DECODE_FN void group_few_rows(const Group& g, float* scores, int64_t stride) {
   const int64_t split = g.keys.quantized;
   if (split > 0) score_tiles<true>(g, scores, stride, 0, split);
   score_tiles<false>(g, scores, stride, split, g.total);
   for (int64_t r = 0; r < g.rows; ++r) softmax_avx2(scores + r * stride, g.bias[r], g.total);
-  if (g.values.quantized > 0)
-    int8_value_tiles(g, scores, stride);
-  else
+  int64_t j = g.values.quantized;
+  if (j > 0) {
+    value_tiles<true>(g, scores, stride, j);
+  } else if (kFloatTiles) {
+    value_tiles<false>(g, scores, stride, g.total);
+    j = g.total;
+  } else {
     for (int64_t r = 0; r < g.rows; ++r) std::fill(g.out[r], g.out[r] + g.dim, 0.0f);
-  for (int64_t j = g.values.quantized; j < g.total; ++j) {
+  }
+  for (; j < g.total; ++j) {
     const float* v = g.values.frow(j);
     for (int64_t r = 0; r < g.rows; ++r) {
       const __m256 p = _mm256_set1_ps(scores[r * stride + j]);
@@ -272,6 +285,15 @@ HOE_AVX2_FN void group_few_rows(const Group& g, float* scores, int64_t stride) {
         _mm256_storeu_ps(o + c, _mm256_fmadd_ps(p, _mm256_loadu_ps(v + c), _mm256_loadu_ps(o + c)));
     }
   }
+}
+
+HOE_AVX2_FN void few_rows_avx2(const Group& g, float* scores, int64_t stride) {
+  group_few_rows<false>(g, scores, stride);
+}
+
+__attribute__((target("avx2,fma,avx512f,avx512vl"))) void few_rows_avx512(const Group& g, float* scores,
+                                                                          int64_t stride) {
+  group_few_rows<true>(g, scores, stride);
 }
 
 // Columns a row reaches: 1 + its last column whose bias is above kMasked (S for a row masked everywhere, whose
@@ -341,7 +363,8 @@ HOE_AVX2_FN void group_many_rows(const Group& g, float* scores, int64_t stride, 
 }
 #endif
 
-const bool kAvx2 = use_avx2();
+const Isa kIsa = kernel_isa();
+const bool kAvx2 = kIsa >= Isa::kAvx2;
 
 constexpr int64_t kChunkRows = 8 * kRowBlock;  // a prompt's rows per task
 
@@ -413,7 +436,7 @@ void run_task(void* data, size_t index) {
   if (kAvx2 && d % 8 == 0) {
     const int64_t stride = round_up(s.total + kKeys, kColBlock);  // room for a last tile's spare scores
     w.scores.resize(n * stride);
-    return group_few_rows(group, w.scores.data(), stride);
+    return (kIsa == Isa::kAvx512 ? few_rows_avx512 : few_rows_avx2)(group, w.scores.data(), stride);
   }
 #endif
   w.scores.resize(n * j.stride);

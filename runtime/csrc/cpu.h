@@ -10,15 +10,21 @@
 
 namespace hoe {
 
-// AVX2 + FMA available, and HOE_KERNELS_PORTABLE=1 (tests: the loops other CPUs run) not set.
-inline bool use_avx2() {
-  const char* portable = std::getenv("HOE_KERNELS_PORTABLE");
-  if (portable && std::strcmp(portable, "1") == 0) return false;
+// The paths, narrowest first: plain loops (any CPU), AVX2 + FMA, and the AVX2 code compiled for AVX-512 F + VL
+// (the same instructions, with 32 vector registers instead of 16).
+enum class Isa { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// The widest path this CPU has, capped by HOE_KERNELS_ISA=portable|avx2 (tests: the loops other CPUs run).
+inline Isa kernel_isa() {
+  const char* cap = std::getenv("HOE_KERNELS_ISA");
+  if (cap && std::strcmp(cap, "portable") == 0) return Isa::kPortable;
 #ifdef HOE_AVX2
   __builtin_cpu_init();  // this may run as a static initializer, before libgcc's own
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return Isa::kPortable;
+  if (cap && std::strcmp(cap, "avx2") == 0) return Isa::kAvx2;
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") ? Isa::kAvx512 : Isa::kAvx2;
 #else
-  return false;
+  return Isa::kPortable;
 #endif
 }
 

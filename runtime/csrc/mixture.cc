@@ -86,10 +86,10 @@ __attribute__((target("avx2,fma"))) void tile_product_avx2(const float* hg, int6
 
 using TileProduct = void (*)(const float*, int64_t, const uint8_t*, const float*, const float*, float*, int64_t);
 
-// HOE_KERNELS_PORTABLE=1 in the environment keeps the portable loop (what other CPUs run), for tests.
+// HOE_KERNELS_ISA=portable in the environment keeps the portable loop (what other CPUs run), for tests.
 TileProduct pick_tile_product() {
 #ifdef HOE_AVX2
-  if (use_avx2()) return tile_product_avx2;
+  if (kernel_isa() >= Isa::kAvx2) return tile_product_avx2;
 #endif
   return tile_product_portable;
 }

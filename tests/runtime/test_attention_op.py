@@ -105,28 +105,32 @@ def test_attention_op_matches_numpy(case, shared, threads):
     np.testing.assert_array_equal(present_v[:, :, :total], values)
 
 
-def test_portable_loops_match_numpy(tmp_path):
-    """HOE_KERNELS_PORTABLE=1 (read when onnxruntime loads the library, so in a fresh process) runs the loops other
-    CPUs run; on an AVX2 machine they round differently, which shows the switch took effect."""
+@pytest.mark.parametrize("isa", ["portable", "avx2"])
+def test_narrower_paths_match_numpy(tmp_path, isa):
+    """HOE_KERNELS_ISA=portable|avx2 is read when onnxruntime loads the library, so each runs in a fresh process:
+    the numpy comparisons above (fp32 and int8 caches, every shape) on the capped path. The portable loops round
+    differently from AVX2's, which shows that cap took effect; the AVX2 and AVX-512 builds of the decode path add
+    the same products in the same order, so a decode step is bitwise the same on both."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
+    env = {**os.environ, "HOE_KERNELS_ISA": isa}
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                    "cache_op_matches_numpy or attention_op_matches_numpy"], check=True, env=env, timeout=300,
+                   capture_output=True)
+    case = 2 if isa == "portable" else 0  # a prompt, a decode step
     script = (f"import sys, numpy as np; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-              f"import test_attention_op as t; np.save({str(tmp_path / 'o.npy')!r}, t._run(t.CASES[2]))")
-    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "HOE_KERNELS_PORTABLE": "1"},
-                   timeout=120)
-    portable = np.load(tmp_path / "o.npy")
-    out = _run(CASES[2])
-    rng = np.random.default_rng(0)
-    batch, steps, past, heads, kv_heads, dim = CASES[2]
-    want = _reference(*_inputs(rng, batch, steps, past, heads, kv_heads, dim, past, [0, 2, 1]), heads, kv_heads,
-                      dim ** -0.5)[0]
-    np.testing.assert_allclose(portable, want, rtol=1e-5, atol=1e-5)
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists() and " avx2" in cpuinfo.read_text(errors="ignore"):
-        assert not np.array_equal(portable, out), "HOE_KERNELS_PORTABLE=1 did not change the kernel's path"
+              f"import test_attention_op as t; np.save({str(tmp_path / 'o.npy')!r}, t._run(t.CASES[{case}]))")
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
+    capped, default = np.load(tmp_path / "o.npy"), _run(CASES[case])
+    if isa == "avx2":
+        np.testing.assert_array_equal(capped, default)
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        if cpuinfo.exists() and " avx2" in cpuinfo.read_text(errors="ignore"):
+            assert not np.array_equal(capped, default), "HOE_KERNELS_ISA=portable did not change the kernel's path"
 
 
 def _run(case):

@@ -98,7 +98,7 @@ def test_mixture_op_matches_numpy(case):
 
 
 def test_portable_loop_matches_numpy(tmp_path):
-    """HOE_KERNELS_PORTABLE=1 (read when onnxruntime loads the library, so in a fresh process) runs the loop other
+    """HOE_KERNELS_ISA=portable (read when onnxruntime loads the library, so in a fresh process) runs the loop other
     CPUs run instead of the AVX2 one. On an AVX2 machine the two round differently (FMA), which shows the switch
     took effect."""
     import os
@@ -108,14 +108,14 @@ def test_portable_loop_matches_numpy(tmp_path):
 
     script = (f"import sys, numpy as np; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
               f"import test_mixture_op as t; np.save({str(tmp_path / 'z.npy')!r}, t._run_case(t.CASES[0])[0])")
-    env = {**os.environ, "HOE_KERNELS_PORTABLE": "1"}
+    env = {**os.environ, "HOE_KERNELS_ISA": "portable"}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
     portable = np.load(tmp_path / "z.npy")
     z, want = _run_case(CASES[0])
     np.testing.assert_allclose(portable, want, rtol=1e-4, atol=1e-4)
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists() and " avx2" in cpuinfo.read_text(errors="ignore"):
-        assert not np.array_equal(portable, z), "HOE_KERNELS_PORTABLE=1 did not change the kernel's path"
+        assert not np.array_equal(portable, z), "HOE_KERNELS_ISA=portable did not change the kernel's path"
 
 
 def test_mixture_op_refuses_bad_shapes_with_a_message():
