@@ -31,7 +31,7 @@ class ParetoConfig(JsonConfig):
     work: str = ""  # folder keeping decoded batches so an interrupted run resumes; "" -> none
     bootstrap: int = 1000  # resamples of the prompt bootstrap (pareto_stats.py)
     seed: int = 0  # seed of the bootstrap draws
-    export: str = ""  # exported folder: its base weight precision (hoe_config.json `quantization`) is applied
+    export: str = ""  # exported folder: its base weight precision (hoe_config.json `quantization`) and KV cache
 
     def resolve(self) -> tuple[Path, Path, Path]:
         from hoe.train.data import default_prompts
@@ -119,7 +119,8 @@ def register(sub) -> None:
     p.add_argument("--out", help="folder for pareto.json/png (default: the checkpoint folder)")
     p.add_argument("--work", help="resume folder for decoded batches (default: $HOE_CACHE/bench/pareto)")
     p.add_argument("--export", help="exported folder (e.g. hoe export --weights int4): evaluate with its "
-                                    "dequantized base weights, the weights its graph computes with")
+                                    "dequantized base weights, the weights its graph computes with, and through "
+                                    "an int8 KV cache when it has one (--kv-cache int8)")
     p.set_defaults(func=_main)
 
 

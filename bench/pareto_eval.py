@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hoe.contract import kv_int8
 from hoe.core import names
 from hoe.core.atomic import atomic_write_text
 from hoe.core.objectives import make_objectives, score_all
@@ -82,8 +83,10 @@ def export_weights(model, plain, quant: dict | None) -> None:
 class Runner:
     """Greedy decoding of many (prompt, mix) rows in batches, counting wall time per system."""
 
-    def __init__(self, codec, max_new_tokens: int, batch_rows: int, cache: AnswerCache | None = None) -> None:
+    def __init__(self, codec, max_new_tokens: int, batch_rows: int, cache: AnswerCache | None = None,
+                 int8_cache: bool = False) -> None:
         self.codec, self.max_new, self.batch_rows = codec, max_new_tokens, batch_rows
+        self.int8_cache = int8_cache  # decode through an int8 KV cache (pareto_decode.py)
         self.cache = cache or AnswerCache(None, {})
         self.seconds: dict[str, float] = {}
 
@@ -96,10 +99,11 @@ class Runner:
             if self.cache.get(key) is None:
                 chunk = prompts[s:s + self.batch_rows]
                 mix = None if mixes is None else mixes[s:s + self.batch_rows]
-                pre = prefill(model, chunk, self.codec.pad_id, router_mix=mix, tensors=tensors)
+                pre = prefill(model, chunk, self.codec.pad_id, router_mix=mix, tensors=tensors,
+                              int8_cache=self.int8_cache)
                 n = len(chunk)
                 answers = decode(model, pre, torch.arange(n), torch.ones(n), n, self.max_new, self.codec.eos_id,
-                                 tensors=tensors)
+                                 tensors=tensors, int8_cache=self.int8_cache)
                 self.cache.put(key, [self.codec.decode(a) for a in answers])
             texts += self.cache.get(key)
         self.seconds[system] = self.seconds.get(system, 0.0) + time.perf_counter() - t0
@@ -120,7 +124,8 @@ class Runner:
                 continue
             streams = [p for p in block for _ in range(m)]
             mix = torch.eye(m).repeat(len(block), 1)  # stream j*m+e -> expert e alone
-            pre = prefill(model, streams, self.codec.pad_id, router_mix=mix, tensors=tensors)
+            pre = prefill(model, streams, self.codec.pad_id, router_mix=mix, tensors=tensors,
+                          int8_cache=self.int8_cache)
             index, row_of, weight = [], [], []
             for pi, lam in enumerate(points):
                 for j in range(len(block)):
@@ -130,7 +135,8 @@ class Runner:
                             row_of.append(pi * len(block) + j)
                             weight.append(lam[e])
             answers = decode(model, select(pre, torch.tensor(index)), torch.tensor(row_of), torch.tensor(weight),
-                             len(points) * len(block), self.max_new, self.codec.eos_id, tensors=tensors)
+                             len(points) * len(block), self.max_new, self.codec.eos_id, tensors=tensors,
+                             int8_cache=self.int8_cache)
             for pi in range(len(points)):
                 for j in range(len(block)):
                     texts[pi][s + j] = self.codec.decode(answers[pi * len(block) + j])
@@ -165,10 +171,13 @@ def evaluate(cfg) -> dict:
     plain = load_base(base_dir)
     ckpt.validate(plain)
     model = hoe_from_checkpoint(load_base(base_dir), ckpt)
-    if cfg.export:  # the export's quantized weights, dequantized (export/quantize.py)
+    manifest = {}
+    if cfg.export:  # the export's quantized weights, dequantized (export/quantize.py), and its KV cache
         from hoe.contract.manifest import load_manifest
 
-        export_weights(model, plain, load_manifest(cfg.export).get("quantization"))
+        manifest = load_manifest(cfg.export)
+        export_weights(model, plain, manifest.get("quantization"))
+    int8_cache = kv_int8.in_manifest(manifest)
     hc = model.config
     codec = ChatCodec.from_folder(base_dir)
     objectives = make_objectives(hc.objectives)
@@ -181,7 +190,8 @@ def evaluate(cfg) -> dict:
     decoding = {k: v for k, v in _public(cfg).items() if k not in ("checkpoint", "bootstrap", "seed")}
     identity = {"config": decoding, "prompts": prompts}
     work = Path(cfg.work) if cfg.work else None
-    runner = Runner(codec, cfg.max_new_tokens, cfg.batch_rows, AnswerCache(work and work / "answers.json", identity))
+    runner = Runner(codec, cfg.max_new_tokens, cfg.batch_rows, AnswerCache(work and work / "answers.json", identity),
+                    int8_cache)
     static = static_tensors(model)
     answers: dict[str, list[list[str]]] = {}
 
@@ -210,7 +220,8 @@ def evaluate(cfg) -> dict:
             answers["hoe"][i] = flat[k * n:(k + 1) * n]
 
     per_prompt = {name: rounded([score_all(objectives, prompts, t) for t in rows]) for name, rows in answers.items()}
-    return report(cfg, hc, grid, per_prompt, answers, prompts, own, vertices, runner.seconds)
+    result = report(cfg, hc, grid, per_prompt, answers, prompts, own, vertices, runner.seconds)
+    return {**result, "kv_cache": kv_int8.DTYPE if int8_cache else "float"}
 
 
 def _system(points, per_prompt: np.ndarray, stats: dict, name: str, notes=None, note="") -> dict:

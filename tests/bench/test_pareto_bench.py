@@ -52,6 +52,52 @@ def test_single_stream_decode_equals_reference_generate(tiny):
     assert got == ref
 
 
+def test_int8_cache_decode_equals_decoding_from_int8_rows(tiny, monkeypatch):
+    """int8_cache: the same greedy tokens as a loop that keeps the cache as int8 rows (hoe.contract.kv_int8, as
+    export/validate.py's reference does) and runs every step on their dequantized values; and the rounding is
+    there (the float cache's values are not on the int8 grid)."""
+    from hoe.contract import kv_int8
+    from hoe.train.lm import forward_logits, positions
+    from transformers import DynamicCache
+
+    tmp, base_dir = tiny
+    codec = ChatCodec.from_folder(base_dir)
+    model = hoe_from_checkpoint(load_base(base_dir), HoECheckpoint.load(tmp / "ckpt"))
+    prompts = [codec.prompt_ids(p) for p in ["say hello", "what is rain today"]]
+    mix = torch.tensor([[0, 0, 0.3, 0.7], [0.5, 0.5, 0, 0]])
+    pre = prefill(model, prompts, codec.pad_id, router_mix=mix, int8_cache=True)
+    float_pre = prefill(model, prompts, codec.pad_id, router_mix=mix)
+    torch.testing.assert_close(pre.logp, float_pre.logp, rtol=0, atol=0)  # a prompt attends its own tokens exact
+    keys = pre.cache.layers[0].keys.numpy()
+    np.testing.assert_array_equal(keys, kv_int8.dequantize(kv_int8.quantize(keys)))
+    assert not np.array_equal(float_pre.cache.layers[0].keys.numpy(), keys)
+    from hoe.bench import pareto_decode
+
+    rounded, real = [], pareto_decode.round_new_columns
+    monkeypatch.setattr(pareto_decode, "round_new_columns", lambda c, steps: (rounded.append(steps), real(c, steps)))
+    got = decode(model, pre, torch.arange(2), torch.ones(2), 2, 10, codec.eos_id, int8_cache=True)
+    assert rounded and set(rounded) == {1}  # every decode step's new column (the tiny model's tokens may not move)
+
+    ids, mask = left_pad(prompts, codec.pad_id)
+    rows, step, ref = None, ids, [[] for _ in prompts]
+    for _ in range(10):
+        cache = None
+        if rows is not None:
+            floats = [torch.from_numpy(kv_int8.dequantize(r)) for r in rows]
+            cache = DynamicCache(list(zip(floats[0::2], floats[1::2])), config=model.model.config)
+        pos = positions(mask)[:, -step.shape[1]:]
+        logits, cache = forward_logits(model, step, mask, pos, cache=cache, keep=1, router_mix=mix)
+        floats = [t.numpy() for layer in cache.layers for t in (layer.keys, layer.values)]
+        past = rows or [np.zeros((*f.shape[:2], 0, kv_int8.row_width(f.shape[3])), np.int8) for f in floats]
+        rows = [kv_int8.append(r, f, step.shape[1]) for r, f in zip(past, floats)]
+        step = logits[:, -1].argmax(-1, keepdim=True)
+        for r, t in zip(ref, step[:, 0].tolist()):
+            r.append(t)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    ref = [r[:r.index(codec.eos_id)] if codec.eos_id in r else r for r in ref]
+    assert got == ref
+
+
 def naive_mod(model, prompt, lams, tensors, steps, eos):
     """Full recompute each step (no cache): argmax Σ λ_e log softmax(logits_e)."""
     from hoe.train.lm import forward_logits, positions
