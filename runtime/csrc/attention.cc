@@ -257,11 +257,9 @@ HOE_DECODE_FN void value_tiles(const Group& g, const float* scores, int64_t stri
   }
 }
 
-// Few rows (D % 8 == 0): scores in register tiles (the int8 past, then the fp32 rows), softmax, then out = P·V:
-// the int8 past in register tiles; the fp32 rows in register tiles too with 32 vector registers (kFloatTiles),
-// else added with each value loaded once for every row (with 16 the tiles spill and measured slower). The scores
-// rows are `stride` >= S + kKeys apart.
-template <bool kFloatTiles>
+// Few rows (D % 8 == 0): scores in register tiles (the int8 past, then the fp32 rows), softmax, then out = P·V in
+// register tiles over the int8 past (or every row of an fp32 cache), a step's own fp32 rows after it added with
+// each value loaded once for every row. The scores rows are `stride` >= S + kKeys apart.
 HOE_DECODE_FN void group_few_rows(const Group& g, float* scores, int64_t stride) {
   const int64_t split = g.keys.quantized;
   if (split > 0) score_tiles<true>(g, scores, stride, 0, split);
@@ -270,11 +268,9 @@ HOE_DECODE_FN void group_few_rows(const Group& g, float* scores, int64_t stride)
   int64_t j = g.values.quantized;
   if (j > 0) {
     value_tiles<true>(g, scores, stride, j);
-  } else if (kFloatTiles) {
+  } else {
     value_tiles<false>(g, scores, stride, g.total);
     j = g.total;
-  } else {
-    for (int64_t r = 0; r < g.rows; ++r) std::fill(g.out[r], g.out[r] + g.dim, 0.0f);
   }
   for (; j < g.total; ++j) {
     const float* v = g.values.frow(j);
@@ -287,13 +283,11 @@ HOE_DECODE_FN void group_few_rows(const Group& g, float* scores, int64_t stride)
   }
 }
 
-HOE_AVX2_FN void few_rows_avx2(const Group& g, float* scores, int64_t stride) {
-  group_few_rows<false>(g, scores, stride);
-}
+HOE_AVX2_FN void few_rows_avx2(const Group& g, float* scores, int64_t stride) { group_few_rows(g, scores, stride); }
 
 __attribute__((target("avx2,fma,avx512f,avx512vl"))) void few_rows_avx512(const Group& g, float* scores,
                                                                           int64_t stride) {
-  group_few_rows<true>(g, scores, stride);
+  group_few_rows(g, scores, stride);
 }
 
 // Columns a row reaches: 1 + its last column whose bias is above kMasked (S for a row masked everywhere, whose
