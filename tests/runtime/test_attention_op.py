@@ -66,9 +66,10 @@ def _reference(q, k, v, past_k, past_v, bias, heads, kv_heads, scale):
 
 # (batch, steps, past, heads, kv_heads, dim): decode steps (few rows), prompts (many rows, the tiled path), a
 # prompt with a past, plain multi-head, a head size the tiles do not take (24) and one the AVX2 loops do not (12),
-# a prompt of several row chunks per KV head (210 rows)
+# a prompt of several row chunks per KV head (210 rows), a short prompt with no past (the decode path on the step's
+# own rows only)
 CASES = [(1, 1, 40, 9, 3, 64), (3, 1, 7, 4, 2, 32), (2, 13, 0, 9, 3, 64), (3, 7, 5, 4, 2, 16), (2, 5, 9, 4, 4, 32),
-         (1, 9, 3, 6, 2, 24), (2, 3, 4, 2, 1, 12), (1, 70, 30, 9, 3, 64)]
+         (1, 9, 3, 6, 2, 24), (2, 3, 4, 2, 1, 12), (1, 70, 30, 9, 3, 64), (2, 2, 0, 4, 2, 16)]
 
 
 @pytest.mark.parametrize("shared, threads", [(True, 1), (False, 1), (True, 2)],
