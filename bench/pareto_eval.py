@@ -188,7 +188,9 @@ def evaluate(cfg) -> dict:
     # Cache keys carry the hash of the weights each system runs on, so static/MOD/expert answers computed
     # with the same experts (e.g. before the routers were trained) are reused.
     decoding = {k: v for k, v in _public(cfg).items() if k not in ("checkpoint", "bootstrap", "seed")}
-    identity = {"config": decoding, "prompts": prompts}
+    # what the export's folder held, not only its path: a re-export to the same folder must not reuse answers
+    export = {k: manifest.get(k) for k in ("quantization", "kv_cache")}
+    identity = {"config": decoding, "prompts": prompts, "export": export}
     work = Path(cfg.work) if cfg.work else None
     runner = Runner(codec, cfg.max_new_tokens, cfg.batch_rows, AnswerCache(work and work / "answers.json", identity),
                     int8_cache)
