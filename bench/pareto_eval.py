@@ -222,8 +222,8 @@ def evaluate(cfg) -> dict:
             answers["hoe"][i] = flat[k * n:(k + 1) * n]
 
     per_prompt = {name: rounded([score_all(objectives, prompts, t) for t in rows]) for name, rows in answers.items()}
-    result = report(cfg, hc, grid, per_prompt, answers, prompts, own, vertices, runner.seconds)
-    return {**result, "kv_cache": kv_int8.DTYPE if int8_cache else "float"}
+    return report(cfg, hc, grid, per_prompt, answers, prompts, own, vertices, runner.seconds,
+                  kv_int8.DTYPE if int8_cache else "float")
 
 
 def _system(points, per_prompt: np.ndarray, stats: dict, name: str, notes=None, note="") -> dict:
@@ -242,8 +242,9 @@ def _system(points, per_prompt: np.ndarray, stats: dict, name: str, notes=None, 
     return out
 
 
-def report(cfg, hc, grid, per_prompt, answers, prompts, own, vertices, seconds) -> dict:
-    """per_prompt: {"hoe" | "static" | "mod": [G, n, m], "base": [1, n, m]} at the stored precision."""
+def report(cfg, hc, grid, per_prompt, answers, prompts, own, vertices, seconds, kv_cache: str = "float") -> dict:
+    """per_prompt: {"hoe" | "static" | "mod": [G, n, m], "base": [1, n, m]} at the stored precision; kv_cache:
+    what the answers were decoded through ("float", or "int8" for an int8-cache export)."""
     ref = list(cfg.reference_point or [0.0] * hc.n_objectives)
     rows = {"hoe": (grid, per_prompt["hoe"]), "static": (grid, per_prompt["static"]),
             "mod": (grid, per_prompt["mod"]), "experts": ([grid[i] for i in vertices], per_prompt["static"][vertices]),
@@ -264,7 +265,7 @@ def report(cfg, hc, grid, per_prompt, answers, prompts, own, vertices, seconds) 
     example = {name: {str(grid[i] if name != "base" else "base"): texts[i][0]
                       for i in range(len(texts))} for name, texts in answers.items()}
     return {"objectives": hc.objectives, "n_prompts": len(prompts), "max_new_tokens": cfg.max_new_tokens,
-            "decoding": "greedy", "grid": grid, "reference_point": ref, "anchors": hc.anchors,
+            "decoding": "greedy", "kv_cache": kv_cache, "grid": grid, "reference_point": ref, "anchors": hc.anchors,
             "mod_mixing": "next token = argmax_a Σ_i λ_i log π_i(a|s) over experts with λ_i > 0",
             "bootstrap": {"resamples": cfg.bootstrap, "seed": cfg.seed, "unit": "prompt (paired across systems)",
                           "interval": "95% percentile"},

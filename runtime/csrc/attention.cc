@@ -105,8 +105,8 @@ void group_portable(const Group& g, float* scores, int64_t stride) {
 
 #ifdef HOE_AVX2
 #define HOE_AVX2_FN __attribute__((target("avx2,fma")))
-// The decode path's functions: inlined into each of its two entry points (few_rows_avx2, few_rows_avx512), so
-// that each is compiled for its caller's registers.
+// Always inlined, so each caller compiles them for its own target: the decode path's two entry points
+// (few_rows_avx2, few_rows_avx512) with 16 or 32 vector registers, and the prompt path.
 #define HOE_DECODE_FN __attribute__((target("avx2,fma"), always_inline)) inline
 
 // exp(x) for x <= 0: 2^n · p(r), n = round(x·log2 e), r = x − n·ln 2 (two-part ln 2), p Cephes' degree-6
@@ -290,6 +290,9 @@ __attribute__((target("avx2,fma,avx512f,avx512vl"))) void few_rows_avx512(const 
   group_few_rows(g, scores, stride);
 }
 
+using FewRows = void (*)(const Group&, float*, int64_t);
+const FewRows few_rows = kernel_isa() == Isa::kAvx512 ? few_rows_avx512 : few_rows_avx2;  // decided at load
+
 // Columns a row reaches: 1 + its last column whose bias is above kMasked (S for a row masked everywhere, whose
 // softmax is then uniform as in the full product). Past it every weight is exactly 0 (exp underflows), so the
 // softmax stops there and the tiles past a row block's reach are skipped (a prompt's causal upper triangle).
@@ -357,8 +360,7 @@ HOE_AVX2_FN void group_many_rows(const Group& g, float* scores, int64_t stride, 
 }
 #endif
 
-const Isa kIsa = kernel_isa();
-const bool kAvx2 = kIsa >= Isa::kAvx2;
+const bool kAvx2 = kernel_isa() >= Isa::kAvx2;
 
 constexpr int64_t kChunkRows = 8 * kRowBlock;  // a prompt's rows per task
 
@@ -430,7 +432,7 @@ void run_task(void* data, size_t index) {
   if (kAvx2 && d % 8 == 0) {
     const int64_t stride = round_up(s.total + kKeys, kColBlock);  // room for a last tile's spare scores
     w.scores.resize(n * stride);
-    return (kIsa == Isa::kAvx512 ? few_rows_avx512 : few_rows_avx2)(group, w.scores.data(), stride);
+    return few_rows(group, w.scores.data(), stride);
   }
 #endif
   w.scores.resize(n * j.stride);

@@ -152,6 +152,7 @@ def test_pareto_report(tiny):
     assert json.loads((tmp / "out" / "pareto.json").read_text())["systems"].keys() == result["systems"].keys()
     systems = result["systems"]
     assert len(result["grid"]) == 10 and set(systems) >= {"hoe", "static", "mod", "experts", "base"}
+    assert result["kv_cache"] == "float"  # no export: the model's own cache
     for name, sys_ in systems.items():
         pts = [p["rewards"] for p in sys_["points"]]
         assert sys_["hypervolume"] == pytest.approx(hypervolume(pts, [0, 0, 0]), abs=1e-5), name

@@ -118,9 +118,10 @@ def test_narrower_paths_match_numpy(tmp_path, isa):
     from pathlib import Path
 
     env = {**os.environ, "HOE_KERNELS_ISA": isa}
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                    "cache_op_matches_numpy or attention_op_matches_numpy"], check=True, env=env, timeout=300,
-                   capture_output=True)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                          "cache_op_matches_numpy or attention_op_matches_numpy"], env=env, timeout=300,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, f"HOE_KERNELS_ISA={isa}:\n{run.stdout[-4000:]}{run.stderr[-2000:]}"
     case = 2 if isa == "portable" else 0  # a prompt, a decode step
     script = (f"import sys, numpy as np; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
               f"import test_attention_op as t; np.save({str(tmp_path / 'o.npy')!r}, t._run(t.CASES[{case}]))")
