@@ -467,11 +467,6 @@ void pack_task(void* data, size_t index) {
     for (int64_t c = 0; c < d; ++c) dst[j * d + c] = values.at(j, c);
 }
 
-void run_all(const Parallel& parallel, void (*fn)(void*, size_t), size_t total, void* data) {
-  if (parallel.run) return parallel.run(parallel.context, fn, total, data);
-  for (size_t i = 0; i < total; ++i) fn(data, i);
-}
-
 }  // namespace
 
 void quantize_row(const float* x, int64_t dim, int8_t* row) {

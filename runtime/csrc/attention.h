@@ -18,6 +18,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cpu.h"
+
 namespace hoe {
 
 struct AttentionShape {
@@ -34,12 +36,6 @@ struct AttentionShape {
 };
 
 constexpr int64_t kScaleBytes = 4;  // an int8 cache row's trailing fp32 scale
-
-// Runs fn(data, i) for every i < total, in any order, maybe on several threads (onnxruntime's intra-op pool).
-struct Parallel {
-  void* context = nullptr;
-  void (*run)(void* context, void (*fn)(void*, size_t), size_t total, void* data) = nullptr;  // null: in order
-};
 
 // q [B,T,H·D], k/v [B,T,Hkv·D], bias [B,1,T,S], out [B,T,H·D] fp32; past/present [B,Hkv,capacity,D] fp32, or
 // [B,Hkv,capacity,D+4] int8 rows (int8_cache). The work is split into tasks of one KV head's rows (a prompt's in

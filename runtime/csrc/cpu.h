@@ -1,6 +1,8 @@
-// Which code path hoe's kernels take on this CPU, decided once when onnxruntime loads the library.
+// How hoe's kernels run: which code path they take on this CPU (decided once when onnxruntime loads the
+// library), and on which threads.
 #pragma once
 
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 
@@ -26,6 +28,17 @@ inline Isa kernel_isa() {
 #else
   return Isa::kPortable;
 #endif
+}
+
+// Runs fn(data, i) for every i < total, in any order, maybe on several threads (onnxruntime's intra-op pool).
+struct Parallel {
+  void* context = nullptr;
+  void (*run)(void* context, void (*fn)(void*, size_t), size_t total, void* data) = nullptr;  // null: in order
+};
+
+inline void run_all(const Parallel& parallel, void (*fn)(void*, size_t), size_t total, void* data) {
+  if (parallel.run) return parallel.run(parallel.context, fn, total, data);
+  for (size_t i = 0; i < total; ++i) fn(data, i);
 }
 
 }  // namespace hoe
