@@ -21,6 +21,7 @@ MIXTURE_KERNEL = f"{MIXTURE_DOMAIN}.{MIXTURE_OP}"  # quantization.experts.kernel
 ATTENTION_OP = "Attention"
 ATTENTION_INT8_OP = "AttentionInt8"  # the same on an int8 KV cache (`hoe export --kv-cache int8`)
 ATTENTION_KERNEL = f"{MIXTURE_DOMAIN}.{ATTENTION_OP}"  # kv_cache.kernel in hoe_config.json
+LINEAR_OP = "MatMulInt4"  # the int4 linear (runtime/csrc/linear.h) on export/linear_kernel.py's layout
 LIBRARY_MODULE = "hoe.runtime._kernels"
 
 

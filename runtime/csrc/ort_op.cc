@@ -18,6 +18,11 @@
 //            the new columns are written (attention.h)
 // AttentionInt8: the same with an int8 cache, past and present int8 [B,Hkv,C,D+4] (D values, then their fp32
 //            scale: attention.h)
+//
+// MatMulInt4
+//   inputs   x [..., K] f32, packed [ceil(N/64), ceil(K/32), 1280] u8 (linear.h), optional bias [N] f32
+//   attrs    K, N, accuracy_level (0: fp32 activations, else int8: linear.h)
+//   outputs  y [..., N] f32
 #include <algorithm>
 #include <cstring>
 #include <mutex>
@@ -26,6 +31,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "linear.h"
 #include "mixture.h"
 #include "ort_abi.h"
 
@@ -375,6 +381,82 @@ OrtCustomOp make_attention_int8() {
 
 const OrtCustomOp kAttentionInt8 = make_attention_int8();
 
+// -- MatMulInt4
+struct LinearKernel {
+  int64_t k = 0, n = 0;
+  bool exact = false;
+};
+
+OrtStatus* linear_error(const std::string& message) { return error("MatMulInt4", message); }
+
+OrtStatus* linear_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
+  LinearKernel k;
+  int64_t level = 0;
+  HOE_TRY(attribute(info, "K", &k.k));
+  HOE_TRY(attribute(info, "N", &k.n));
+  HOE_TRY(attribute(info, "accuracy_level", &level));
+  if (k.k < 1 || k.n < 1) return linear_error("K " + std::to_string(k.k) + ", N " + std::to_string(k.n) +
+                                              ": expected both >= 1");
+  k.exact = level == 0;
+  auto* kernel = new (std::nothrow) LinearKernel(k);
+  if (!kernel) return linear_error("out of memory");
+  *out = kernel;
+  return nullptr;
+}
+
+OrtStatus* linear_compute(void* opaque, OrtKernelContext* context) {
+  const LinearKernel& k = *static_cast<LinearKernel*>(opaque);
+  Tensor x, packed, bias;
+  HOE_TRY(read(context, 0, &x));
+  HOE_TRY(read(context, 1, &packed));
+  size_t count = 0;
+  HOE_TRY(slot<OrtStatus* (*)(const OrtKernelContext*, size_t*)>(kKernelContextGetInputCount)(context, &count));
+  if (count > 2) HOE_TRY(read(context, 2, &bias));
+  if (bias.data && (bias.dims.size() != 1 || bias.dims[0] != k.n))
+    return linear_error("bias " + shape(bias.dims) + ": expected [" + std::to_string(k.n) + "]");
+  if (x.dims.size() < 1 || x.dims[x.dims.size() - 1] != k.k)
+    return linear_error("x " + shape(x.dims) + ": expected [...," + std::to_string(k.k) + "]");
+  const int64_t groups = linear_groups(k.n), parts = linear_parts(k.k);
+  if (packed.dims.size() != 3 || packed.dims[0] != groups || packed.dims[1] != parts ||
+      packed.dims[2] != kLinearStride)
+    return linear_error("packed " + shape(packed.dims) + ": expected [" + std::to_string(groups) + "," +
+                        std::to_string(parts) + "," + std::to_string(kLinearStride) + "]");
+  int64_t dims[4], rows = 1;
+  for (size_t i = 0; i + 1 < x.dims.size(); ++i) rows *= dims[i] = x.dims[i];
+  dims[x.dims.size() - 1] = k.n;
+  float* y = nullptr;
+  HOE_TRY(output(context, 0, dims, x.dims.size(), &y));
+  if (rows == 0) return nullptr;
+  Parallel parallel;
+  if (g_parallel) parallel = {context, parallel_for};
+  linear_int4({rows, k.k, k.n, k.exact}, static_cast<const float*>(x.data), static_cast<const uint8_t*>(packed.data),
+              static_cast<const float*>(bias.data), y, parallel);
+  return nullptr;
+}
+
+const char* linear_name(const OrtCustomOp*) { return "MatMulInt4"; }
+OrtElementType linear_input(const OrtCustomOp*, size_t i) { return i == 1 ? kTypeUint8 : kTypeFloat; }
+size_t three_inputs(const OrtCustomOp*) { return 3; }
+OrtCharacteristic bias_optional(const OrtCustomOp*, size_t i) { return i == 2 ? kOptional : kRequired; }
+void linear_destroy(void* kernel) { delete static_cast<LinearKernel*>(kernel); }
+
+OrtCustomOp make_linear() {
+  OrtCustomOp op = base_op();
+  op.GetName = linear_name;
+  op.GetInputType = linear_input;
+  op.GetInputTypeCount = three_inputs;
+  op.GetOutputType = float_type;
+  op.GetOutputTypeCount = output_count;
+  op.KernelDestroy = linear_destroy;
+  op.GetInputCharacteristic = bias_optional;
+  op.GetOutputCharacteristic = required;
+  op.CreateKernelV2 = linear_create;
+  op.KernelComputeV2 = linear_compute;
+  return op;
+}
+
+const OrtCustomOp kLinear = make_linear();
+
 }  // namespace
 }  // namespace hoe::ort
 
@@ -391,7 +473,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
   OrtCustomOpDomain* domain = nullptr;
   HOE_TRY(slot<OrtStatus* (*)(const char*, OrtCustomOpDomain**)>(kCreateCustomOpDomain)("hoe.ort", &domain));
   domains.push_back(domain);
-  for (const OrtCustomOp* op : {&kMixture, &kAttention, &kAttentionInt8})
+  for (const OrtCustomOp* op : {&kMixture, &kAttention, &kAttentionInt8, &kLinear})
     HOE_TRY(slot<OrtStatus* (*)(OrtCustomOpDomain*, const OrtCustomOp*)>(kCustomOpDomainAdd)(domain, op));
   return slot<OrtStatus* (*)(OrtSessionOptions*, OrtCustomOpDomain*)>(kAddCustomOpDomain)(options, domain);
 }

@@ -1,0 +1,117 @@
+"""The MatMulInt4 op of hoe's kernels library (runtime/csrc/linear.h) on its own: on export/linear_kernel.py's
+layout of a MatMulNBits weight it computes what onnxruntime's MatMulNBits computes on the same weight — exactly
+x·Ŵ at accuracy_level 0 (against float64 numpy), and with int8 activations at level 4 (against MatMulNBits at
+level 4 and numpy) — over odd N and K, blocks of 32 to 128, a bias, batches of rows, each ISA path; and its errors."""
+
+import numpy as np
+import pytest
+from hoe.runtime import kernels
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.skipif(kernels.library() is None, reason="hoe was installed without its kernels library "
+                                                                  "(no C++17 compiler at install)")
+
+# (rows, K, N, block, bias)
+CASES = [(1, 576, 1536, 32, False), (3, 70, 100, 32, True), (5, 256, 64, 64, False), (2, 300, 130, 128, True)]
+
+
+def _weight(k, n, block, seed):
+    from hoe.export.quantize import quantize_blocks
+
+    w = np.random.default_rng(seed).normal(scale=0.05, size=(k, n)).astype(np.float32)
+    return quantize_blocks(w, 4, block, symmetric=True)
+
+
+def _session(op, q, level, bias):
+    from hoe.export.linear_kernel import pack
+    from onnx import TensorProto, helper, numpy_helper
+
+    if op == "MatMulInt4":
+        inits = [numpy_helper.from_array(pack(q), "packed")]
+        inputs, attrs, domain = ["x", "packed"], dict(K=q.k, N=q.n, accuracy_level=level), "hoe.ort"
+    else:
+        inits = [numpy_helper.from_array(q.packed, "packed"), numpy_helper.from_array(q.scales, "scales")]
+        inputs, domain = ["x", "packed", "scales"], "com.microsoft"
+        attrs = dict(K=q.k, N=q.n, bits=4, block_size=q.block_size, accuracy_level=level)
+        if bias is not None:
+            inputs += ["", ""]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias, "bias"))
+        inputs.append("bias")
+    graph = helper.make_graph([helper.make_node(op, inputs, ["y"], domain=domain, **attrs)], "linear",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(domain, 1)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.register_custom_ops_library(str(kernels.library()))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _inputs(case):
+    rows, k, n, block, with_bias = case
+    q = _weight(k, n, block, seed=k + n)
+    rng = np.random.default_rng(rows)
+    x = rng.normal(size=(rows, 1, k)).astype(np.float32)
+    bias = rng.normal(size=n).astype(np.float32) if with_bias else None
+    return q, x, bias
+
+
+def _run(case, level):
+    q, x, bias = _inputs(case)
+    return _session("MatMulInt4", q, level, bias).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_exact_level_is_x_times_the_dequantized_weight(case):
+    q, x, bias = _inputs(case)
+    want = x.astype(np.float64) @ q.dequantize().astype(np.float64) + (0 if bias is None else bias)
+    got = _run(case, 0)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_int8_level_matches_matmulnbits(case):
+    """Both round each block of activations to int8: the op lands as close to x·Ŵ as MatMulNBits does."""
+    q, x, bias = _inputs(case)
+    exact = x.astype(np.float64) @ q.dequantize().astype(np.float64) + (0 if bias is None else bias)
+    got = _run(case, 4)
+    peer = _session("MatMulNBits", q, 4, bias).run(None, {"x": x})[0]
+    scale = np.abs(exact).max()
+    assert np.abs(got - exact).max() <= max(2 * np.abs(peer - exact).max(), 1e-4 * scale)
+    assert np.abs(got - exact).max() < 2e-2 * scale  # int8 rounding, not a wrong sum
+    assert np.abs(got - exact).max() > 0 or case[1] < 32  # the int8 path ran (it rounds)
+
+
+@pytest.mark.parametrize("isa", ["portable", "avx2"])
+def test_narrower_paths_match(tmp_path, isa):
+    """HOE_KERNELS_ISA is read when onnxruntime loads the library: each capped path in a fresh process, through
+    the same comparisons."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HOE_KERNELS_ISA": isa}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                          "exact_level or int8_level"], env=env, timeout=300, capture_output=True, text=True)
+    assert run.returncode == 0, f"HOE_KERNELS_ISA={isa}:\n{run.stdout[-4000:]}{run.stderr[-2000:]}"
+
+
+def test_refuses_bad_shapes_with_a_message():
+    q, x, _ = _inputs(CASES[1])
+    session = _session("MatMulInt4", q, 4, None)
+    with pytest.raises(Exception, match=r"hoe.ort.MatMulInt4: x \[3,1,69\]: expected \[...,70\]"):
+        session.run(None, {"x": x[..., :69]})
+
+
+def test_pack_refuses_what_the_kernel_cannot_compute():
+    from hoe.core.errors import ConfigError
+    from hoe.export.linear_kernel import pack
+    from hoe.export.quantize import quantize_blocks
+
+    w = np.ones((64, 64), np.float32)
+    for q in (quantize_blocks(w, 4, 16, True), quantize_blocks(w, 4, 32, False), quantize_blocks(w, 8, 32, True)):
+        with pytest.raises(ConfigError, match="symmetric int4"):
+            pack(q)
