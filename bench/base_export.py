@@ -45,7 +45,7 @@ def cached_base_export(base_dir: str | Path, cache: str | Path | None = None, op
 
 def export_options(manifest: dict) -> dict:
     """ExportConfig fields that make a graph like `manifest`'s: its target, its attention kernel and KV cache, and the
-    `quantization` section's weight precision ({} of those for fp32)."""
+    `quantization` section's weight precision and linear kernel ({} of those for fp32)."""
     options = {"target": (manifest.get("model") or {}).get("target", "ort-cpu")}
     from hoe.runtime.kernels import ATTENTION_KERNEL
 
@@ -59,6 +59,8 @@ def export_options(manifest: dict) -> dict:
     quant = manifest.get("quantization")
     if quant and quant.get("weights", "fp32") != "fp32":
         options.update(QuantConfig.section_fields(quant))
+    if quant and quant.get("linear_kernel"):  # the same int4 products
+        options["linear_kernel"] = True
     return options
 
 

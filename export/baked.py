@@ -15,7 +15,8 @@ column of the concatenated weight is quantized exactly as it would be alone), lo
 E·r, tiny); the router bias (with the -inf mask) stays float as the node's bias. With the Mixture kernel lora_B
 is on the int8 grid at fp32 too (the kernel reads uint8 levels). The gating (softmax, router_mix, gate
 repeat) is unchanged and still reads router_mix per row, so per-row preferences and mid-generation switches
-work as before; only swapping experts needs new initializers (`rebake`, same E, r and K).
+work as before; only swapping experts needs new initializers (`rebake`, same E, r and K; with the linear kernel
+the fused product's tiles are rewritten).
 
 `round_trip_experts` gives a PyTorch HoEModel the dequantized experts and routers the graph computes with
 (quantize.dequantize_reference calls it), so parity still proves the graph.
@@ -31,7 +32,8 @@ from hoe.core.errors import ConfigError
 from hoe.core.packing import SiteGroup
 from hoe.runtime.kernels import MIXTURE_DOMAIN, MIXTURE_KERNEL, MIXTURE_OP
 
-from .quantize import MS_DOMAIN, OFFSETS_SUFFIX, QuantConfig, offset_split, quantize_blocks
+from .linear_kernel import TILES_SUFFIX, pack, tiled_weight
+from .quantize import MS_DOMAIN, OFFSETS_SUFFIX, BlockQuant, QuantConfig, offset_split, quantize_blocks
 
 EXPERT_BITS = 8  # lora_B: K = E·r rows (24 for 3 rank-8 experts), one block per column
 FLOAT_BITS = 32  # `quantization.experts` of an fp32 bake: lora_A, router_weight (and lora_B without the kernel)
@@ -85,7 +87,13 @@ def rebake(model, groups: list[SiteGroup], packed: dict[str, np.ndarray], sectio
         if new != [n_a, n_r]:
             raise ConfigError(f"{g.name}: the baked graph holds {[n_a, n_r]} lora_A/router columns, the new experts "
                               f"have {new} (E, r and K must stay the same; re-export for other sizes)")
-        if cfg.quantized:
+        tiles = init.get(_tiles_name(g))
+        if tiles is not None:  # hoe's MatMulInt4 computes the product (linear_kernel.py)
+            held = tiled_weight(tiles)
+            base = [None if a is None else a[:n_base] for a in _parts(held)]
+            fused = BlockQuant(*_fused_rows(base, _quantize_ar(g, packed, cfg)), cfg.bits, cfg.block_size, held.k)
+            _set(init, tiles.name, pack(fused))
+        elif cfg.quantized:
             held = [init.get(f"{_prefix(g)}.{part}") for part in QUANT_PARTS]
             base = [None if v is None else v.const_value.numpy()[:n_base] for v in held]  # the base's rows stay
             _set_all(init, _prefix(g), _fused_rows(base, _quantize_ar(g, packed, cfg)))
@@ -161,8 +169,11 @@ def _held_widths(graph, g: SiteGroup) -> tuple[int, int, int]:
     if f"{_prefix(g)}.widths" in init:
         *head, n_a, n_r = init[f"{_prefix(g)}.widths"].const_value.numpy().tolist()
         return sum(head), n_a, n_r
-    fused = init.get(f"{_prefix(g)}.B")  # MatMulNBits' B [N, k_blocks, bytes], or the fp32 weight [in, N]
-    n_all = fused.shape[0] if fused is not None else init[f"{_prefix(g)}.weight"].shape[1]
+    fused, tiles = init.get(f"{_prefix(g)}.B"), init.get(_tiles_name(g))  # MatMulNBits' B [N, k_blocks, bytes]
+    if tiles is not None:
+        n_all = tiled_weight(tiles).n
+    else:  # B, or the fp32 weight [in, N]
+        n_all = fused.shape[0] if fused is not None else init[f"{_prefix(g)}.weight"].shape[1]
     n_base = next(n for n in graph if n.name == f"baked/{g.name}/{MIXTURE_OP}").attributes["h_offset"].as_int()
     n_a = len(g.modules) * init[f"{_prefix(g)}.lora_B.levels"].shape[1]
     return n_base, n_a, n_all - n_base - n_a
@@ -172,6 +183,11 @@ def _prefix(g: SiteGroup) -> str:
     """The initializers of a group's fused product are `baked.{group}.{B, scales, zp, bias, widths}` (fp32:
     `.weight` instead of B, scales and zp)."""
     return f"baked.{g.name}"
+
+
+def _tiles_name(g: SiteGroup) -> str:
+    """The fused product's B in MatMulInt4's layout (`hoe export --linear-kernel`)."""
+    return f"{_prefix(g)}.B{TILES_SUFFIX}"
 
 
 def _parts(q) -> tuple:

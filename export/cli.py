@@ -60,6 +60,11 @@ def register(sub) -> None:
                    help="target ort-cpu, fp32 activations: each layer's attention runs as hoe's own onnxruntime "
                         "kernel in place of GroupQueryAttention (built with hoe; same shared KV buffer, the cache "
                         "read once per KV head; docs/GRAPH.md)")
+    p.add_argument("--linear-kernel", action="store_true",
+                   help="with --weights int4 (symmetric, block size a multiple of 32), target ort-cpu, fp32 "
+                        "activations: the int4 products (base linears, baked experts' fused products, lm_head) run "
+                        "as hoe's own onnxruntime kernel in place of MatMulNBits (built with hoe; the same numbers, "
+                        "a layout read at memory speed; docs/GRAPH.md)")
     p.add_argument("--kv-cache", choices=["auto", "int8"], default="auto",
                    help="KV cache precision. auto: the graph's dtype. int8 (with --attention-kernel): each cached "
                         "token row as int8 values and one fp32 scale, about a quarter of the fp32 cache's bytes read "
@@ -98,7 +103,7 @@ def _export(args) -> int:
                           accuracy_level=args.accuracy_level, target=args.target, table=args.table,
                           bake_experts=args.bake_experts, offsets=args.offsets,
                           mixture_kernel=args.mixture_kernel, attention_kernel=args.attention_kernel,
-                          kv_cache=args.kv_cache)
+                          kv_cache=args.kv_cache, linear_kernel=args.linear_kernel)
     try:
         if args.no_experts:
             result = export_base(args.base, args.out, config, ckpt_dir=args.hoe)

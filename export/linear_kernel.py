@@ -1,23 +1,37 @@
-"""hoe's int4 linear kernel's weight layout (runtime/csrc/linear.h): a MatMulNBits weight, the same numbers.
+"""hoe's int4 linear kernel in an exported graph (`hoe export --weights int4 --linear-kernel`).
 
-    pack(q) -> uint8 [ceil(N/64), ceil(K/32), 1280]
+    use_kernel(model) -> section    every MatMulNBits it computes ─► hoe.ort MatMulInt4, the same numbers
+    pack(q) / unpack(tiles, ...)    a MatMulNBits weight <-> the kernel's layout (runtime/csrc/linear.h)
 
-For each 64 output columns and 32 inputs: 1024 bytes of levels (4 slices of 16 columns, each 4 vectors of 64
-bytes; byte 4c + t of vector j holds column c's level of input 8j + t in its low nibble, of input 8j + 4 + t in
-its high one), then the 64 columns' fp32 scales. Padding columns and inputs hold level 8 (zero) and scale 0. A
-block of 64, 128, ... inputs becomes its 32-input parts, each with the block's scale, so the kernel computes
-exactly (q − 8) · scale, the MatMulNBits weight (BlockQuant.dequantize).
+Layout, uint8 [ceil(N/64), ceil(K/32), 1280]: for each 64 output columns and 32 inputs, 1024 bytes of levels (4
+slices of 16 columns, each 4 vectors of 64 bytes; byte 4c + t of vector j holds column c's level of input 8j + t
+in its low nibble, of input 8j + 4 + t in its high one), then the 64 columns' fp32 scales. Padding columns and
+inputs hold level 8 (zero) and scale 0. A block of 64, 128, ... inputs becomes its 32-input parts, each with the
+block's scale, so the kernel computes exactly (q − 8) · scale, the MatMulNBits weight (BlockQuant.dequantize).
+
+In the graph (after quantize.py and baked.py):
+
+    MatMulNBits(x, B, scales, -, -, bias?)  ─►  MatMulInt4(x, B.tiles, bias?)   K, N, block_size, accuracy_level
+
+Symmetric int4 products with fp32 scales in blocks of a multiple of 32 are converted: the base's linears, the
+baked [W | lora_A | router_W] products with their bias, and the lm_head; what the kernel does not compute (int8
+lora_B, zero points) stays MatMulNBits. The node keeps its name. A tied table's GatherBlockQuantized keeps
+reading B, so the table's bytes are held twice (its int4 levels once per layout).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from hoe.core.errors import ConfigError
+from hoe.runtime.kernels import LINEAR_KERNEL, LINEAR_OP, MIXTURE_DOMAIN
 
-from .quantize import BlockQuant
+from .quantize import MS_DOMAIN, BlockQuant, pack_levels
 
 COLUMNS, INPUTS = 64, 32  # kLinearColumns, kLinearInputs
-STRIDE = COLUMNS * INPUTS // 2 + 4 * COLUMNS  # kLinearStride: bytes per (group, part)
+LEVEL_BYTES = COLUMNS * INPUTS // 2  # kLinearLevelBytes
+STRIDE = LEVEL_BYTES + 4 * COLUMNS  # kLinearStride: bytes per (group, part)
+TILES_SUFFIX = ".tiles"  # `{B}.tiles`: the initializer of MatMulNBits weight B in the kernel's layout
+ZERO = 8  # a symmetric int4 level's zero point
 
 
 def packable(q: BlockQuant) -> bool:
@@ -33,7 +47,7 @@ def pack(q: BlockQuant) -> np.ndarray:
                           f"multiple of {INPUTS}, got {q.bits} bits, block {q.block_size}, scales {q.scales.dtype}, "
                           f"zero points {q.zero_points is not None}, offsets {q.offsets is not None}")
     groups, parts = -(-q.n // COLUMNS), -(-q.k // INPUTS)
-    levels = np.full((groups * COLUMNS, parts * INPUTS), 8, dtype=np.uint8)
+    levels = np.full((groups * COLUMNS, parts * INPUTS), ZERO, dtype=np.uint8)
     levels[: q.n, : q.k] = q.levels()[:, : q.k]
     scales = np.zeros((groups * COLUMNS, parts), dtype=np.float32)
     scales[: q.n] = np.repeat(q.scales, q.block_size // INPUTS, axis=1)[:, :parts]
@@ -42,3 +56,82 @@ def pack(q: BlockQuant) -> np.ndarray:
     packed = (l7[..., 0, :] | (l7[..., 1, :] << 4)).transpose(0, 3, 1, 4, 2, 5).reshape(groups, parts, -1)
     tail = scales.reshape(groups, COLUMNS, parts).transpose(0, 2, 1).copy().view(np.uint8)
     return np.ascontiguousarray(np.concatenate([packed, tail], axis=2))
+
+
+def unpack(tiles: np.ndarray, k: int, n: int, block_size: int) -> BlockQuant:
+    """`pack`'s inverse: the MatMulNBits weight [K, N] in blocks of `block_size` that `tiles` holds."""
+    groups, parts = tiles.shape[:2]
+    data = tiles[:, :, :LEVEL_BYTES].reshape(groups, parts, 4, 4, 16, 4)  # [g, p, slice, j, c, t]
+    l7 = np.stack([data & 0x0F, data >> 4], axis=-2)  # [g, p, slice, j, c, nibble, t]
+    levels = l7.transpose(0, 2, 4, 1, 3, 5, 6).reshape(groups * COLUMNS, parts * INPUTS)[:n]
+    scales = tiles[:, :, LEVEL_BYTES:].copy().view(np.float32)  # [g, p, 64]
+    scales = scales.transpose(0, 2, 1).reshape(groups * COLUMNS, parts)[:n, :: block_size // INPUTS]
+    k_blocks = -(-k // block_size)
+    blocks = np.full((n, k_blocks * block_size), ZERO, dtype=np.uint8)
+    blocks[:, :k] = levels[:, :k]
+    return BlockQuant(pack_levels(blocks.reshape(n, k_blocks, block_size), 4), np.ascontiguousarray(scales), None,
+                      4, block_size, k)
+
+
+def tiled_weight(tiles) -> BlockQuant:
+    """The weight held by a `{B}.tiles` initializer (onnx_ir.Value), from the MatMulInt4 node reading it."""
+    node = tiles.uses()[0].node
+    attrs = {name: node.attributes[name].as_int() for name in ("K", "N", "block_size")}
+    return unpack(tiles.const_value.numpy(), attrs["K"], attrs["N"], attrs["block_size"])
+
+
+# ---------------------------------------------------------------------------- the graph pass
+
+
+def use_kernel(model) -> dict:
+    """Every MatMulNBits of `model` (onnx_ir.Model) the kernel computes -> MatMulInt4, in place (module docstring).
+    Returns the manifest's `quantization.linear_kernel` section."""
+    import onnx_ir as ir
+
+    graph, tiles, converted, kept = model.graph, {}, 0, 0
+    for node in list(graph):
+        if node.op_type != "MatMulNBits" or node.domain != MS_DOMAIN:
+            continue
+        q = _nbits_weight(node)
+        if q is None or not packable(q):
+            kept += 1
+            continue
+        b = node.inputs[1]
+        if b.name not in tiles:  # a weight read by several products is packed once
+            name = f"{b.name}{TILES_SUFFIX}"
+            tiles[b.name] = ir.Value(name=name, const_value=ir.tensor(pack(q), name=name))
+            graph.register_initializer(tiles[b.name])
+        bias = node.inputs[5] if len(node.inputs) > 5 else None
+        level = node.attributes["accuracy_level"].as_int() if "accuracy_level" in node.attributes else 0
+        attrs = {"K": q.k, "N": q.n, "block_size": q.block_size, "accuracy_level": level}
+        new = ir.Node(MIXTURE_DOMAIN, LINEAR_OP, [node.inputs[0], tiles[b.name], *([bias] if bias else [])],
+                      name=node.name, attributes=[ir.convenience.convert_attribute(k, v) for k, v in attrs.items()])
+        graph.insert_before(node, new)
+        out = node.outputs[0]
+        new.outputs[0].shape, new.outputs[0].type = out.shape, out.type
+        out.replace_all_uses_with(new.outputs[0], replace_graph_outputs=True)
+        new.outputs[0].name, out.name = out.name, None
+        graph.remove(node, safe=True)
+        converted += 1
+    for name in [n for n, v in graph.initializers.items() if not v.uses()]:  # B and scales now in the tiles
+        graph.initializers.pop(name)
+    if converted:
+        model.opset_imports[MIXTURE_DOMAIN] = 1
+    if not any(n.domain == MS_DOMAIN for n in graph):
+        model.opset_imports.pop(MS_DOMAIN, None)
+    return {"kernel": LINEAR_KERNEL, "products": converted, "kept": kept}
+
+
+def _nbits_weight(node) -> BlockQuant | None:
+    """A MatMulNBits node's weight from its initializers, or None when it is not all constant or has g_idx."""
+    b, scales = node.inputs[1], node.inputs[2]
+    extra = [node.inputs[i] if i < len(node.inputs) else None for i in (3, 4)]  # zero points, g_idx
+    if b.const_value is None or scales.const_value is None or extra[1] is not None:
+        return None
+    if extra[0] is not None and extra[0].const_value is None:
+        return None
+    attrs = {name: node.attributes[name].as_int() for name in ("K", "bits", "block_size")}
+    packed = b.const_value.numpy()
+    zero_points = None if extra[0] is None else extra[0].const_value.numpy()
+    return BlockQuant(packed, scales.const_value.numpy().reshape(packed.shape[:2]), zero_points, attrs["bits"],
+                      attrs["block_size"], attrs["K"])

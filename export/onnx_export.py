@@ -72,6 +72,7 @@ class ExportConfig(JsonConfig):
     mixture_kernel: bool = False  # baked: gating + lora_B per group as hoe's Mixture op (runtime/kernels.py)
     attention_kernel: bool = False  # ort-cpu, fp32: hoe's Attention op in place of GroupQueryAttention
     kv_cache: str = "auto"  # auto: the graph's dtype | int8: rows of D int8 + fp32 scale (needs attention_kernel)
+    linear_kernel: bool = False  # ort-cpu, fp32, symmetric int4: hoe's MatMulInt4 in place of MatMulNBits
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -87,6 +88,8 @@ class ExportConfig(JsonConfig):
             _check_mixture_kernel(self)
         if self.attention_kernel:
             _check_attention_kernel(self)
+        if self.linear_kernel:
+            _check_linear_kernel(self)
         if self.kv_cache not in KV_CACHES:
             raise ConfigError(f"kv_cache must be one of {list(KV_CACHES)}, got {self.kv_cache!r}")
         if self.kv_cache == kv_int8.DTYPE and not self.attention_kernel:
@@ -118,6 +121,18 @@ def _check_attention_kernel(config: ExportConfig) -> None:
         raise ConfigError(f"--attention-kernel needs an fp32 graph and target ort-cpu (a CPU kernel), got dtype "
                           f"{config.dtype!r}, target {config.target!r}")
     _check_library("--attention-kernel")
+
+
+def _check_linear_kernel(config: ExportConfig) -> None:
+    from .linear_kernel import INPUTS
+
+    if (config.weights != "int4" or not config.symmetric or config.block_size % INPUTS or config.dtype != "fp32"
+            or config.target != "ort-cpu"):
+        raise ConfigError(f"--linear-kernel needs --weights int4, symmetric, a block size that is a multiple of "
+                          f"{INPUTS}, an fp32 graph and target ort-cpu (a CPU kernel), got weights {config.weights!r}, "
+                          f"symmetric {config.symmetric}, block size {config.block_size}, dtype {config.dtype!r}, "
+                          f"target {config.target!r}")
+    _check_library("--linear-kernel")
 
 
 def _check_library(flag: str) -> None:
@@ -302,6 +317,10 @@ class _Export:
 
             self.quantization["experts"] = bake_experts(self.graph, self.groups, self._packed(),
                                                         self.config.quant_config(), self.config.mixture_kernel)
+        if self.config.linear_kernel:
+            from .linear_kernel import use_kernel
+
+            self.quantization["linear_kernel"] = use_kernel(self.graph)
         self.opset = self.graph.opset_imports.get("", self.config.opset)
 
     def _save(self) -> None:

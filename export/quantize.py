@@ -182,7 +182,7 @@ class BlockQuant:
         q[np.arange(self.k_blocks), np.arange(self.k_blocks)] = z + 1
         q.reshape(self.k_blocks, -1)[:, self.k:] = z  # padding inputs past K
         ones = np.ones((self.k_blocks, self.k_blocks), dtype=self.scales.dtype)
-        return BlockQuant(_pack(q, self.bits), ones, None, self.bits, self.block_size, self.k)
+        return BlockQuant(pack_levels(q, self.bits), ones, None, self.bits, self.block_size, self.k)
 
 
 def quantize_blocks(w: np.ndarray, bits: int, block_size: int, symmetric: bool, offsets: bool = False,
@@ -235,7 +235,7 @@ def _minmax_blocks(w: np.ndarray, bits: int, block_size: int) -> BlockQuant:
     scale = (hi - lo) / ((1 << bits) - 1)
     q = np.round((b - lo[..., None]) / np.where(scale == 0, 1, scale)[..., None])
     offsets = lo + (1 << (bits - 1)) * scale  # (q - z)·scale + offset = q·scale + min
-    return BlockQuant(_pack(q.astype(np.uint8), bits), scale.astype(w.dtype), None, bits, block_size, w.shape[0],
+    return BlockQuant(pack_levels(q.astype(np.uint8), bits), scale.astype(w.dtype), None, bits, block_size, w.shape[0],
                       offsets.astype(w.dtype))
 
 
@@ -248,7 +248,7 @@ def _as_blocks(w: np.ndarray, block_size: int) -> np.ndarray:
     return b.reshape(n, k_blocks, block_size)
 
 
-def _pack(q: np.ndarray, bits: int) -> np.ndarray:
+def pack_levels(q: np.ndarray, bits: int) -> np.ndarray:
     """uint8 levels [..., C] -> MatMulNBits bytes [..., C·bits/8] (low bits first)."""
     return q if bits == 8 else (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
 
@@ -598,17 +598,18 @@ def quantized_form(manifest: dict) -> str:
 
 
 def exact_accuracy_model(path) -> bytes | None:
-    """model.onnx with every MatMulNBits at accuracy_level 0, serialized (external data not read), or None
-    when the graph has no MatMulNBits with another level. Used by validation: the same graph, fp32 activations."""
+    """model.onnx with every MatMulNBits (and hoe's MatMulInt4) at accuracy_level 0, serialized (external data not
+    read), or None when the graph has none at another level. Used by validation: the same graph, fp32 activations."""
     import onnx
+    from hoe.runtime.kernels import LINEAR_OP, MIXTURE_DOMAIN
 
     model = onnx.load(str(path), load_external_data=False)
     changed = False
     for node in model.graph.node:
-        if node.op_type != "MatMulNBits" or node.domain != MS_DOMAIN:
+        if (node.op_type, node.domain) not in (("MatMulNBits", MS_DOMAIN), (LINEAR_OP, MIXTURE_DOMAIN)):
             continue
-        for attr in list(node.attribute):
+        for attr in node.attribute:
             if attr.name == "accuracy_level" and attr.i != 0:
-                node.attribute.remove(attr)
+                attr.i = 0  # MatMulInt4 requires the attribute; MatMulNBits' default is 0 too
                 changed = True
     return model.SerializeToString() if changed else None

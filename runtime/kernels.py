@@ -1,5 +1,5 @@
-"""hoe's own onnxruntime kernels (runtime/csrc): the Mixture op of `hoe export --bake-experts --mixture-kernel`
-and the Attention op of `hoe export --attention-kernel`.
+"""hoe's own onnxruntime kernels (runtime/csrc): the Mixture op of `hoe export --bake-experts --mixture-kernel`,
+the Attention op of `hoe export --attention-kernel` and the MatMulInt4 op of `hoe export --linear-kernel`.
 
 The C++ sources are built at install into one shared library, `hoe.runtime._kernels` (setup.py; a C++17
 compiler is needed, and without one the install goes on without it). onnxruntime loads it per session with
@@ -22,6 +22,7 @@ ATTENTION_OP = "Attention"
 ATTENTION_INT8_OP = "AttentionInt8"  # the same on an int8 KV cache (`hoe export --kv-cache int8`)
 ATTENTION_KERNEL = f"{MIXTURE_DOMAIN}.{ATTENTION_OP}"  # kv_cache.kernel in hoe_config.json
 LINEAR_OP = "MatMulInt4"  # the int4 linear (runtime/csrc/linear.h) on export/linear_kernel.py's layout
+LINEAR_KERNEL = f"{MIXTURE_DOMAIN}.{LINEAR_OP}"  # quantization.linear_kernel.kernel in hoe_config.json
 LIBRARY_MODULE = "hoe.runtime._kernels"
 
 
@@ -32,10 +33,11 @@ def library() -> Path | None:
 
 
 def kernels_used(manifest: dict) -> list[str]:
-    """hoe's own ops a manifest's graph holds (MIXTURE_KERNEL, ATTENTION_KERNEL)."""
-    named = (((manifest.get("quantization") or {}).get("experts") or {}).get("kernel"),
-             (manifest.get("kv_cache") or {}).get("kernel"))
-    return [kernel for kernel in (MIXTURE_KERNEL, ATTENTION_KERNEL) if kernel in named]
+    """hoe's own ops a manifest's graph holds (MIXTURE_KERNEL, ATTENTION_KERNEL, LINEAR_KERNEL)."""
+    quant = manifest.get("quantization") or {}
+    named = ((quant.get("experts") or {}).get("kernel"), (manifest.get("kv_cache") or {}).get("kernel"),
+             (quant.get("linear_kernel") or {}).get("kernel"))
+    return [kernel for kernel in (MIXTURE_KERNEL, ATTENTION_KERNEL, LINEAR_KERNEL) if kernel in named]
 
 
 def needs_kernels(manifest: dict) -> bool:
@@ -50,7 +52,8 @@ def register(options, manifest: dict) -> bool:
         return False
     path = library()
     if path is None:
-        flags = {MIXTURE_KERNEL: "--mixture-kernel", ATTENTION_KERNEL: "--attention-kernel"}
+        flags = {MIXTURE_KERNEL: "--mixture-kernel", ATTENTION_KERNEL: "--attention-kernel",
+                 LINEAR_KERNEL: "--linear-kernel"}
         raise CheckpointError(f"this export's graph uses hoe's {' and '.join(used)} kernel, but this install of hoe "
                               f"was built without it (module {LIBRARY_MODULE} missing): reinstall hoe where a C++17 "
                               f"compiler is available, or re-export without {' '.join(flags[k] for k in used)}")

@@ -45,25 +45,28 @@ def tiny_export(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def quantized(tmp_path_factory):
-    """(arch, weights, symmetric, block, target="ort-cpu", bake=False, offsets=False, kernel=False) -> (base_dir,
-    ckpt_dir, out, validation report) of a tiny model exported at that weight precision (bake: --bake-experts,
-    offsets: --block-offsets, kernel: --mixture-kernel), once per session."""
+    """(arch, weights, symmetric, block, target="ort-cpu", bake=False, offsets=False, kernel=False, linear=False) ->
+    (base_dir, ckpt_dir, out, validation report) of a tiny model exported at that weight precision (bake:
+    --bake-experts, offsets: --block-offsets, kernel: --mixture-kernel, linear: --linear-kernel), once per
+    session."""
     from hoe.export.onnx_export import ExportConfig, export
     from hoe.export.validate import ValidationConfig, validate_export
     from tiny_models import QUANT_FAST
 
     done = {}
 
-    def get(arch, weights, symmetric, block, target="ort-cpu", bake=False, offsets=False, kernel=False):
-        key = (arch, weights, symmetric, block, target, bake, offsets, kernel)
+    def get(arch, weights, symmetric, block, target="ort-cpu", bake=False, offsets=False, kernel=False,
+            linear=False):
+        key = (arch, weights, symmetric, block, target, bake, offsets, kernel, linear)
         if key not in done:
             root = tmp_path_factory.mktemp(f"q_{arch}_{weights}{'_baked' * bake}{'_offsets' * offsets}"
-                                           f"{'_kernel' * kernel}")
+                                           f"{'_kernel' * kernel}{'_linear' * linear}")
             base_dir, ckpt_dir = make_tiny(root, arch)
             export(base_dir, ckpt_dir, root / "out", ExportConfig(threads=1, validate=False, weights=weights,
                                                                   symmetric=symmetric, block_size=block,
                                                                   target=target, bake_experts=bake,
-                                                                  offsets=offsets, mixture_kernel=kernel))
+                                                                  offsets=offsets, mixture_kernel=kernel,
+                                                                  linear_kernel=linear))
             report = validate_export(root / "out", base_dir, ckpt_dir, ValidationConfig(**QUANT_FAST))
             done[key] = (base_dir, ckpt_dir, root / "out", report)
         return done[key]

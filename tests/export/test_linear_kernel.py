@@ -1,0 +1,120 @@
+"""hoe's int4 linear kernel in an export (`hoe export --weights int4 --linear-kernel`, export/linear_kernel.py): the
+layout round-trips, the graph with every eligible MatMulNBits as MatMulInt4 matches the reference holding the
+dequantized weights (plain, baked with the Mixture kernel, block offsets; llama, qwen2, mistral), the check can
+fail, swap-experts rewrites the tiles, the base graph of the benchmarks gets the same products, and refusals."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from hoe.core.errors import CheckpointError, ConfigError
+from hoe.runtime import kernels
+
+pytestmark = pytest.mark.skipif(kernels.library() is None, reason="hoe was installed without its kernels library "
+                                                                  "(no C++17 compiler at install)")
+
+# (arch, block, bake, mixture kernel, offsets)
+CASES = [("llama", 32, False, False, False), ("qwen2", 64, True, True, False), ("mistral", 32, True, False, True)]
+
+
+@pytest.fixture
+def with_linear(quantized):
+    return lambda arch, block, bake, mixture, offsets: quantized(arch, "int4", True, block, bake=bake,
+                                                                 offsets=offsets, kernel=mixture, linear=True)
+
+
+@pytest.mark.parametrize("shape", [(70, 100, 32), (576, 1536, 64), (300, 130, 128), (48, 97, 32)])
+def test_unpack_inverts_pack(shape):
+    from hoe.export.linear_kernel import pack, unpack
+    from hoe.export.quantize import quantize_blocks
+
+    k, n, block = shape
+    q = quantize_blocks(np.random.default_rng(k).normal(size=(k, n)).astype(np.float32), 4, block, True)
+    tiles = pack(q)
+    back = unpack(tiles, k, n, block)
+    np.testing.assert_array_equal(back.dequantize(), q.dequantize())
+    np.testing.assert_array_equal(back.levels()[:, :k], q.levels()[:, :k])
+    np.testing.assert_array_equal(pack(back), tiles)
+
+
+@pytest.mark.parametrize("case", CASES, ids=["-".join(map(str, c)) for c in CASES])
+def test_linear_kernel_graph_matches_the_dequantized_reference(with_linear, case):
+    _, _, out, report = with_linear(*case)
+    assert report["passed"], report["max_abs_logits"]
+    assert report["max_abs_logits"] <= report["tolerance"] and report["argmax_agreement"] == 1.0
+    quant = json.loads((out / "hoe_config.json").read_text())["quantization"]
+    section = quant["linear_kernel"]
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    ops = [(n.domain, n.op_type) for n in graph.node]
+    int4 = [n for n in graph.node if n.op_type == "MatMulNBits" and any(a.name == "bits" and a.i == 4
+                                                                         for a in n.attribute)]
+    assert not int4  # every int4 product converted
+    products = ops.count(("hoe.ort", "MatMulInt4"))
+    # per layer q/k/v, o, gate/up, down (each one product, fused with its experts when baked), and the lm_head
+    assert products == section["products"] == 2 * 4 + 1 and section["kernel"] == kernels.LINEAR_KERNEL
+    lora_b = ops.count(("com.microsoft", "MatMulNBits"))  # int8 lora_B products, where no Mixture kernel takes them
+    assert section["kept"] == lora_b == (2 * 7 if case[2] and not case[3] else 0)
+    gathered = (quant["embedding"] or {}).get("op") == "GatherBlockQuantized"  # D = 32: not at block 64
+    assert (("com.microsoft", "GatherBlockQuantized") in ops) == gathered  # the table keeps its own layout
+    biased = [n for n in graph.node if n.op_type == "MatMulInt4" and len(n.input) == 3]
+    assert len(biased) == (2 * 4 if case[2] else 0)  # the baked products' router bias
+
+
+def test_linear_kernel_parity_can_fail(with_linear, revalidate, tmp_path):
+    """One scale in one product's tiles 1% off: the check sees it (the graph's numbers are the kernel's)."""
+    import shutil
+
+    import onnx_ir as ir
+    from hoe.contract.manifest import DATA_FILE, MODEL_FILE
+
+    base_dir, ckpt_dir, out, _ = with_linear(*CASES[0])
+    folder = tmp_path / "off"
+    shutil.copytree(out, folder)
+    model = ir.load(out / MODEL_FILE)  # its data read from `out`, the copy's rewritten
+    tiles = next(v for name, v in model.graph.initializers.items() if name.endswith(".tiles") and "mlp" in name)
+    data = tiles.const_value.numpy().copy()
+    scales = data[:, :, 1024:].copy().view(np.float32)
+    scales *= 1.01
+    data[:, :, 1024:] = scales.view(np.uint8)
+    tiles.const_value = ir.tensor(data, name=tiles.name)
+    (folder / MODEL_FILE).unlink()
+    (folder / DATA_FILE).unlink()
+    ir.save(model, folder / MODEL_FILE, external_data=DATA_FILE)
+    assert not revalidate(folder, base_dir, ckpt_dir)["passed"]
+
+
+@pytest.mark.parametrize("case", CASES[1:], ids=["mixture", "offsets"])
+def test_swap_experts_rewrites_the_tiles(with_linear, revalidate, swap_random, case):
+    base_dir, ckpt_dir, out, _ = with_linear(*case)
+    folder, other = swap_random(base_dir, ckpt_dir, out, seed=5)
+    report = revalidate(folder, base_dir, other)
+    assert report["passed"], report["max_abs_logits"]
+
+
+def test_base_graph_gets_the_same_products(with_linear):
+    from hoe.bench.base_export import export_options
+
+    out = with_linear(*CASES[0])[2]
+    options = export_options(json.loads((out / "hoe_config.json").read_text()))
+    assert options["linear_kernel"] and options["weights"] == "int4"
+    from hoe.export.onnx_export import ExportConfig
+
+    assert ExportConfig(**options).linear_kernel
+
+
+def test_linear_kernel_refusals(with_linear, monkeypatch):
+    import hoe.runtime as hr
+    from hoe.export.onnx_export import ExportConfig
+
+    for bad in (dict(), dict(weights="int8"), dict(weights="int4", symmetric=False),
+                dict(weights="int4", block_size=16), dict(weights="int4", dtype="fp16"),
+                dict(weights="int4", target="ort-cuda")):
+        with pytest.raises(ConfigError, match="linear-kernel"):
+            ExportConfig(linear_kernel=True, **bad)
+    out = with_linear(*CASES[0])[2]
+    monkeypatch.setattr(kernels, "library", lambda: None)
+    with pytest.raises(CheckpointError, match="--linear-kernel"):
+        hr.load(out, threads=1)
+    with pytest.raises(ConfigError, match="no kernels library"):
+        ExportConfig(linear_kernel=True, weights="int4")
