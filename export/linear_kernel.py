@@ -85,7 +85,7 @@ def tiled_weight(tiles) -> BlockQuant:
 
 def use_kernel(model) -> dict:
     """Every MatMulNBits of `model` (onnx_ir.Model) the kernel computes -> MatMulInt4, in place (module docstring).
-    Returns the manifest's `quantization.linear_kernel` section."""
+    Returns the manifest's `quantization.linear_kernel` section (`lm_head`: whether the logits' product is one)."""
     import onnx_ir as ir
 
     graph, tiles, converted, kept = model.graph, {}, 0, 0
@@ -119,7 +119,23 @@ def use_kernel(model) -> dict:
         model.opset_imports[MIXTURE_DOMAIN] = 1
     if not any(n.domain == MS_DOMAIN for n in graph):
         model.opset_imports.pop(MS_DOMAIN, None)
-    return {"kernel": LINEAR_KERNEL, "products": converted, "kept": kept}
+    head = _logits_product(graph)
+    return {"kernel": LINEAR_KERNEL, "products": converted, "kept": kept,
+            "lm_head": head is not None and head.op_type == LINEAR_OP}
+
+
+def _logits_product(graph):
+    """The product that makes the logits (graph output 0): their producer past Reshape/Identity, and with block
+    offsets past the y₀ + (x·S)·offsets correction to the product before its Split (quantize._offset_product)."""
+    node = graph.outputs[0].producer()
+    while node is not None and node.op_type in ("Reshape", "Identity", "Add"):
+        source = node.inputs[0].producer()
+        if node.op_type == "Add":
+            if source is None or source.op_type != "Split":
+                break
+            source = source.inputs[0].producer()
+        node = source
+    return node
 
 
 def _nbits_weight(node) -> BlockQuant | None:

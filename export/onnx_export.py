@@ -31,7 +31,7 @@ from hoe.contract.io_spec import (
 )
 from hoe.core.config import HoEConfig, JsonConfig
 from hoe.core.errors import ConfigError
-from hoe.runtime.kernels import ATTENTION_KERNEL
+from hoe.runtime.kernels import ATTENTION_KERNEL, LINEAR_KERNEL
 
 from .quantize import QuantConfig
 
@@ -320,7 +320,9 @@ class _Export:
         if self.config.linear_kernel:
             from .linear_kernel import use_kernel
 
-            self.quantization["linear_kernel"] = use_kernel(self.graph)
+            section = self.quantization["linear_kernel"] = use_kernel(self.graph)
+            if section["lm_head"] and self.quantization.get("lm_head"):
+                self.quantization["lm_head"]["op"] = LINEAR_KERNEL
         self.opset = self.graph.opset_imports.get("", self.config.opset)
 
     def _save(self) -> None:

@@ -53,6 +53,8 @@ def test_linear_kernel_graph_matches_the_dequantized_reference(with_linear, case
     products = ops.count(("hoe.ort", "MatMulInt4"))
     # per layer q/k/v, o, gate/up, down (each one product, fused with its experts when baked), and the lm_head
     assert products == section["products"] == 2 * 4 + 1 and section["kernel"] == kernels.LINEAR_KERNEL
+    assert section["lm_head"]  # the tiny models' lm_head is untied: an ordinary linear (quantization.lm_head null)
+    assert quant["lm_head"] is None or quant["lm_head"]["op"] == kernels.LINEAR_KERNEL
     lora_b = ops.count(("com.microsoft", "MatMulNBits"))  # int8 lora_B products, where no Mixture kernel takes them
     assert section["kept"] == lora_b == (2 * 7 if case[2] and not case[3] else 0)
     gathered = (quant["embedding"] or {}).get("op") == "GatherBlockQuantized"  # D = 32: not at block 64
