@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 _ONNX_ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2,
                   21: 0.5, 22: 0.5}  # UINT4 / INT4: two per byte
 # Embedding lookups read a few rows per token: the table input of these ops is not counted.
-_LOOKUP_OPS = {"Gather": (0,), "GatherBlockQuantized": (0, 2, 3)}
+_LOOKUP_OPS = {"Gather": (0,), "GatherBlockQuantized": (0, 2, 3), "GatherInt4": (0,)}
 
 
 def copy_bandwidth_gbs(size_mb: int = 256, repeats: int = 5) -> float:

@@ -15,15 +15,17 @@ In the graph (after quantize.py and baked.py):
 
 Symmetric int4 products with fp32 scales in blocks of a multiple of 32 are converted: the base's linears, the
 baked [W | lora_A | router_W] products with their bias, and the lm_head; what the kernel does not compute (int8
-lora_B, zero points) stays MatMulNBits. The node keeps its name. A tied table's GatherBlockQuantized keeps
-reading B, so the table's bytes are held twice (its int4 levels once per layout).
+lora_B, zero points) stays MatMulNBits. The node keeps its name. A tied table's lookup then reads the lm_head's
+tiles, so the file holds the table once:
+
+    GatherBlockQuantized(Reshape(B), ids, scales)  ─►  GatherInt4(B.tiles, ids)   K, N   (row id = column id of W)
 """
 
 from __future__ import annotations
 
 import numpy as np
 from hoe.core.errors import ConfigError
-from hoe.runtime.kernels import LINEAR_KERNEL, LINEAR_OP, MIXTURE_DOMAIN
+from hoe.runtime.kernels import GATHER_OP, LINEAR_KERNEL, LINEAR_OP, MIXTURE_DOMAIN
 
 from .quantize import MS_DOMAIN, BlockQuant, pack_levels
 
@@ -85,10 +87,11 @@ def tiled_weight(tiles) -> BlockQuant:
 
 def use_kernel(model) -> dict:
     """Every MatMulNBits of `model` (onnx_ir.Model) the kernel computes -> MatMulInt4, in place (module docstring).
-    Returns the manifest's `quantization.linear_kernel` section (`lm_head`: whether the logits' product is one)."""
+    Returns the manifest's `quantization.linear_kernel` section (`lm_head`: whether the logits' product is one;
+    `embedding`: whether a tied table's lookup reads the tiles)."""
     import onnx_ir as ir
 
-    graph, tiles, converted, kept = model.graph, {}, 0, 0
+    graph, tiles, weights, converted, kept = model.graph, {}, {}, 0, 0
     for node in list(graph):
         if node.op_type != "MatMulNBits" or node.domain != MS_DOMAIN:
             continue
@@ -100,19 +103,16 @@ def use_kernel(model) -> dict:
         if b.name not in tiles:  # a weight read by several products is packed once
             name = f"{b.name}{TILES_SUFFIX}"
             tiles[b.name] = ir.Value(name=name, const_value=ir.tensor(pack(q), name=name))
+            weights[b.name] = q
             graph.register_initializer(tiles[b.name])
         bias = node.inputs[5] if len(node.inputs) > 5 else None
         level = node.attributes["accuracy_level"].as_int() if "accuracy_level" in node.attributes else 0
         attrs = {"K": q.k, "N": q.n, "block_size": q.block_size, "accuracy_level": level}
         new = ir.Node(MIXTURE_DOMAIN, LINEAR_OP, [node.inputs[0], tiles[b.name], *([bias] if bias else [])],
                       name=node.name, attributes=[ir.convenience.convert_attribute(k, v) for k, v in attrs.items()])
-        graph.insert_before(node, new)
-        out = node.outputs[0]
-        new.outputs[0].shape, new.outputs[0].type = out.shape, out.type
-        out.replace_all_uses_with(new.outputs[0], replace_graph_outputs=True)
-        new.outputs[0].name, out.name = out.name, None
-        graph.remove(node, safe=True)
+        _replace(graph, node, new)
         converted += 1
+    gathers = sum(_tied_lookup(graph, node, tiles, weights) for node in list(graph))
     for name in [n for n, v in graph.initializers.items() if not v.uses()]:  # B and scales now in the tiles
         graph.initializers.pop(name)
     if converted:
@@ -121,7 +121,40 @@ def use_kernel(model) -> dict:
         model.opset_imports.pop(MS_DOMAIN, None)
     head = _logits_product(graph)
     return {"kernel": LINEAR_KERNEL, "products": converted, "kept": kept,
-            "lm_head": head is not None and head.op_type == LINEAR_OP}
+            "lm_head": head is not None and head.op_type == LINEAR_OP, "embedding": gathers > 0}
+
+
+def _replace(graph, node, new) -> None:
+    """`new` in `node`'s place: its output takes the old one's name, shape, type and uses."""
+    graph.insert_before(node, new)
+    out = node.outputs[0]
+    new.outputs[0].shape, new.outputs[0].type = out.shape, out.type
+    out.replace_all_uses_with(new.outputs[0], replace_graph_outputs=True)
+    new.outputs[0].name, out.name = out.name, None
+    graph.remove(node, safe=True)
+
+
+def _tied_lookup(graph, node, tiles: dict, weights: dict) -> bool:
+    """A GatherBlockQuantized of a tiled weight's rows (quantize.py's tied table: Reshape(B), ids, scales) ->
+    GatherInt4 on the tiles, in place; whether it was one."""
+    import onnx_ir as ir
+
+    if node.op_type != "GatherBlockQuantized" or node.domain != MS_DOMAIN or len(node.inputs) > 3:
+        return False  # zero points: not the kernel's symmetric grid
+    reshape = node.inputs[0].producer()
+    if reshape is None or reshape.op_type != "Reshape" or reshape.inputs[0].name not in tiles:
+        return False
+    want = {"gather_axis": 0, "quantize_axis": 1, "bits": 4}  # the op's defaults too
+    attrs = {k: node.attributes[k].as_int() if k in node.attributes else v for k, v in want.items()}
+    if attrs != want:
+        return False
+    q = weights[reshape.inputs[0].name]
+    new = ir.Node(MIXTURE_DOMAIN, GATHER_OP, [tiles[reshape.inputs[0].name], node.inputs[1]], name=node.name,
+                  attributes=[ir.convenience.convert_attribute(k, v) for k, v in {"K": q.k, "N": q.n}.items()])
+    _replace(graph, node, new)
+    if not reshape.outputs[0].uses():
+        graph.remove(reshape, safe=True)
+    return True
 
 
 def _logits_product(graph):

@@ -229,6 +229,24 @@ void run_task(void* data, size_t index) {
 
 }  // namespace
 
+void linear_columns(const uint8_t* packed, int64_t k, const int64_t* ids, int64_t count, float* y) {
+  const int64_t parts = linear_parts(k);
+  for (int64_t i = 0; i < count; ++i, y += k) {
+    const int64_t column = ids[i] % kLinearColumns;
+    const uint8_t* w = packed + ids[i] / kLinearColumns * parts * kLinearStride;
+    const uint8_t* bytes = w + column / kSlice * 256 + column % kSlice * 4;  // vector j's 4 bytes: + 64 j
+    for (int64_t p = 0; p < parts; ++p, w += kLinearStride, bytes += kLinearStride) {
+      const float sc = scale(w, column);
+      const int64_t first = p * kLinearInputs, last = std::min(k, first + kLinearInputs);
+      for (int64_t input = first; input < last; ++input) {
+        const int64_t j = (input - first) / 8, t = (input - first) % 8;
+        const uint8_t b = bytes[j * 64 + t % 4];
+        y[input] = static_cast<float>((t < 4 ? b & 15 : b >> 4) - 8) * sc;
+      }
+    }
+  }
+}
+
 void linear_int4(const LinearShape& s, const float* x, const uint8_t* packed, const float* bias, float* y,
                  const Parallel& parallel) {
   const int64_t parts = linear_parts(s.k), width = parts * kLinearInputs, groups = linear_groups(s.n);

@@ -39,4 +39,8 @@ inline int64_t linear_parts(int64_t k) { return (k + kLinearInputs - 1) / kLinea
 void linear_int4(const LinearShape& s, const float* x, const uint8_t* packed, const float* bias, float* y,
                  const Parallel& parallel = {});
 
+// The weight's columns as rows, y [count, K] with y[i, :] = W[:, ids[i]]: a tied embedding's lookup on the
+// lm_head's tiles (the table held once). The caller checks 0 <= ids[i] < N.
+void linear_columns(const uint8_t* packed, int64_t k, const int64_t* ids, int64_t count, float* y);
+
 }  // namespace hoe

@@ -26,7 +26,7 @@ struct OrtApiBase {
   const char* (*GetVersionString)();
 };
 
-enum OrtElementType : int { kTypeUndefined = 0, kTypeFloat = 1, kTypeUint8 = 2, kTypeInt8 = 3 };
+enum OrtElementType : int { kTypeUndefined = 0, kTypeFloat = 1, kTypeUint8 = 2, kTypeInt8 = 3, kTypeInt64 = 7 };
 enum OrtCharacteristic : int { kRequired = 0, kOptional = 1, kVariadic = 2 };
 enum OrtErrorCodeValue : int { kOk = 0, kFail = 1, kInvalidArgument = 2 };
 

@@ -23,6 +23,11 @@
 //   inputs   x [..., K] f32, packed [ceil(N/64), ceil(K/32), 1280] u8 (linear.h), optional bias [N] f32
 //   attrs    K, N, accuracy_level (0: fp32 activations, else int8: linear.h)
 //   outputs  y [..., N] f32
+//
+// GatherInt4
+//   inputs   packed (MatMulInt4's weight), ids [...] i64
+//   attrs    K, N
+//   outputs  y [..., K] f32: y[..., :] = W[:, id] (linear.h linear_columns), a tied embedding read from the lm_head
 #include <algorithm>
 #include <cstring>
 #include <mutex>
@@ -457,6 +462,68 @@ OrtCustomOp make_linear() {
 
 const OrtCustomOp kLinear = make_linear();
 
+// -- GatherInt4
+OrtStatus* gather_error(const std::string& message) { return error("GatherInt4", message); }
+
+OrtStatus* gather_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
+  LinearKernel k;
+  HOE_TRY(attribute(info, "K", &k.k));
+  HOE_TRY(attribute(info, "N", &k.n));
+  if (k.k < 1 || k.n < 1) return gather_error("K " + std::to_string(k.k) + ", N " + std::to_string(k.n) +
+                                              ": expected both >= 1");
+  auto* kernel = new (std::nothrow) LinearKernel(k);
+  if (!kernel) return gather_error("out of memory");
+  *out = kernel;
+  return nullptr;
+}
+
+OrtStatus* gather_compute(void* opaque, OrtKernelContext* context) {
+  const LinearKernel& k = *static_cast<LinearKernel*>(opaque);
+  Tensor packed, ids;
+  HOE_TRY(read(context, 0, &packed));
+  HOE_TRY(read(context, 1, &ids));
+  const int64_t groups = linear_groups(k.n), parts = linear_parts(k.k);
+  if (packed.dims.size() != 3 || packed.dims[0] != groups || packed.dims[1] != parts ||
+      packed.dims[2] != kLinearStride)
+    return gather_error("packed " + shape(packed.dims) + ": expected [" + std::to_string(groups) + "," +
+                        std::to_string(parts) + "," + std::to_string(kLinearStride) + "]");
+  constexpr size_t kMaxRank = 8;
+  if (ids.dims.size() + 1 > kMaxRank)
+    return gather_error("ids " + shape(ids.dims) + ": expected at most " + std::to_string(kMaxRank - 1) + " dims");
+  int64_t dims[kMaxRank], count = 1;
+  for (size_t i = 0; i < ids.dims.size(); ++i) count *= dims[i] = ids.dims[i];
+  dims[ids.dims.size()] = k.k;
+  const auto* id = static_cast<const int64_t*>(ids.data);
+  for (int64_t i = 0; i < count; ++i)
+    if (id[i] < 0 || id[i] >= k.n)
+      return gather_error("id " + std::to_string(id[i]) + ": expected 0 <= id < " + std::to_string(k.n));
+  float* y = nullptr;
+  HOE_TRY(output(context, 0, dims, ids.dims.size() + 1, &y));
+  if (count) linear_columns(static_cast<const uint8_t*>(packed.data), k.k, id, count, y);
+  return nullptr;
+}
+
+const char* gather_name(const OrtCustomOp*) { return "GatherInt4"; }
+OrtElementType gather_input(const OrtCustomOp*, size_t i) { return i == 0 ? kTypeUint8 : kTypeInt64; }
+size_t two_inputs(const OrtCustomOp*) { return 2; }
+
+OrtCustomOp make_gather() {
+  OrtCustomOp op = base_op();
+  op.GetName = gather_name;
+  op.GetInputType = gather_input;
+  op.GetInputTypeCount = two_inputs;
+  op.GetOutputType = float_type;
+  op.GetOutputTypeCount = output_count;
+  op.KernelDestroy = linear_destroy;
+  op.GetInputCharacteristic = required;
+  op.GetOutputCharacteristic = required;
+  op.CreateKernelV2 = gather_create;
+  op.KernelComputeV2 = gather_compute;
+  return op;
+}
+
+const OrtCustomOp kGather = make_gather();
+
 }  // namespace
 }  // namespace hoe::ort
 
@@ -473,7 +540,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
   OrtCustomOpDomain* domain = nullptr;
   HOE_TRY(slot<OrtStatus* (*)(const char*, OrtCustomOpDomain**)>(kCreateCustomOpDomain)("hoe.ort", &domain));
   domains.push_back(domain);
-  for (const OrtCustomOp* op : {&kMixture, &kAttention, &kAttentionInt8, &kLinear})
+  for (const OrtCustomOp* op : {&kMixture, &kAttention, &kAttentionInt8, &kLinear, &kGather})
     HOE_TRY(slot<OrtStatus* (*)(OrtCustomOpDomain*, const OrtCustomOp*)>(kCustomOpDomainAdd)(domain, op));
   return slot<OrtStatus* (*)(OrtSessionOptions*, OrtCustomOpDomain*)>(kAddCustomOpDomain)(options, domain);
 }

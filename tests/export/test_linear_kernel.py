@@ -10,6 +10,7 @@ import onnx
 import pytest
 from hoe.core.errors import CheckpointError, ConfigError
 from hoe.runtime import kernels
+from tiny_models import QUANT_FAST
 
 pytestmark = pytest.mark.skipif(kernels.library() is None, reason="hoe was installed without its kernels library "
                                                                   "(no C++17 compiler at install)")
@@ -120,3 +121,40 @@ def test_linear_kernel_refusals(with_linear, monkeypatch):
         hr.load(out, threads=1)
     with pytest.raises(ConfigError, match="no kernels library"):
         ExportConfig(linear_kernel=True, weights="int4")
+
+
+@pytest.mark.parametrize("bake", [False, True])
+def test_tied_table_is_read_from_the_lm_heads_tiles(tmp_path, monkeypatch, tiny_folders, bake):
+    """A tied int4 table: the lookup becomes GatherInt4 on the lm_head's tiles, so the file holds the table once
+    (no MatMulNBits bytes of it left), and the graph still matches the dequantized reference."""
+    import tiny_models
+    from hoe.export.onnx_export import ExportConfig, export
+    from hoe.export.validate import ValidationConfig, validate_export
+
+    plain = tiny_models.tiny_config
+
+    def tied(arch, vocab=97, **kwargs):
+        cfg = plain(arch, vocab, **kwargs)
+        cfg.tie_word_embeddings = True
+        return cfg
+
+    monkeypatch.setattr(tiny_models, "tiny_config", tied)
+    base_dir, ckpt_dir = tiny_folders(tmp_path, "llama")
+    out = tmp_path / "out"
+    export(base_dir, ckpt_dir, out, ExportConfig(threads=1, validate=False, weights="int4", symmetric=True,
+                                                 block_size=32, bake_experts=bake, mixture_kernel=bake,
+                                                 linear_kernel=True))
+    quant = json.loads((out / "hoe_config.json").read_text())["quantization"]
+    assert quant["embedding"]["op"] == "hoe.ort.GatherInt4" and quant["embedding"]["tied"] is True
+    assert quant["lm_head"]["op"] == kernels.LINEAR_KERNEL and quant["linear_kernel"]["embedding"] is True
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    assert "GatherBlockQuantized" not in ops and ops.count("GatherInt4") == 1
+    gather = next(n for n in graph.node if n.op_type == "GatherInt4")
+    head = [n for n in graph.node if n.op_type == "MatMulInt4" and n.input[1] == gather.input[0]]
+    assert len(head) == 1  # one initializer for the lookup and the logits
+    names = {i.name for i in graph.initializer}
+    table_rows = [i.name for i in graph.initializer if i.dims and i.dims[0] == 97]  # [V, ...]: MatMulNBits' B
+    assert gather.input[0].removesuffix(".tiles") not in names and not table_rows  # the table's old bytes gone
+    report = validate_export(out, base_dir, ckpt_dir, ValidationConfig(**QUANT_FAST))
+    assert report["passed"], report["max_abs_logits"]

@@ -115,3 +115,47 @@ def test_pack_refuses_what_the_kernel_cannot_compute():
     for q in (quantize_blocks(w, 4, 16, True), quantize_blocks(w, 4, 32, False), quantize_blocks(w, 8, 32, True)):
         with pytest.raises(ConfigError, match="symmetric int4"):
             pack(q)
+
+
+def _gather_session(op, q):
+    """GatherInt4 on pack(q), or GatherBlockQuantized on MatMulNBits' bytes of q as a [N, K] table."""
+    from hoe.export.linear_kernel import pack
+    from onnx import TensorProto, helper, numpy_helper
+
+    if op == "GatherInt4":
+        inits, domain = [numpy_helper.from_array(pack(q), "packed")], "hoe.ort"
+        node = helper.make_node(op, ["packed", "ids"], ["y"], domain=domain, K=q.k, N=q.n)
+    else:
+        domain = "com.microsoft"
+        inits = [numpy_helper.from_array(q.packed.reshape(q.n, -1), "packed"),
+                 numpy_helper.from_array(q.scales, "scales")]
+        node = helper.make_node(op, ["packed", "ids", "scales"], ["y"], domain=domain, gather_axis=0,
+                                quantize_axis=1, block_size=q.block_size, bits=4)
+    graph = helper.make_graph([node], "gather", [helper.make_tensor_value_info("ids", TensorProto.INT64, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(domain, 1)])
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(kernels.library()))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("shape", [(576, 1000, 32), (64, 97, 64), (96, 130, 32)])
+def test_gather_reads_the_tables_rows_from_the_tiles(shape):
+    """A tied table [N, K] read through the lm_head's tiles: row id = column id of W, bitwise what
+    GatherBlockQuantized reads from MatMulNBits' layout of the same weight, ids in every group and slice."""
+    k, n, block = shape
+    q = _weight(k, n, block, seed=k)
+    ids = np.random.default_rng(n).integers(0, n, size=(2, 7))
+    ids[0, :3] = [0, n - 1, 63 % n]
+    got = _gather_session("GatherInt4", q).run(None, {"ids": ids})[0]
+    assert got.shape == (2, 7, k)
+    np.testing.assert_array_equal(got, q.dequantize().T[ids])
+    if k % block == 0:  # GatherBlockQuantized takes whole blocks
+        np.testing.assert_array_equal(got, _gather_session("GatherBlockQuantized", q).run(None, {"ids": ids})[0])
+
+
+def test_gather_refuses_an_id_outside_the_table():
+    q = _weight(64, 97, 32, seed=1)
+    session = _gather_session("GatherInt4", q)
+    with pytest.raises(Exception, match=r"hoe.ort.GatherInt4: id 97: expected 0 <= id < 97"):
+        session.run(None, {"ids": np.array([[3, 97]], np.int64)})
