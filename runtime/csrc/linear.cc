@@ -24,7 +24,6 @@ struct Rows {
   const int8_t* q;   // [M, parts·32]            (int8 mode)
   const float* qs;   // [M, parts] scales        (int8 mode)
   const int32_t* z;  // [M, parts] 8 · sum(q)    (int8 mode)
-  const float* zx;   // [M, parts] 8 · sum(x)    (exact mode, AVX paths)
 };
 
 using GroupFn = void (*)(const uint8_t* w, int64_t parts, const Rows& r, int64_t row, float* out);
@@ -114,22 +113,23 @@ HOE_LINEAR_AVX2 void group_avx2_exact(const uint8_t* w, int64_t parts, const Row
   const __m256i mask = _mm256_set1_epi32(0x0F);
   __m256 acc[8];
   for (auto& a : acc) a = _mm256_setzero_ps();
+  const __m256i zero = _mm256_set1_epi32(8);
   for (int64_t p = 0; p < parts; ++p, w += kLinearStride) {
     const float* x = r.x + row * width + p * kLinearInputs;
-    const __m256 zx = _mm256_set1_ps(r.zx[row * parts + p]);
     for (int64_t h = 0; h < 8; ++h) {
       const int64_t slice = h / 2, half = h % 2;
-      __m256 sum = _mm256_setzero_ps();  // sum of level · x; the zero point's 8 · sum(x) taken once below
+      // sum of (level − 8) · x: the weights themselves, so a large x (a prompt's first token) cancels nothing
+      __m256 sum = _mm256_setzero_ps();
       for (int64_t j = 0; j < 4; ++j) {
         const __m256i v = half_vector(w, slice, j, half);
         for (int t = 0; t < 4; ++t) {
-          const __m256i lo = _mm256_and_si256(_mm256_srli_epi32(v, 8 * t), mask);
-          const __m256i hi = _mm256_and_si256(_mm256_srli_epi32(v, 8 * t + 4), mask);
+          const __m256i lo = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(v, 8 * t), mask), zero);
+          const __m256i hi = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(v, 8 * t + 4), mask), zero);
           sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), _mm256_set1_ps(x[j * 8 + t]), sum);
           sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), _mm256_set1_ps(x[j * 8 + 4 + t]), sum);
         }
       }
-      acc[h] = _mm256_fmadd_ps(_mm256_sub_ps(sum, zx), half_scales(w, slice, half), acc[h]);
+      acc[h] = _mm256_fmadd_ps(sum, half_scales(w, slice, half), acc[h]);
     }
   }
   for (int64_t h = 0; h < 8; ++h) _mm256_storeu_ps(out + h * 8, acc[h]);
@@ -250,21 +250,13 @@ void linear_columns(const uint8_t* packed, int64_t k, const int64_t* ids, int64_
 void linear_int4(const LinearShape& s, const float* x, const uint8_t* packed, const float* bias, float* y,
                  const Parallel& parallel) {
   const int64_t parts = linear_parts(s.k), width = parts * kLinearInputs, groups = linear_groups(s.n);
-  static thread_local std::vector<float> padded, part_scales, sums;
+  static thread_local std::vector<float> padded, part_scales;
   static thread_local std::vector<int8_t> levels;
   static thread_local std::vector<int32_t> zeros;
   padded.assign(s.rows * width, 0.0f);
   for (int64_t row = 0; row < s.rows; ++row) std::memcpy(&padded[row * width], x + row * s.k, s.k * sizeof(float));
-  Rows rows{padded.data(), nullptr, nullptr, nullptr, nullptr};
-  if (s.exact) {
-    sums.resize(s.rows * parts);
-    for (int64_t i = 0; i < s.rows * parts; ++i) {
-      float sum = 0.0f;
-      for (int64_t c = 0; c < kLinearInputs; ++c) sum += padded[i * kLinearInputs + c];
-      sums[i] = 8.0f * sum;
-    }
-    rows.zx = sums.data();
-  } else {
+  Rows rows{padded.data(), nullptr, nullptr, nullptr};
+  if (!s.exact) {
     levels.resize(s.rows * width);
     part_scales.resize(s.rows * parts);
     zeros.resize(s.rows * parts);

@@ -72,6 +72,16 @@ def test_exact_level_is_x_times_the_dequantized_weight(case):
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
 
 
+def test_exact_level_keeps_activations_far_from_zero():
+    """Activations around 50 (a prompt's first token in SmolLM2): summing level · x and taking 8 · sum(x) off
+    afterwards cancels ~7 digits; the product sums (level − 8) · x, as the dequantized weight does."""
+    q, x, _ = _inputs(CASES[0])
+    x = x + 50.0
+    want = x.astype(np.float64) @ q.dequantize().astype(np.float64)
+    got = _session("MatMulInt4", q, 0, None).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=6e-7 * np.abs(want).max())  # cancelling: 1.7e-6
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_int8_level_matches_matmulnbits(case):
     """Both round each block of activations to int8: the op lands as close to x·Ŵ as MatMulNBits does."""
