@@ -21,6 +21,22 @@ def tiny_folders():
     return make_tiny
 
 
+@pytest.fixture
+def tied_folders(monkeypatch):
+    """make_tiny(root, arch) of a model whose lm_head is tied to its embedding table (vocab 97)."""
+    import tiny_models
+
+    plain = tiny_models.tiny_config
+
+    def tied(arch, vocab=97, **kwargs):
+        cfg = plain(arch, vocab, **kwargs)
+        cfg.tie_word_embeddings = True
+        return cfg
+
+    monkeypatch.setattr(tiny_models, "tiny_config", tied)
+    return make_tiny
+
+
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory):
     """(arch, target="ort-cpu") -> (base_dir, ckpt_dir, out_dir, ExportResult), exporting (fp32, validated) on

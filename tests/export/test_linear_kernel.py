@@ -124,22 +124,13 @@ def test_linear_kernel_refusals(with_linear, monkeypatch):
 
 
 @pytest.mark.parametrize("bake", [False, True])
-def test_tied_table_is_read_from_the_lm_heads_tiles(tmp_path, monkeypatch, tiny_folders, bake):
+def test_tied_table_is_read_from_the_lm_heads_tiles(tmp_path, tied_folders, bake):
     """A tied int4 table: the lookup becomes GatherInt4 on the lm_head's tiles, so the file holds the table once
     (no MatMulNBits bytes of it left), and the graph still matches the dequantized reference."""
-    import tiny_models
     from hoe.export.onnx_export import ExportConfig, export
     from hoe.export.validate import ValidationConfig, validate_export
 
-    plain = tiny_models.tiny_config
-
-    def tied(arch, vocab=97, **kwargs):
-        cfg = plain(arch, vocab, **kwargs)
-        cfg.tie_word_embeddings = True
-        return cfg
-
-    monkeypatch.setattr(tiny_models, "tiny_config", tied)
-    base_dir, ckpt_dir = tiny_folders(tmp_path, "llama")
+    base_dir, ckpt_dir = tied_folders(tmp_path, "llama")
     out = tmp_path / "out"
     export(base_dir, ckpt_dir, out, ExportConfig(threads=1, validate=False, weights="int4", symmetric=True,
                                                  block_size=32, bake_experts=bake, mixture_kernel=bake,

@@ -160,22 +160,13 @@ def test_swap_experts_on_a_quantized_export(quantized, tmp_path):
 
 
 @pytest.mark.parametrize("table", ["", "int8", "fp32"])
-def test_tied_table_is_quantized_once_and_shared(tmp_path, monkeypatch, table, tiny_folders):
+def test_tied_table_is_quantized_once_and_shared(tmp_path, table, tied_folders):
     """A tied lm_head: GatherBlockQuantized and the lm_head's MatMulNBits read the same packed initializer, at
     the table's own precision (--embedding-weights); an fp32 table stays a Gather + Gemm."""
-    import tiny_models
     from hoe.export.onnx_export import ExportConfig, export
     from hoe.export.validate import ValidationConfig, validate_export
 
-    plain = tiny_models.tiny_config
-
-    def tied(arch, vocab=97, **kwargs):
-        cfg = plain(arch, vocab, **kwargs)
-        cfg.tie_word_embeddings = True
-        return cfg
-
-    monkeypatch.setattr(tiny_models, "tiny_config", tied)
-    base_dir, ckpt_dir = tiny_folders(tmp_path, "llama")
+    base_dir, ckpt_dir = tied_folders(tmp_path, "llama")
     export(base_dir, ckpt_dir, tmp_path / "out", ExportConfig(threads=1, validate=False, weights="int4", table=table))
     q = json.loads((tmp_path / "out" / "hoe_config.json").read_text())["quantization"]
     graph = onnx.load(str(tmp_path / "out" / "model.onnx"), load_external_data=False).graph
