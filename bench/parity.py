@@ -5,6 +5,8 @@
                  through them). Each backend runs the past through its own forward and feeds its own
                  present K/V back, as in decoding; logits of every real new position are compared.
     greedy       32 greedy tokens, batch 3, left-padded prompts of different lengths, one preference per row.
+                 With an int8 KV cache the backend is fed the reference's tokens (teacher forcing) and judged
+                 at every step: each side rounds its own cache rows, and two free-running decodes drift apart.
 
 Runners, comparison and the rules below are hoe.contract.parity's, the comparator export validation uses too.
 A case passes when |logits - ref| <= atol + rtol·max|ref| everywhere (the case's logit scale, as the export
@@ -153,8 +155,10 @@ class Runner:
         self.past_kv = dict(self.kv.past)
         return self.kv.run(case.ids[:, p:], case.mask, pos[:, p:], mix)["logits"].astype(np.float32)
 
-    def greedy(self, prompts: list[list[int]], rows, n: int, pad: int) -> tuple[np.ndarray, ...]:
-        """Greedy tokens [B, n], the top-1 minus top-2 logit margin [B, n] and the top-1 logit [B, n]."""
+    def greedy(self, prompts: list[list[int]], rows, n: int, pad: int,
+               forced: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """Greedy tokens [B, n], the top-1 minus top-2 logit margin [B, n] and the top-1 logit [B, n]; with
+        `forced` [B, n] each step is fed forced[:, i] instead of its own choice (teacher forcing)."""
         b, width = len(prompts), max(len(p) for p in prompts)
         ids = np.full((b, width), pad, dtype=np.int64)
         mask = np.zeros((b, width + n), dtype=np.int64)
@@ -171,7 +175,8 @@ class Runner:
             top2 = np.sort(np.partition(logits, -2, axis=-1)[:, -2:], axis=-1)
             tokens[:, i], margins[:, i], top[:, i] = logits.argmax(-1), top2[:, 1] - top2[:, 0], top2[:, 1]
             mask[:, cols] = 1
-            pending, pos = tokens[:, i:i + 1].copy(), positions(mask[:, :cols + 1])[:, -1:]
+            fed = tokens if forced is None else forced
+            pending, pos = fed[:, i:i + 1].copy(), positions(mask[:, :cols + 1])[:, -1:]
         return tokens, margins, top
 
 
@@ -371,14 +376,17 @@ def _greedy_all(cfg, manifest, prefs, ref, runners, result, atol, rtol) -> None:
 
     rng = np.random.default_rng(cfg.seed + 1)
     vocab, pad = manifest.vocab_size, manifest.pad_token_id
+    # An int8 cache: each side rounds its own k/v rows, so two free-running decodes drift apart and a later
+    # margin of 1e-3..1e-2 flips; the graph is fed the reference's tokens instead and judged at every step.
+    forced = kv_int8.in_manifest(manifest.data)
     for i in tqdm(range(len(prefs)), desc="greedy agreement", unit="pref"):
         rows = [prefs[(i + r) % len(prefs)] for r in range(len(cfg.greedy_prompts))]
         prompts = [rng.integers(0, vocab, size=n).tolist() for n in cfg.greedy_prompts]
         ref_tokens, ref_margins, ref_top = ref.greedy(prompts, rows, cfg.greedy_tokens, pad)
         for run in runners:
-            tokens = run.greedy(prompts, rows, cfg.greedy_tokens, pad)[0]
-            entry = {"preferences": rows, "prompt_lengths": list(cfg.greedy_prompts),
-                     **agreement(ref_tokens, ref_margins, tokens, ref_top, atol, rtol)}
+            tokens = run.greedy(prompts, rows, cfg.greedy_tokens, pad, ref_tokens if forced else None)[0]
+            entry = {"preferences": rows, "prompt_lengths": list(cfg.greedy_prompts), "teacher_forced": forced,
+                     **agreement(ref_tokens, ref_margins, tokens, ref_top, atol, rtol, every_step=forced)}
             result["backends"][run.label]["greedy"].append(entry)
 
 

@@ -89,16 +89,21 @@ def within_fp64(out: np.ndarray, exact: np.ndarray, reference_error: float, fact
             "passed": bool(np.isfinite(out).all()) and err <= factor * reference_error}
 
 
-def agreement(ref_tokens, ref_margins, tokens, ref_top, atol: float, rtol: float) -> dict:
+def agreement(ref_tokens, ref_margins, tokens, ref_top, atol: float, rtol: float, every_step: bool = False) -> dict:
     """Greedy agreement of one runner with the reference: it passes when every row agrees, or first departs
-    where the reference's top-1 minus top-2 margin is <= 2·atol + rtol·|top-1| (a near-tie).
+    where the reference's top-1 minus top-2 margin is <= 2·atol + rtol·|top-1| (a near-tie). every_step (the
+    runner was fed the reference's tokens): every differing step must be a near-tie.
     ref_tokens, tokens, ref_margins, ref_top: [B, n]."""
     equal = ref_tokens == tokens  # [B, n]
+    tie = ref_margins <= 2 * atol + rtol * np.abs(ref_top)  # [B, n]
     first = [int(np.argmin(row)) if not row.all() else -1 for row in equal]
-    ties = [bool(f < 0 or ref_margins[b, f] <= 2 * atol + rtol * abs(ref_top[b, f])) for b, f in enumerate(first)]
+    if every_step:
+        passed = bool((equal | tie).all())
+    else:
+        passed = all(f < 0 or bool(tie[b, f]) for b, f in enumerate(first))
     return {"agreement": float(equal.mean()), "first_divergence": first,
             "margin_at_divergence": [None if f < 0 else float(ref_margins[b, f]) for b, f in enumerate(first)],
-            "passed": all(ties)}
+            "passed": passed}
 
 
 def check(passed: bool, message: str) -> None:

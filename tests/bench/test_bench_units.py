@@ -66,6 +66,19 @@ def test_greedy_agreement_allows_only_near_ties():
     assert not parity.agreement(ref, margins, wrong, top, 1e-4, 1e-5)["passed"]
 
 
+def test_teacher_forced_agreement_judges_every_step():
+    """Fed the reference's tokens, a runner may differ only at near-ties, and at each of them: a clear miss after a
+    tie fails (free-running, what follows a first near-tie departure is not judged)."""
+    ref = np.array([[1, 2, 3, 4]])
+    margins = np.array([[5.0, 1e-6, 5.0, 1e-6]], dtype=np.float32)
+    top = np.full((1, 4), 10.0, dtype=np.float32)
+    ties = np.array([[1, 9, 3, 9]])  # differs at both near-ties only
+    assert parity.agreement(ref, margins, ties, top, 1e-4, 1e-5, every_step=True)["passed"]
+    late = np.array([[1, 9, 0, 4]])  # a near-tie, then a clear miss at step 2
+    assert parity.agreement(ref, margins, late, top, 1e-4, 1e-5)["passed"]
+    assert not parity.agreement(ref, margins, late, top, 1e-4, 1e-5, every_step=True)["passed"]
+
+
 def test_graph_weight_bytes_skips_gather_only_tables(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
