@@ -31,7 +31,7 @@ from hoe.contract.io_spec import (
 )
 from hoe.core.config import HoEConfig, JsonConfig
 from hoe.core.errors import ConfigError
-from hoe.runtime.kernels import ATTENTION_KERNEL, GATHER_OP, LINEAR_KERNEL, MIXTURE_DOMAIN
+from hoe.runtime.kernels import ATTENTION_KERNEL, GATHER_KERNEL, LINEAR_KERNEL
 
 from .quantize import QuantConfig
 
@@ -324,7 +324,7 @@ class _Export:
             if section["lm_head"] and self.quantization.get("lm_head"):
                 self.quantization["lm_head"]["op"] = LINEAR_KERNEL
             if section["embedding"] and self.quantization.get("embedding"):
-                self.quantization["embedding"]["op"] = f"{MIXTURE_DOMAIN}.{GATHER_OP}"
+                self.quantization["embedding"]["op"] = GATHER_KERNEL
         self.opset = self.graph.opset_imports.get("", self.config.opset)
 
     def _save(self) -> None:

@@ -24,6 +24,7 @@ ATTENTION_KERNEL = f"{MIXTURE_DOMAIN}.{ATTENTION_OP}"  # kv_cache.kernel in hoe_
 LINEAR_OP = "MatMulInt4"  # the int4 linear (runtime/csrc/linear.h) on export/linear_kernel.py's layout
 LINEAR_KERNEL = f"{MIXTURE_DOMAIN}.{LINEAR_OP}"  # quantization.linear_kernel.kernel in hoe_config.json
 GATHER_OP = "GatherInt4"  # a tied table's lookup on the lm_head's MatMulInt4 layout (same library)
+GATHER_KERNEL = f"{MIXTURE_DOMAIN}.{GATHER_OP}"  # quantization.embedding.op in hoe_config.json
 LIBRARY_MODULE = "hoe.runtime._kernels"
 
 

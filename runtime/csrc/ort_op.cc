@@ -394,19 +394,36 @@ struct LinearKernel {
 
 OrtStatus* linear_error(const std::string& message) { return error("MatMulInt4", message); }
 
-OrtStatus* linear_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
+// K, N (both >= 1) and, for MatMulInt4, accuracy_level: the attributes both ops on the tiles share.
+OrtStatus* tiles_create(const OrtKernelInfo* info, const char* op, bool levels, void** out) {
   LinearKernel k;
   int64_t level = 0;
   HOE_TRY(attribute(info, "K", &k.k));
   HOE_TRY(attribute(info, "N", &k.n));
-  HOE_TRY(attribute(info, "accuracy_level", &level));
-  if (k.k < 1 || k.n < 1) return linear_error("K " + std::to_string(k.k) + ", N " + std::to_string(k.n) +
-                                              ": expected both >= 1");
+  if (levels) HOE_TRY(attribute(info, "accuracy_level", &level));
+  if (k.k < 1 || k.n < 1)
+    return error(op, "K " + std::to_string(k.k) + ", N " + std::to_string(k.n) + ": expected both >= 1");
   k.exact = level == 0;
   auto* kernel = new (std::nothrow) LinearKernel(k);
-  if (!kernel) return linear_error("out of memory");
+  if (!kernel) return error(op, "out of memory");
   *out = kernel;
   return nullptr;
+}
+
+// packed must be [groups, parts, kLinearStride] for K and N (linear.h).
+OrtStatus* check_tiles(const char* op, const LinearKernel& k, const Tensor& packed) {
+  const int64_t groups = linear_groups(k.n), parts = linear_parts(k.k);
+  if (packed.dims.size() == 3 && packed.dims[0] == groups && packed.dims[1] == parts &&
+      packed.dims[2] == kLinearStride)
+    return nullptr;
+  return error(op, "packed " + shape(packed.dims) + ": expected [" + std::to_string(groups) + "," +
+                       std::to_string(parts) + "," + std::to_string(kLinearStride) + "]");
+}
+
+constexpr size_t kMaxRank = 8;  // of the outputs of the ops on the tiles
+
+OrtStatus* linear_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
+  return tiles_create(info, "MatMulInt4", true, out);
 }
 
 OrtStatus* linear_compute(void* opaque, OrtKernelContext* context) {
@@ -419,14 +436,11 @@ OrtStatus* linear_compute(void* opaque, OrtKernelContext* context) {
   if (count > 2) HOE_TRY(read(context, 2, &bias));
   if (bias.data && (bias.dims.size() != 1 || bias.dims[0] != k.n))
     return linear_error("bias " + shape(bias.dims) + ": expected [" + std::to_string(k.n) + "]");
-  if (x.dims.size() < 1 || x.dims[x.dims.size() - 1] != k.k)
-    return linear_error("x " + shape(x.dims) + ": expected [...," + std::to_string(k.k) + "]");
-  const int64_t groups = linear_groups(k.n), parts = linear_parts(k.k);
-  if (packed.dims.size() != 3 || packed.dims[0] != groups || packed.dims[1] != parts ||
-      packed.dims[2] != kLinearStride)
-    return linear_error("packed " + shape(packed.dims) + ": expected [" + std::to_string(groups) + "," +
-                        std::to_string(parts) + "," + std::to_string(kLinearStride) + "]");
-  int64_t dims[4], rows = 1;
+  if (x.dims.size() < 1 || x.dims.size() > kMaxRank || x.dims[x.dims.size() - 1] != k.k)
+    return linear_error("x " + shape(x.dims) + ": expected [...," + std::to_string(k.k) + "] of at most " +
+                        std::to_string(kMaxRank) + " dims");
+  HOE_TRY(check_tiles("MatMulInt4", k, packed));
+  int64_t dims[kMaxRank], rows = 1;
   for (size_t i = 0; i + 1 < x.dims.size(); ++i) rows *= dims[i] = x.dims[i];
   dims[x.dims.size() - 1] = k.n;
   float* y = nullptr;
@@ -466,15 +480,7 @@ const OrtCustomOp kLinear = make_linear();
 OrtStatus* gather_error(const std::string& message) { return error("GatherInt4", message); }
 
 OrtStatus* gather_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
-  LinearKernel k;
-  HOE_TRY(attribute(info, "K", &k.k));
-  HOE_TRY(attribute(info, "N", &k.n));
-  if (k.k < 1 || k.n < 1) return gather_error("K " + std::to_string(k.k) + ", N " + std::to_string(k.n) +
-                                              ": expected both >= 1");
-  auto* kernel = new (std::nothrow) LinearKernel(k);
-  if (!kernel) return gather_error("out of memory");
-  *out = kernel;
-  return nullptr;
+  return tiles_create(info, "GatherInt4", false, out);
 }
 
 OrtStatus* gather_compute(void* opaque, OrtKernelContext* context) {
@@ -482,12 +488,7 @@ OrtStatus* gather_compute(void* opaque, OrtKernelContext* context) {
   Tensor packed, ids;
   HOE_TRY(read(context, 0, &packed));
   HOE_TRY(read(context, 1, &ids));
-  const int64_t groups = linear_groups(k.n), parts = linear_parts(k.k);
-  if (packed.dims.size() != 3 || packed.dims[0] != groups || packed.dims[1] != parts ||
-      packed.dims[2] != kLinearStride)
-    return gather_error("packed " + shape(packed.dims) + ": expected [" + std::to_string(groups) + "," +
-                        std::to_string(parts) + "," + std::to_string(kLinearStride) + "]");
-  constexpr size_t kMaxRank = 8;
+  HOE_TRY(check_tiles("GatherInt4", k, packed));
   if (ids.dims.size() + 1 > kMaxRank)
     return gather_error("ids " + shape(ids.dims) + ": expected at most " + std::to_string(kMaxRank - 1) + " dims");
   int64_t dims[kMaxRank], count = 1;
