@@ -5,8 +5,9 @@
                  through them). Each backend runs the past through its own forward and feeds its own
                  present K/V back, as in decoding; logits of every real new position are compared.
     greedy       32 greedy tokens, batch 3, left-padded prompts of different lengths, one preference per row.
-                 With an int8 KV cache the backend is fed the reference's tokens (teacher forcing) and judged
-                 at every step: each side rounds its own cache rows, and two free-running decodes drift apart.
+                 With an int8 KV cache each side rounds its own cache rows, and two free-running decodes
+                 drift apart: the reference leads, at every step continuing from the backend's own rows (as
+                 export validation does), and every step is judged.
 
 Runners, comparison and the rules below are hoe.contract.parity's, the comparator export validation uses too.
 A case passes when |logits - ref| <= atol + rtol·max|ref| everywhere (the case's logit scale, as the export
@@ -155,29 +156,59 @@ class Runner:
         self.past_kv = dict(self.kv.past)
         return self.kv.run(case.ids[:, p:], case.mask, pos[:, p:], mix)["logits"].astype(np.float32)
 
-    def greedy(self, prompts: list[list[int]], rows, n: int, pad: int,
-               forced: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-        """Greedy tokens [B, n], the top-1 minus top-2 logit margin [B, n] and the top-1 logit [B, n]; with
-        `forced` [B, n] each step is fed forced[:, i] instead of its own choice (teacher forcing)."""
-        b, width = len(prompts), max(len(p) for p in prompts)
-        ids = np.full((b, width), pad, dtype=np.int64)
-        mask = np.zeros((b, width + n), dtype=np.int64)
-        for r, p in enumerate(prompts):
-            ids[r, width - len(p):], mask[r, width - len(p):width] = p, 1
-        mix, state = self.mix(rows), self.backend.new_state(b)
-        tokens = np.zeros((b, n), dtype=np.int64)
-        margins, top = np.zeros((b, n), dtype=np.float32), np.zeros((b, n), dtype=np.float32)
-        pos = positions(mask[:, :width])
-        pending = ids
+    def greedy(self, prompts: list[list[int]], rows, n: int, pad: int) -> tuple[np.ndarray, ...]:
+        """Greedy tokens [B, n], the top-1 minus top-2 logit margin [B, n] and the top-1 logit [B, n], through
+        the runtime's own step API."""
+        ids, mask, width = left_padded(prompts, n, pad)
+        mix, state = self.mix(rows), self.backend.new_state(len(prompts))
+        tokens, margins, top = (np.zeros((len(prompts), n), dtype=t) for t in (np.int64, np.float32, np.float32))
+        pos, pending = positions(mask[:, :width]), ids
         for i in range(n):
             cols = width + i
             logits = self.backend.step(state, pending, np.ascontiguousarray(mask[:, :cols]), pos, mix)  # [B, V]
-            top2 = np.sort(np.partition(logits, -2, axis=-1)[:, -2:], axis=-1)
-            tokens[:, i], margins[:, i], top[:, i] = logits.argmax(-1), top2[:, 1] - top2[:, 0], top2[:, 1]
+            tokens[:, i], margins[:, i], top[:, i] = top_two(logits)
             mask[:, cols] = 1
-            fed = tokens if forced is None else forced
-            pending, pos = fed[:, i:i + 1].copy(), positions(mask[:, :cols + 1])[:, -1:]
+            pending, pos = tokens[:, i:i + 1].copy(), positions(mask[:, :cols + 1])[:, -1:]
         return tokens, margins, top
+
+
+def left_padded(prompts: list[list[int]], n: int, pad: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Prompts left-padded to one width -> ids [B, W], mask [B, W + n] (ones on the prompts) and W."""
+    b, width = len(prompts), max(len(p) for p in prompts)
+    ids = np.full((b, width), pad, dtype=np.int64)
+    mask = np.zeros((b, width + n), dtype=np.int64)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):], mask[r, width - len(p):width] = p, 1
+    return ids, mask, width
+
+
+def top_two(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """logits [B, V] -> argmax [B], top-1 minus top-2 margin [B], top-1 [B]."""
+    top2 = np.sort(np.partition(logits, -2, axis=-1)[:, -2:], axis=-1)
+    return logits.argmax(-1), top2[:, 1] - top2[:, 0], top2[:, 1]
+
+
+def greedy_on_its_cache(ref: Runner, run: Runner, prompts: list[list[int]], rows, n: int,
+                        pad: int) -> tuple[np.ndarray, ...]:
+    """Greedy decoding led by the reference, which at every step continues from `run`'s own cache rows (an int8
+    cache: each side rounds its rows, so on their own caches two decodes drift apart; export/validate.py does
+    the same) -> the reference's tokens, margins and top-1 logits and `run`'s tokens, each [B, n]."""
+    ids, mask, width = left_padded(prompts, n, pad)
+    mixes = {id(r): r.mix(rows) for r in (ref, run)}
+    run.kv.reset(len(prompts))
+    ref_tokens, margins, top, tokens = (np.zeros((len(prompts), n), dtype=t)
+                                        for t in (np.int64, np.float32, np.float32, np.int64))
+    pos, pending = positions(mask[:, :width]), ids
+    for i in range(n):
+        m = np.ascontiguousarray(mask[:, :width + i])
+        ref.kv.past = dict(run.kv.past)
+        want = ref.kv.run(pending, m, pos, mixes[id(ref)])["logits"][:, -1].astype(np.float32)  # [B, V]
+        got = run.kv.run(pending, m, pos, mixes[id(run)])["logits"][:, -1]
+        ref_tokens[:, i], margins[:, i], top[:, i] = top_two(want)
+        tokens[:, i] = got.argmax(-1)
+        mask[:, width + i] = 1
+        pending, pos = ref_tokens[:, i:i + 1].copy(), positions(mask[:, :width + i + 1])[:, -1:]
+    return ref_tokens, margins, top, tokens
 
 
 # ------------------------------------------------------------------------------------------ backends
@@ -376,17 +407,20 @@ def _greedy_all(cfg, manifest, prefs, ref, runners, result, atol, rtol) -> None:
 
     rng = np.random.default_rng(cfg.seed + 1)
     vocab, pad = manifest.vocab_size, manifest.pad_token_id
-    # An int8 cache: each side rounds its own k/v rows, so two free-running decodes drift apart and a later
-    # margin of 1e-3..1e-2 flips; the graph is fed the reference's tokens instead and judged at every step.
-    forced = kv_int8.in_manifest(manifest.data)
+    shared = kv_int8.in_manifest(manifest.data)  # greedy_on_its_cache says why
     for i in tqdm(range(len(prefs)), desc="greedy agreement", unit="pref"):
         rows = [prefs[(i + r) % len(prefs)] for r in range(len(cfg.greedy_prompts))]
         prompts = [rng.integers(0, vocab, size=n).tolist() for n in cfg.greedy_prompts]
-        ref_tokens, ref_margins, ref_top = ref.greedy(prompts, rows, cfg.greedy_tokens, pad)
+        if not shared:
+            ref_run = ref.greedy(prompts, rows, cfg.greedy_tokens, pad)
         for run in runners:
-            tokens = run.greedy(prompts, rows, cfg.greedy_tokens, pad, ref_tokens if forced else None)[0]
-            entry = {"preferences": rows, "prompt_lengths": list(cfg.greedy_prompts), "teacher_forced": forced,
-                     **agreement(ref_tokens, ref_margins, tokens, ref_top, atol, rtol, every_step=forced)}
+            if shared:
+                *ref_run, tokens = greedy_on_its_cache(ref, run, prompts, rows, cfg.greedy_tokens, pad)
+            else:
+                tokens = run.greedy(prompts, rows, cfg.greedy_tokens, pad)[0]
+            ref_tokens, ref_margins, ref_top = ref_run
+            entry = {"preferences": rows, "prompt_lengths": list(cfg.greedy_prompts), "on_backend_cache": shared,
+                     **agreement(ref_tokens, ref_margins, tokens, ref_top, atol, rtol, every_step=shared)}
             result["backends"][run.label]["greedy"].append(entry)
 
 

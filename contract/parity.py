@@ -92,7 +92,7 @@ def within_fp64(out: np.ndarray, exact: np.ndarray, reference_error: float, fact
 def agreement(ref_tokens, ref_margins, tokens, ref_top, atol: float, rtol: float, every_step: bool = False) -> dict:
     """Greedy agreement of one runner with the reference: it passes when every row agrees, or first departs
     where the reference's top-1 minus top-2 margin is <= 2·atol + rtol·|top-1| (a near-tie). every_step (the
-    runner was fed the reference's tokens): every differing step must be a near-tie.
+    reference led, each step on the runner's own cache): every differing step must be a near-tie.
     ref_tokens, tokens, ref_margins, ref_top: [B, n]."""
     equal = ref_tokens == tokens  # [B, n]
     tie = ref_margins <= 2 * atol + rtol * np.abs(ref_top)  # [B, n]
