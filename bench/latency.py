@@ -12,8 +12,9 @@
     memory    per system: RSS retained by loading it + peak RSS growth while it generates (Linux VmHWM)
     switch    hoe: preference -> router_mix on the host (route()); merged: re-merge every module in numpy
               + a new ORT session with the merged initializers
-    floor     weight bytes read per decode token / measured copy bandwidth (floor.py), per system: each
-              counts its own graph's bytes, so int4 systems get int4 floors
+    floor     weight bytes read per decode token / measured read bandwidth (floor.py says why not the copy
+              bandwidth, which is reported beside it), per system: each counts its own graph's bytes, so int4
+              systems get int4 floors; both bandwidths are measured before and after the timing, best kept
     long      batch 1 with a `long_context`-token prompt (decode past 1024): ratios.long_over_short is
               decode(past long) / decode(past 32) of hoe-ort (per system in `long_over_short_by_system`)
 """
@@ -63,7 +64,7 @@ class LatencyConfig(JsonConfig):
     long_new_tokens: int = 16  # tokens generated per run in the long-context case
     switch_repeats: int = 200  # preference switches timed for hoe
     remerge_repeats: int = 2  # re-merges (numpy + new session) timed for merged
-    bandwidth_mb: int = 256  # array size of the copy-bandwidth measurement
+    bandwidth_mb: int = 256  # array size of the read- and copy-bandwidth measurements
     profile: bool = False  # also profile hoe-ort and base-ort decode per op type (ORT profiler)
     profile_steps: int = 16  # decode steps profiled
     seed: int = 0
@@ -400,7 +401,7 @@ def run_latency(src: Sources, cfg: LatencyConfig | None = None) -> dict:
     """Load every system, time every case round-robin, measure switches and the floor -> the result dict."""
     from hoe.contract.folder import Manifest
 
-    from .floor import copy_bandwidth_gbs, floor_ms
+    from .floor import bandwidths, floor_ms
     from .machine import machine_info, peak_mb
     from .timing import set_torch_threads
 
@@ -410,7 +411,7 @@ def run_latency(src: Sources, cfg: LatencyConfig | None = None) -> dict:
     manifest = Manifest.load(src.hoe_export, verify=True)
     preference = cfg.preference or default_preference(len(manifest.objectives))
     machine = machine_info()
-    bandwidth = copy_bandwidth_gbs(cfg.bandwidth_mb)
+    before = bandwidths(cfg.bandwidth_mb)
     with tempfile.TemporaryDirectory(prefix="hoe-bench-") as work:
         loaded = load_systems(cfg, src, preference, Path(work))
         switch = switch_times(loaded, cfg, preference)
@@ -427,13 +428,16 @@ def run_latency(src: Sources, cfg: LatencyConfig | None = None) -> dict:
         for system in loaded.systems.values():
             system.close()
         profile = run_profiles(cfg, src, loaded, Path(work)) if cfg.profile else None
-    floors = {n: floor_ms(bts, bandwidth) for n, bts in loaded.bytes_per_token.items()}
+    bandwidth = {k: max(v, after) for (k, v), after in zip(before.items(), bandwidths(cfg.bandwidth_mb).values())}
+    floors = {n: floor_ms(bts, bandwidth["read_gbs"]) for n, bts in loaded.bytes_per_token.items()}
+    copy_floors = {n: floor_ms(bts, bandwidth["copy_gbs"]) for n, bts in loaded.bytes_per_token.items()}
     top_floor = floors.get("hoe-ort", min(floors.values()) if floors else float("nan"))
     for case in cases.values():
         for name, entry in case["systems"].items():
             median = entry["decode_ms_per_token"]["median"]
             entry["floor_ms_per_token"] = floors.get(name)
             entry["over_floor"] = median / floors[name] if name in floors else None
+            entry["over_copy_floor"] = median / copy_floors[name] if name in copy_floors else None
         case["ratios"] = ratios(case["systems"])
         case["paired_ratios"] = paired_ratios(case["systems"])
     machine["load_average_after"] = machine_info()["load_average"]
@@ -487,7 +491,8 @@ def _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch
         "preference_switch_ms": {"hoe": switch.get("hoe", {}).get("median"),
                                  "merged_remerge": switch.get("merged_remerge", {}).get("total_ms", {}).get("median")},
         "floor_ms_per_token": top_floor,
-        "copy_bandwidth_gbs": bandwidth,
+        "read_bandwidth_gbs": bandwidth["read_gbs"],
+        "copy_bandwidth_gbs": bandwidth["copy_gbs"],
         "bytes_per_token": loaded.bytes_per_token,
         "preference": preference,
         "switch_detail": switch,
@@ -511,7 +516,9 @@ def _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch
                   "torch-compile": "hoe.core's HoEModel, each decoder block under torch.compile(dynamic=False) "
                                    "(regional: one graph per shape shared by all blocks) with a StaticCache; "
                                    "torch_compile_ms is the first call of each shape (compile), untimed",
-                  "bandwidth": "numpy copy, bytes read + written per second (STREAM convention), 1 thread"},
+                  "bandwidth": "floor: numpy max over config.bandwidth_mb MiB, bytes read per second, 1 "
+                               "thread; copy_bandwidth_gbs: numpy copy, bytes read + written per second (STREAM "
+                               "convention); best of 5, before and after the timing"},
     }
     result["targets"] = targets(result)
     return result

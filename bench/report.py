@@ -102,7 +102,8 @@ def latency_tables(result: dict) -> str:
     sw = result["preference_switch_ms"]
     hoe_mb = result["bytes_per_token"].get("hoe-ort", 0) / 1e6
     parts.append(f"floor: {result['floor_ms_per_token']:.2f} ms/token (hoe weights {hoe_mb:.0f} MB read per token "
-                 f"/ {result['copy_bandwidth_gbs']:.1f} GB/s copy bandwidth)")
+                 f"/ {result['read_bandwidth_gbs']:.1f} GB/s read bandwidth; copy bandwidth "
+                 f"{result['copy_bandwidth_gbs']:.1f} GB/s)")
     hoe = f"{sw['hoe']:.4f} ms" if sw["hoe"] is not None else "–"
     merged = f"{sw['merged_remerge']:.0f} ms" if sw["merged_remerge"] is not None else "–"
     parts.append(f"preference switch: hoe {hoe}, merged re-merge {merged}")

@@ -90,7 +90,7 @@ def test_latency_cli_writes_the_documented_json(latency_cli):
     assert data["systems"]["hoe-ort"]["same_tokens_as_torch"] is True
     sw = data["preference_switch_ms"]
     assert 0 < sw["hoe"] < sw["merged_remerge"]
-    assert data["floor_ms_per_token"] > 0 and data["copy_bandwidth_gbs"] > 0
+    assert data["floor_ms_per_token"] > 0 and data["copy_bandwidth_gbs"] > 0 and data["read_bandwidth_gbs"] > 0
     assert data["bytes_per_token"]["mod"] == 3 * data["bytes_per_token"]["hoe-ort"]  # 3 members at the preference
     assert data["bytes_per_token"]["merged"] == data["bytes_per_token"]["base-ort"] < data["bytes_per_token"]["hoe-ort"]
     assert (out / "latency.png").stat().st_size > 1000

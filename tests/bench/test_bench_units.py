@@ -96,8 +96,9 @@ def test_graph_weight_bytes_skips_gather_only_tables(tmp_path):
     assert floor.floor_ms(10**9, 10.0) == pytest.approx(100.0)
 
 
-def test_copy_bandwidth_and_peak_rss_are_measured():
-    assert floor.copy_bandwidth_gbs(size_mb=8, repeats=2) > 0.1
+def test_bandwidths_and_peak_rss_are_measured():
+    measured = floor.bandwidths(size_mb=8, repeats=2)
+    assert set(measured) == {"read_gbs", "copy_gbs"} and min(measured.values()) > 0.1
     with PeakRss() as mem:
         block = np.ones(48 * 2**20 // 8)  # 48 MiB, touched
         del block
