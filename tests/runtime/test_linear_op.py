@@ -169,3 +169,34 @@ def test_gather_refuses_an_id_outside_the_table():
     session = _gather_session("GatherInt4", q)
     with pytest.raises(Exception, match=r"hoe.ort.GatherInt4: id 97: expected 0 <= id < 97"):
         session.run(None, {"ids": np.array([[3, 97]], np.int64)})
+
+
+def _halves(rows, k):
+    """Activations whose int8 rounding hits exact halves: absmax 127 (scale 1), then k/2, ±0.5, ±1.5, ..."""
+    x = np.random.default_rng(7).normal(scale=20, size=(rows, 1, k)).astype(np.float32)
+    x[..., ::32] = 127.0
+    x[..., 1::4] = (np.arange(x[..., 1::4].size).reshape(x[..., 1::4].shape) % 9 - 4) + 0.5
+    return x
+
+
+def test_every_path_rounds_activations_alike(tmp_path):
+    """The int8 rounding of activations (an AVX-512 loop on VNNI CPUs, plain loops elsewhere) gives the same
+    levels on each path, halves included (rounded to even): the outputs differ by fp32 rounding only (FMA or
+    not), where one level apart at a half would cost ~2e-3 of the output scale."""
+    import os
+    import subprocess
+    import sys
+
+    q, _, bias = _inputs(CASES[1])
+    x = _halves(3, q.k)
+    np.save(tmp_path / "x.npy", x)
+    here = _session("MatMulInt4", q, 4, bias).run(None, {"x": x})[0]
+    code = (f"import sys, numpy as np; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_linear_op as t; "
+            f"q, _, b = t._inputs(t.CASES[1]); x = np.load({str(tmp_path / 'x.npy')!r}); "
+            f"np.save({str(tmp_path / 'y.npy')!r}, t._session('MatMulInt4', q, 4, b).run(None, {{'x': x}})[0])")
+    for isa in ("avx2", "portable"):
+        run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HOE_KERNELS_ISA": isa}, timeout=300,
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-2000:]
+        np.testing.assert_allclose(np.load(tmp_path / "y.npy"), here, rtol=0, atol=1e-6 * np.abs(here).max(),
+                                   err_msg=f"HOE_KERNELS_ISA={isa}")
