@@ -5,18 +5,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
 #ifdef HOE_AVX2
 #include <immintrin.h>
-#endif
-
-// GCC 12's AVX-512 intrinsics pass an `_mm512_undefined_*()` source that -Wuninitialized reports inside the
-// caller (GCC bug 105593, fixed in 13): silence it for this file's kernels, nothing else.
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 namespace hoe {
@@ -32,6 +26,21 @@ struct Rows {
   const float* qs;   // [M, parts] scales        (int8 mode)
   const int32_t* z;  // [M, parts] 8 · sum(q)    (int8 mode)
 };
+
+// A decode step streams the weights from memory once, and a part's ~130 instructions hold the core's queue
+// longer than a plain read's, so fewer lines are in flight: each part asks for the lines of the part
+// kPrefetchParts ahead into L2 (often the next group's, which follow in memory). On the Xeon of
+// docs/BENCHMARKS.md, 104 MB of tiles: 0.63 of a plain read loop's bandwidth without, ~0.9 with (2 to 12 parts
+// ahead tried; 4 into L2 best). Past the last tile the hint fetches nothing harmful: prefetches never fault.
+constexpr int64_t kPrefetchParts = 4;
+
+#ifdef HOE_AVX2
+inline void prefetch_part_ahead(const uint8_t* w) {
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(w) + kPrefetchParts * kLinearStride;
+  for (int64_t line = 0; line < kLinearStride; line += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(ahead + line), _MM_HINT_T1);
+}
+#endif
 
 using GroupFn = void (*)(const uint8_t* w, int64_t parts, const Rows& r, int64_t row, float* out);
 
@@ -97,6 +106,7 @@ HOE_LINEAR_AVX2 void group_avx2_int8(const uint8_t* w, int64_t parts, const Rows
     const int8_t* q = r.q + row * width + p * kLinearInputs;
     int32_t a[8];
     std::memcpy(a, q, sizeof a);
+    prefetch_part_ahead(w);
     const __m256i z = _mm256_set1_epi32(r.z[row * parts + p]);
     const __m256 qs = _mm256_set1_ps(r.qs[row * parts + p]);
     for (int64_t h = 0; h < 8; ++h) {  // 8 halves of the 4 slices
@@ -153,6 +163,7 @@ HOE_LINEAR_VNNI void group_vnni_int8(const uint8_t* w, int64_t parts, const Rows
     const int8_t* q = r.q + row * width + p * kLinearInputs;
     int32_t a[8];
     std::memcpy(a, q, sizeof a);
+    prefetch_part_ahead(w);
     __m512i lo[4], hi[4];  // two sums per slice: the dots' dependency chains halved
     for (int64_t s = 0; s < 4; ++s) lo[s] = hi[s] = _mm512_setzero_si512();
     for (int64_t j = 0; j < 4; ++j) {

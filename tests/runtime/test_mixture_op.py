@@ -97,10 +97,10 @@ def test_mixture_op_matches_numpy(case):
     np.testing.assert_allclose(z, want, rtol=1e-4, atol=1e-4)
 
 
-def test_portable_loop_matches_numpy(tmp_path):
-    """HOE_KERNELS_ISA=portable (read when onnxruntime loads the library, so in a fresh process) runs the loop other
-    CPUs run instead of the AVX2 one. On an AVX2 machine the two round differently (FMA), which shows the switch
-    took effect."""
+@pytest.mark.parametrize("isa", ["portable", "avx2"])
+def test_narrower_paths_match_numpy(tmp_path, isa):
+    """HOE_KERNELS_ISA (read when onnxruntime loads the library, so in a fresh process) caps the kernel's path.
+    The portable loop rounds differently from the vector ones (FMA), which shows the switch took effect."""
     import os
     import subprocess
     import sys
@@ -108,14 +108,14 @@ def test_portable_loop_matches_numpy(tmp_path):
 
     script = (f"import sys, numpy as np; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
               f"import test_mixture_op as t; np.save({str(tmp_path / 'z.npy')!r}, t._run_case(t.CASES[0])[0])")
-    env = {**os.environ, "HOE_KERNELS_ISA": "portable"}
+    env = {**os.environ, "HOE_KERNELS_ISA": isa}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
-    portable = np.load(tmp_path / "z.npy")
+    narrow = np.load(tmp_path / "z.npy")
     z, want = _run_case(CASES[0])
-    np.testing.assert_allclose(portable, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(narrow, want, rtol=1e-4, atol=1e-4)
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists() and " avx2" in cpuinfo.read_text(errors="ignore"):
-        assert not np.array_equal(portable, z), "HOE_KERNELS_ISA=portable did not change the kernel's path"
+    if isa == "portable" and cpuinfo.exists() and " avx2" in cpuinfo.read_text(errors="ignore"):
+        assert not np.array_equal(narrow, z), "HOE_KERNELS_ISA=portable did not change the kernel's path"
 
 
 def test_mixture_op_refuses_bad_shapes_with_a_message():
