@@ -428,7 +428,8 @@ def run_latency(src: Sources, cfg: LatencyConfig | None = None) -> dict:
         for system in loaded.systems.values():
             system.close()
         profile = run_profiles(cfg, src, loaded, Path(work)) if cfg.profile else None
-    bandwidth = {k: max(v, after) for (k, v), after in zip(before.items(), bandwidths(cfg.bandwidth_mb).values())}
+    after = bandwidths(cfg.bandwidth_mb)
+    bandwidth = {k: max(v, after[k]) for k, v in before.items()}  # best of before and after the timing
     floors = {n: floor_ms(bts, bandwidth["read_gbs"]) for n, bts in loaded.bytes_per_token.items()}
     copy_floors = {n: floor_ms(bts, bandwidth["copy_gbs"]) for n, bts in loaded.bytes_per_token.items()}
     top_floor = floors.get("hoe-ort", min(floors.values()) if floors else float("nan"))

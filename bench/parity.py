@@ -194,7 +194,7 @@ def greedy_on_its_cache(ref: Runner, run: Runner, prompts: list[list[int]], rows
     cache: each side rounds its rows, so on their own caches two decodes drift apart; export/validate.py does
     the same) -> the reference's tokens, margins and top-1 logits and `run`'s tokens, each [B, n]."""
     ids, mask, width = left_padded(prompts, n, pad)
-    mixes = {id(r): r.mix(rows) for r in (ref, run)}
+    ref_mix, run_mix = ref.mix(rows), run.mix(rows)
     run.kv.reset(len(prompts))
     ref_tokens, margins, top, tokens = (np.zeros((len(prompts), n), dtype=t)
                                         for t in (np.int64, np.float32, np.float32, np.int64))
@@ -202,8 +202,8 @@ def greedy_on_its_cache(ref: Runner, run: Runner, prompts: list[list[int]], rows
     for i in range(n):
         m = np.ascontiguousarray(mask[:, :width + i])
         ref.kv.past = dict(run.kv.past)
-        want = ref.kv.run(pending, m, pos, mixes[id(ref)])["logits"][:, -1].astype(np.float32)  # [B, V]
-        got = run.kv.run(pending, m, pos, mixes[id(run)])["logits"][:, -1]
+        want = ref.kv.run(pending, m, pos, ref_mix)["logits"][:, -1].astype(np.float32)  # [B, V]
+        got = run.kv.run(pending, m, pos, run_mix)["logits"][:, -1]
         ref_tokens[:, i], margins[:, i], top[:, i] = top_two(want)
         tokens[:, i] = got.argmax(-1)
         mask[:, width + i] = 1

@@ -106,7 +106,7 @@ HOE_LINEAR_AVX2 void group_avx2_int8(const uint8_t* w, int64_t parts, const Rows
     const int8_t* q = r.q + row * width + p * kLinearInputs;
     int32_t a[8];
     std::memcpy(a, q, sizeof a);
-    prefetch_part_ahead(w);
+    if (row == 0) prefetch_part_ahead(w);  // a prompt's later rows find the part in cache
     const __m256i z = _mm256_set1_epi32(r.z[row * parts + p]);
     const __m256 qs = _mm256_set1_ps(r.qs[row * parts + p]);
     for (int64_t h = 0; h < 8; ++h) {  // 8 halves of the 4 slices
@@ -163,7 +163,7 @@ HOE_LINEAR_VNNI void group_vnni_int8(const uint8_t* w, int64_t parts, const Rows
     const int8_t* q = r.q + row * width + p * kLinearInputs;
     int32_t a[8];
     std::memcpy(a, q, sizeof a);
-    prefetch_part_ahead(w);
+    if (row == 0) prefetch_part_ahead(w);  // a prompt's later rows find the part in cache
     __m512i lo[4], hi[4];  // two sums per slice: the dots' dependency chains halved
     for (int64_t s = 0; s < 4; ++s) lo[s] = hi[s] = _mm512_setzero_si512();
     for (int64_t j = 0; j < 4; ++j) {

@@ -159,7 +159,7 @@ void mixture(const MixtureShape& s, const float* y, const float* f, const float*
         const int64_t j0 = b * s.block, rows = std::min(er, j0 + s.block) - j0;
         for (int64_t t = 0; t < tiles(w); ++t) {
           const int64_t at = (tile + t) * kTile;  // the tile's first column in the padded layout
-          if (tile + t + kAhead < tile_count) {  // a short stream, which the hardware fetches late: ahead by hand
+          if (row == 0 && tile + t + kAhead < tile_count) {  // a short stream, fetched late: ahead by hand
             const uint8_t* ahead = q + ((tile + t + kAhead) * er + j0) * kTile;
             for (int64_t line = 0; line < rows * kTile; line += 64) __builtin_prefetch(ahead + line);
           }
