@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import operator
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -69,9 +70,9 @@ def _by_distance(dist: np.ndarray) -> np.ndarray:
 
 
 def _distances(pref: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """‖anchors[k] − pref‖ [K], the values np.linalg.norm(axis=1) gives, without its overhead."""
-    d = anchors - pref
-    return np.sqrt(np.add.reduce(d * d, axis=1))
+    """‖anchors[k] − pref‖ [K] (math.dist: the one distance of routing, `_Plan.distances` too)."""
+    p = np.asarray(pref, dtype=np.float64).tolist()
+    return np.array([math.dist(a, p) for a in np.asarray(anchors, dtype=np.float64).tolist()])
 
 
 def _affine_lstsq(points: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -102,12 +103,12 @@ def _affine_solver(points: bytes, shape: tuple[int, int]) -> tuple[tuple[np.ndar
     return (linear, constant), bool(np.linalg.matrix_rank(kkt) == s + 1)
 
 
-def _snap(w: np.ndarray) -> np.ndarray:
+def _snap(w: list[float]) -> list[float]:
     """Round-off below 1e-12 to exact zeros, then renormalise (exact anchors give exact one-hots). A few
-    weights: Python's arithmetic, which sums them in numpy's order below 8 (one numpy call costs more)."""
-    kept = [v if v >= 1e-12 else 0.0 for v in w.tolist()]
+    weights: Python's arithmetic (one numpy call costs more)."""
+    kept = [v if v >= 1e-12 else 0.0 for v in w]
     total = sum(kept)
-    return np.array([v / total for v in kept])
+    return [v / total for v in kept]
 
 
 def simplex_lstsq(points: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -124,7 +125,7 @@ def simplex_lstsq(points: np.ndarray, target: np.ndarray) -> np.ndarray:
         raise ConfigError(f"preference routing mixes at most {_MAX_EXACT_ANCHORS} anchors, got {s}")
     w_all, unique = _affine_lstsq(points, target)
     if unique and w_all.min() >= -1e-12:
-        return _snap(w_all)
+        return np.array(_snap(w_all.tolist()))
     best_w, best_res = None, np.inf
     for size in range(1, s + 1):
         for subset in itertools.combinations(range(s), size):
@@ -134,7 +135,7 @@ def simplex_lstsq(points: np.ndarray, target: np.ndarray) -> np.ndarray:
                 continue
             w = np.zeros(s)
             w[idx] = w_sub
-            w = _snap(w)
+            w = np.array(_snap(w.tolist()))
             res = float(np.linalg.norm(w @ points - target))
             if res < best_res - 1e-13:
                 best_w, best_res = w, res
@@ -164,31 +165,60 @@ def route_normalised(pref: np.ndarray, anchors: np.ndarray, n_route: int | None 
     n = m if n_route is None else int(n_route)
     if n < 1:
         raise ConfigError(f"n_route must be >= 1, got {n}")
-    dist = _distances(pref, anchors)  # [K]
-    order = _by_distance(dist)
+    plan = _plan(anchors.tobytes(), anchors.shape)
+    p = pref.tolist()
+    dist = plan.distances(p)  # [K]
+    order = sorted(range(len(dist)), key=dist.__getitem__)  # nearest first, ties to the lower index
     chosen = order[:n]
-    points = anchors[chosen]
-    w, unique = _affine_lstsq(points, pref)
+    linear, constant, unique = plan.fit(tuple(chosen))
     if not unique:  # dependent points: a subset may still hold pref (simplex_lstsq searches them)
-        weights = simplex_lstsq(points, pref)
-    elif min(w.tolist()) >= -1e-12:  # simplex_lstsq's own fast path: the affine fit is convex
-        weights = _snap(w)
-    else:  # independent points whose affine fit is not convex hold pref in no subset either
-        weights = None
-    if weights is None or _miss(weights @ points - pref):
-        found = _containing_set(pref, anchors, n, dist, order)
+        weights = simplex_lstsq(anchors[chosen], pref).tolist()
+    else:  # simplex_lstsq's own fast path when the affine fit is convex; else pref is in no subset either
+        w = [sum(map(operator.mul, row, p)) + c for row, c in zip(linear, constant)]
+        weights = _snap(w) if min(w) >= -1e-12 else None
+    if weights is None or plan.misses(chosen, weights, p):
+        found = _containing_set(pref, anchors, n, np.array(dist), np.array(order))
         if found is not None:
             chosen, weights = found
         elif weights is None:  # pref outside every near hull: the n nearest's best convex fit
-            weights = simplex_lstsq(points, pref)
-    mix = np.zeros(anchors.shape[0])
-    mix[chosen] = weights
-    return mix
+            weights = simplex_lstsq(anchors[chosen], pref).tolist()
+    mix = [0.0] * anchors.shape[0]
+    for k, v in zip(chosen, weights):
+        mix[k] = v
+    return np.array(mix)
 
 
-def _miss(diff: np.ndarray) -> bool:
-    """Whether a fit misses the preference by more than _EXACT in some coordinate."""
-    return max(map(abs, diff.tolist())) > _EXACT
+class _Plan:
+    """One anchor set's routing arithmetic in plain Python floats: a switch routes a few anchors (K ≈ 7) of a
+    few objectives (m ≈ 3), where one numpy call costs more than the arithmetic."""
+
+    def __init__(self, anchors: np.ndarray) -> None:
+        self.anchors = anchors  # [K, m]
+        self.points = [tuple(a) for a in anchors.tolist()]
+        self.fits: dict[tuple[int, ...], tuple[list, list, bool]] = {}  # chosen -> _affine_solver as lists
+
+    def distances(self, p: list[float]) -> list[float]:
+        """‖anchor_k − p‖ for every k, as `_distances`."""
+        return [math.dist(a, p) for a in self.points]
+
+    def fit(self, chosen: tuple[int, ...]) -> tuple[list, list, bool]:
+        """The affine fit of `_affine_lstsq` over anchors `chosen`: (P rows [S][m], c [S], unique)."""
+        found = self.fits.get(chosen)
+        if found is None:
+            pts = self.anchors[list(chosen)]
+            (linear, constant), unique = _affine_solver(pts.tobytes(), pts.shape)
+            found = self.fits[chosen] = (linear.tolist(), constant.tolist(), unique)
+        return found
+
+    def misses(self, chosen: list[int], weights: list[float], p: list[float]) -> bool:
+        """Whether Σ_j weights_j·anchor_chosen[j] misses p by more than _EXACT in some coordinate."""
+        columns = zip(*[self.points[k] for k in chosen])  # [m][S]
+        return max(abs(sum(map(operator.mul, weights, col)) - y) for col, y in zip(columns, p)) > _EXACT
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(anchors: bytes, shape: tuple[int, int]) -> _Plan:
+    return _Plan(np.frombuffer(anchors, dtype=np.float64).reshape(shape))
 
 
 def _containing_set(pref: np.ndarray, anchors: np.ndarray, n: int, dist: np.ndarray, order: np.ndarray):
@@ -213,7 +243,7 @@ def _containing_set(pref: np.ndarray, anchors: np.ndarray, n: int, dist: np.ndar
         rank[-1] = -1  # the padding index K counts as near and sorts first
         best = min(ties, key=lambda i: (table.size[i], sorted(rank[table.index[i]].tolist())))
     size = table.size[best]
-    return table.index[best][:size], _snap(rows[:size, best])
+    return table.index[best][:size], _snap(rows[:size, best].tolist())
 
 
 class _Subsets(NamedTuple):
