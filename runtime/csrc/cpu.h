@@ -19,8 +19,8 @@
 
 namespace hoe {
 
-// The paths, narrowest first: plain loops (any CPU), AVX2 + FMA, and the AVX2 code compiled for AVX-512 F + VL
-// (the same instructions, with 32 vector registers instead of 16).
+// The paths, narrowest first: plain loops (any CPU), AVX2 + FMA, and AVX-512 F + VL (32 vector registers; some
+// kernels' tiles 16 lanes wide).
 enum class Isa { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
 
 // The widest path this CPU has, capped by HOE_KERNELS_ISA=portable|avx2 (tests: the loops other CPUs run).
