@@ -289,36 +289,59 @@ HOE_WIDE_FN __m256 fold(__m512 a) {  // 16 lanes -> 8 partial sums
   return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
 }
 
-// score_tiles over chunks of 16.
-template <bool kInt8>
+// The four horizontal sums of a0..a3 (16 lanes each): pairs interleaved and added within each 128-bit lane, then
+// the four lanes folded.
+HOE_WIDE_FN __m128 sum4_16(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  const __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+  const __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+  const __m512 u = _mm512_add_ps(_mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2)));  // lane: a0..a3's sums
+  const __m256 h = fold(u);
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+// score_tiles over chunks of 16, the row blocks outside the key tiles: with kQ = D / 16 > 0 a block's q rows stay
+// in registers for all its keys (kQ = 4, D = 64: 12 of the 32); kQ = 0 reads D from g.dim and loads q per tile.
+template <bool kInt8, int64_t kQ>
 HOE_WIDE_FN void score_tiles16(const Group& g, float* scores, int64_t stride, int64_t j_begin, int64_t j_end) {
-  const int64_t last = g.rows - 1;
-  for (int64_t j0 = j_begin; j0 < j_end; j0 += kKeys) {
-    int64_t j[kKeys];
-    alignas(16) float factor[kKeys];
-    for (int64_t t = 0; t < kKeys; ++t) {
-      j[t] = std::min(j0 + t, j_end - 1);
-      factor[t] = kInt8 ? g.keys.scale(j[t]) : 1.0f;
-    }
-    const __m128 f = _mm_load_ps(factor);
-    if constexpr (kInt8) prefetch_rows(g.keys, j0 + kAhead, kKeys);
-    for (int64_t r0 = 0; r0 < g.rows; r0 += kFewBlock) {
+  const int64_t last = g.rows - 1, chunks = kQ > 0 ? kQ : g.dim / 16;
+  for (int64_t r0 = 0; r0 < g.rows; r0 += kFewBlock) {
+    const float* q[kFewBlock];
+    for (int64_t i = 0; i < kFewBlock; ++i) q[i] = g.q + std::min(r0 + i, last) * g.dim;
+    __m512 held[kFewBlock][kQ > 0 ? kQ : 1];
+    if constexpr (kQ > 0)
+      for (int64_t i = 0; i < kFewBlock; ++i)
+        for (int64_t c = 0; c < kQ; ++c) held[i][c] = _mm512_loadu_ps(q[i] + 16 * c);
+    for (int64_t j0 = j_begin; j0 < j_end; j0 += kKeys) {
+      int64_t j[kKeys];
+      alignas(16) float factor[kKeys];
+      for (int64_t t = 0; t < kKeys; ++t) {
+        j[t] = std::min(j0 + t, j_end - 1);
+        factor[t] = kInt8 ? g.keys.scale(j[t]) : 1.0f;
+      }
+      if (kInt8 && r0 == 0) prefetch_rows(g.keys, j0 + kAhead, kKeys);
       __m512 acc[kFewBlock][kKeys];
       for (auto& row : acc)
         for (auto& a : row) a = _mm512_setzero_ps();
-      for (int64_t c = 0; c < g.dim; c += 16) {
+      for (int64_t c = 0; c < chunks; ++c) {
         __m512 k[kKeys];
-        for (int64_t t = 0; t < kKeys; ++t) k[t] = load16<kInt8>(g.keys, j[t], c);
+        for (int64_t t = 0; t < kKeys; ++t) k[t] = load16<kInt8>(g.keys, j[t], 16 * c);
         for (int64_t i = 0; i < kFewBlock; ++i) {
-          const __m512 q = _mm512_loadu_ps(g.q + std::min(r0 + i, last) * g.dim + c);
-          for (int64_t t = 0; t < kKeys; ++t) acc[i][t] = _mm512_fmadd_ps(q, k[t], acc[i][t]);
+          const __m512 qi = kQ > 0 ? held[i][kQ > 0 ? c : 0] : _mm512_loadu_ps(q[i] + 16 * c);
+          for (int64_t t = 0; t < kKeys; ++t) acc[i][t] = _mm512_fmadd_ps(qi, k[t], acc[i][t]);
         }
       }
+      const __m128 f = _mm_load_ps(factor);
       for (int64_t i = 0; i < kFewBlock && r0 + i < g.rows; ++i)
-        _mm_storeu_ps(scores + (r0 + i) * stride + j0,
-                      _mm_mul_ps(sum4(fold(acc[i][0]), fold(acc[i][1]), fold(acc[i][2]), fold(acc[i][3])), f));
+        _mm_storeu_ps(scores + (r0 + i) * stride + j0, _mm_mul_ps(sum4_16(acc[i][0], acc[i][1], acc[i][2], acc[i][3]), f));
     }
   }
+}
+
+template <bool kInt8>
+HOE_WIDE_FN void score_tiles16(const Group& g, float* scores, int64_t stride, int64_t j_begin, int64_t j_end) {
+  if (g.dim == 64) return score_tiles16<kInt8, 4>(g, scores, stride, j_begin, j_end);
+  score_tiles16<kInt8, 0>(g, scores, stride, j_begin, j_end);
 }
 
 // value_tile over kC chunks of 16.
