@@ -327,7 +327,9 @@ HOE_WIDE_FN void score_tiles16(const Group& g, float* scores, int64_t stride, in
         __m512 k[kKeys];
         for (int64_t t = 0; t < kKeys; ++t) k[t] = load16<kInt8>(g.keys, j[t], 16 * c);
         for (int64_t i = 0; i < kFewBlock; ++i) {
-          const __m512 qi = kQ > 0 ? held[i][kQ > 0 ? c : 0] : _mm512_loadu_ps(q[i] + 16 * c);
+          __m512 qi;
+          if constexpr (kQ > 0) qi = held[i][c];
+          else qi = _mm512_loadu_ps(q[i] + 16 * c);
           for (int64_t t = 0; t < kKeys; ++t) acc[i][t] = _mm512_fmadd_ps(qi, k[t], acc[i][t]);
         }
       }
