@@ -5,9 +5,10 @@
               reference's decoder blocks under torch.compile with a static KV cache; compile time reported apart), all
               loaded in this one process; base-ort is exported at the HoE export's weight precision
     cases     batch {1, 4} × prompt {32, 256} tokens, 64 new tokens, greedy, one interior preference
-    timing    repetition r runs every system once, starting with system r (round-robin), so a noisy
-              machine hits all of them alike; decode ms/token = median / p90 over every decode step of
-              every repetition; TTFT = median over repetitions of prefill forward + first token choice
+    timing    repetition r runs every case in turn and, within it, every system once, starting with system r
+              (round-robin), so a noisy machine hits all systems and cases alike; decode ms/token = median /
+              p90 over every decode step of every repetition; TTFT = median over repetitions of prefill
+              forward + first token choice
     threads   ORT intra-op = torch = `threads`, ORT inter-op 1, ORT spin-waiting off
     memory    per system: RSS retained by loading it + peak RSS growth while it generates (Linux VmHWM)
     switch    hoe: preference -> router_mix on the host (route()); merged: re-merge every module in numpy
@@ -15,8 +16,10 @@
     floor     weight bytes read per decode token / measured read bandwidth (floor.py says why not the copy
               bandwidth, which is reported beside it), per system: each counts its own graph's bytes, so int4
               systems get int4 floors; both bandwidths are measured before and after the timing, best kept
-    long      batch 1 with a `long_context`-token prompt (decode past 1024): ratios.long_over_short is
-              decode(past long) / decode(past 32) of hoe-ort (per system in `long_over_short_by_system`)
+    long      batch 1 with a `long_context`-token prompt (decode past 1024), a case of every repetition:
+              ratios.long_over_short is decode(past long) / decode(past 32) of hoe-ort (per system in
+              `long_over_short_by_system`); paired_ratios.long_over_short the median of the per-repetition
+              ratios (`paired_long_over_short_by_system`)
 """
 
 from __future__ import annotations
@@ -287,41 +290,62 @@ _LOADERS = {"hoe-ort": _load_hoe, "torch": _load_torch, "base-ort": _load_base, 
 # ------------------------------------------------------------------------------------------ measuring
 
 
-def time_case(loaded: Loaded, cfg: LatencyConfig, batch: int, prompt_len: int, vocab: int) -> dict:
-    """Round-robin repetitions of one (batch, prompt) case -> per-system measurements."""
+@dataclass
+class Case:
+    """One timed case: `batch` rows of a `prompt_len`-token prompt, `new_tokens` generated per run."""
+
+    key: str
+    batch: int
+    prompt_len: int
+    new_tokens: int
+    long_context: bool = False
+
+
+def time_cases(loaded: Loaded, cfg: LatencyConfig, cases: list[Case], vocab: int) -> dict[str, dict]:
+    """Round-robin repetitions of every case -> per case key, per-system measurements. Repetition r runs each
+    case in turn, and within it every system once starting with system r, so a slow phase of the machine weighs
+    on every case and system alike (the long context's ratio to the short one included)."""
     from .machine import PeakRss
     from .systems import greedy_run
-    from .timing import rotated, summary
+    from .timing import rotated
 
-    rng = np.random.default_rng(cfg.seed + 1000 * batch + prompt_len)
-    prompt = rng.integers(3, vocab, size=(batch, prompt_len), dtype=np.int64)
     names = list(loaded.systems)
-    for name in names:  # warm-up: allocator arenas, thread pools, first-shape kernels
-        greedy_run(loaded.systems[name], prompt, min(cfg.warmup_tokens, cfg.new_tokens))
-    steps = {n: [] for n in names}
-    per_rep = {n: [] for n in names}  # each repetition's decode median
-    ttft = {n: [] for n in names}
-    growth = {n: 0.0 for n in names}
-    tokens = {}
+    prompts = {}
+    for case in cases:
+        rng = np.random.default_rng(cfg.seed + 1000 * case.batch + case.prompt_len)
+        prompts[case.key] = rng.integers(3, vocab, size=(case.batch, case.prompt_len), dtype=np.int64)
+        for name in names:  # warm-up: allocator arenas, thread pools, first-shape kernels
+            greedy_run(loaded.systems[name], prompts[case.key], min(cfg.warmup_tokens, case.new_tokens))
+    runs = {c.key: {n: [] for n in names} for c in cases}
+    growth = {c.key: {n: 0.0 for n in names} for c in cases}
     for rep in range(cfg.repeats):
-        for name in rotated(names, rep):
-            with PeakRss() as mem:
-                run = greedy_run(loaded.systems[name], prompt, cfg.new_tokens)
-            steps[name] += run.step_ms
-            per_rep[name].append(summary(run.step_ms)["median"])
-            ttft[name].append(run.ttft_ms)
-            growth[name] = max(growth[name], mem.growth_mb)
-            tokens[name] = run.tokens
+        for case in cases:
+            log.info("repetition %d/%d: batch %d, prompt %d, %d new tokens", rep + 1, cfg.repeats, case.batch,
+                     case.prompt_len, case.new_tokens)
+            for name in rotated(names, rep):
+                with PeakRss() as mem:
+                    runs[case.key][name].append(greedy_run(loaded.systems[name], prompts[case.key], case.new_tokens))
+                growth[case.key][name] = max(growth[case.key][name], mem.growth_mb)
+    return {c.key: {"batch": c.batch, "prompt_tokens": c.prompt_len, **({"long_context": True} if c.long_context
+                                                                          else {}),
+                    "systems": _case_systems(loaded, c.batch, runs[c.key], growth[c.key])} for c in cases}
+
+
+def _case_systems(loaded: Loaded, batch: int, runs: dict[str, list], growth: dict[str, float]) -> dict:
+    """One case's runs per system -> its measurements."""
+    from .timing import summary
+
     out = {}
-    for name in names:
-        decode = summary(steps[name])
+    for name, done in runs.items():
+        decode = summary([ms for run in done for ms in run.step_ms])
         out[name] = {"decode_ms_per_token": {"median": decode["median"], "p90": decode["p90"], "n": decode["n"]},
-                     "decode_ms_per_repetition": per_rep[name],
-                     "ttft_ms": summary(ttft[name])["median"],
+                     "decode_ms_per_repetition": [summary(run.step_ms)["median"] for run in done],
+                     "ttft_ms": summary([run.ttft_ms for run in done])["median"],
                      "tokens_per_s": batch * 1e3 / decode["median"],
                      "peak_rss_mb": loaded.load_rss_mb[name] + growth[name]}
-    if "hoe-ort" in tokens and "torch" in tokens:
-        out["hoe-ort"]["same_tokens_as_torch"] = bool(np.array_equal(tokens["hoe-ort"], tokens["torch"]))
+    if "hoe-ort" in runs and "torch" in runs:
+        out["hoe-ort"]["same_tokens_as_torch"] = bool(np.array_equal(runs["hoe-ort"][-1].tokens,
+                                                                     runs["torch"][-1].tokens))
     return out
 
 
@@ -362,6 +386,18 @@ def long_over_short(short: dict, long: dict) -> dict[str, float]:
     """decode ms/token past the long prompt / past the short prompt, per system timed in both cases."""
     return {n: long[n]["decode_ms_per_token"]["median"] / short[n]["decode_ms_per_token"]["median"]
             for n in long if n in short}
+
+
+def paired_long_over_short(short: dict, long: dict) -> dict[str, dict[str, float]]:
+    """Per system timed in both cases: median, min and max over the repetitions of the ratio of its long and
+    short decode medians within one repetition (time_cases runs both cases in each)."""
+    out = {}
+    for n in long:
+        if n in short:
+            r = (np.asarray(long[n]["decode_ms_per_repetition"])
+                 / np.asarray(short[n]["decode_ms_per_repetition"]))
+            out[n] = {"median": float(np.median(r)), "min": float(r.min()), "max": float(r.max())}
+    return out
 
 
 def switch_times(loaded: Loaded, cfg: LatencyConfig, preference) -> dict:
@@ -415,15 +451,7 @@ def run_latency(src: Sources, cfg: LatencyConfig | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="hoe-bench-") as work:
         loaded = load_systems(cfg, src, preference, Path(work))
         switch = switch_times(loaded, cfg, preference)
-        cases = {}
-        for b in cfg.batches:
-            for p in cfg.prompt_lengths:
-                log.info("timing batch %d, prompt %d, %d new tokens, %d repetitions", b, p, cfg.new_tokens, cfg.repeats)
-                cases[f"batch{b}_prompt{p}"] = {"batch": b, "prompt_tokens": p,
-                                                "systems": time_case(loaded, cfg, b, p, manifest.vocab_size)}
-        long = long_case(loaded, cfg, manifest)
-        if long is not None:
-            cases[f"batch1_prompt{cfg.long_context}"] = long
+        cases = time_cases(loaded, cfg, case_list(cfg, manifest), manifest.vocab_size)
         compile_ms = getattr(loaded.systems.get("torch-compile"), "compile_ms", None)
         for system in loaded.systems.values():
             system.close()
@@ -450,19 +478,17 @@ def run_latency(src: Sources, cfg: LatencyConfig | None = None) -> dict:
     return result
 
 
-def long_case(loaded: Loaded, cfg: LatencyConfig, manifest) -> dict | None:
-    """Batch 1, a `long_context`-token prompt: the decode steps run past it (None when off or too long)."""
+def case_list(cfg: LatencyConfig, manifest) -> list[Case]:
+    """batches x prompt lengths, then batch 1 past a `long_context`-token prompt (unless off or too long)."""
+    cases = [Case(f"batch{b}_prompt{p}", b, p, cfg.new_tokens) for b in cfg.batches for p in cfg.prompt_lengths]
     if not cfg.long_context:
-        return None
+        return cases
     context = manifest.arch.get("max_position_embeddings") or 0
     if cfg.long_context + cfg.long_new_tokens > context:
         log.warning("long-context case skipped: %d + %d tokens exceed the context %d", cfg.long_context,
                     cfg.long_new_tokens, context)
-        return None
-    log.info("timing the long-context case: prompt %d, %d new tokens", cfg.long_context, cfg.long_new_tokens)
-    long_cfg = LatencyConfig(**{**cfg.to_dict(), "new_tokens": cfg.long_new_tokens})
-    return {"batch": 1, "prompt_tokens": cfg.long_context, "long_context": True,
-            "systems": time_case(loaded, long_cfg, 1, cfg.long_context, manifest.vocab_size)}
+        return cases
+    return [*cases, Case(f"batch1_prompt{cfg.long_context}", 1, cfg.long_context, cfg.long_new_tokens, True)]
 
 
 def run_profiles(cfg: LatencyConfig, src: Sources, loaded: Loaded, work: Path) -> dict:
@@ -483,8 +509,10 @@ def _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch
     head = cases[key]
     long = next((c for c in cases.values() if c.get("long_context")), None)
     by_system = long_over_short(head["systems"], long["systems"]) if long is not None else {}
+    paired = paired_long_over_short(head["systems"], long["systems"]) if long is not None else {}
     if "hoe-ort" in by_system:
         head["ratios"]["long_over_short"] = by_system["hoe-ort"]
+        head["paired_ratios"]["long_over_short"] = paired["hoe-ort"]
     result = {
         "machine": machine, "threads": cfg.threads,
         "case": {"batch": head["batch"], "prompt_tokens": head["prompt_tokens"], "new_tokens": cfg.new_tokens},
@@ -498,6 +526,7 @@ def _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch
         "preference": preference,
         "switch_detail": switch,
         "long_over_short_by_system": by_system,
+        "paired_long_over_short_by_system": paired,
         "weights": (manifest.data.get("quantization") or {}).get("weights", "fp32"),
         "load_ms": loaded.load_ms, "process_peak_rss_mb": peak,
         "cases": cases, "config": cfg.to_dict(),

@@ -110,6 +110,10 @@ def latency_tables(result: dict) -> str:
     if result.get("long_over_short_by_system"):
         parts.append("decode past the long prompt / past the short one: " + ", ".join(
             f"{k} {v:.2f}" for k, v in result["long_over_short_by_system"].items()))
+    if result.get("paired_long_over_short_by_system"):
+        parts.append("the same, paired (median [min, max] of the per-repetition ratios): " + ", ".join(
+            f"{k} {v['median']:.2f} [{v['min']:.2f}, {v['max']:.2f}]"
+            for k, v in result["paired_long_over_short_by_system"].items()))
     if result.get("torch_compile_ms"):
         parts.append("torch-compile, first call per shape (compile, untimed): " + ", ".join(
             f"{k} {v / 1e3:.1f} s" for k, v in result["torch_compile_ms"].items()))

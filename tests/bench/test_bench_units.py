@@ -197,3 +197,41 @@ def test_base_export_follows_the_attention_kernel_and_its_cache():
     assert export_options({"model": {"target": "ort-cpu"}, "kv_cache": kv}) == {
         "target": "ort-cpu", "attention_kernel": True, "kv_cache": "int8"}
     assert export_options({"model": {"target": "ort-cpu"}, "kv_cache": {}}) == {"target": "ort-cpu"}
+
+
+def test_time_cases_runs_every_case_in_each_repetition():
+    """The long-context case is timed inside each repetition, beside the short one, so its paired ratio holds
+    each repetition's phase of the machine on both sides."""
+    from hoe.bench.latency import Case, LatencyConfig, Loaded, paired_long_over_short, time_cases
+    from hoe.bench.systems import System
+
+    calls = []
+
+    class Fake(System):
+        def __init__(self, name):
+            self.name = name
+
+        def new_state(self, batch):
+            return None
+
+        def step(self, state, input_ids, attention_mask, position_ids):
+            if input_ids.shape[1] > 1:
+                calls.append((self.name, input_ids.shape[1]))
+            return np.zeros((input_ids.shape[0], 5))
+
+    loaded = Loaded()
+    loaded.systems = {"hoe-ort": Fake("hoe-ort"), "base-ort": Fake("base-ort")}
+    loaded.load_rss_mb = {"hoe-ort": 0.0, "base-ort": 0.0}
+    cfg = LatencyConfig(repeats=2, new_tokens=3, warmup_tokens=2)
+    cases = [Case("batch1_prompt4", 1, 4, 3), Case("batch1_prompt9", 1, 9, 2, long_context=True)]
+    out = time_cases(loaded, cfg, cases, vocab=50)
+    timed = calls[4:]  # after one warm-up run per system and case
+    assert timed == [("hoe-ort", 4), ("base-ort", 4), ("hoe-ort", 9), ("base-ort", 9),
+                     ("base-ort", 4), ("hoe-ort", 4), ("base-ort", 9), ("hoe-ort", 9)]
+    assert out["batch1_prompt9"]["long_context"] and "long_context" not in out["batch1_prompt4"]
+    assert len(out["batch1_prompt4"]["systems"]["hoe-ort"]["decode_ms_per_repetition"]) == 2
+    assert out["batch1_prompt4"]["systems"]["hoe-ort"]["decode_ms_per_token"]["n"] == 4  # 2 runs x 2 steps
+
+    short = {"hoe-ort": {"decode_ms_per_repetition": [10.0, 20.0]}}
+    long = {"hoe-ort": {"decode_ms_per_repetition": [12.0, 26.0]}, "torch": {"decode_ms_per_repetition": [1.0]}}
+    assert paired_long_over_short(short, long) == {"hoe-ort": {"median": 1.25, "min": 1.2, "max": 1.3}}
