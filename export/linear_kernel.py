@@ -19,13 +19,21 @@ lora_B, zero points) stays MatMulNBits. The node keeps its name. A tied table's 
 tiles, so the file holds the table once:
 
     GatherBlockQuantized(Reshape(B), ids, scales)  ─►  GatherInt4(B.tiles, ids)   K, N   (row id = column id of W)
+
+A baked group's fused product and its Mixture (baked.py, `--mixture-kernel`), the Mixture reading the product's
+output as both Y and F, become one node: the same two computations, without the [B,T,N] tensor between them or a
+second node's dispatch (120 nodes fewer per token on the embedded model). It keeps the Mixture's name and both
+nodes' attributes:
+
+    Mixture(F, F, router_mix, levels, scales, zeros, offsets?) on F = MatMulInt4(x, tiles, bias)
+        ─►  MatMulInt4Mixture(x, tiles, bias, router_mix, levels, scales, zeros, offsets?)
 """
 
 from __future__ import annotations
 
 import numpy as np
 from hoe.core.errors import ConfigError
-from hoe.runtime.kernels import GATHER_OP, LINEAR_KERNEL, LINEAR_OP, MIXTURE_DOMAIN
+from hoe.runtime.kernels import FUSED_OP, GATHER_OP, LINEAR_KERNEL, LINEAR_OP, MIXTURE_DOMAIN, MIXTURE_OP
 
 from .quantize import MS_DOMAIN, BlockQuant, pack_levels
 
@@ -76,7 +84,8 @@ def unpack(tiles: np.ndarray, k: int, n: int, block_size: int) -> BlockQuant:
 
 
 def tiled_weight(tiles) -> BlockQuant:
-    """The weight held by a `{B}.tiles` initializer (onnx_ir.Value), from the MatMulInt4 node reading it."""
+    """The weight held by a `{B}.tiles` initializer (onnx_ir.Value), from the MatMulInt4 (or MatMulInt4Mixture)
+    node reading it."""
     node = tiles.uses()[0].node
     attrs = {name: node.attributes[name].as_int() for name in ("K", "N", "block_size")}
     return unpack(tiles.const_value.numpy(), attrs["K"], attrs["N"], attrs["block_size"])
@@ -88,7 +97,7 @@ def tiled_weight(tiles) -> BlockQuant:
 def use_kernel(model) -> dict:
     """Every MatMulNBits of `model` (onnx_ir.Model) the kernel computes -> MatMulInt4, in place (module docstring).
     Returns the manifest's `quantization.linear_kernel` section (`lm_head`: whether the logits' product is one;
-    `embedding`: whether a tied table's lookup reads the tiles)."""
+    `embedding`: whether a tied table's lookup reads the tiles; `mixtures`: the products fused with their Mixture)."""
     import onnx_ir as ir
 
     graph, tiles, weights, converted, kept = model.graph, {}, {}, 0, 0
@@ -113,6 +122,7 @@ def use_kernel(model) -> dict:
         _replace(graph, node, new)
         converted += 1
     gathers = sum(_tied_lookup(graph, node, tiles, weights) for node in list(graph))
+    mixtures = sum(_fused_mixture(graph, node) for node in list(graph))
     for name in [n for n, v in graph.initializers.items() if not v.uses()]:  # B and scales now in the tiles
         graph.initializers.pop(name)
     if converted:
@@ -121,7 +131,7 @@ def use_kernel(model) -> dict:
         model.opset_imports.pop(MS_DOMAIN, None)
     head = _logits_product(graph)
     return {"kernel": LINEAR_KERNEL, "products": converted, "kept": kept,
-            "lm_head": head is not None and head.op_type == LINEAR_OP, "embedding": gathers > 0}
+            "lm_head": head is not None and head.op_type == LINEAR_OP, "embedding": gathers > 0, "mixtures": mixtures}
 
 
 def _replace(graph, node, new) -> None:
@@ -154,6 +164,33 @@ def _tied_lookup(graph, node, tiles: dict, weights: dict) -> bool:
     _replace(graph, node, new)
     if not reshape.outputs[0].uses():
         graph.remove(reshape, safe=True)
+    return True
+
+
+def _fused_mixture(graph, node) -> bool:
+    """A Mixture reading one MatMulInt4's output as Y and F, and nothing else reading it -> one MatMulInt4Mixture
+    in the Mixture's place (module docstring); whether it was one."""
+    import onnx_ir as ir
+
+    if node.op_type != MIXTURE_OP or node.domain != MIXTURE_DOMAIN or node.inputs[0] is not node.inputs[1]:
+        return False
+    f = node.inputs[0]
+    product = f.producer()
+    if product is None or product.op_type != LINEAR_OP or any(use.node is not node for use in f.uses()):
+        return False
+    if len(product.inputs) < 3 or product.inputs[2] is None:
+        return False  # the baked product always has its router bias
+    if product.attributes["block_size"].as_int() != node.attributes["block_size"].as_int():
+        return False  # one attribute: the product's (tiled_weight) and the lora_B grid's block must agree
+    attrs = {**dict(product.attributes.items()), **dict(node.attributes.items())}
+    fused = ir.Node(MIXTURE_DOMAIN, FUSED_OP, [*product.inputs[:3], *node.inputs[2:]], name=node.name,
+                    attributes=list(attrs.values()), num_outputs=len(node.outputs))
+    graph.insert_before(node, fused)
+    for old, new in zip(node.outputs, fused.outputs):
+        new.shape, new.type = old.shape, old.type
+        old.replace_all_uses_with(new, replace_graph_outputs=True)
+        new.name, old.name = old.name, None
+    graph.remove([node, product], safe=True)
     return True
 
 

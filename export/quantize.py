@@ -598,15 +598,16 @@ def quantized_form(manifest: dict) -> str:
 
 
 def exact_accuracy_model(path) -> bytes | None:
-    """model.onnx with every MatMulNBits (and hoe's MatMulInt4) at accuracy_level 0, serialized (external data not
+    """model.onnx with every MatMulNBits (and hoe's MatMulInt4, MatMulInt4Mixture) at accuracy_level 0, serialized (external data not
     read), or None when the graph has none at another level. Used by validation: the same graph, fp32 activations."""
     import onnx
-    from hoe.runtime.kernels import LINEAR_OP, MIXTURE_DOMAIN
+    from hoe.runtime.kernels import FUSED_OP, LINEAR_OP, MIXTURE_DOMAIN
 
     model = onnx.load(str(path), load_external_data=False)
     changed = False
+    products = (("MatMulNBits", MS_DOMAIN), (LINEAR_OP, MIXTURE_DOMAIN), (FUSED_OP, MIXTURE_DOMAIN))
     for node in model.graph.node:
-        if (node.op_type, node.domain) not in (("MatMulNBits", MS_DOMAIN), (LINEAR_OP, MIXTURE_DOMAIN)):
+        if (node.op_type, node.domain) not in products:
             continue
         for attr in node.attribute:
             if attr.name == "accuracy_level" and attr.i != 0:

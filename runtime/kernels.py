@@ -23,6 +23,7 @@ ATTENTION_INT8_OP = "AttentionInt8"  # the same on an int8 KV cache (`hoe export
 ATTENTION_KERNEL = f"{MIXTURE_DOMAIN}.{ATTENTION_OP}"  # kv_cache.kernel in hoe_config.json
 LINEAR_OP = "MatMulInt4"  # the int4 linear (runtime/csrc/linear.h) on export/linear_kernel.py's layout
 LINEAR_KERNEL = f"{MIXTURE_DOMAIN}.{LINEAR_OP}"  # quantization.linear_kernel.kernel in hoe_config.json
+FUSED_OP = "MatMulInt4Mixture"  # a MatMulInt4 and the Mixture reading its output, as one node (same library)
 GATHER_OP = "GatherInt4"  # a tied table's lookup on the lm_head's MatMulInt4 layout (same library)
 GATHER_KERNEL = f"{MIXTURE_DOMAIN}.{GATHER_OP}"  # quantization.embedding.op in hoe_config.json
 LIBRARY_MODULE = "hoe.runtime._kernels"

@@ -24,6 +24,12 @@
 //   attrs    K, N, accuracy_level (0: fp32 activations, else int8: linear.h)
 //   outputs  y [..., N] f32
 //
+// MatMulInt4Mixture
+//   inputs   x [B,T,K], packed, bias [N] (MatMulInt4's), router_mix, levels, scales, zeros, optional offsets
+//            (the Mixture's)
+//   attrs    MatMulInt4's and the Mixture's
+//   outputs  the Mixture's, on Y = F = MatMulInt4's [B,T,N] output (in a scratch buffer per thread, not a tensor)
+//
 // GatherInt4
 //   inputs   packed (MatMulInt4's weight), ids [...] i64
 //   attrs    K, N
@@ -124,9 +130,8 @@ OrtStatus* attribute(const OrtKernelInfo* info, const char* name, int64_t* out) 
                                                                                                            out);
 }
 
-OrtStatus* create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
-  auto* kernel = new (std::nothrow) Kernel();
-  if (!kernel) return error("out of memory");
+// The Mixture's attributes into `kernel` (where it stays: shape.widths points into its widths).
+OrtStatus* mixture_attributes(const OrtKernelInfo* info, Kernel* kernel) {
   MixtureShape& s = kernel->shape;
   OrtStatus* status = attribute(info, "h_offset", &s.h_offset);
   if (!status) status = attribute(info, "block_size", &s.block);
@@ -146,24 +151,27 @@ OrtStatus* create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, 
   if (!status && (modules < 1 || modules > kMaxModules || s.block < 1 || s.h_offset < 0))
     status = error("attributes need 1 <= modules <= " + std::to_string(kMaxModules) +
                    ", block_size >= 1, h_offset >= 0");
-  if (status) {
-    delete kernel;
-    return status;
-  }
+  if (status) return status;
   s.widths = kernel->widths.data();  // the vector is not resized again
   s.modules = modules;
   s.n = s.padded = 0;
   for (int64_t w : kernel->widths) s.n += w, s.padded += tiles(w) * kTile;
+  return nullptr;
+}
+
+OrtStatus* create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
+  auto* kernel = new (std::nothrow) Kernel();
+  if (!kernel) return error("out of memory");
+  if (OrtStatus* status = mixture_attributes(info, kernel)) {
+    delete kernel;
+    return status;
+  }
   *out = kernel;
   return nullptr;
 }
 
-OrtStatus* compute(void* opaque, OrtKernelContext* context) {
-  const Kernel& k = *static_cast<Kernel*>(opaque);
-  size_t count = 0;
-  HOE_TRY(slot<OrtStatus* (*)(const OrtKernelContext*, size_t*)>(kKernelContextGetInputCount)(context, &count));
-  Tensor t[7];
-  for (size_t i = 0; i < std::min<size_t>(count, 7); ++i) HOE_TRY(read(context, i, &t[i]));
+// The Mixture on its inputs t = Y, F, router_mix, levels, scales, zeros, offsets (absent: no data).
+OrtStatus* mixture_compute(const Kernel& k, OrtKernelContext* context, const Tensor* t) {
   const Tensor &y = t[0], &f = t[1], &mix = t[2], &levels = t[3], &scales = t[4], &zeros = t[5], &offsets = t[6];
   MixtureShape s = k.shape;
   const int64_t n = s.n, m = s.modules, tile_count = s.padded / kTile;
@@ -221,6 +229,20 @@ OrtStatus* compute(void* opaque, OrtKernelContext* context) {
           static_cast<const float*>(scales.data), static_cast<const float*>(zeros.data),
           static_cast<const float*>(offsets.data), z);
   return nullptr;
+}
+
+// Inputs first..first+count-1 of the context into t[0..count) (those past the context's inputs stay absent).
+OrtStatus* read_inputs(OrtKernelContext* context, size_t first, size_t count, Tensor* t) {
+  size_t given = 0;
+  HOE_TRY(slot<OrtStatus* (*)(const OrtKernelContext*, size_t*)>(kKernelContextGetInputCount)(context, &given));
+  for (size_t i = 0; i < count && first + i < given; ++i) HOE_TRY(read(context, first + i, &t[i]));
+  return nullptr;
+}
+
+OrtStatus* compute(void* opaque, OrtKernelContext* context) {
+  Tensor t[7];
+  HOE_TRY(read_inputs(context, 0, 7, t));
+  return mixture_compute(*static_cast<Kernel*>(opaque), context, t);
 }
 
 // -- the OrtCustomOp table
@@ -392,18 +414,21 @@ struct LinearKernel {
   bool exact = false;
 };
 
-OrtStatus* linear_error(const std::string& message) { return error("MatMulInt4", message); }
+// K, N (both >= 1) and, for the products, accuracy_level: the attributes the ops on the tiles share.
+OrtStatus* tiles_attributes(const OrtKernelInfo* info, const char* op, bool levels, LinearKernel* k) {
+  int64_t level = 0;
+  HOE_TRY(attribute(info, "K", &k->k));
+  HOE_TRY(attribute(info, "N", &k->n));
+  if (levels) HOE_TRY(attribute(info, "accuracy_level", &level));
+  if (k->k < 1 || k->n < 1)
+    return error(op, "K " + std::to_string(k->k) + ", N " + std::to_string(k->n) + ": expected both >= 1");
+  k->exact = level == 0;
+  return nullptr;
+}
 
-// K, N (both >= 1) and, for MatMulInt4, accuracy_level: the attributes both ops on the tiles share.
 OrtStatus* tiles_create(const OrtKernelInfo* info, const char* op, bool levels, void** out) {
   LinearKernel k;
-  int64_t level = 0;
-  HOE_TRY(attribute(info, "K", &k.k));
-  HOE_TRY(attribute(info, "N", &k.n));
-  if (levels) HOE_TRY(attribute(info, "accuracy_level", &level));
-  if (k.k < 1 || k.n < 1)
-    return error(op, "K " + std::to_string(k.k) + ", N " + std::to_string(k.n) + ": expected both >= 1");
-  k.exact = level == 0;
+  HOE_TRY(tiles_attributes(info, op, levels, &k));
   auto* kernel = new (std::nothrow) LinearKernel(k);
   if (!kernel) return error(op, "out of memory");
   *out = kernel;
@@ -426,30 +451,39 @@ OrtStatus* linear_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*
   return tiles_create(info, "MatMulInt4", true, out);
 }
 
-OrtStatus* linear_compute(void* opaque, OrtKernelContext* context) {
-  const LinearKernel& k = *static_cast<LinearKernel*>(opaque);
-  Tensor x, packed, bias;
-  HOE_TRY(read(context, 0, &x));
-  HOE_TRY(read(context, 1, &packed));
-  size_t count = 0;
-  HOE_TRY(slot<OrtStatus* (*)(const OrtKernelContext*, size_t*)>(kKernelContextGetInputCount)(context, &count));
-  if (count > 2) HOE_TRY(read(context, 2, &bias));
+// t = x, packed, bias (absent: no data) checked for the product; y's shape [..., N] into dims, its rows (all but
+// the last dim multiplied) into rows.
+OrtStatus* check_product(const char* op, const LinearKernel& k, const Tensor* t, int64_t* dims, int64_t* rows) {
+  const Tensor &x = t[0], &packed = t[1], &bias = t[2];
   if (bias.data && (bias.dims.size() != 1 || bias.dims[0] != k.n))
-    return linear_error("bias " + shape(bias.dims) + ": expected [" + std::to_string(k.n) + "]");
+    return error(op, "bias " + shape(bias.dims) + ": expected [" + std::to_string(k.n) + "]");
   if (x.dims.size() < 1 || x.dims.size() > kMaxRank || x.dims[x.dims.size() - 1] != k.k)
-    return linear_error("x " + shape(x.dims) + ": expected [...," + std::to_string(k.k) + "] of at most " +
-                        std::to_string(kMaxRank) + " dims");
-  HOE_TRY(check_tiles("MatMulInt4", k, packed));
-  int64_t dims[kMaxRank], rows = 1;
-  for (size_t i = 0; i + 1 < x.dims.size(); ++i) rows *= dims[i] = x.dims[i];
+    return error(op, "x " + shape(x.dims) + ": expected [...," + std::to_string(k.k) + "] of at most " +
+                         std::to_string(kMaxRank) + " dims");
+  HOE_TRY(check_tiles(op, k, packed));
+  *rows = 1;
+  for (size_t i = 0; i + 1 < x.dims.size(); ++i) *rows *= dims[i] = x.dims[i];
   dims[x.dims.size() - 1] = k.n;
-  float* y = nullptr;
-  HOE_TRY(output(context, 0, dims, x.dims.size(), &y));
-  if (rows == 0) return nullptr;
+  return nullptr;
+}
+
+// y [rows, N] = x·W + bias on the tiles (t as check_product's).
+void product(const LinearKernel& k, OrtKernelContext* context, const Tensor* t, int64_t rows, float* y) {
   Parallel parallel;
   if (g_parallel) parallel = {context, parallel_for};
-  linear_int4({rows, k.k, k.n, k.exact}, static_cast<const float*>(x.data), static_cast<const uint8_t*>(packed.data),
-              static_cast<const float*>(bias.data), y, parallel);
+  linear_int4({rows, k.k, k.n, k.exact}, static_cast<const float*>(t[0].data),
+              static_cast<const uint8_t*>(t[1].data), static_cast<const float*>(t[2].data), y, parallel);
+}
+
+OrtStatus* linear_compute(void* opaque, OrtKernelContext* context) {
+  const LinearKernel& k = *static_cast<LinearKernel*>(opaque);
+  Tensor t[3];
+  HOE_TRY(read_inputs(context, 0, 3, t));
+  int64_t dims[kMaxRank], rows = 0;
+  HOE_TRY(check_product("MatMulInt4", k, t, dims, &rows));
+  float* y = nullptr;
+  HOE_TRY(output(context, 0, dims, t[0].dims.size(), &y));
+  if (rows) product(k, context, t, rows, y);
   return nullptr;
 }
 
@@ -525,6 +559,66 @@ OrtCustomOp make_gather() {
 
 const OrtCustomOp kGather = make_gather();
 
+// -- MatMulInt4Mixture: MatMulInt4, then the Mixture on its output (Y = F), with no tensor between them
+struct FusedKernel {
+  LinearKernel linear;
+  Kernel mixture;
+};
+
+OrtStatus* fused_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
+  auto* kernel = new (std::nothrow) FusedKernel();
+  if (!kernel) return error("MatMulInt4Mixture", "out of memory");
+  OrtStatus* status = tiles_attributes(info, "MatMulInt4Mixture", true, &kernel->linear);
+  if (!status) status = mixture_attributes(info, &kernel->mixture);
+  if (status) {
+    delete kernel;
+    return status;
+  }
+  *out = kernel;
+  return nullptr;
+}
+
+OrtStatus* fused_compute(void* opaque, OrtKernelContext* context) {
+  const FusedKernel& k = *static_cast<FusedKernel*>(opaque);
+  Tensor t[3], m[7];  // x, packed, bias; Y, F, router_mix, levels, scales, zeros, offsets
+  HOE_TRY(read_inputs(context, 0, 3, t));
+  HOE_TRY(read_inputs(context, 3, 5, m + 2));
+  int64_t dims[kMaxRank], rows = 0;
+  HOE_TRY(check_product("MatMulInt4Mixture", k.linear, t, dims, &rows));
+  if (t[0].dims.size() != 3) return error("MatMulInt4Mixture", "x " + shape(t[0].dims) + ": expected [B,T,K]");
+  thread_local std::vector<float> scratch;  // F [B,T,N] of this thread's last call, reused
+  scratch.resize(static_cast<size_t>(rows * k.linear.n));
+  m[0].dims.rank = 3;
+  for (size_t i = 0; i < 3; ++i) m[0].dims.d[i] = dims[i];
+  m[0].data = scratch.data();
+  m[1] = m[0];
+  if (rows) product(k.linear, context, t, rows, scratch.data());
+  return mixture_compute(k.mixture, context, m);
+}
+
+const char* fused_name(const OrtCustomOp*) { return "MatMulInt4Mixture"; }
+OrtElementType fused_input(const OrtCustomOp*, size_t i) { return i == 1 || i == 4 ? kTypeUint8 : kTypeFloat; }
+size_t eight_inputs(const OrtCustomOp*) { return 8; }
+OrtCharacteristic offsets_optional(const OrtCustomOp*, size_t i) { return i == 7 ? kOptional : kRequired; }
+void fused_destroy(void* kernel) { delete static_cast<FusedKernel*>(kernel); }
+
+OrtCustomOp make_fused() {
+  OrtCustomOp op = base_op();
+  op.GetName = fused_name;
+  op.GetInputType = fused_input;
+  op.GetInputTypeCount = eight_inputs;
+  op.GetOutputType = output_type;
+  op.GetOutputTypeCount = output_count;
+  op.KernelDestroy = fused_destroy;
+  op.GetInputCharacteristic = offsets_optional;
+  op.GetOutputCharacteristic = variadic;
+  op.CreateKernelV2 = fused_create;
+  op.KernelComputeV2 = fused_compute;
+  return op;
+}
+
+const OrtCustomOp kFused = make_fused();
+
 }  // namespace
 }  // namespace hoe::ort
 
@@ -541,7 +635,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
   OrtCustomOpDomain* domain = nullptr;
   HOE_TRY(slot<OrtStatus* (*)(const char*, OrtCustomOpDomain**)>(kCreateCustomOpDomain)("hoe.ort", &domain));
   domains.push_back(domain);
-  for (const OrtCustomOp* op : {&kMixture, &kAttention, &kAttentionInt8, &kLinear, &kGather})
+  for (const OrtCustomOp* op : {&kMixture, &kAttention, &kAttentionInt8, &kLinear, &kGather, &kFused})
     HOE_TRY(slot<OrtStatus* (*)(OrtCustomOpDomain*, const OrtCustomOp*)>(kCustomOpDomainAdd)(domain, op));
   return slot<OrtStatus* (*)(OrtSessionOptions*, OrtCustomOpDomain*)>(kAddCustomOpDomain)(options, domain);
 }

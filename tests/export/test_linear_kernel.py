@@ -51,7 +51,11 @@ def test_linear_kernel_graph_matches_the_dequantized_reference(with_linear, case
     int4 = [n for n in graph.node if n.op_type == "MatMulNBits" and any(a.name == "bits" and a.i == 4
                                                                          for a in n.attribute)]
     assert not int4  # every int4 product converted
-    products = ops.count(("hoe.ort", "MatMulInt4"))
+    fused = ops.count(("hoe.ort", kernels.FUSED_OP))  # a baked product and its Mixture as one node
+    unfused = ops.count(("hoe.ort", "Mixture"))  # qwen2's q/k/v: Y adds the base's bias to F, so Y is not F
+    assert fused == section["mixtures"] and fused + unfused == (2 * 4 if case[3] else 0)
+    assert unfused == (2 if case[0] == "qwen2" and case[3] else 0)
+    products = ops.count(("hoe.ort", "MatMulInt4")) + fused
     # per layer q/k/v, o, gate/up, down (each one product, fused with its experts when baked), and the lm_head
     assert products == section["products"] == 2 * 4 + 1 and section["kernel"] == kernels.LINEAR_KERNEL
     assert section["lm_head"]  # the tiny models' lm_head is untied: an ordinary linear (quantization.lm_head null)
@@ -60,7 +64,7 @@ def test_linear_kernel_graph_matches_the_dequantized_reference(with_linear, case
     assert section["kept"] == lora_b == (2 * 7 if case[2] and not case[3] else 0)
     gathered = (quant["embedding"] or {}).get("op") == "GatherBlockQuantized"  # D = 32: not at block 64
     assert (("com.microsoft", "GatherBlockQuantized") in ops) == gathered  # the table keeps its own layout
-    biased = [n for n in graph.node if n.op_type == "MatMulInt4" and len(n.input) == 3]
+    biased = [n for n in graph.node if n.op_type == "MatMulInt4" and len(n.input) == 3 or n.op_type == kernels.FUSED_OP]
     assert len(biased) == (2 * 4 if case[2] else 0)  # the baked products' router bias
 
 

@@ -131,3 +131,69 @@ def test_mixture_op_refuses_bad_shapes_with_a_message():
     session = _session([f, f, np.ones((1, 2), np.float32)], [levels, scales, zeros], wide)
     with pytest.raises(Exception, match="expected"):
         session.run(None, {"Y": f, "F": f, "router_mix": np.ones((1, 2), np.float32)})
+
+
+def _fused_sessions(widths, experts, rank, routers, block, with_offsets):
+    """(MatMulInt4 -> Mixture as two nodes, the same as one MatMulInt4Mixture), and the inputs of both."""
+    from hoe.export.linear_kernel import pack
+    from hoe.export.quantize import quantize_blocks
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(sum(widths))
+    (levels, scales, zeros), _ = _mixture_inputs(rng, widths, experts, rank, routers, block, True)
+    m, n, k_in, k_blocks = len(widths), sum(widths), 96, 3
+    h_offset = n + (k_blocks if with_offsets else 0)
+    cols = h_offset + m * experts * rank + m * routers * experts
+    q = quantize_blocks(rng.normal(scale=0.1, size=(k_in, cols)).astype(np.float32), 4, 32, symmetric=True)
+    bias = rng.normal(size=cols).astype(np.float32)
+    bias[-1] = -np.inf  # a masked router output, as the router bias has them
+    mix_attrs = dict(h_offset=h_offset, block_size=block, modules=m, **{f"width_{i}": w for i, w in enumerate(widths)})
+    inits = [numpy_helper.from_array(a, name) for a, name in
+             [(pack(q), "tiles"), (bias, "bias"), (levels, "levels"), (scales, "scales"), (zeros, "zeros")]]
+    extra = []
+    if with_offsets:
+        inits.append(numpy_helper.from_array(rng.normal(size=(k_blocks, n)).astype(np.float32), "offsets"))
+        mix_attrs["sums_offset"] = n
+        extra = ["offsets"]
+    linear = dict(K=k_in, N=cols, block_size=32, accuracy_level=0)
+    outs = [f"z{i}" for i in range(m)]
+    two = [helper.make_node("MatMulInt4", ["x", "tiles", "bias"], ["F"], domain="hoe.ort", **linear),
+           helper.make_node("Mixture", ["F", "F", "router_mix", "levels", "scales", "zeros", *extra], outs,
+                            domain="hoe.ort", **mix_attrs)]
+    one = [helper.make_node("MatMulInt4Mixture", ["x", "tiles", "bias", "router_mix", "levels", "scales", "zeros",
+                                                  *extra], outs, domain="hoe.ort", **{**linear, **mix_attrs})]
+    sessions = []
+    for nodes in (two, one):
+        graph = helper.make_graph(nodes, "fused", [helper.make_tensor_value_info(v, TensorProto.FLOAT, None)
+                                                   for v in ("x", "router_mix")],
+                                  [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("hoe.ort", 1)])
+        options = ort.SessionOptions()
+        options.register_custom_ops_library(str(kernels.library()))
+        sessions.append(ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]))
+    feed = {"x": rng.normal(size=(3, 2, k_in)).astype(np.float32),
+            "router_mix": rng.dirichlet(np.ones(routers), size=3).astype(np.float32)}
+    return sessions, feed
+
+
+@pytest.mark.parametrize("offsets", [False, True], ids=["plain", "offsets"])
+def test_fused_product_and_mixture_equal_the_two_nodes(offsets):
+    """MatMulInt4Mixture computes exactly what MatMulInt4 and the Mixture on its output compute (the same code on
+    the same numbers, only the tensor between them is gone): bitwise, over batches of steps and several modules."""
+    (two, one), feed = _fused_sessions([70, 5, 128], 3, 8, 4, 32, offsets)  # one block_size: the tiles' too
+    want, got = two.run(None, feed), one.run(None, feed)
+    assert len(got) == 3 and [g.shape for g in got] == [(3, 2, 70), (3, 2, 5), (3, 2, 128)]
+    for w, g in zip(want, got):
+        assert np.isfinite(w).all() and np.abs(w).max() > 0
+        np.testing.assert_array_equal(g, w)
+    small = {"x": feed["x"][:1, :1], "router_mix": feed["router_mix"][:1]}  # a decode step after a prompt: the scratch shrinks, nothing stale
+    for w, g in zip(two.run(None, small), one.run(None, small)):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_fused_op_refuses_bad_shapes_with_a_message():
+    (_, one), feed = _fused_sessions([64], 3, 8, 2, 32, False)
+    with pytest.raises(Exception, match=r"hoe.ort.MatMulInt4Mixture: x \[3,2,95\]: expected \[...,96\]"):
+        one.run(None, {**feed, "x": feed["x"][..., :95]})
+    with pytest.raises(Exception, match="hoe.ort.Mixture: router_mix"):
+        one.run(None, {**feed, "router_mix": feed["router_mix"][:2]})
