@@ -186,7 +186,8 @@ def test_fused_product_and_mixture_equal_the_two_nodes(offsets):
     for w, g in zip(want, got):
         assert np.isfinite(w).all() and np.abs(w).max() > 0
         np.testing.assert_array_equal(g, w)
-    small = {"x": feed["x"][:1, :1], "router_mix": feed["router_mix"][:1]}  # a decode step after a prompt: the scratch shrinks, nothing stale
+    # a decode step after a prompt: the scratch shrinks, nothing stale is read
+    small = {"x": feed["x"][:1, :1], "router_mix": feed["router_mix"][:1]}
     for w, g in zip(two.run(None, small), one.run(None, small)):
         np.testing.assert_array_equal(g, w)
 
