@@ -599,7 +599,8 @@ def quantized_form(manifest: dict) -> str:
 
 def exact_accuracy_model(path) -> bytes | None:
     """model.onnx with every MatMulNBits (and hoe's MatMulInt4, MatMulInt4Mixture) at accuracy_level 0, serialized
-    (external data not read), or None when the graph has none at another level. Used by validation: the same graph, fp32 activations."""
+    (external data not read), or None when the graph has none at another level.
+    Used by validation: the same graph, fp32 activations."""
     import onnx
     from hoe.runtime.kernels import FUSED_OP, LINEAR_OP, MIXTURE_DOMAIN
 
