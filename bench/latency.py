@@ -19,7 +19,9 @@
     long      batch 1 with a `long_context`-token prompt (decode past 1024), a case of every repetition:
               ratios.long_over_short is decode(past long) / decode(past 32) of hoe-ort (per system in
               `long_over_short_by_system`); paired_ratios.long_over_short the median of the per-repetition
-              ratios (`paired_long_over_short_by_system`)
+              ratios (`paired_long_over_short_by_system`); ratios.long_over_short_steady the same decode
+              steps with the two contexts' steps alternating after both prefills (no prefill's aftermath on one
+              side only: `steady_long_over_short_by_system`)
 """
 
 from __future__ import annotations
@@ -400,6 +402,23 @@ def paired_long_over_short(short: dict, long: dict) -> dict[str, dict[str, float
     return out
 
 
+def steady_long_over_short(loaded: Loaded, cfg: LatencyConfig, vocab: int) -> dict[str, dict]:
+    """Per system: decode past the long prompt against past the short one, their steps alternating after both
+    prefills (systems.alternating_steps), so both sides see the same state of the machine (on this VM a 3 s
+    prefill, or any 3 s compute burst, slows the next ~100 steps of any context by up to 1.4x)."""
+    from .systems import alternating_steps
+
+    rng = np.random.default_rng(cfg.seed + 7)
+    short, long = (rng.integers(3, vocab, size=(1, n), dtype=np.int64) for n in (cfg.prompt_lengths[0],
+                                                                                 cfg.long_context))
+    out = {}
+    for name, system in loaded.systems.items():
+        a, b = (np.asarray(t) for t in alternating_steps(system, [short, long], cfg.long_new_tokens - 1))
+        out[name] = {"short_ms": float(np.median(a)), "long_ms": float(np.median(b)),
+                     "ratio": float(np.median(b) / np.median(a)), "paired": float(np.median(b / a))}
+    return out
+
+
 def switch_times(loaded: Loaded, cfg: LatencyConfig, preference) -> dict:
     """hoe: a new preference -> router_mix (what Generator.set_preference does), cycling through the case's
     preference rolled; hoe_random: a fresh random preference each call (the search paths included); merged: a
@@ -452,6 +471,8 @@ def run_latency(src: Sources, cfg: LatencyConfig | None = None) -> dict:
         loaded = load_systems(cfg, src, preference, Path(work))
         switch = switch_times(loaded, cfg, preference)
         cases = time_cases(loaded, cfg, case_list(cfg, manifest), manifest.vocab_size)
+        steady = (steady_long_over_short(loaded, cfg, manifest.vocab_size)
+                  if any(c.get("long_context") for c in cases.values()) else {})
         compile_ms = getattr(loaded.systems.get("torch-compile"), "compile_ms", None)
         for system in loaded.systems.values():
             system.close()
@@ -471,6 +492,10 @@ def run_latency(src: Sources, cfg: LatencyConfig | None = None) -> dict:
         case["paired_ratios"] = paired_ratios(case["systems"])
     machine["load_average_after"] = machine_info()["load_average"]
     result = _assemble(cfg, src, manifest, preference, machine, bandwidth, loaded, switch, cases, top_floor, peak_mb())
+    if steady:
+        result["steady_long_over_short_by_system"] = steady
+        if "hoe-ort" in steady:
+            result["ratios"]["long_over_short_steady"] = steady["hoe-ort"]["ratio"]
     if compile_ms is not None:
         result["torch_compile_ms"] = compile_ms  # first call per shape: compile + one run (not in the decode times)
     if profile is not None:

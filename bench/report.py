@@ -114,6 +114,10 @@ def latency_tables(result: dict) -> str:
         parts.append("the same, paired (median [min, max] of the per-repetition ratios): " + ", ".join(
             f"{k} {v['median']:.2f} [{v['min']:.2f}, {v['max']:.2f}]"
             for k, v in result["paired_long_over_short_by_system"].items()))
+    if result.get("steady_long_over_short_by_system"):
+        parts.append("the same, steady (the two contexts' decode steps alternating after both prefills; long / short "
+                     "ms): " + ", ".join(f"{k} {v['ratio']:.2f} ({v['long_ms']:.2f} / {v['short_ms']:.2f})"
+                                         for k, v in result["steady_long_over_short_by_system"].items()))
     if result.get("torch_compile_ms"):
         parts.append("torch-compile, first call per shape (compile, untimed): " + ", ".join(
             f"{k} {v / 1e3:.1f} s" for k, v in result["torch_compile_ms"].items()))

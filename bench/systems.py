@@ -133,6 +133,32 @@ def greedy_run(system: System, prompt_ids: np.ndarray, new_tokens: int) -> Run:
     return run
 
 
+def alternating_steps(system: System, prompts: list[np.ndarray], steps: int) -> list[list[float]]:
+    """Decode ms of `steps` tokens after each prompt [1, L], the prompts' steps alternating (step i runs every
+    prompt's state once, the order rotated by i) after all the prefills (untimed): each prompt's decode is timed
+    in the same stretch of time as the others', whatever the machine did before."""
+    from .timing import rotated
+
+    states = []
+    for prompt in prompts:
+        length = prompt.shape[1]
+        state = system.new_state(1)
+        logits = system.step(state, np.ascontiguousarray(prompt, dtype=np.int64), np.ones((1, length), np.int64),
+                             np.arange(length, dtype=np.int64)[None])
+        states.append([state, length, int(logits[0].argmax())])
+    times = [[] for _ in prompts]
+    for i in range(steps):
+        for k in rotated(list(range(len(prompts))), i):
+            state, length, token = states[k]
+            start = time.perf_counter()
+            logits = system.step(state, np.array([[token]], np.int64), np.ones((1, length + 1), np.int64),
+                                 np.array([[length]], np.int64))
+            states[k][2] = int(logits[0].argmax())
+            times[k].append((time.perf_counter() - start) * 1e3)
+            states[k][1] += 1
+    return times
+
+
 # ------------------------------------------------------------------------------------------ loading
 
 

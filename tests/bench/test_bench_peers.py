@@ -107,6 +107,8 @@ def test_latency_reports_the_peer_and_the_long_context(peer_model, tmp_path, mon
     assert set(result["long_over_short_by_system"]) == {"hoe-ort", "base-ort", "ortgenai"}
     assert set(result["paired_long_over_short_by_system"]) == {"hoe-ort", "base-ort", "ortgenai"}
     assert result["paired_ratios"]["long_over_short"]["median"] > 0
+    steady = result["steady_long_over_short_by_system"]
+    assert set(steady) == {"hoe-ort", "base-ort", "ortgenai"} and result["ratios"]["long_over_short_steady"] > 0
     assert result["bytes_per_token"]["ortgenai"] > 0 and result["systems"]["ortgenai"]["floor_ms_per_token"] > 0
     assert result["targets"]["hoe_over_ortgenai"]["target"] == "<= 1.1"  # fp32 export
 

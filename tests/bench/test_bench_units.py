@@ -235,3 +235,26 @@ def test_time_cases_runs_every_case_in_each_repetition():
     short = {"hoe-ort": {"decode_ms_per_repetition": [10.0, 20.0]}}
     long = {"hoe-ort": {"decode_ms_per_repetition": [12.0, 26.0]}, "torch": {"decode_ms_per_repetition": [1.0]}}
     assert paired_long_over_short(short, long) == {"hoe-ort": {"median": 1.25, "min": 1.2, "max": 1.3}}
+
+
+def test_alternating_steps_time_each_prompt_in_turn():
+    """After both prefills, step i runs every prompt's state once (order rotated), each continuing its own
+    sequence: positions grow per state, and each step feeds the state's own last token."""
+    from hoe.bench.systems import System, alternating_steps
+
+    calls = []
+
+    class Fake(System):
+        def new_state(self, batch):
+            return {"id": len(calls)}
+
+        def step(self, state, input_ids, attention_mask, position_ids):
+            calls.append((state["id"], input_ids.shape[1], int(position_ids[0, -1]), attention_mask.shape[1]))
+            logits = np.zeros((1, 9))
+            logits[0, (state["id"] + position_ids[0, -1]) % 9] = 1
+            return logits
+
+    times = alternating_steps(Fake(), [np.ones((1, 3), np.int64), np.ones((1, 6), np.int64)], 3)
+    assert [len(t) for t in times] == [3, 3]
+    assert calls[:2] == [(0, 3, 2, 3), (1, 6, 5, 6)]  # the prefills
+    assert calls[2:] == [(0, 1, 3, 4), (1, 1, 6, 7), (1, 1, 7, 8), (0, 1, 4, 5), (0, 1, 5, 6), (1, 1, 8, 9)]
