@@ -560,6 +560,8 @@ OrtCustomOp make_gather() {
 const OrtCustomOp kGather = make_gather();
 
 // -- MatMulInt4Mixture: MatMulInt4, then the Mixture on its output (Y = F), with no tensor between them
+constexpr size_t kKeptScratch = size_t{1} << 20;  // floats of scratch a thread keeps between calls (4 MB)
+
 struct FusedKernel {
   LinearKernel linear;
   Kernel mixture;
@@ -593,7 +595,9 @@ OrtStatus* fused_compute(void* opaque, OrtKernelContext* context) {
   m[0].data = scratch.data();
   m[1] = m[0];
   if (rows) product(k.linear, context, t, rows, scratch.data());
-  return mixture_compute(k.mixture, context, m);
+  OrtStatus* status = mixture_compute(k.mixture, context, m);
+  if (scratch.capacity() > kKeptScratch) std::vector<float>().swap(scratch);  // a prompt's: not held after it
+  return status;
 }
 
 const char* fused_name(const OrtCustomOp*) { return "MatMulInt4Mixture"; }
