@@ -1,5 +1,6 @@
 """hoe's own onnxruntime kernels (runtime/csrc): the Mixture op of `hoe export --bake-experts --mixture-kernel`,
-the Attention op of `hoe export --attention-kernel` and the MatMulInt4 op of `hoe export --linear-kernel`.
+the Attention op of `hoe export --attention-kernel` and the MatMulInt4 op of `hoe export --linear-kernel` (with
+the Mixture kernel too, MatMulInt4Mixture: a baked product and its Mixture as one node).
 
 The C++ sources are built at install into one shared library, `hoe.runtime._kernels` (setup.py; a C++17
 compiler is needed, and without one the install goes on without it). onnxruntime loads it per session with
