@@ -135,12 +135,12 @@ def use_kernel(model) -> dict:
 
 
 def _replace(graph, node, new) -> None:
-    """`new` in `node`'s place: its output takes the old one's name, shape, type and uses."""
+    """`new` in `node`'s place: each of its outputs takes the old one's name, shape, type and uses."""
     graph.insert_before(node, new)
-    out = node.outputs[0]
-    new.outputs[0].shape, new.outputs[0].type = out.shape, out.type
-    out.replace_all_uses_with(new.outputs[0], replace_graph_outputs=True)
-    new.outputs[0].name, out.name = out.name, None
+    for out, value in zip(node.outputs, new.outputs):
+        value.shape, value.type = out.shape, out.type
+        out.replace_all_uses_with(value, replace_graph_outputs=True)
+        value.name, out.name = out.name, None
     graph.remove(node, safe=True)
 
 
@@ -185,12 +185,8 @@ def _fused_mixture(graph, node) -> bool:
     attrs = {**dict(product.attributes.items()), **dict(node.attributes.items())}
     fused = ir.Node(MIXTURE_DOMAIN, FUSED_OP, [*product.inputs[:3], *node.inputs[2:]], name=node.name,
                     attributes=list(attrs.values()), num_outputs=len(node.outputs))
-    graph.insert_before(node, fused)
-    for old, new in zip(node.outputs, fused.outputs):
-        new.shape, new.type = old.shape, old.type
-        old.replace_all_uses_with(new, replace_graph_outputs=True)
-        new.name, old.name = old.name, None
-    graph.remove([node, product], safe=True)
+    _replace(graph, node, fused)
+    graph.remove(product, safe=True)
     return True
 
 

@@ -199,20 +199,27 @@ HOE_DECODE_FN void prefetch_rows(const Rows& rows, int64_t j, int64_t n) {
   for (const char* a = begin; a < end; a += 64) _mm_prefetch(a, _MM_HINT_T0);
 }
 
+// The kKeys rows of the key tile from j0 into j (a tile past j_end repeats the last key) -> their scales (1 for
+// fp32 rows), the factors of the tile's scores.
+template <bool kInt8>
+HOE_DECODE_FN __m128 key_tile(const Rows& keys, int64_t j0, int64_t j_end, int64_t* j) {
+  alignas(16) float factor[kKeys];
+  for (int64_t t = 0; t < kKeys; ++t) {
+    j[t] = std::min(j0 + t, j_end - 1);
+    factor[t] = kInt8 ? keys.scale(j[t]) : 1.0f;
+  }
+  return _mm_load_ps(factor);
+}
+
 // Scores of keys [j_begin, j_end) (all int8 rows, or all fp32), in register tiles of 3 rows x 4 keys: 12
-// independent accumulators, each key chunk loaded once per tile. A tile past j_end repeats the last key; its
-// extra scores land on columns computed later or past S (the scores rows have kKeys spare columns).
+// independent accumulators, each key chunk loaded once per tile. A tile's extra scores past j_end land on columns
+// computed later or past S (the scores rows have kKeys spare columns).
 template <bool kInt8>
 HOE_DECODE_FN void score_tiles(const Group& g, float* scores, int64_t stride, int64_t j_begin, int64_t j_end) {
   const int64_t last = g.rows - 1;
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kKeys) {
     int64_t j[kKeys];
-    alignas(16) float factor[kKeys];
-    for (int64_t t = 0; t < kKeys; ++t) {
-      j[t] = std::min(j0 + t, j_end - 1);
-      factor[t] = kInt8 ? g.keys.scale(j[t]) : 1.0f;
-    }
-    const __m128 f = _mm_load_ps(factor);
+    const __m128 f = key_tile<kInt8>(g.keys, j0, j_end, j);
     if constexpr (kInt8) prefetch_rows(g.keys, j0 + kAhead, kKeys);
     for (int64_t r0 = 0; r0 < g.rows; r0 += kFewBlock) {
       __m256 acc[kFewBlock][kKeys];
@@ -314,11 +321,7 @@ HOE_WIDE_FN void score_tiles16(const Group& g, float* scores, int64_t stride, in
         for (int64_t c = 0; c < kQ; ++c) held[i][c] = _mm512_loadu_ps(q[i] + 16 * c);
     for (int64_t j0 = j_begin; j0 < j_end; j0 += kKeys) {
       int64_t j[kKeys];
-      alignas(16) float factor[kKeys];
-      for (int64_t t = 0; t < kKeys; ++t) {
-        j[t] = std::min(j0 + t, j_end - 1);
-        factor[t] = kInt8 ? g.keys.scale(j[t]) : 1.0f;
-      }
+      const __m128 f = key_tile<kInt8>(g.keys, j0, j_end, j);
       if (kInt8 && r0 == 0) prefetch_rows(g.keys, j0 + kAhead, kKeys);
       __m512 acc[kFewBlock][kKeys];
       for (auto& row : acc)
@@ -333,7 +336,6 @@ HOE_WIDE_FN void score_tiles16(const Group& g, float* scores, int64_t stride, in
           for (int64_t t = 0; t < kKeys; ++t) acc[i][t] = _mm512_fmadd_ps(qi, k[t], acc[i][t]);
         }
       }
-      const __m128 f = _mm_load_ps(factor);
       for (int64_t i = 0; i < kFewBlock && r0 + i < g.rows; ++i)
         _mm_storeu_ps(scores + (r0 + i) * stride + j0, _mm_mul_ps(sum4_16(acc[i][0], acc[i][1], acc[i][2], acc[i][3]), f));
     }

@@ -231,17 +231,17 @@ OrtStatus* mixture_compute(const Kernel& k, OrtKernelContext* context, const Ten
   return nullptr;
 }
 
-// Inputs first..first+count-1 of the context into t[0..count) (those past the context's inputs stay absent).
-OrtStatus* read_inputs(OrtKernelContext* context, size_t first, size_t count, Tensor* t) {
+// The context's first `count` inputs into t (those past its inputs stay absent).
+OrtStatus* read_inputs(OrtKernelContext* context, size_t count, Tensor* t) {
   size_t given = 0;
   HOE_TRY(slot<OrtStatus* (*)(const OrtKernelContext*, size_t*)>(kKernelContextGetInputCount)(context, &given));
-  for (size_t i = 0; i < count && first + i < given; ++i) HOE_TRY(read(context, first + i, &t[i]));
+  for (size_t i = 0; i < std::min(count, given); ++i) HOE_TRY(read(context, i, &t[i]));
   return nullptr;
 }
 
 OrtStatus* compute(void* opaque, OrtKernelContext* context) {
   Tensor t[7];
-  HOE_TRY(read_inputs(context, 0, 7, t));
+  HOE_TRY(read_inputs(context, 7, t));
   return mixture_compute(*static_cast<Kernel*>(opaque), context, t);
 }
 
@@ -478,7 +478,7 @@ void product(const LinearKernel& k, OrtKernelContext* context, const Tensor* t, 
 OrtStatus* linear_compute(void* opaque, OrtKernelContext* context) {
   const LinearKernel& k = *static_cast<LinearKernel*>(opaque);
   Tensor t[3];
-  HOE_TRY(read_inputs(context, 0, 3, t));
+  HOE_TRY(read_inputs(context, 3, t));
   int64_t dims[kMaxRank], rows = 0;
   HOE_TRY(check_product("MatMulInt4", k, t, dims, &rows));
   float* y = nullptr;
@@ -582,9 +582,9 @@ OrtStatus* fused_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* 
 
 OrtStatus* fused_compute(void* opaque, OrtKernelContext* context) {
   const FusedKernel& k = *static_cast<FusedKernel*>(opaque);
-  Tensor t[3], m[7];  // x, packed, bias; Y, F, router_mix, levels, scales, zeros, offsets
-  HOE_TRY(read_inputs(context, 0, 3, t));
-  HOE_TRY(read_inputs(context, 3, 5, m + 2));
+  Tensor t[8], m[7];  // x, packed, bias, then the Mixture's from router_mix; m: Y, F, router_mix, ..., offsets
+  HOE_TRY(read_inputs(context, 8, t));
+  std::copy(t + 3, t + 8, m + 2);
   int64_t dims[kMaxRank], rows = 0;
   HOE_TRY(check_product("MatMulInt4Mixture", k.linear, t, dims, &rows));
   if (t[0].dims.size() != 3) return error("MatMulInt4Mixture", "x " + shape(t[0].dims) + ": expected [B,T,K]");
