@@ -39,9 +39,10 @@ FORMAT_VERSIONS = (FORMAT_VERSION,)  # what this hoe reads
 # What the graph inside a folder is, as `model.graph_revision` (same folder format, different graph): 1 or absent
 # = standard ops only, before graph targets; 2 = graph targets (fused onnxruntime graph) and weight precisions;
 # 3 = linears that read one input packed into one product (export/projections.py); 4 = an int8 table on the
-# absmax/127 grid and block offsets (export/quantize.py: the reference re-quantizes, so the grid must match).
+# absmax/127 grid and block offsets (export/quantize.py: the reference re-quantizes, so the grid must match);
+# 5 = rotary inside hoe's Attention op (--attention-kernel: no RotaryEmbedding nodes).
 # Caches of our own exports (demo, bench base-ort) are redone when theirs is not this one.
-GRAPH_REVISION = 4
+GRAPH_REVISION = 5
 
 
 def is_current(manifest: Any) -> bool:

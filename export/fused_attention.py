@@ -22,6 +22,9 @@ Why this form (checked on onnxruntime 1.32 CPU, see docs/GRAPH.md):
     (nothing is right-padded: padding is the bias's business);
   * with past of length P (growing mode) GQA returns present of length P+T, as the standard graph does;
     bound to one buffer of C >= P+T columns for past and present, it writes the new columns in place.
+With `--attention-kernel` the translation is one node, hoe's Attention (or AttentionInt8) op, that takes
+position_ids, cos and sin too and rotates q and k itself (runtime/csrc/attention.h: per token, so left
+padding is fine): no RotaryEmbedding nodes.
 The eager implementation of `hoe::gqa` is the same computation in PyTorch (what the trace records is
 only its signature; it is also what the fused modules compute when run in PyTorch).
 """
@@ -121,14 +124,13 @@ def _gqa_translation(q, k, v, past_k, past_v, position_ids, mask, cos, sin, num_
 
 def _kernel_translation(q, k, v, past_k, past_v, position_ids, mask, cos, sin, num_heads: int, kv_heads: int,
                         scale: float, op_name: str = ATTENTION_OP):
-    """ONNX of hoe::gqa with hoe's Attention op (runtime/csrc/attention.h) in place of GroupQueryAttention: the
-    same rotary nodes, then one node that takes the model's mask as it is (no sequence lengths)."""
-    rotary = _contrib_op("RotaryEmbedding", 4, 1, {"num_heads": "int"})
-    attention = _contrib_op(op_name, 6, 3, {"num_heads": "int", "kv_num_heads": "int", "scale": "float"},
+    """ONNX of hoe::gqa as one node of hoe's Attention op (runtime/csrc/attention.h) in place of the rotary nodes
+    and GroupQueryAttention: it rotates q and k at position_ids itself and takes the model's mask as it is (no
+    sequence lengths)."""
+    attention = _contrib_op(op_name, 9, 3, {"num_heads": "int", "kv_num_heads": "int", "scale": "float"},
                             MIXTURE_DOMAIN)
-    q_rot = rotary(q, position_ids, cos, sin, num_heads=num_heads)
-    k_rot = rotary(k, position_ids, cos, sin, num_heads=kv_heads)
-    return attention(q_rot, k_rot, v, past_k, past_v, mask, num_heads=num_heads, kv_num_heads=kv_heads, scale=scale)
+    return attention(q, k, v, past_k, past_v, mask, position_ids, cos, sin, num_heads=num_heads,
+                     kv_num_heads=kv_heads, scale=scale)
 
 
 def _int8_kernel_translation(q, k, v, past_k, past_v, position_ids, mask, cos, sin, num_heads: int, kv_heads: int,

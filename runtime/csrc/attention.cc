@@ -611,6 +611,22 @@ void pack_task(void* data, size_t index) {
     for (int64_t c = 0; c < d; ++c) dst[j * d + c] = values.at(j, c);
 }
 
+// x [tokens, heads, D] -> y: each head rotated at its token's position (attention.h Rotary).
+void rotate(const Rotary& r, const float* x, int64_t tokens, int64_t heads, int64_t dim, float* y) {
+  const int64_t half = dim / 2;
+  for (int64_t i = 0; i < tokens; ++i) {
+    const float *c = r.cos + r.positions[i] * half, *sn = r.sin + r.positions[i] * half;
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* a = x + (i * heads + h) * dim;
+      float* o = y + (i * heads + h) * dim;
+      for (int64_t j = 0; j < half; ++j) {
+        o[j] = a[j] * c[j] - a[j + half] * sn[j];
+        o[j + half] = a[j + half] * c[j] + a[j] * sn[j];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void quantize_row(const float* x, int64_t dim, int8_t* row) {
@@ -624,7 +640,18 @@ void quantize_row(const float* x, int64_t dim, int8_t* row) {
 
 void attention(const AttentionShape& s, const float* q, const float* k, const float* v, const float* bias,
                const void* past_k, const void* past_v, void* present_k, void* present_v, float* out,
-               const Parallel& parallel) {
+               const Parallel& parallel, const Rotary& rotary) {
+  static thread_local std::vector<float> rotated;  // q [B,T,H·D] then k [B,T,Hkv·D], rotated
+  if (rotary.positions) {
+    const int64_t tokens = s.batch * s.steps;
+    rotated.resize(tokens * (s.heads + s.kv_heads) * s.head_dim);
+    float* q_rot = rotated.data();
+    float* k_rot = q_rot + tokens * s.heads * s.head_dim;
+    rotate(rotary, q, tokens, s.heads, s.head_dim, q_rot);
+    rotate(rotary, k, tokens, s.kv_heads, s.head_dim, k_rot);
+    q = q_rot;
+    k = k_rot;
+  }
   const int64_t d = s.head_dim, heads = s.batch * s.kv_heads, rows = s.heads / s.kv_heads * s.steps;
   const int64_t stride = round_up(s.total, kColBlock);
   for (int64_t b = 0; b < s.batch; ++b) {

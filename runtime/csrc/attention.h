@@ -3,7 +3,7 @@
 // present, in one pass per KV head over the cache.
 //
 // Per batch row b, query step t, query head h of KV head g = h / (H / Hkv), S = P + T columns:
-//   present[b, g, P + t] = k[b, t, g], v[b, t, g]                   (the new columns; rotary already applied)
+//   present[b, g, P + t] = k[b, t, g], v[b, t, g]                   (the new columns; k rotated: Rotary below)
 //   s[j]  = scale · q[b, t, h] · K[b, g, j] + bias[b, 0, t, j]       j < S (bias: the model's additive mask)
 //   out[b, t, h] = sum_j softmax(s)[j] · V[b, g, j]
 // Past and present may be the same buffer (capacity >= S: only the new columns are written), or present a new
@@ -37,12 +37,22 @@ struct AttentionShape {
 
 constexpr int64_t kScaleBytes = 4;  // an int8 cache row's trailing fp32 scale
 
+// Rotary inside the op (optional: positions null leaves q and k as given). Each head's x [D] of token (b, t) is
+// rotated first by the non-interleaved RoPE at p = positions[b, t], half = D / 2, c = cos[p, i], s = sin[p, i]:
+//   x'[i] = x[i]·c − x[i + half]·s,   x'[i + half] = x[i + half]·c + x[i]·s   (i < half)
+// positions [B,T] int64 (0 <= p < max_pos: the caller checks), cos and sin [max_pos, D/2] fp32. The cache then
+// holds the rotated k, as it would after onnxruntime's RotaryEmbedding.
+struct Rotary {
+  const int64_t* positions = nullptr;
+  const float *cos = nullptr, *sin = nullptr;
+};
+
 // q [B,T,H·D], k/v [B,T,Hkv·D], bias [B,1,T,S], out [B,T,H·D] fp32; past/present [B,Hkv,capacity,D] fp32, or
 // [B,Hkv,capacity,D+4] int8 rows (int8_cache). The work is split into tasks of one KV head's rows (a prompt's in
 // chunks) run through `parallel`.
 void attention(const AttentionShape& s, const float* q, const float* k, const float* v, const float* bias,
                const void* past_k, const void* past_v, void* present_k, void* present_v, float* out,
-               const Parallel& parallel = {});
+               const Parallel& parallel = {}, const Rotary& rotary = {});
 
 // x [D] fp32 -> row [D + 4]: D int8 values, then the fp32 scale (the int8 cache's rounding, above).
 void quantize_row(const float* x, int64_t dim, int8_t* row);

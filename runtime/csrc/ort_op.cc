@@ -11,8 +11,9 @@
 // E and r follow from the shapes: m·K·E logits after m·E·r lora_A columns, E·r rows of levels.
 //
 // Attention
-//   inputs   q [B,T,H·D], k and v [B,T,Hkv·D] f32 (rotary applied), past_key and past_value [B,Hkv,C,D] f32
-//            (P = S − T columns used), bias [B,1,T,S] f32 (additive)
+//   inputs   q [B,T,H·D], k and v [B,T,Hkv·D] f32, past_key and past_value [B,Hkv,C,D] f32 (P = S − T columns
+//            used), bias [B,1,T,S] f32 (additive), optional position_ids [B,T] i64, cos and sin [max_pos, D/2] f32
+//            (given: q and k rotated inside, attention.h Rotary; absent: q and k come rotated)
 //   attrs    num_heads H, kv_num_heads Hkv, scale
 //   outputs  out [B,T,H·D], present_key and present_value [B,Hkv,max(C,S),D]: bound to the past's buffer, only
 //            the new columns are written (attention.h)
@@ -327,10 +328,33 @@ void parallel_for(void* context, void (*fn)(void*, size_t), size_t total, void* 
   }
 }
 
+// The optional position_ids [B,T] int64, cos and sin [max_pos, D/2] (all three or none) -> rotary (attention.h).
+OrtStatus* rotary_inputs(const Tensor* t, int64_t b, int64_t steps, int64_t d, Rotary* rotary) {
+  const Tensor &positions = t[0], &cos = t[1], &sin = t[2];
+  const auto given = [](const Tensor& x) { return x.data || x.dims.size() > 0; };  // absent: no dims, no data
+  if (!given(positions) && !given(cos) && !given(sin)) return nullptr;
+  if (!given(positions) || !given(cos) || !given(sin))
+    return attention_error("position_ids, cos and sin: expected all three (rotary inside the op) or none");
+  if (positions.dims.size() != 2 || positions.dims[0] != b || positions.dims[1] != steps)
+    return attention_error("position_ids " + shape(positions.dims) + ": expected [" + std::to_string(b) + "," +
+                           std::to_string(steps) + "]");
+  if (cos.dims.size() != 2 || cos.dims[1] != d / 2 || d % 2 != 0 || sin.dims.size() != 2 ||
+      sin.dims[0] != cos.dims[0] || sin.dims[1] != cos.dims[1])
+    return attention_error("cos " + shape(cos.dims) + ", sin " + shape(sin.dims) + ": expected both [max_pos," +
+                           std::to_string(d / 2) + "] (D/2, D = " + std::to_string(d) + ")");
+  const auto* p = static_cast<const int64_t*>(positions.data);
+  for (int64_t i = 0; i < b * steps; ++i)
+    if (p[i] < 0 || p[i] >= cos.dims[0])
+      return attention_error("position_ids holds " + std::to_string(p[i]) + ": expected 0 <= position < " +
+                             std::to_string(cos.dims[0]) + " (the rows of cos/sin)");
+  *rotary = {p, static_cast<const float*>(cos.data), static_cast<const float*>(sin.data)};
+  return nullptr;
+}
+
 OrtStatus* attention_compute(void* opaque, OrtKernelContext* context) {
   const AttentionKernel& k = *static_cast<AttentionKernel*>(opaque);
-  Tensor t[6];
-  for (size_t i = 0; i < 6; ++i) HOE_TRY(read(context, i, &t[i]));
+  Tensor t[9];
+  HOE_TRY(read_inputs(context, 9, t));
   const Tensor &q = t[0], &key = t[1], &value = t[2], &past_k = t[3], &past_v = t[4], &bias = t[5];
   if (past_k.dims.size() != 4 || past_k.dims[1] != k.kv_heads || past_v.dims.size() != 4)
     return attention_error("past_key " + shape(past_k.dims) + ": expected [B," + std::to_string(k.kv_heads) +
@@ -355,6 +379,8 @@ OrtStatus* attention_compute(void* opaque, OrtKernelContext* context) {
     return attention_error("bias " + shape(bias.dims) + ": expected [" + std::to_string(b) + ",1," +
                            std::to_string(steps) + ",S] with T <= S <= T + " + std::to_string(capacity) +
                            " (the past's capacity)");
+  Rotary rotary;
+  HOE_TRY(rotary_inputs(t + 6, b, steps, d, &rotary));
   const int64_t total = bias.dims[3], present = std::max(capacity, total);
   const int64_t out_dims[3] = {b, steps, k.heads * d}, cache_dims[4] = {b, k.kv_heads, present, past_k.dims[3]};
   float *out = nullptr, *present_k = nullptr, *present_v = nullptr;  // an int8 cache's: its bytes
@@ -367,29 +393,33 @@ OrtStatus* attention_compute(void* opaque, OrtKernelContext* context) {
   if (g_parallel) parallel = {context, parallel_for};
   attention(s, static_cast<const float*>(q.data), static_cast<const float*>(key.data),
             static_cast<const float*>(value.data), static_cast<const float*>(bias.data), past_k.data, past_v.data,
-            present_k, present_v, out, parallel);
+            present_k, present_v, out, parallel, rotary);
   return nullptr;
 }
 
 const char* attention_name(const OrtCustomOp*) { return "Attention"; }
 const char* attention_int8_name(const OrtCustomOp*) { return "AttentionInt8"; }
 OrtElementType float_type(const OrtCustomOp*, size_t) { return kTypeFloat; }
-OrtElementType int8_cache_input(const OrtCustomOp*, size_t i) { return i == 3 || i == 4 ? kTypeInt8 : kTypeFloat; }
+OrtElementType attention_input(const OrtCustomOp*, size_t i) { return i == 6 ? kTypeInt64 : kTypeFloat; }
+OrtElementType int8_cache_input(const OrtCustomOp* op, size_t i) {
+  return i == 3 || i == 4 ? kTypeInt8 : attention_input(op, i);
+}
 OrtElementType int8_cache_output(const OrtCustomOp*, size_t i) { return i == 0 ? kTypeFloat : kTypeInt8; }
-size_t six(const OrtCustomOp*) { return 6; }
+size_t nine(const OrtCustomOp*) { return 9; }
 size_t three(const OrtCustomOp*) { return 3; }
 void attention_destroy(void* kernel) { delete static_cast<AttentionKernel*>(kernel); }
 OrtCharacteristic required(const OrtCustomOp*, size_t) { return kRequired; }
+OrtCharacteristic rotary_optional(const OrtCustomOp*, size_t i) { return i >= 6 ? kOptional : kRequired; }
 
 OrtCustomOp make_attention() {
   OrtCustomOp op = base_op();
   op.GetName = attention_name;
-  op.GetInputType = float_type;
-  op.GetInputTypeCount = six;
+  op.GetInputType = attention_input;
+  op.GetInputTypeCount = nine;
   op.GetOutputType = float_type;
   op.GetOutputTypeCount = three;
   op.KernelDestroy = attention_destroy;
-  op.GetInputCharacteristic = required;
+  op.GetInputCharacteristic = rotary_optional;
   op.GetOutputCharacteristic = required;
   op.CreateKernelV2 = attention_create;
   op.KernelComputeV2 = attention_compute;

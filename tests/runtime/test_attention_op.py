@@ -216,6 +216,81 @@ def test_int8_cache_op_matches_numpy(case, shared, threads):
         np.testing.assert_array_equal(present[:, :, past:past + steps], fresh)
 
 
+ROTARY_NAMES = NAMES + ["position_ids", "cos", "sin"]
+
+
+def _rotary_session(op, heads, kv_heads, scale):
+    """`op` (Attention or AttentionInt8) with rotary inside: position_ids, cos and sin as inputs 6-8."""
+    from onnx import TensorProto, helper
+
+    cache = TensorProto.INT8 if op == "AttentionInt8" else TensorProto.FLOAT
+    types = {"past_key": cache, "past_value": cache, "position_ids": TensorProto.INT64}
+    node = helper.make_node(op, ROTARY_NAMES, ["out", "present_key", "present_value"], domain="hoe.ort",
+                            num_heads=heads, kv_num_heads=kv_heads, scale=scale)
+    inputs = [helper.make_tensor_value_info(n, types.get(n, TensorProto.FLOAT), None) for n in ROTARY_NAMES]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)] + [
+        helper.make_tensor_value_info(n, cache, None) for n in ("present_key", "present_value")]
+    graph = helper.make_graph([node], "attention", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("hoe.ort", 1)])
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(kernels.library()))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _rope(x, positions, cos, sin, heads):
+    """Non-interleaved RoPE in float64: x [B,T,heads·D], positions [B,T], cos/sin [max_pos, D/2]."""
+    b, t, width = x.shape
+    h = x.reshape(b, t, heads, width // heads).astype(np.float64)
+    c, s = cos[positions][:, :, None].astype(np.float64), sin[positions][:, :, None].astype(np.float64)
+    x1, x2 = np.split(h, 2, axis=-1)
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1).reshape(b, t, width).astype(np.float32)
+
+
+@pytest.mark.parametrize("op", ["Attention", "AttentionInt8"])
+@pytest.mark.parametrize("case", [(2, 1, 40, 9, 3, 64), (2, 13, 0, 4, 2, 32), (3, 5, 9, 4, 4, 16)],
+                         ids=["decode", "prompt", "prompt-with-past"])
+def test_rotary_inside_matches_rotating_first(op, case):
+    """position_ids, cos and sin given: the op rotates q and k itself (rows at their own positions, as a left-padded
+    batch has them); the same output as numpy on q and k rotated first, and the cache's new rows hold the rotated k."""
+    from hoe.contract import kv_int8
+
+    batch, steps, past, heads, kv_heads, dim = case
+    rng = np.random.default_rng(sum(case) + 7)
+    q, k, v, past_k, past_v, bias = _inputs(rng, batch, steps, past, heads, kv_heads, dim, past, [0, 2, 1])
+    angles = np.arange(512)[:, None] * 10000.0 ** (-np.arange(dim // 2) / (dim // 2))
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    positions = (past + np.arange(steps)[None] - np.array([0, 2, 1])[:batch, None]).clip(0).astype(np.int64)
+    q_rot, k_rot = _rope(q, positions, cos, sin, heads), _rope(k, positions, cos, sin, kv_heads)
+    int8 = op == "AttentionInt8"
+    if int8:
+        past_k, past_v = kv_int8.quantize(past_k), kv_int8.quantize(past_v)
+    read = kv_int8.dequantize if int8 else (lambda rows: rows)
+    want, keys, _ = _reference(q_rot, k_rot, v, read(past_k), read(past_v), bias, heads, kv_heads, dim ** -0.5)
+    out, present_k, _ = _rotary_session(op, heads, kv_heads, dim ** -0.5).run(
+        None, dict(zip(ROTARY_NAMES, (q, k, v, past_k, past_v, bias, positions, cos, sin))))
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    fresh = k_rot.reshape(batch, steps, kv_heads, dim).transpose(0, 2, 1, 3)
+    if int8:
+        assert kv_int8.steps_apart(present_k[:, :, past:], kv_int8.quantize(fresh)) <= 1
+    else:
+        np.testing.assert_allclose(present_k[:, :, past:], fresh, rtol=1e-6, atol=1e-6)
+
+
+def test_rotary_inputs_are_checked():
+    rng = np.random.default_rng(0)
+    q, k, v, past_k, past_v, bias = _inputs(rng, 1, 1, 4, 4, 2, 16, 4, [0])
+    cos = sin = np.ones((8, 8), np.float32)
+    session = _rotary_session("Attention", 4, 2, 0.25)
+    feed = dict(zip(ROTARY_NAMES, (q, k, v, past_k, past_v, bias, np.array([[4]], np.int64), cos, sin)))
+    session.run(None, feed)
+    with pytest.raises(Exception, match=r"position_ids holds 8: expected 0 <= position < 8"):
+        session.run(None, {**feed, "position_ids": np.array([[8]], np.int64)})
+    with pytest.raises(Exception, match=r"position_ids \[1,2\]: expected \[1,1\]"):
+        session.run(None, {**feed, "position_ids": np.array([[3, 4]], np.int64)})
+    with pytest.raises(Exception, match=r"cos \[8,4\], sin \[8,8\]: expected both \[max_pos,8\]"):
+        session.run(None, {**feed, "cos": np.ones((8, 4), np.float32)})
+
+
 def test_int8_cache_op_refuses_rows_without_their_scale():
     from hoe.contract import kv_int8
 
