@@ -536,9 +536,24 @@ Rows cache_rows(const AttentionShape& s, const void* present, const float* fresh
           fresh + (b * s.steps * s.kv_heads + g) * d, s.kv_heads * d, d};
 }
 
+// y [D] = factor · x [D], a head of flat token (b·T + t) rotated at its position (attention.h Rotary) if given.
+void rotate_row(const Rotary& r, int64_t token, const float* x, int64_t dim, float factor, float* y) {
+  if (!r.positions) {
+    for (int64_t c = 0; c < dim; ++c) y[c] = x[c] * factor;
+    return;
+  }
+  const int64_t half = dim / 2, p = r.positions[token];
+  const float *c = r.cos + p * half, *sn = r.sin + p * half;
+  for (int64_t j = 0; j < half; ++j) {
+    y[j] = (x[j] * c[j] - x[j + half] * sn[j]) * factor;
+    y[j + half] = (x[j + half] * c[j] + x[j] * sn[j]) * factor;
+  }
+}
+
 // What every task reads: the op's tensors, and how the rows are split.
 struct Job {
   const AttentionShape& s;
+  const Rotary& rotary;  // q rotated as each task copies its rows (k before the tasks)
   const float *q, *k, *v, *bias;
   const void *keys, *values;  // the present buffers
   float* out;
@@ -560,8 +575,8 @@ void run_task(void* data, size_t index) {
   w.out.resize(n);
   for (int64_t r = 0; r < n; ++r) {  // row t·G + h: query head g·G + h at step t
     const int64_t t = (row0 + r) / groups, head = g * groups + (row0 + r) % groups;
-    const float* src = j.q + ((b * s.steps + t) * s.heads + head) * d;
-    for (int64_t c = 0; c < d; ++c) w.q[r * d + c] = src[c] * s.scale;
+    const int64_t token = b * s.steps + t;
+    rotate_row(j.rotary, token, j.q + (token * s.heads + head) * d, d, s.scale, &w.q[r * d]);
     w.bias[r] = j.bias + (b * s.steps + t) * s.total;
     w.out[r] = j.out + ((b * s.steps + t) * s.heads + head) * d;
   }
@@ -611,22 +626,6 @@ void pack_task(void* data, size_t index) {
     for (int64_t c = 0; c < d; ++c) dst[j * d + c] = values.at(j, c);
 }
 
-// x [tokens, heads, D] -> y: each head rotated at its token's position (attention.h Rotary).
-void rotate(const Rotary& r, const float* x, int64_t tokens, int64_t heads, int64_t dim, float* y) {
-  const int64_t half = dim / 2;
-  for (int64_t i = 0; i < tokens; ++i) {
-    const float *c = r.cos + r.positions[i] * half, *sn = r.sin + r.positions[i] * half;
-    for (int64_t h = 0; h < heads; ++h) {
-      const float* a = x + (i * heads + h) * dim;
-      float* o = y + (i * heads + h) * dim;
-      for (int64_t j = 0; j < half; ++j) {
-        o[j] = a[j] * c[j] - a[j + half] * sn[j];
-        o[j + half] = a[j + half] * c[j] + a[j] * sn[j];
-      }
-    }
-  }
-}
-
 }  // namespace
 
 void quantize_row(const float* x, int64_t dim, int8_t* row) {
@@ -641,16 +640,13 @@ void quantize_row(const float* x, int64_t dim, int8_t* row) {
 void attention(const AttentionShape& s, const float* q, const float* k, const float* v, const float* bias,
                const void* past_k, const void* past_v, void* present_k, void* present_v, float* out,
                const Parallel& parallel, const Rotary& rotary) {
-  static thread_local std::vector<float> rotated;  // q [B,T,H·D] then k [B,T,Hkv·D], rotated
+  static thread_local std::vector<float> k_rotated;  // [B,T,Hkv·D]: what the cache stores and the tasks attend
   if (rotary.positions) {
-    const int64_t tokens = s.batch * s.steps;
-    rotated.resize(tokens * (s.heads + s.kv_heads) * s.head_dim);
-    float* q_rot = rotated.data();
-    float* k_rot = q_rot + tokens * s.heads * s.head_dim;
-    rotate(rotary, q, tokens, s.heads, s.head_dim, q_rot);
-    rotate(rotary, k, tokens, s.kv_heads, s.head_dim, k_rot);
-    q = q_rot;
-    k = k_rot;
+    const int64_t dim = s.head_dim, tokens = s.batch * s.steps;
+    k_rotated.resize(tokens * s.kv_heads * dim);
+    for (int64_t i = 0; i < tokens * s.kv_heads; ++i)
+      rotate_row(rotary, i / s.kv_heads, k + i * dim, dim, 1.0f, &k_rotated[i * dim]);
+    k = k_rotated.data();
   }
   const int64_t d = s.head_dim, heads = s.batch * s.kv_heads, rows = s.heads / s.kv_heads * s.steps;
   const int64_t stride = round_up(s.total, kColBlock);
@@ -662,7 +658,7 @@ void attention(const AttentionShape& s, const float* q, const float* k, const fl
   }
   const bool tiled = kAvx2 && rows > kFewRows && d % kColBlock == 0;
   const int64_t chunk = tiled ? kChunkRows : rows, chunks = (rows + chunk - 1) / chunk;
-  Job job{s, q, k, v, bias, present_k, present_v, out, nullptr, nullptr, stride, rows, chunk, chunks};
+  Job job{s, rotary, q, k, v, bias, present_k, present_v, out, nullptr, nullptr, stride, rows, chunk, chunks};
   static thread_local std::vector<float> packed, unpacked;  // Kᵀ [D, stride] per (b, g), the columns past S zero
   if (tiled) {
     packed.resize(heads * d * stride);

@@ -14,20 +14,27 @@ pytestmark = pytest.mark.skipif(kernels.library() is None, reason="hoe was insta
 NAMES = ["q", "k", "v", "past_key", "past_value", "bias"]
 
 
-def _session(heads, kv_heads, scale, library=None, threads=1):
+def _op_session(op, names, heads, kv_heads, scale, library=None, threads=1):
+    """One `op` node (Attention or AttentionInt8: int8 past/present) over `names`; position_ids, if named, int64."""
     from onnx import TensorProto, helper
 
-    node = helper.make_node("Attention", NAMES, ["out", "present_key", "present_value"], domain="hoe.ort",
+    cache = TensorProto.INT8 if op == "AttentionInt8" else TensorProto.FLOAT
+    types = {"past_key": cache, "past_value": cache, "position_ids": TensorProto.INT64}
+    node = helper.make_node(op, names, ["out", "present_key", "present_value"], domain="hoe.ort",
                             num_heads=heads, kv_num_heads=kv_heads, scale=scale)
-    graph = helper.make_graph([node], "attention", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                                                    for n in NAMES],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                               for n in ("out", "present_key", "present_value")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("hoe.ort", 1)])
+    inputs = [helper.make_tensor_value_info(n, types.get(n, TensorProto.FLOAT), None) for n in names]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)] + [
+        helper.make_tensor_value_info(n, cache, None) for n in ("present_key", "present_value")]
+    model = helper.make_model(helper.make_graph([node], "attention", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("hoe.ort", 1)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.register_custom_ops_library(str(library or kernels.library()))
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _session(heads, kv_heads, scale, library=None, threads=1):
+    return _op_session("Attention", NAMES, heads, kv_heads, scale, library, threads)
 
 
 def _inputs(rng, batch, steps, past, heads, kv_heads, dim, capacity, pads):
@@ -158,21 +165,7 @@ def test_attention_op_refuses_bad_shapes_with_a_message():
 
 
 def _int8_session(heads, kv_heads, scale, threads=1):
-    from onnx import TensorProto, helper
-
-    types = [TensorProto.INT8 if n in ("past_key", "past_value") else TensorProto.FLOAT for n in NAMES]
-    node = helper.make_node("AttentionInt8", NAMES, ["out", "present_key", "present_value"], domain="hoe.ort",
-                            num_heads=heads, kv_num_heads=kv_heads, scale=scale)
-    graph = helper.make_graph([node], "attention", [helper.make_tensor_value_info(n, t, None)
-                                                    for n, t in zip(NAMES, types)],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
-                              + [helper.make_tensor_value_info(n, TensorProto.INT8, None)
-                                 for n in ("present_key", "present_value")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("hoe.ort", 1)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.register_custom_ops_library(str(kernels.library()))
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return _op_session("AttentionInt8", NAMES, heads, kv_heads, scale, threads=threads)
 
 
 @pytest.mark.parametrize("shared, threads", [(True, 1), (False, 1), (True, 2)],
@@ -220,21 +213,8 @@ ROTARY_NAMES = NAMES + ["position_ids", "cos", "sin"]
 
 
 def _rotary_session(op, heads, kv_heads, scale):
-    """`op` (Attention or AttentionInt8) with rotary inside: position_ids, cos and sin as inputs 6-8."""
-    from onnx import TensorProto, helper
-
-    cache = TensorProto.INT8 if op == "AttentionInt8" else TensorProto.FLOAT
-    types = {"past_key": cache, "past_value": cache, "position_ids": TensorProto.INT64}
-    node = helper.make_node(op, ROTARY_NAMES, ["out", "present_key", "present_value"], domain="hoe.ort",
-                            num_heads=heads, kv_num_heads=kv_heads, scale=scale)
-    inputs = [helper.make_tensor_value_info(n, types.get(n, TensorProto.FLOAT), None) for n in ROTARY_NAMES]
-    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)] + [
-        helper.make_tensor_value_info(n, cache, None) for n in ("present_key", "present_value")]
-    graph = helper.make_graph([node], "attention", inputs, outputs)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("hoe.ort", 1)])
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(str(kernels.library()))
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    """`op` with rotary inside: position_ids, cos and sin as inputs 6-8."""
+    return _op_session(op, ROTARY_NAMES, heads, kv_heads, scale)
 
 
 def _rope(x, positions, cos, sin, heads):
@@ -265,7 +245,7 @@ def test_rotary_inside_matches_rotating_first(op, case):
     if int8:
         past_k, past_v = kv_int8.quantize(past_k), kv_int8.quantize(past_v)
     read = kv_int8.dequantize if int8 else (lambda rows: rows)
-    want, keys, _ = _reference(q_rot, k_rot, v, read(past_k), read(past_v), bias, heads, kv_heads, dim ** -0.5)
+    want, _, _ = _reference(q_rot, k_rot, v, read(past_k), read(past_v), bias, heads, kv_heads, dim ** -0.5)
     out, present_k, _ = _rotary_session(op, heads, kv_heads, dim ** -0.5).run(
         None, dict(zip(ROTARY_NAMES, (q, k, v, past_k, past_v, bias, positions, cos, sin))))
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
