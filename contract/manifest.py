@@ -40,9 +40,10 @@ FORMAT_VERSIONS = (FORMAT_VERSION,)  # what this hoe reads
 # = standard ops only, before graph targets; 2 = graph targets (fused onnxruntime graph) and weight precisions;
 # 3 = linears that read one input packed into one product (export/projections.py); 4 = an int8 table on the
 # absmax/127 grid and block offsets (export/quantize.py: the reference re-quantizes, so the grid must match);
-# 5 = rotary inside hoe's Attention op (--attention-kernel: no RotaryEmbedding nodes).
+# 5 = rotary inside hoe's Attention op (--attention-kernel: no RotaryEmbedding nodes); 6 = the RMSNorm before a
+# product as its prologue (--linear-kernel: export/linear_kernel.py).
 # Caches of our own exports (demo, bench base-ort) are redone when theirs is not this one.
-GRAPH_REVISION = 5
+GRAPH_REVISION = 6
 
 
 def is_current(manifest: Any) -> bool:

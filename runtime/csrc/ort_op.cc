@@ -24,12 +24,17 @@
 //   inputs   x [..., K] f32, packed [ceil(N/64), ceil(K/32), 1280] u8 (linear.h), optional bias [N] f32
 //   attrs    K, N, accuracy_level (0: fp32 activations, else int8: linear.h)
 //   outputs  y [..., N] f32
+// With the norm prologue (norm.h; docs/GRAPH.md "Norm prologue"), optional inputs 3 skip [..., K] and 4 gamma [K]
+// f32 with the float attribute epsilon: given gamma, the product reads rms_norm(x + skip)·gamma (skip absent:
+// rms_norm(x)·gamma); given skip too, the optional output 1 is x + skip [..., K] (the residual stream).
 //
 // MatMulInt4Mixture
 //   inputs   x [B,T,K], packed, bias [N] (MatMulInt4's), router_mix, levels, scales, zeros, optional offsets
 //            (the Mixture's)
 //   attrs    MatMulInt4's and the Mixture's
 //   outputs  the Mixture's, on Y = F = MatMulInt4's [B,T,N] output (in a scratch buffer per thread, not a tensor)
+//            With the norm prologue, inputs 8 skip and 9 gamma and attribute epsilon as MatMulInt4's; given skip,
+//            the last output is x + skip [B,T,K] (after the Mixture's 1 or m).
 //
 // GatherInt4
 //   inputs   packed (MatMulInt4's weight), ids [...] i64
@@ -45,6 +50,7 @@
 #include "attention.h"
 #include "linear.h"
 #include "mixture.h"
+#include "norm.h"
 #include "ort_abi.h"
 
 namespace hoe::ort {
@@ -115,6 +121,10 @@ OrtStatus* output(OrtKernelContext* context, size_t index, const int64_t* dims, 
   return nullptr;
 }
 
+OrtStatus* output_count(OrtKernelContext* context, size_t* count) {
+  return slot<OrtStatus* (*)(const OrtKernelContext*, size_t*)>(kKernelContextGetOutputCount)(context, count);
+}
+
 std::string shape(const Dims& dims) {
   std::string s = "[";
   for (size_t i = 0; i < dims.size(); ++i) s += (i ? "," : "") + std::to_string(dims[i]);
@@ -171,8 +181,9 @@ OrtStatus* create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, 
   return nullptr;
 }
 
-// The Mixture on its inputs t = Y, F, router_mix, levels, scales, zeros, offsets (absent: no data).
-OrtStatus* mixture_compute(const Kernel& k, OrtKernelContext* context, const Tensor* t) {
+// The Mixture on its inputs t = Y, F, router_mix, levels, scales, zeros, offsets (absent: no data), into the
+// context's outputs but its last `others`.
+OrtStatus* mixture_compute(const Kernel& k, OrtKernelContext* context, const Tensor* t, size_t others = 0) {
   const Tensor &y = t[0], &f = t[1], &mix = t[2], &levels = t[3], &scales = t[4], &zeros = t[5], &offsets = t[6];
   MixtureShape s = k.shape;
   const int64_t n = s.n, m = s.modules, tile_count = s.padded / kTile;
@@ -212,7 +223,8 @@ OrtStatus* mixture_compute(const Kernel& k, OrtKernelContext* context, const Ten
   }
   // Outputs: Z [B,T,N] (one), or one [B,T,w_i] per module (m).
   size_t outputs = 0;
-  HOE_TRY(slot<OrtStatus* (*)(const OrtKernelContext*, size_t*)>(kKernelContextGetOutputCount)(context, &outputs));
+  HOE_TRY(output_count(context, &outputs));
+  outputs = outputs > others ? outputs - others : 0;
   if (outputs != 1 && outputs != static_cast<size_t>(m))
     return error(std::to_string(outputs) + " outputs: expected 1 (all modules) or " + std::to_string(m));
   Output z[kMaxModules];
@@ -252,7 +264,7 @@ const char* provider(const OrtCustomOp*) { return "CPUExecutionProvider"; }
 OrtElementType input_type(const OrtCustomOp*, size_t i) { return i == 3 ? kTypeUint8 : kTypeFloat; }
 size_t input_count(const OrtCustomOp*) { return 7; }
 OrtElementType output_type(const OrtCustomOp*, size_t) { return kTypeFloat; }
-size_t output_count(const OrtCustomOp*) { return 1; }
+size_t one_output(const OrtCustomOp*) { return 1; }
 void destroy(void* kernel) { delete static_cast<Kernel*>(kernel); }
 OrtCharacteristic input_characteristic(const OrtCustomOp*, size_t i) { return i == 6 ? kOptional : kRequired; }
 OrtCharacteristic variadic(const OrtCustomOp*, size_t) { return kVariadic; }
@@ -280,7 +292,7 @@ OrtCustomOp make_op() {
   op.GetInputType = input_type;
   op.GetInputTypeCount = input_count;
   op.GetOutputType = output_type;
-  op.GetOutputTypeCount = output_count;
+  op.GetOutputTypeCount = one_output;
   op.KernelDestroy = destroy;
   op.GetInputCharacteristic = input_characteristic;
   op.GetOutputCharacteristic = variadic;
@@ -476,10 +488,8 @@ OrtStatus* check_tiles(const char* op, const LinearKernel& k, const Tensor& pack
 }
 
 constexpr size_t kMaxRank = 8;  // of the outputs of the ops on the tiles
+constexpr size_t kKeptScratch = size_t{1} << 20;  // floats of scratch a thread keeps between calls (4 MB)
 
-OrtStatus* linear_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
-  return tiles_create(info, "MatMulInt4", true, out);
-}
 
 // t = x, packed, bias (absent: no data) checked for the product; y's shape [..., N] into dims, its rows (all but
 // the last dim multiplied) into rows.
@@ -505,34 +515,109 @@ void product(const LinearKernel& k, OrtKernelContext* context, const Tensor* t, 
               static_cast<const uint8_t*>(t[1].data), static_cast<const float*>(t[2].data), y, parallel);
 }
 
+// -- the norm prologue (norm.h) of MatMulInt4 and MatMulInt4Mixture
+struct Norm {
+  bool epsilon_given = false;
+  float epsilon = 0.0f;
+};
+
+// The optional epsilon attribute.
+void norm_attribute(const OrtKernelInfo* info, Norm* norm) {
+  if (OrtStatus* absent = slot<OrtStatus* (*)(const OrtKernelInfo*, const char*, float*)>(
+          kKernelInfoGetAttributeFloat)(info, "epsilon", &norm->epsilon))
+    release(absent);  // no prologue unless a gamma input comes with it
+  else
+    norm->epsilon_given = true;
+}
+
+bool same_dims(const Dims& a, const Dims& b) {
+  return a.size() == b.size() && std::equal(a.d, a.d + a.size(), b.d);
+}
+
+// Given gamma, x's rows normed (norm.h) into a scratch buffer per thread, which x then points at; given skip too,
+// x + skip into output `sum_output`. x's last dim is K (check_product).
+OrtStatus* norm_prologue(const char* op, const Norm& norm, OrtKernelContext* context, const Tensor& skip,
+                         const Tensor& gamma, size_t sum_output, Tensor* x) {
+  if (!gamma.data) return skip.data ? error(op, "skip without gamma: expected gamma alone, or both") : nullptr;
+  const int64_t k = x->dims[x->dims.size() - 1];
+  if (!norm.epsilon_given) return error(op, "gamma without an epsilon attribute: expected both");
+  if (gamma.dims.size() != 1 || gamma.dims[0] != k)
+    return error(op, "gamma " + shape(gamma.dims) + ": expected [" + std::to_string(k) + "]");
+  if (skip.data && !same_dims(skip.dims, x->dims))
+    return error(op, "skip " + shape(skip.dims) + ": expected x's " + shape(x->dims));
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < x->dims.size(); ++i) rows *= x->dims[i];
+  // held until this thread's next prologue (a prompt's then shrunk): the normed rows, and x + skip where no
+  // output takes it
+  thread_local std::vector<float> normed, sums;
+  const size_t need = static_cast<size_t>(rows * k);
+  for (auto* v : {&normed, &sums})
+    if (v->capacity() > kKeptScratch && need <= kKeptScratch) std::vector<float>().swap(*v);
+  normed.resize(need);
+  float* sum = nullptr;
+  if (skip.data) {
+    size_t outputs = 0;
+    HOE_TRY(output_count(context, &outputs));
+    if (sum_output < outputs) {
+      HOE_TRY(output(context, sum_output, x->dims.d, x->dims.size(), &sum));
+    } else {
+      sums.resize(need);
+      sum = sums.data();
+    }
+  }
+  rms_norm(static_cast<const float*>(x->data), static_cast<const float*>(skip.data),
+           static_cast<const float*>(gamma.data), rows, k, norm.epsilon, sum, normed.data());
+  x->data = normed.data();
+  return nullptr;
+}
+
+struct NormedLinearKernel {
+  LinearKernel linear;
+  Norm norm;
+};
+
+OrtStatus* linear_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
+  NormedLinearKernel k;
+  HOE_TRY(tiles_attributes(info, "MatMulInt4", true, &k.linear));
+  norm_attribute(info, &k.norm);
+  auto* kernel = new (std::nothrow) NormedLinearKernel(k);
+  if (!kernel) return error("MatMulInt4", "out of memory");
+  *out = kernel;
+  return nullptr;
+}
+
 OrtStatus* linear_compute(void* opaque, OrtKernelContext* context) {
-  const LinearKernel& k = *static_cast<LinearKernel*>(opaque);
-  Tensor t[3];
-  HOE_TRY(read_inputs(context, 3, t));
+  const NormedLinearKernel& k = *static_cast<NormedLinearKernel*>(opaque);
+  Tensor t[5];  // x, packed, bias, skip, gamma
+  HOE_TRY(read_inputs(context, 5, t));
   int64_t dims[kMaxRank], rows = 0;
-  HOE_TRY(check_product("MatMulInt4", k, t, dims, &rows));
+  HOE_TRY(check_product("MatMulInt4", k.linear, t, dims, &rows));
+  HOE_TRY(norm_prologue("MatMulInt4", k.norm, context, t[3], t[4], 1, &t[0]));
   float* y = nullptr;
   HOE_TRY(output(context, 0, dims, t[0].dims.size(), &y));
-  if (rows) product(k, context, t, rows, y);
+  if (rows) product(k.linear, context, t, rows, y);
   return nullptr;
 }
 
 const char* linear_name(const OrtCustomOp*) { return "MatMulInt4"; }
 OrtElementType linear_input(const OrtCustomOp*, size_t i) { return i == 1 ? kTypeUint8 : kTypeFloat; }
-size_t three_inputs(const OrtCustomOp*) { return 3; }
-OrtCharacteristic bias_optional(const OrtCustomOp*, size_t i) { return i == 2 ? kOptional : kRequired; }
+size_t five_inputs(const OrtCustomOp*) { return 5; }
+size_t two_outputs(const OrtCustomOp*) { return 2; }
+OrtCharacteristic linear_optional(const OrtCustomOp*, size_t i) { return i >= 2 ? kOptional : kRequired; }
+OrtCharacteristic sum_optional(const OrtCustomOp*, size_t i) { return i == 1 ? kOptional : kRequired; }
 void linear_destroy(void* kernel) { delete static_cast<LinearKernel*>(kernel); }
+void normed_linear_destroy(void* kernel) { delete static_cast<NormedLinearKernel*>(kernel); }
 
 OrtCustomOp make_linear() {
   OrtCustomOp op = base_op();
   op.GetName = linear_name;
   op.GetInputType = linear_input;
-  op.GetInputTypeCount = three_inputs;
+  op.GetInputTypeCount = five_inputs;
   op.GetOutputType = float_type;
-  op.GetOutputTypeCount = output_count;
-  op.KernelDestroy = linear_destroy;
-  op.GetInputCharacteristic = bias_optional;
-  op.GetOutputCharacteristic = required;
+  op.GetOutputTypeCount = two_outputs;
+  op.KernelDestroy = normed_linear_destroy;
+  op.GetInputCharacteristic = linear_optional;
+  op.GetOutputCharacteristic = sum_optional;
   op.CreateKernelV2 = linear_create;
   op.KernelComputeV2 = linear_compute;
   return op;
@@ -578,7 +663,7 @@ OrtCustomOp make_gather() {
   op.GetInputType = gather_input;
   op.GetInputTypeCount = two_inputs;
   op.GetOutputType = float_type;
-  op.GetOutputTypeCount = output_count;
+  op.GetOutputTypeCount = one_output;
   op.KernelDestroy = linear_destroy;
   op.GetInputCharacteristic = required;
   op.GetOutputCharacteristic = required;
@@ -590,11 +675,11 @@ OrtCustomOp make_gather() {
 const OrtCustomOp kGather = make_gather();
 
 // -- MatMulInt4Mixture: MatMulInt4, then the Mixture on its output (Y = F), with no tensor between them
-constexpr size_t kKeptScratch = size_t{1} << 20;  // floats of scratch a thread keeps between calls (4 MB)
 
 struct FusedKernel {
   LinearKernel linear;
   Kernel mixture;
+  Norm norm;
 };
 
 OrtStatus* fused_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
@@ -602,6 +687,7 @@ OrtStatus* fused_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* 
   if (!kernel) return error("MatMulInt4Mixture", "out of memory");
   OrtStatus* status = tiles_attributes(info, "MatMulInt4Mixture", true, &kernel->linear);
   if (!status) status = mixture_attributes(info, &kernel->mixture);
+  if (!status) norm_attribute(info, &kernel->norm);
   if (status) {
     delete kernel;
     return status;
@@ -612,12 +698,19 @@ OrtStatus* fused_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* 
 
 OrtStatus* fused_compute(void* opaque, OrtKernelContext* context) {
   const FusedKernel& k = *static_cast<FusedKernel*>(opaque);
-  Tensor t[8], m[7];  // x, packed, bias, then the Mixture's from router_mix; m: Y, F, router_mix, ..., offsets
-  HOE_TRY(read_inputs(context, 8, t));
+  // t: x, packed, bias, then the Mixture's from router_mix, then skip and gamma; m: Y, F, router_mix, ..., offsets
+  Tensor t[10], m[7];
+  HOE_TRY(read_inputs(context, 10, t));
   std::copy(t + 3, t + 8, m + 2);
   int64_t dims[kMaxRank], rows = 0;
   HOE_TRY(check_product("MatMulInt4Mixture", k.linear, t, dims, &rows));
   if (t[0].dims.size() != 3) return error("MatMulInt4Mixture", "x " + shape(t[0].dims) + ": expected [B,T,K]");
+  size_t outputs = 0;
+  HOE_TRY(output_count(context, &outputs));
+  const size_t sums = t[8].data ? 1 : 0;  // x + skip: the last output
+  if (outputs <= sums)
+    return error("MatMulInt4Mixture", "with skip, the outputs end with x + skip: expected 2 or more");
+  HOE_TRY(norm_prologue("MatMulInt4Mixture", k.norm, context, t[8], t[9], outputs - 1, &t[0]));
   thread_local std::vector<float> scratch;  // F [B,T,N] of this thread's last call, reused
   scratch.resize(static_cast<size_t>(rows * k.linear.n));
   m[0].dims.rank = 3;
@@ -625,26 +718,26 @@ OrtStatus* fused_compute(void* opaque, OrtKernelContext* context) {
   m[0].data = scratch.data();
   m[1] = m[0];
   if (rows) product(k.linear, context, t, rows, scratch.data());
-  OrtStatus* status = mixture_compute(k.mixture, context, m);
+  OrtStatus* status = mixture_compute(k.mixture, context, m, sums);
   if (scratch.capacity() > kKeptScratch) std::vector<float>().swap(scratch);  // a prompt's: not held after it
   return status;
 }
 
 const char* fused_name(const OrtCustomOp*) { return "MatMulInt4Mixture"; }
 OrtElementType fused_input(const OrtCustomOp*, size_t i) { return i == 1 || i == 4 ? kTypeUint8 : kTypeFloat; }
-size_t eight_inputs(const OrtCustomOp*) { return 8; }
-OrtCharacteristic offsets_optional(const OrtCustomOp*, size_t i) { return i == 7 ? kOptional : kRequired; }
+size_t ten_inputs(const OrtCustomOp*) { return 10; }
+OrtCharacteristic fused_optional(const OrtCustomOp*, size_t i) { return i >= 7 ? kOptional : kRequired; }
 void fused_destroy(void* kernel) { delete static_cast<FusedKernel*>(kernel); }
 
 OrtCustomOp make_fused() {
   OrtCustomOp op = base_op();
   op.GetName = fused_name;
   op.GetInputType = fused_input;
-  op.GetInputTypeCount = eight_inputs;
+  op.GetInputTypeCount = ten_inputs;
   op.GetOutputType = output_type;
-  op.GetOutputTypeCount = output_count;
+  op.GetOutputTypeCount = one_output;
   op.KernelDestroy = fused_destroy;
-  op.GetInputCharacteristic = offsets_optional;
+  op.GetInputCharacteristic = fused_optional;
   op.GetOutputCharacteristic = variadic;
   op.CreateKernelV2 = fused_create;
   op.KernelComputeV2 = fused_compute;

@@ -64,8 +64,15 @@ def test_linear_kernel_graph_matches_the_dequantized_reference(with_linear, case
     assert section["kept"] == lora_b == (2 * 7 if case[2] and not case[3] else 0)
     gathered = (quant["embedding"] or {}).get("op") == "GatherBlockQuantized"  # D = 32: not at block 64
     assert (("com.microsoft", "GatherBlockQuantized") in ops) == gathered  # the table keeps its own layout
-    biased = [n for n in graph.node if n.op_type == "MatMulInt4" and len(n.input) == 3 or n.op_type == kernels.FUSED_OP]
+    biased = [n for n in graph.node if n.op_type == "MatMulInt4" and len(n.input) > 2 and n.input[2]
+              or n.op_type == kernels.FUSED_OP]
     assert len(biased) == (2 * 4 if case[2] else 0)  # the baked products' router bias
+    # baked, each norm before q/k/v and gate/up is its product's prologue (the final one feeds a Slice first: the
+    # forward's logits_to_keep); unbaked, the experts' lora_A products read the normed x too, the norm stays a node
+    norms = 2 * 2 if case[2] else 0
+    assert section["norms"] == norms and sum("LayerNormalization" in op for _, op in ops) == 5 - norms
+    prologues = [n for n in graph.node if n.domain == "hoe.ort" and any(a.name == "epsilon" for a in n.attribute)]
+    assert len(prologues) == norms and all(n.input[-1].endswith("weight") for n in prologues)
 
 
 def test_linear_kernel_parity_can_fail(with_linear, revalidate, tmp_path):

@@ -1,5 +1,6 @@
-"""Runtime test helpers: a small byte-level BPE tokenizer, a ChatML template, and a numpy fake backend
-(so generator logic is tested without ONNX; ONNX parity lives in test_runtime_parity.py)."""
+"""Runtime test helpers: a small byte-level BPE tokenizer, a ChatML template, a numpy fake backend
+(so generator logic is tested without ONNX; ONNX parity lives in test_runtime_parity.py), and the norm prologue's
+definition in numpy."""
 
 from __future__ import annotations
 
@@ -130,3 +131,9 @@ def write_char_tokenizer(folder, vocab_size: int = 97) -> None:
     config = {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     (folder / "chat_template.jinja").write_text(CHATML)
+
+
+def rms_norm(x, gamma, epsilon):
+    """The norm prologue of hoe's products (runtime/csrc/norm.h) in float64."""
+    x = x.astype(np.float64)
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + epsilon) * gamma

@@ -6,6 +6,7 @@ level 4 and numpy) — over odd N and K, blocks of 32 to 128, a bias, batches of
 import numpy as np
 import pytest
 from hoe.runtime import kernels
+from runtime_helpers import rms_norm
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -200,3 +201,68 @@ def test_every_path_rounds_activations_alike(tmp_path):
         assert run.returncode == 0, run.stderr[-2000:]
         np.testing.assert_allclose(np.load(tmp_path / "y.npy"), here, rtol=0, atol=1e-6 * np.abs(here).max(),
                                    err_msg=f"HOE_KERNELS_ISA={isa}")
+
+
+def _normed_session(q, level, skip, epsilon=1e-5, bias=None, sum_output=True):
+    """MatMulInt4 with the norm prologue: inputs x, packed, bias?, skip?, gamma; outputs y and (with skip) x + skip."""
+    from hoe.export.linear_kernel import pack
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(pack(q), "packed")]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias, "bias"))
+    inputs = ["x", "packed", "bias" if bias is not None else "", "skip" if skip else "", "gamma"]
+    outputs = ["y", "sum"] if skip and sum_output else ["y"]
+    attrs = dict(K=q.k, N=q.n, accuracy_level=level, **({} if epsilon is None else {"epsilon": epsilon}))
+    graph = helper.make_graph([helper.make_node("MatMulInt4", inputs, outputs, domain="hoe.ort", **attrs)], "normed",
+                              [helper.make_tensor_value_info(v, TensorProto.FLOAT, None)
+                               for v in ("x", "skip", "gamma")[: 3 if skip else 1]]
+                              + ([] if skip else [helper.make_tensor_value_info("gamma", TensorProto.FLOAT, None)]),
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("hoe.ort", 1)])
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(kernels.library()))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("skip", [True, False], ids=["skip", "plain"])
+@pytest.mark.parametrize("case", CASES)
+def test_norm_prologue_is_the_norm_then_the_product(case, skip):
+    """Given gamma the op computes rms_norm(x + skip)·gamma · Ŵ (the SkipSimplifiedLayerNormalization it stands
+    for, then the product), and x + skip bitwise as the residual output; over the cases' shapes, odd K included."""
+    q, x, bias = _inputs(case)
+    rng = np.random.default_rng(case[1])
+    extra = rng.normal(size=x.shape).astype(np.float32)
+    gamma = rng.normal(1.0, 0.3, size=q.k).astype(np.float32)
+    feed = {"x": x, "gamma": gamma, **({"skip": extra} if skip else {})}
+    got = _normed_session(q, 0, skip, bias=bias).run(None, feed)
+    residual = x + extra if skip else x
+    want = rms_norm(residual, gamma, 1e-5) @ q.dequantize().astype(np.float64) + (0 if bias is None else bias)
+    assert len(got) == (2 if skip else 1) and got[0].shape == want.shape
+    np.testing.assert_allclose(got[0], want, rtol=0, atol=2e-5 * np.abs(want).max())
+    if skip:
+        np.testing.assert_array_equal(got[1], residual)
+    level4 = _normed_session(q, 4, skip, bias=bias).run(None, feed)[0]  # int8 activations: of the normed rows
+    np.testing.assert_allclose(level4, want, rtol=0, atol=2e-2 * np.abs(want).max())
+
+
+def test_norm_prologue_without_the_residual_output():
+    """The final norm before the lm_head: its sum is read by nothing, and the optional output is left out."""
+    q, x, _ = _inputs(CASES[0])
+    gamma = np.full(q.k, 0.5, np.float32)
+    skip = np.ones_like(x)
+    (got,) = _normed_session(q, 0, True, sum_output=False).run(None, {"x": x, "skip": skip, "gamma": gamma})
+    want = rms_norm(x + skip, gamma, 1e-5) @ q.dequantize().astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+def test_norm_prologue_refuses_bad_inputs_with_a_message():
+    q, x, _ = _inputs(CASES[1])
+    gamma, skip = np.ones(q.k, np.float32), np.ones_like(x)
+    session = _normed_session(q, 0, True)
+    with pytest.raises(Exception, match=r"hoe.ort.MatMulInt4: gamma \[69\]: expected \[70\]"):
+        session.run(None, {"x": x, "skip": skip, "gamma": gamma[:69]})
+    with pytest.raises(Exception, match=r"hoe.ort.MatMulInt4: skip \[3,2,70\]: expected x's \[3,1,70\]"):
+        session.run(None, {"x": x, "skip": np.ones((3, 2, q.k), np.float32), "gamma": gamma})
+    with pytest.raises(Exception, match="hoe.ort.MatMulInt4: gamma without an epsilon attribute"):
+        _normed_session(q, 0, False, epsilon=None).run(None, {"x": x, "gamma": gamma})

@@ -133,8 +133,9 @@ def test_mixture_op_refuses_bad_shapes_with_a_message():
         session.run(None, {"Y": f, "F": f, "router_mix": np.ones((1, 2), np.float32)})
 
 
-def _fused_sessions(widths, experts, rank, routers, block, with_offsets):
-    """(MatMulInt4 -> Mixture as two nodes, the same as one MatMulInt4Mixture), and the inputs of both."""
+def _fused_sessions(widths, experts, rank, routers, block, with_offsets, norm=False):
+    """(MatMulInt4 -> Mixture as two nodes, the same as one MatMulInt4Mixture), and the inputs of both. norm: the
+    one node has the norm prologue (inputs skip and gamma, output x + skip after the modules'), fed too."""
     from hoe.export.linear_kernel import pack
     from hoe.export.quantize import quantize_blocks
     from onnx import TensorProto, helper, numpy_helper
@@ -160,19 +161,25 @@ def _fused_sessions(widths, experts, rank, routers, block, with_offsets):
     two = [helper.make_node("MatMulInt4", ["x", "tiles", "bias"], ["F"], domain="hoe.ort", **linear),
            helper.make_node("Mixture", ["F", "F", "router_mix", "levels", "scales", "zeros", *extra], outs,
                             domain="hoe.ort", **mix_attrs)]
+    prologue = [extra[0] if extra else "", "skip", "gamma"] if norm else extra
     one = [helper.make_node("MatMulInt4Mixture", ["x", "tiles", "bias", "router_mix", "levels", "scales", "zeros",
-                                                  *extra], outs, domain="hoe.ort", **{**linear, **mix_attrs})]
+                                                  *prologue], outs + ["sum"] * norm, domain="hoe.ort",
+                            **{**linear, **mix_attrs, **({"epsilon": 1e-5} if norm else {})})]
     sessions = []
-    for nodes in (two, one):
+    for nodes, fed in ((two, ("x", "router_mix")), (one, ("x", "router_mix") + ("skip", "gamma") * norm)):
         graph = helper.make_graph(nodes, "fused", [helper.make_tensor_value_info(v, TensorProto.FLOAT, None)
-                                                   for v in ("x", "router_mix")],
-                                  [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs], inits)
+                                                   for v in fed],
+                                  [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                                   for o in nodes[-1].output], inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("hoe.ort", 1)])
         options = ort.SessionOptions()
         options.register_custom_ops_library(str(kernels.library()))
         sessions.append(ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]))
     feed = {"x": rng.normal(size=(3, 2, k_in)).astype(np.float32),
             "router_mix": rng.dirichlet(np.ones(routers), size=3).astype(np.float32)}
+    if norm:
+        feed.update(skip=rng.normal(size=(3, 2, k_in)).astype(np.float32),
+                    gamma=rng.normal(1.0, 0.3, size=k_in).astype(np.float32))
     return sessions, feed
 
 
@@ -190,6 +197,24 @@ def test_fused_product_and_mixture_equal_the_two_nodes(offsets):
     small = {"x": feed["x"][:1, :1], "router_mix": feed["router_mix"][:1]}
     for w, g in zip(two.run(None, small), one.run(None, small)):
         np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("offsets", [False, True], ids=["plain", "offsets"])
+def test_fused_op_with_the_norm_prologue(offsets):
+    """With skip and gamma the op computes the two nodes on rms_norm(x + skip)·gamma (norm.h) and returns x + skip
+    bitwise after the modules' outputs; then a decode step after the prompt."""
+    from runtime_helpers import rms_norm
+
+    (two, one), feed = _fused_sessions([70, 5, 128], 3, 8, 4, 32, offsets, norm=True)
+    for rows in (slice(None), slice(0, 1)):
+        part = {k: v[rows, rows] if v.ndim == 3 else v[rows] if k == "router_mix" else v for k, v in feed.items()}
+        normed = rms_norm(part["x"] + part["skip"], part["gamma"], 1e-5).astype(np.float32)
+        want = two.run(None, {"x": normed, "router_mix": part["router_mix"]})
+        got = one.run(None, part)
+        assert len(got) == 4
+        for w, g in zip(want, got):
+            np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * np.abs(w).max())
+        np.testing.assert_array_equal(got[3], part["x"] + part["skip"])
 
 
 def test_fused_op_refuses_bad_shapes_with_a_message():
