@@ -1,4 +1,4 @@
-// The norm prologue of hoe's products (docs/GRAPH.md "Norm prologue"): the RMSNorm that feeds a linear, computed
+// The norm prologue of hoe's products (docs/GRAPH.md "Linear kernel"): the RMSNorm that feeds a linear, computed
 // by the product's op on its input rows instead of by a node of its own (onnxruntime's
 // SkipSimplifiedLayerNormalization / SimplifiedLayerNormalization folded in).
 //

@@ -24,8 +24,8 @@
 //   inputs   x [..., K] f32, packed [ceil(N/64), ceil(K/32), 1280] u8 (linear.h), optional bias [N] f32
 //   attrs    K, N, accuracy_level (0: fp32 activations, else int8: linear.h)
 //   outputs  y [..., N] f32
-// With the norm prologue (norm.h; docs/GRAPH.md "Norm prologue"), optional inputs 3 skip [..., K] and 4 gamma [K]
-// f32 with the float attribute epsilon: given gamma, the product reads rms_norm(x + skip)·gamma (skip absent:
+// With the norm prologue (norm.h), optional inputs 3 skip [..., K] and 4 gamma [K] f32 with the float attribute
+// epsilon: given gamma, the product reads rms_norm(x + skip)·gamma (skip absent:
 // rms_norm(x)·gamma); given skip too, the optional output 1 is x + skip [..., K] (the residual stream).
 //
 // MatMulInt4Mixture
@@ -489,7 +489,6 @@ OrtStatus* check_tiles(const char* op, const LinearKernel& k, const Tensor& pack
 
 constexpr size_t kMaxRank = 8;  // of the outputs of the ops on the tiles
 constexpr size_t kKeptScratch = size_t{1} << 20;  // floats of scratch a thread keeps between calls (4 MB)
-
 
 // t = x, packed, bias (absent: no data) checked for the product; y's shape [..., N] into dims, its rows (all but
 // the last dim multiplied) into rows.
