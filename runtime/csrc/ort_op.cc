@@ -451,9 +451,15 @@ OrtCustomOp make_attention_int8() {
 const OrtCustomOp kAttentionInt8 = make_attention_int8();
 
 // -- MatMulInt4
+struct Norm {  // the norm prologue's attribute (MatMulInt4 and MatMulInt4Mixture)
+  bool epsilon_given = false;
+  float epsilon = 0.0f;
+};
+
 struct LinearKernel {
   int64_t k = 0, n = 0;
   bool exact = false;
+  Norm norm;
 };
 
 // K, N (both >= 1) and, for the products, accuracy_level: the attributes the ops on the tiles share.
@@ -461,7 +467,14 @@ OrtStatus* tiles_attributes(const OrtKernelInfo* info, const char* op, bool leve
   int64_t level = 0;
   HOE_TRY(attribute(info, "K", &k->k));
   HOE_TRY(attribute(info, "N", &k->n));
-  if (levels) HOE_TRY(attribute(info, "accuracy_level", &level));
+  if (levels) {
+    HOE_TRY(attribute(info, "accuracy_level", &level));
+    if (OrtStatus* absent = slot<OrtStatus* (*)(const OrtKernelInfo*, const char*, float*)>(
+            kKernelInfoGetAttributeFloat)(info, "epsilon", &k->norm.epsilon))
+      release(absent);  // no prologue unless a gamma input comes with it
+    else
+      k->norm.epsilon_given = true;
+  }
   if (k->k < 1 || k->n < 1)
     return error(op, "K " + std::to_string(k->k) + ", N " + std::to_string(k->n) + ": expected both >= 1");
   k->exact = level == 0;
@@ -515,26 +528,14 @@ void product(const LinearKernel& k, OrtKernelContext* context, const Tensor* t, 
 }
 
 // -- the norm prologue (norm.h) of MatMulInt4 and MatMulInt4Mixture
-struct Norm {
-  bool epsilon_given = false;
-  float epsilon = 0.0f;
-};
-
-// The optional epsilon attribute.
-void norm_attribute(const OrtKernelInfo* info, Norm* norm) {
-  if (OrtStatus* absent = slot<OrtStatus* (*)(const OrtKernelInfo*, const char*, float*)>(
-          kKernelInfoGetAttributeFloat)(info, "epsilon", &norm->epsilon))
-    release(absent);  // no prologue unless a gamma input comes with it
-  else
-    norm->epsilon_given = true;
-}
-
 bool same_dims(const Dims& a, const Dims& b) {
   return a.size() == b.size() && std::equal(a.d, a.d + a.size(), b.d);
 }
 
+constexpr size_t kNoOutput = ~size_t{0};
+
 // Given gamma, x's rows normed (norm.h) into a scratch buffer per thread, which x then points at; given skip too,
-// x + skip into output `sum_output`. x's last dim is K (check_product).
+// x + skip into output `sum_output` (kNoOutput: a scratch buffer). x's last dim is K (check_product).
 OrtStatus* norm_prologue(const char* op, const Norm& norm, OrtKernelContext* context, const Tensor& skip,
                          const Tensor& gamma, size_t sum_output, Tensor* x) {
   if (!gamma.data) return skip.data ? error(op, "skip without gamma: expected gamma alone, or both") : nullptr;
@@ -554,15 +555,11 @@ OrtStatus* norm_prologue(const char* op, const Norm& norm, OrtKernelContext* con
     if (v->capacity() > kKeptScratch && need <= kKeptScratch) std::vector<float>().swap(*v);
   normed.resize(need);
   float* sum = nullptr;
-  if (skip.data) {
-    size_t outputs = 0;
-    HOE_TRY(output_count(context, &outputs));
-    if (sum_output < outputs) {
-      HOE_TRY(output(context, sum_output, x->dims.d, x->dims.size(), &sum));
-    } else {
-      sums.resize(need);
-      sum = sums.data();
-    }
+  if (skip.data && sum_output != kNoOutput) {
+    HOE_TRY(output(context, sum_output, x->dims.d, x->dims.size(), &sum));
+  } else if (skip.data) {
+    sums.resize(need);
+    sum = sums.data();
   }
   rms_norm(static_cast<const float*>(x->data), static_cast<const float*>(skip.data),
            static_cast<const float*>(gamma.data), rows, k, norm.epsilon, sum, normed.data());
@@ -570,31 +567,22 @@ OrtStatus* norm_prologue(const char* op, const Norm& norm, OrtKernelContext* con
   return nullptr;
 }
 
-struct NormedLinearKernel {
-  LinearKernel linear;
-  Norm norm;
-};
-
 OrtStatus* linear_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
-  NormedLinearKernel k;
-  HOE_TRY(tiles_attributes(info, "MatMulInt4", true, &k.linear));
-  norm_attribute(info, &k.norm);
-  auto* kernel = new (std::nothrow) NormedLinearKernel(k);
-  if (!kernel) return error("MatMulInt4", "out of memory");
-  *out = kernel;
-  return nullptr;
+  return tiles_create(info, "MatMulInt4", true, out);
 }
 
 OrtStatus* linear_compute(void* opaque, OrtKernelContext* context) {
-  const NormedLinearKernel& k = *static_cast<NormedLinearKernel*>(opaque);
+  const LinearKernel& k = *static_cast<LinearKernel*>(opaque);
   Tensor t[5];  // x, packed, bias, skip, gamma
   HOE_TRY(read_inputs(context, 5, t));
   int64_t dims[kMaxRank], rows = 0;
-  HOE_TRY(check_product("MatMulInt4", k.linear, t, dims, &rows));
-  HOE_TRY(norm_prologue("MatMulInt4", k.norm, context, t[3], t[4], 1, &t[0]));
+  HOE_TRY(check_product("MatMulInt4", k, t, dims, &rows));
+  size_t outputs = 0;
+  if (t[3].data) HOE_TRY(output_count(context, &outputs));  // x + skip: optional output 1
+  HOE_TRY(norm_prologue("MatMulInt4", k.norm, context, t[3], t[4], outputs > 1 ? 1 : kNoOutput, &t[0]));
   float* y = nullptr;
   HOE_TRY(output(context, 0, dims, t[0].dims.size(), &y));
-  if (rows) product(k.linear, context, t, rows, y);
+  if (rows) product(k, context, t, rows, y);
   return nullptr;
 }
 
@@ -605,7 +593,6 @@ size_t two_outputs(const OrtCustomOp*) { return 2; }
 OrtCharacteristic linear_optional(const OrtCustomOp*, size_t i) { return i >= 2 ? kOptional : kRequired; }
 OrtCharacteristic sum_optional(const OrtCustomOp*, size_t i) { return i == 1 ? kOptional : kRequired; }
 void linear_destroy(void* kernel) { delete static_cast<LinearKernel*>(kernel); }
-void normed_linear_destroy(void* kernel) { delete static_cast<NormedLinearKernel*>(kernel); }
 
 OrtCustomOp make_linear() {
   OrtCustomOp op = base_op();
@@ -614,7 +601,7 @@ OrtCustomOp make_linear() {
   op.GetInputTypeCount = five_inputs;
   op.GetOutputType = float_type;
   op.GetOutputTypeCount = two_outputs;
-  op.KernelDestroy = normed_linear_destroy;
+  op.KernelDestroy = linear_destroy;
   op.GetInputCharacteristic = linear_optional;
   op.GetOutputCharacteristic = sum_optional;
   op.CreateKernelV2 = linear_create;
@@ -678,7 +665,6 @@ const OrtCustomOp kGather = make_gather();
 struct FusedKernel {
   LinearKernel linear;
   Kernel mixture;
-  Norm norm;
 };
 
 OrtStatus* fused_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
@@ -686,7 +672,6 @@ OrtStatus* fused_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* 
   if (!kernel) return error("MatMulInt4Mixture", "out of memory");
   OrtStatus* status = tiles_attributes(info, "MatMulInt4Mixture", true, &kernel->linear);
   if (!status) status = mixture_attributes(info, &kernel->mixture);
-  if (!status) norm_attribute(info, &kernel->norm);
   if (status) {
     delete kernel;
     return status;
@@ -709,7 +694,7 @@ OrtStatus* fused_compute(void* opaque, OrtKernelContext* context) {
   const size_t sums = t[8].data ? 1 : 0;  // x + skip: the last output
   if (outputs <= sums)
     return error("MatMulInt4Mixture", "with skip, the outputs end with x + skip: expected 2 or more");
-  HOE_TRY(norm_prologue("MatMulInt4Mixture", k.norm, context, t[8], t[9], outputs - 1, &t[0]));
+  HOE_TRY(norm_prologue("MatMulInt4Mixture", k.linear.norm, context, t[8], t[9], outputs - 1, &t[0]));
   thread_local std::vector<float> scratch;  // F [B,T,N] of this thread's last call, reused
   scratch.resize(static_cast<size_t>(rows * k.linear.n));
   m[0].dims.rank = 3;
