@@ -9,10 +9,10 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[Extension(
     "hoe.runtime._kernels",
-    sources=["runtime/csrc/mixture.cc", "runtime/csrc/attention.cc", "runtime/csrc/linear.cc", "runtime/csrc/norm.cc",
-             "runtime/csrc/ort_op.cc"],
-    depends=["runtime/csrc/mixture.h", "runtime/csrc/attention.h", "runtime/csrc/linear.h", "runtime/csrc/norm.h",
-             "runtime/csrc/cpu.h", "runtime/csrc/ort_abi.h"],
+    sources=["runtime/csrc/mixture.cc", "runtime/csrc/attention.cc", "runtime/csrc/activation.cc",
+             "runtime/csrc/linear.cc", "runtime/csrc/norm.cc", "runtime/csrc/ort_op.cc"],
+    depends=["runtime/csrc/mixture.h", "runtime/csrc/attention.h", "runtime/csrc/activation.h", "runtime/csrc/exp.h",
+             "runtime/csrc/linear.h", "runtime/csrc/norm.h", "runtime/csrc/cpu.h", "runtime/csrc/ort_abi.h"],
     language="c++",
     extra_compile_args=["-std=c++17", "-O3", "-fvisibility=hidden"],
     optional=True,

@@ -41,9 +41,10 @@ FORMAT_VERSIONS = (FORMAT_VERSION,)  # what this hoe reads
 # 3 = linears that read one input packed into one product (export/projections.py); 4 = an int8 table on the
 # absmax/127 grid and block offsets (export/quantize.py: the reference re-quantizes, so the grid must match);
 # 5 = rotary inside hoe's Attention op (--attention-kernel: no RotaryEmbedding nodes); 6 = the RMSNorm before a
-# product as its prologue (--linear-kernel: export/linear_kernel.py).
+# product as its prologue (--linear-kernel: export/linear_kernel.py); 7 = a SiLU MLP's silu(gate)·up as the
+# gate/up product's epilogue (--linear-kernel).
 # Caches of our own exports (demo, bench base-ort) are redone when theirs is not this one.
-GRAPH_REVISION = 6
+GRAPH_REVISION = 7
 
 
 def is_current(manifest: Any) -> bool:

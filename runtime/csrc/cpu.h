@@ -37,6 +37,16 @@ inline Isa kernel_isa() {
 #endif
 }
 
+// Whether this is an AMD CPU: where a kernel's best prefetching differs between vendors (linear.cc).
+inline bool amd_cpu() {
+#ifdef HOE_AVX2
+  __builtin_cpu_init();
+  return __builtin_cpu_is("amd");
+#else
+  return false;
+#endif
+}
+
 // Runs fn(data, i) for every i < total, in any order, maybe on several threads (onnxruntime's intra-op pool).
 struct Parallel {
   void* context = nullptr;

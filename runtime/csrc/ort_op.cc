@@ -27,6 +27,8 @@
 // With the norm prologue (norm.h), optional inputs 3 skip [..., K] and 4 gamma [K] f32 with the float attribute
 // epsilon: given gamma, the product reads rms_norm(x + skip)·gamma (skip absent:
 // rms_norm(x)·gamma); given skip too, the optional output 1 is x + skip [..., K] (the residual stream).
+// With the SwiGLU epilogue (activation.h), attribute swiglu = 1 and N even: y [..., N/2] = silu(gate)·up of the
+// product's halves [gate | up].
 //
 // MatMulInt4Mixture
 //   inputs   x [B,T,K], packed, bias [N] (MatMulInt4's), router_mix, levels, scales, zeros, optional offsets
@@ -35,6 +37,8 @@
 //   outputs  the Mixture's, on Y = F = MatMulInt4's [B,T,N] output (in a scratch buffer per thread, not a tensor)
 //            With the norm prologue, inputs 8 skip and 9 gamma and attribute epsilon as MatMulInt4's; given skip,
 //            the last output is x + skip [B,T,K] (after the Mixture's 1 or m).
+//            With the SwiGLU epilogue (swiglu = 1, m = 2 modules of one width W: gate, then up), one output
+//            [B,T,W] = silu(gate)·up instead of the modules' (then x + skip, given skip).
 //
 // GatherInt4
 //   inputs   packed (MatMulInt4's weight), ids [...] i64
@@ -47,6 +51,7 @@
 #include <string>
 #include <vector>
 
+#include "activation.h"
 #include "attention.h"
 #include "linear.h"
 #include "mixture.h"
@@ -182,8 +187,9 @@ OrtStatus* create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, 
 }
 
 // The Mixture on its inputs t = Y, F, router_mix, levels, scales, zeros, offsets (absent: no data), into the
-// context's outputs but its last `others`.
-OrtStatus* mixture_compute(const Kernel& k, OrtKernelContext* context, const Tensor* t, size_t others = 0) {
+// context's outputs but its last `others`, or (`into` given) into one [rows, N] buffer.
+OrtStatus* mixture_compute(const Kernel& k, OrtKernelContext* context, const Tensor* t, size_t others = 0,
+                           float* into = nullptr) {
   const Tensor &y = t[0], &f = t[1], &mix = t[2], &levels = t[3], &scales = t[4], &zeros = t[5], &offsets = t[6];
   MixtureShape s = k.shape;
   const int64_t n = s.n, m = s.modules, tile_count = s.padded / kTile;
@@ -221,14 +227,17 @@ OrtStatus* mixture_compute(const Kernel& k, OrtKernelContext* context, const Ten
                    ": expected [k_blocks," + std::to_string(n) + "] and F's x·S columns before h_offset");
     s.sums = offsets.dims[0];
   }
-  // Outputs: Z [B,T,N] (one), or one [B,T,w_i] per module (m).
-  size_t outputs = 0;
-  HOE_TRY(output_count(context, &outputs));
-  outputs = outputs > others ? outputs - others : 0;
-  if (outputs != 1 && outputs != static_cast<size_t>(m))
-    return error(std::to_string(outputs) + " outputs: expected 1 (all modules) or " + std::to_string(m));
+  // Outputs: Z [B,T,N] (one, or `into`), or one [B,T,w_i] per module (m).
+  size_t outputs = 1;
   Output z[kMaxModules];
-  for (size_t o = 0; o < outputs; ++o) {
+  z[0] = {into, n};
+  if (!into) {
+    HOE_TRY(output_count(context, &outputs));
+    outputs = outputs > others ? outputs - others : 0;
+    if (outputs != 1 && outputs != static_cast<size_t>(m))
+      return error(std::to_string(outputs) + " outputs: expected 1 (all modules) or " + std::to_string(m));
+  }
+  for (size_t o = 0; !into && o < outputs; ++o) {
     const int64_t width = outputs == 1 ? n : k.widths[o];
     const int64_t dims[3] = {f.dims[0], f.dims[1], width};
     float* data = nullptr;
@@ -460,11 +469,13 @@ struct LinearKernel {
   int64_t k = 0, n = 0;
   bool exact = false;
   Norm norm;
+  bool swiglu = false;  // the SwiGLU epilogue (activation.h)
 };
 
-// K, N (both >= 1) and, for the products, accuracy_level: the attributes the ops on the tiles share.
+// K, N (both >= 1) and, for the products, accuracy_level, epsilon and swiglu: the attributes the ops on the tiles
+// share.
 OrtStatus* tiles_attributes(const OrtKernelInfo* info, const char* op, bool levels, LinearKernel* k) {
-  int64_t level = 0;
+  int64_t level = 0, swiglu = 0;
   HOE_TRY(attribute(info, "K", &k->k));
   HOE_TRY(attribute(info, "N", &k->n));
   if (levels) {
@@ -474,9 +485,12 @@ OrtStatus* tiles_attributes(const OrtKernelInfo* info, const char* op, bool leve
       release(absent);  // no prologue unless a gamma input comes with it
     else
       k->norm.epsilon_given = true;
+    if (OrtStatus* absent = attribute(info, "swiglu", &swiglu)) release(absent);  // no epilogue
   }
   if (k->k < 1 || k->n < 1)
     return error(op, "K " + std::to_string(k->k) + ", N " + std::to_string(k->n) + ": expected both >= 1");
+  if (swiglu != 0 && swiglu != 1) return error(op, "swiglu " + std::to_string(swiglu) + ": expected 0 or 1");
+  k->swiglu = swiglu == 1;
   k->exact = level == 0;
   return nullptr;
 }
@@ -568,7 +582,22 @@ OrtStatus* norm_prologue(const char* op, const Norm& norm, OrtKernelContext* con
 }
 
 OrtStatus* linear_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
-  return tiles_create(info, "MatMulInt4", true, out);
+  HOE_TRY(tiles_create(info, "MatMulInt4", true, out));
+  const LinearKernel& k = *static_cast<LinearKernel*>(*out);
+  if (!k.swiglu || k.n % 2 == 0) return nullptr;
+  const int64_t n = k.n;
+  delete static_cast<LinearKernel*>(*out);
+  return error("MatMulInt4", "swiglu with N " + std::to_string(n) + ": expected an even N ([gate | up])");
+}
+
+// A thread's scratch vector grown to `count` floats -> its data; trim() frees a prompt's after the call.
+float* scratch_floats(std::vector<float>& v, size_t count) {
+  v.resize(count);
+  return v.data();
+}
+
+void trim(std::vector<float>& v) {
+  if (v.capacity() > kKeptScratch) std::vector<float>().swap(v);
 }
 
 OrtStatus* linear_compute(void* opaque, OrtKernelContext* context) {
@@ -580,9 +609,19 @@ OrtStatus* linear_compute(void* opaque, OrtKernelContext* context) {
   size_t outputs = 0;
   if (t[3].data) HOE_TRY(output_count(context, &outputs));  // x + skip: optional output 1
   HOE_TRY(norm_prologue("MatMulInt4", k.norm, context, t[3], t[4], outputs > 1 ? 1 : kNoOutput, &t[0]));
+  const size_t rank = t[0].dims.size();
+  if (k.swiglu) dims[rank - 1] = k.n / 2;
   float* y = nullptr;
-  HOE_TRY(output(context, 0, dims, t[0].dims.size(), &y));
-  if (rows) product(k, context, t, rows, y);
+  HOE_TRY(output(context, 0, dims, rank, &y));
+  if (!rows) return nullptr;
+  if (!k.swiglu) {
+    product(k, context, t, rows, y);
+    return nullptr;
+  }
+  thread_local std::vector<float> gate_up;  // [rows, N] before the epilogue
+  product(k, context, t, rows, scratch_floats(gate_up, static_cast<size_t>(rows * k.n)));
+  swiglu(gate_up.data(), rows, k.n / 2, y);
+  trim(gate_up);
   return nullptr;
 }
 
@@ -672,6 +711,10 @@ OrtStatus* fused_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* 
   if (!kernel) return error("MatMulInt4Mixture", "out of memory");
   OrtStatus* status = tiles_attributes(info, "MatMulInt4Mixture", true, &kernel->linear);
   if (!status) status = mixture_attributes(info, &kernel->mixture);
+  const std::vector<int64_t>& widths = kernel->mixture.widths;
+  if (!status && kernel->linear.swiglu && (widths.size() != 2 || widths[0] != widths[1]))
+    status = error("MatMulInt4Mixture", "swiglu with " + std::to_string(widths.size()) + " modules of widths " +
+                                            std::to_string(widths[0]) + ", ...: expected 2 of one width (gate, up)");
   if (status) {
     delete kernel;
     return status;
@@ -694,16 +737,28 @@ OrtStatus* fused_compute(void* opaque, OrtKernelContext* context) {
   const size_t sums = t[8].data ? 1 : 0;  // x + skip: the last output
   if (outputs <= sums)
     return error("MatMulInt4Mixture", "with skip, the outputs end with x + skip: expected 2 or more");
+  if (k.linear.swiglu && outputs != 1 + sums)
+    return error("MatMulInt4Mixture", std::to_string(outputs) + " outputs with swiglu: expected " +
+                                          std::to_string(1 + sums) + " (silu(gate)·up" + (sums ? ", x + skip)" : ")"));
   HOE_TRY(norm_prologue("MatMulInt4Mixture", k.linear.norm, context, t[8], t[9], outputs - 1, &t[0]));
-  thread_local std::vector<float> scratch;  // F [B,T,N] of this thread's last call, reused
-  scratch.resize(static_cast<size_t>(rows * k.linear.n));
+  // this thread's F [B,T,N] and, with the epilogue, Z [B,T,2W] of its last call, reused (a prompt's not held)
+  thread_local std::vector<float> scratch, gate_up;
   m[0].dims.rank = 3;
   for (size_t i = 0; i < 3; ++i) m[0].dims.d[i] = dims[i];
-  m[0].data = scratch.data();
+  m[0].data = scratch_floats(scratch, static_cast<size_t>(rows * k.linear.n));
   m[1] = m[0];
   if (rows) product(k.linear, context, t, rows, scratch.data());
-  OrtStatus* status = mixture_compute(k.mixture, context, m, sums);
-  if (scratch.capacity() > kKeptScratch) std::vector<float>().swap(scratch);  // a prompt's: not held after it
+  const int64_t width = k.mixture.shape.n / 2;
+  float* z = k.linear.swiglu ? scratch_floats(gate_up, static_cast<size_t>(rows * 2 * width)) : nullptr;
+  OrtStatus* status = mixture_compute(k.mixture, context, m, sums, z);
+  if (!status && z) {
+    const int64_t out_dims[3] = {dims[0], dims[1], width};
+    float* out = nullptr;
+    status = output(context, 0, out_dims, 3, &out);
+    if (!status && rows) swiglu(z, rows, width, out);
+  }
+  trim(scratch);
+  trim(gate_up);
   return status;
 }
 

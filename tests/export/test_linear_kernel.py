@@ -73,6 +73,11 @@ def test_linear_kernel_graph_matches_the_dequantized_reference(with_linear, case
     assert section["norms"] == norms and sum("LayerNormalization" in op for _, op in ops) == 5 - norms
     prologues = [n for n in graph.node if n.domain == "hoe.ort" and any(a.name == "epsilon" for a in n.attribute)]
     assert len(prologues) == norms and all(n.input[-1].endswith("weight") for n in prologues)
+    # the SiLU gate folds into a fused gate/up group (its 2 modules: gate, up); elsewhere the experts' deltas are
+    # added to the halves first
+    gates = 2 if case[3] else 0
+    epilogues = [n for n in graph.node if n.domain == "hoe.ort" and any(a.name == "swiglu" for a in n.attribute)]
+    assert section["swiglu"] == len(epilogues) == gates and ops.count(("", "Sigmoid")) == 2 - gates
 
 
 def test_linear_kernel_parity_can_fail(with_linear, revalidate, tmp_path):
@@ -115,6 +120,59 @@ def test_base_graph_gets_the_same_products(with_linear):
     from hoe.export.onnx_export import ExportConfig
 
     assert ExportConfig(**options).linear_kernel
+
+
+def _gated_mlp(k, n, outputs=("h",)):
+    """MatMulNBits (int4, block 32) -> Split in two -> Mul(Mul(gate, Sigmoid(gate)), up) -> h, as the base graph
+    has it (ModelProto); extra outputs: the gate too."""
+    from hoe.export.quantize import quantize_blocks
+    from onnx import TensorProto, helper, numpy_helper
+
+    q = quantize_blocks(np.random.default_rng(n).normal(scale=0.1, size=(k, n)).astype(np.float32), 4, 32, True)
+    nodes = [helper.make_node("MatMulNBits", ["x", "B", "scales"], ["y"], domain="com.microsoft", K=k, N=n, bits=4,
+                              block_size=32, accuracy_level=0),
+             helper.make_node("Split", ["y", "sizes"], ["gate", "up"], axis=-1),
+             helper.make_node("Sigmoid", ["gate"], ["s"]), helper.make_node("Mul", ["gate", "s"], ["silu"]),
+             helper.make_node("Mul", ["up", "silu"], ["h"])]
+    inits = [numpy_helper.from_array(q.packed, "B"), numpy_helper.from_array(q.scales, "scales"),
+             numpy_helper.from_array(np.array([n // 2, n // 2], np.int64), "sizes")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)])
+
+
+def _run(model, x):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(kernels.library()))
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+def test_split_gate_up_product_gets_the_swiglu_epilogue():
+    """The base graph's MLP (one MatMulInt4 of [gate | up], Split, Sigmoid, Mul, Mul) becomes one MatMulInt4 with
+    swiglu = 1, and computes what onnxruntime's nodes computed on the MatMulNBits weight."""
+    import onnx_ir as ir
+    from hoe.export.linear_kernel import use_kernel
+
+    proto = _gated_mlp(96, 144)
+    model = ir.from_proto(proto)
+    section = use_kernel(model)
+    folded = ir.to_proto(model)
+    assert section["swiglu"] == 1 and [n.op_type for n in folded.graph.node] == ["MatMulInt4"]
+    x = np.random.default_rng(0).normal(size=(2, 3, 96)).astype(np.float32)
+    (want,), (got,) = _run(proto, x), _run(folded, x)
+    assert got.shape == (2, 3, 72)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_swiglu_epilogue_leaves_a_gate_read_elsewhere():
+    import onnx_ir as ir
+    from hoe.export.linear_kernel import use_kernel
+
+    model = ir.from_proto(_gated_mlp(96, 144, outputs=("h", "gate")))
+    assert use_kernel(model)["swiglu"] == 0 and "Sigmoid" in [n.op_type for n in model.graph]
 
 
 def test_linear_kernel_refusals(with_linear, monkeypatch):

@@ -1,6 +1,6 @@
 """Runtime test helpers: a small byte-level BPE tokenizer, a ChatML template, a numpy fake backend
-(so generator logic is tested without ONNX; ONNX parity lives in test_runtime_parity.py), and the norm prologue's
-definition in numpy."""
+(so generator logic is tested without ONNX; ONNX parity lives in test_runtime_parity.py), and two of the kernels'
+definitions in numpy (the norm prologue, the SwiGLU epilogue)."""
 
 from __future__ import annotations
 
@@ -137,3 +137,9 @@ def rms_norm(x, gamma, epsilon):
     """The norm prologue of hoe's products (runtime/csrc/norm.h) in float64."""
     x = x.astype(np.float64)
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + epsilon) * gamma
+
+
+def swiglu(y):
+    """The SwiGLU epilogue of hoe's products (runtime/csrc/activation.h) in float64: y = [gate | up] on the last axis."""
+    gate, up = np.split(y.astype(np.float64), 2, axis=-1)
+    return gate / (1.0 + np.exp(-gate)) * up

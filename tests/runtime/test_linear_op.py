@@ -6,7 +6,7 @@ level 4 and numpy) — over odd N and K, blocks of 32 to 128, a bias, batches of
 import numpy as np
 import pytest
 from hoe.runtime import kernels
-from runtime_helpers import rms_norm
+from runtime_helpers import rms_norm, swiglu
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -106,7 +106,7 @@ def test_narrower_paths_match(tmp_path, isa):
 
     env = {**os.environ, "HOE_KERNELS_ISA": isa}
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                          "exact_level or int8_level"], env=env, timeout=300, capture_output=True, text=True)
+                          "exact_level or int8_level or swiglu_epilogue_is"], env=env, timeout=300, capture_output=True, text=True)
     assert run.returncode == 0, f"HOE_KERNELS_ISA={isa}:\n{run.stdout[-4000:]}{run.stderr[-2000:]}"
 
 
@@ -254,6 +254,53 @@ def test_norm_prologue_without_the_residual_output():
     (got,) = _normed_session(q, 0, True, sum_output=False).run(None, {"x": x, "skip": skip, "gamma": gamma})
     want = rms_norm(x + skip, gamma, 1e-5) @ q.dequantize().astype(np.float64)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+def _swiglu_session(q, level, norm=False):
+    """MatMulInt4 with the SwiGLU epilogue (swiglu = 1): inputs x, packed (and with norm: -, skip, gamma), outputs
+    silu(gate)·up (and with norm: x + skip)."""
+    from hoe.export.linear_kernel import pack
+    from onnx import TensorProto, helper, numpy_helper
+
+    inputs, outputs = ["x", "packed", *(["", "skip", "gamma"] if norm else [])], ["h", *(["sum"] if norm else [])]
+    attrs = dict(K=q.k, N=q.n, accuracy_level=level, swiglu=1, **({"epsilon": 1e-5} if norm else {}))
+    graph = helper.make_graph([helper.make_node("MatMulInt4", inputs, outputs, domain="hoe.ort", **attrs)], "glu",
+                              [helper.make_tensor_value_info(v, TensorProto.FLOAT, None)
+                               for v in ["x", *(["skip", "gamma"] if norm else [])]],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+                              [numpy_helper.from_array(pack(q), "packed")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("hoe.ort", 1)])
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(kernels.library()))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("level", [0, 4])
+@pytest.mark.parametrize("case", CASES)
+def test_swiglu_epilogue_is_silu_gate_times_up_of_the_product(case, level):
+    """With swiglu = 1 the op returns silu(gate)·up of its own product's halves [gate | up] (activation.h), over
+    the cases' shapes (N/2 of 32 to 768, not a multiple of 8 too), prompt rows and a decode row; with the norm
+    prologue too."""
+    q, x, _ = _inputs(case)
+    session = _swiglu_session(q, level)
+    for rows in (x, x[:1]):
+        (got,) = session.run(None, {"x": rows})
+        want = swiglu(_session("MatMulInt4", q, level, None).run(None, {"x": rows})[0])
+        assert got.shape == want.shape == rows.shape[:-1] + (q.n // 2,)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    gamma = np.random.default_rng(1).normal(1.0, 0.3, size=q.k).astype(np.float32)
+    skip = np.ones_like(x)
+    got, residual = _swiglu_session(q, level, norm=True).run(None, {"x": x, "skip": skip, "gamma": gamma})
+    normed = rms_norm(x + skip, gamma, 1e-5).astype(np.float32)
+    want = swiglu(_session("MatMulInt4", q, level, None).run(None, {"x": normed})[0])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_array_equal(residual, x + skip)
+
+
+def test_swiglu_epilogue_refuses_an_odd_width():
+    q = _weight(64, 97, 32, seed=3)
+    with pytest.raises(Exception, match=r"hoe.ort.MatMulInt4: swiglu with N 97: expected an even N"):
+        _swiglu_session(q, 0)
 
 
 def test_norm_prologue_refuses_bad_inputs_with_a_message():

@@ -133,9 +133,10 @@ def test_mixture_op_refuses_bad_shapes_with_a_message():
         session.run(None, {"Y": f, "F": f, "router_mix": np.ones((1, 2), np.float32)})
 
 
-def _fused_sessions(widths, experts, rank, routers, block, with_offsets, norm=False):
+def _fused_sessions(widths, experts, rank, routers, block, with_offsets, norm=False, glu=False):
     """(MatMulInt4 -> Mixture as two nodes, the same as one MatMulInt4Mixture), and the inputs of both. norm: the
-    one node has the norm prologue (inputs skip and gamma, output x + skip after the modules'), fed too."""
+    one node has the norm prologue (inputs skip and gamma, output x + skip after the modules'), fed too; glu: the
+    SwiGLU epilogue (one output silu(z0)·z1 in place of the modules')."""
     from hoe.export.linear_kernel import pack
     from hoe.export.quantize import quantize_blocks
     from onnx import TensorProto, helper, numpy_helper
@@ -163,8 +164,9 @@ def _fused_sessions(widths, experts, rank, routers, block, with_offsets, norm=Fa
                             domain="hoe.ort", **mix_attrs)]
     prologue = [extra[0] if extra else "", "skip", "gamma"] if norm else extra
     one = [helper.make_node("MatMulInt4Mixture", ["x", "tiles", "bias", "router_mix", "levels", "scales", "zeros",
-                                                  *prologue], outs + ["sum"] * norm, domain="hoe.ort",
-                            **{**linear, **mix_attrs, **({"epsilon": 1e-5} if norm else {})})]
+                                                  *prologue], (["h"] if glu else outs) + ["sum"] * norm,
+                            domain="hoe.ort", **{**linear, **mix_attrs, **({"epsilon": 1e-5} if norm else {}),
+                                                 **({"swiglu": 1} if glu else {})})]
     sessions = []
     for nodes, fed in ((two, ("x", "router_mix")), (one, ("x", "router_mix") + ("skip", "gamma") * norm)):
         graph = helper.make_graph(nodes, "fused", [helper.make_tensor_value_info(v, TensorProto.FLOAT, None)
@@ -215,6 +217,31 @@ def test_fused_op_with_the_norm_prologue(offsets):
         for w, g in zip(want, got):
             np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * np.abs(w).max())
         np.testing.assert_array_equal(got[3], part["x"] + part["skip"])
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["plain", "norm"])
+def test_fused_op_with_the_swiglu_epilogue(norm):
+    """With swiglu = 1 the op returns silu(gate)·up (activation.h) of the two nodes' modules (gate, up), with block
+    offsets, with and without the norm prologue (then x + skip after it); a prompt, then a decode step."""
+    from runtime_helpers import rms_norm, swiglu
+
+    (two, one), feed = _fused_sessions([72, 72], 3, 8, 4, 32, True, norm=norm, glu=True)
+    for rows in (slice(None), slice(0, 1)):
+        part = {k: v[rows, rows] if v.ndim == 3 else v[rows] if k == "router_mix" else v for k, v in feed.items()}
+        x = rms_norm(part["x"] + part["skip"], part["gamma"], 1e-5).astype(np.float32) if norm else part["x"]
+        gate, up = two.run(None, {"x": x, "router_mix": part["router_mix"]})
+        want = swiglu(np.concatenate([gate, up], axis=-1))
+        got = one.run(None, part)
+        assert len(got) == 1 + norm and got[0].shape == gate.shape and np.abs(want).max() > 0
+        np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+        if norm:
+            np.testing.assert_array_equal(got[1], part["x"] + part["skip"])
+
+
+def test_fused_op_refuses_swiglu_without_two_halves():
+    with pytest.raises(Exception, match=r"hoe.ort.MatMulInt4Mixture: swiglu with 3 modules .*expected 2 of one "
+                                        r"width"):
+        _fused_sessions([70, 5, 128], 3, 8, 4, 32, False, glu=True)
 
 
 def test_fused_op_refuses_bad_shapes_with_a_message():
