@@ -138,7 +138,8 @@ def _gated_mlp(k, n, outputs=("h",)):
              numpy_helper.from_array(np.array([n // 2, n // 2], np.int64), "sizes")]
     graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
                               [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
 
 
 def _run(model, x):

@@ -140,6 +140,6 @@ def rms_norm(x, gamma, epsilon):
 
 
 def swiglu(y):
-    """The SwiGLU epilogue of hoe's products (runtime/csrc/activation.h) in float64: y = [gate | up] on the last axis."""
+    """The SwiGLU epilogue of hoe's products (runtime/csrc/activation.h) in float64; y = [gate | up] (last axis)."""
     gate, up = np.split(y.astype(np.float64), 2, axis=-1)
     return gate / (1.0 + np.exp(-gate)) * up

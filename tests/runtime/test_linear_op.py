@@ -106,7 +106,8 @@ def test_narrower_paths_match(tmp_path, isa):
 
     env = {**os.environ, "HOE_KERNELS_ISA": isa}
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                          "exact_level or int8_level or swiglu_epilogue_is"], env=env, timeout=300, capture_output=True, text=True)
+                          "exact_level or int8_level or swiglu_epilogue_is"], env=env, timeout=300,
+                         capture_output=True, text=True)
     assert run.returncode == 0, f"HOE_KERNELS_ISA={isa}:\n{run.stdout[-4000:]}{run.stderr[-2000:]}"
 
 
