@@ -160,10 +160,15 @@ def _replace(graph, node, new) -> None:
     """`new` in `node`'s place: each of its outputs takes the old one's name, shape, type and uses."""
     graph.insert_before(node, new)
     for out, value in zip(node.outputs, new.outputs):
-        value.shape, value.type = out.shape, out.type
-        out.replace_all_uses_with(value, replace_graph_outputs=True)
-        value.name, out.name = out.name, None
+        _take_over(out, value)
     graph.remove(node, safe=True)
+
+
+def _take_over(old, value) -> None:
+    """`value` in `old`'s place: its name, shape, type and uses (graph outputs too)."""
+    value.shape, value.type = old.shape, old.type
+    old.replace_all_uses_with(value, replace_graph_outputs=True)
+    value.name, old.name = old.name, None
 
 
 def _tied_lookup(graph, node, tiles: dict, weights: dict) -> bool:
@@ -248,10 +253,7 @@ def _folded_norm(graph, node) -> bool:
                   num_outputs=len(product.outputs) + sums)
     _replace(graph, product, new)
     if residual is not None:
-        value = new.outputs[-1]
-        value.shape, value.type = residual.shape, residual.type
-        residual.replace_all_uses_with(value, replace_graph_outputs=True)
-        value.name, residual.name = residual.name, None
+        _take_over(residual, new.outputs[-1])
     graph.remove(node, safe=True)
     return True
 
@@ -275,9 +277,7 @@ def _swiglu_epilogue(graph, node) -> bool:
                   num_outputs=1 + len(rest))
     graph.insert_before(node, new)
     for old, value in zip([h, *rest], new.outputs):
-        value.shape, value.type = old.shape, old.type
-        old.replace_all_uses_with(value, replace_graph_outputs=True)
-        value.name, old.name = old.name, None
+        _take_over(old, value)
     for dead in [*removed, node]:
         graph.remove(dead, safe=True)
     return True
