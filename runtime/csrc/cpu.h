@@ -8,6 +8,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HOE_AVX2 1
+#include <cpuid.h>
 #endif
 
 // GCC 12's AVX-512 intrinsics pass an `_mm512_undefined_*()` source that -Wuninitialized reports inside the
@@ -37,14 +38,25 @@ inline Isa kernel_isa() {
 #endif
 }
 
-// Whether this is an AMD CPU: where a kernel's best prefetching differs between vendors (linear.cc).
-inline bool amd_cpu() {
+// The core's vendor and family (CPUID leaf 1: base + extended family; AMD Zen 3/4 0x19, Zen 5 0x1A), where a
+// kernel's best prefetching differs between cores (linear.cc).
+struct Core {
+  bool amd = false;
+  unsigned family = 0;
+};
+
+inline Core core() {
+  Core c;
 #ifdef HOE_AVX2
   __builtin_cpu_init();
-  return __builtin_cpu_is("amd");
-#else
-  return false;
+  c.amd = __builtin_cpu_is("amd");
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid(1, &eax, &ebx, &ecx, &edx)) {
+    c.family = (eax >> 8) & 0xF;
+    if (c.family == 0xF) c.family += (eax >> 20) & 0xFF;
+  }
 #endif
+  return c;
 }
 
 // Runs fn(data, i) for every i < total, in any order, maybe on several threads (onnxruntime's intra-op pool).

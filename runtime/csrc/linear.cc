@@ -29,20 +29,34 @@ struct Rows {
 
 // A decode step streams the weights from memory once, and a part's ~130 instructions hold the core's queue
 // longer than a plain read's, so fewer lines are in flight: each part asks for the lines of the part
-// kPrefetchParts ahead into L2 (often the next group's, which follow in memory). On the Xeon of
-// docs/BENCHMARKS.md, 104 MB of tiles: 0.63 of a plain read loop's bandwidth without, ~0.9 with (2 to 12 parts
-// ahead tried; 4 into L2 best). Past the last tile the hint fetches nothing harmful: prefetches never fault.
-// AMD's cores (Zen 4) stream the VNNI loop's 64-byte reads on their own, and the 20 hints a part cost issue
-// slots there: the embedded model's 121 products from memory 0.80-0.94 of a read loop's bandwidth without, a
-// decode step 4-7 % faster; in L2, 63 GB/s without and 43 with. The AVX2 loop's 32-byte reads still need them
-// on that core (6.6 GB/s without, 19 with).
+// kPrefetchParts ahead (often the next group's, which follow in memory). Which cache, if any, depends on the core
+// (measured in-process on the embedded model, docs/GRAPH.md "Linear kernel"):
+// - Intel (the Xeon of docs/BENCHMARKS.md session 18): into L2, 104 MB of tiles at 0.63 of a plain read loop's
+//   bandwidth without, ~0.9 with (2 to 12 parts ahead tried; 4 into L2 best);
+// - AMD Zen 4 (family 0x19, session 23): none in the VNNI loop, whose 64-byte reads stream on their own and for
+//   which the 20 hints a part cost issue slots (a decode step 4-7 % faster without);
+// - AMD Zen 5 (family 0x1A on, session 24): into L1, a decode step 0.85-0.88 of L2's and 0.82 of none's (2 to 12
+//   parts ahead tried; 3 to 6 alike).
+// The AVX2 loop's 32-byte reads keep the L2 hint everywhere (Zen 4: 6.6 GB/s without, 19 with). Past the last
+// tile the hint fetches nothing harmful: prefetches never fault.
 constexpr int64_t kPrefetchParts = 4;
 
+enum class Ahead { kNone, kL1, kL2 };  // where a part's lines are fetched ahead to
+
 #ifdef HOE_AVX2
+template <Ahead kTo>
 inline void prefetch_part_ahead(const uint8_t* w) {
+  if constexpr (kTo == Ahead::kNone) return;
   const uintptr_t ahead = reinterpret_cast<uintptr_t>(w) + kPrefetchParts * kLinearStride;
   for (int64_t line = 0; line < kLinearStride; line += 64)
-    _mm_prefetch(reinterpret_cast<const char*>(ahead + line), _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(ahead + line), kTo == Ahead::kL1 ? _MM_HINT_T0 : _MM_HINT_T1);
+}
+
+// The VNNI loop's choice for this core (above).
+inline Ahead vnni_ahead() {
+  const Core c = core();
+  if (c.amd) return c.family == 0x19 ? Ahead::kNone : Ahead::kL1;
+  return Ahead::kL2;
 }
 #endif
 
@@ -110,7 +124,7 @@ HOE_LINEAR_AVX2 void group_avx2_int8(const uint8_t* w, int64_t parts, const Rows
     const int8_t* q = r.q + row * width + p * kLinearInputs;
     int32_t a[8];
     std::memcpy(a, q, sizeof a);
-    if (row == 0) prefetch_part_ahead(w);  // a prompt's later rows find the part in cache
+    if (row == 0) prefetch_part_ahead<Ahead::kL2>(w);  // a prompt's later rows find the part in cache
     const __m256i z = _mm256_set1_epi32(r.z[row * parts + p]);
     const __m256 qs = _mm256_set1_ps(r.qs[row * parts + p]);
     for (int64_t h = 0; h < 8; ++h) {  // 8 halves of the 4 slices
@@ -158,7 +172,7 @@ HOE_LINEAR_AVX2 void group_avx2_exact(const uint8_t* w, int64_t parts, const Row
 
 #define HOE_LINEAR_VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
 
-template <bool kPrefetch>
+template <Ahead kTo>
 HOE_LINEAR_VNNI void group_vnni_int8(const uint8_t* w, int64_t parts, const Rows& r, int64_t row, float* out) {
   const int64_t width = parts * kLinearInputs;
   const __m512i mask = _mm512_set1_epi8(0x0F);
@@ -168,7 +182,7 @@ HOE_LINEAR_VNNI void group_vnni_int8(const uint8_t* w, int64_t parts, const Rows
     const int8_t* q = r.q + row * width + p * kLinearInputs;
     int32_t a[8];
     std::memcpy(a, q, sizeof a);
-    if (kPrefetch && row == 0) prefetch_part_ahead(w);  // a prompt's later rows find the part in cache
+    if (row == 0) prefetch_part_ahead<kTo>(w);  // a prompt's later rows find the part in cache
     __m512i lo[4], hi[4];  // two sums per slice: the dots' dependency chains halved
     for (int64_t s = 0; s < 4; ++s) lo[s] = hi[s] = _mm512_setzero_si512();
     for (int64_t j = 0; j < 4; ++j) {
@@ -243,8 +257,12 @@ Products choose() {
   if (isa != Isa::kPortable) {
     const bool vnni = isa == Isa::kAvx512 && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vnni");
-    if (vnni && amd_cpu()) return {group_vnni_int8<false>, group_avx2_exact, quantize_part_avx512};
-    if (vnni) return {group_vnni_int8<true>, group_avx2_exact, quantize_part_avx512};
+    if (vnni) {
+      const Ahead to = vnni_ahead();
+      const GroupFn int8 = to == Ahead::kNone ? group_vnni_int8<Ahead::kNone>
+                           : to == Ahead::kL1 ? group_vnni_int8<Ahead::kL1> : group_vnni_int8<Ahead::kL2>;
+      return {int8, group_avx2_exact, quantize_part_avx512};
+    }
     return {group_avx2_int8, group_avx2_exact, quantize_part};
   }
 #endif
