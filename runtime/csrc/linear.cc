@@ -255,9 +255,7 @@ Products choose() {
   const Isa isa = kernel_isa();
 #ifdef HOE_AVX2
   if (isa != Isa::kPortable) {
-    const bool vnni = isa == Isa::kAvx512 && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vnni");
-    if (vnni) {
+    if (kernel_vnni()) {
       const Ahead to = vnni_ahead();
       const GroupFn int8 = to == Ahead::kNone ? group_vnni_int8<Ahead::kNone>
                            : to == Ahead::kL1 ? group_vnni_int8<Ahead::kL1> : group_vnni_int8<Ahead::kL2>;
