@@ -88,7 +88,7 @@ def _reference(q, k, v, past_k, past_v, bias, heads, kv_heads, scale, integer_pa
     vh = np.repeat(values, heads // kv_heads, 1).astype(np.float64)
     s = qh @ kh.transpose(0, 1, 3, 2) * scale + bias.astype(np.float64)
     if integer_past:
-        qr = _round16((q.reshape(batch, steps, heads, dim).transpose(0, 2, 1, 3) * np.float32(scale)))
+        qr = _round16(q.reshape(batch, steps, heads, dim).transpose(0, 2, 1, 3) * np.float32(scale))
         s[..., :past] = qr.astype(np.float64) @ kh[:, :, :past].transpose(0, 1, 3, 2) + bias[..., :past]
     p = np.exp(s - s.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
