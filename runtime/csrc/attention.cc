@@ -6,10 +6,12 @@
 //   run as register-blocked 6 x 16 tiles.
 // Both take AVX2 + FMA where the CPU has them (cpu.h), with a vectorised exp; other CPUs run the plain loops. The
 // decode path has 8-lane tiles (AVX2) and, on AVX-512 F + VL CPUs with D % 16 == 0, the same tiles over 16 lanes
-// (half the int8 widening and FMA instructions per cache row), and where the CPU has AVX-512 VNNI the scores
-// against int8 keys in int16 x int8 dot products (below); all prefetch an int8 cache's rows kAhead ahead (at long
-// context the decode step waited on memory: 12.5 MB of cache over 30 layers read cold at 3.2-3.9 ms without,
-// 2.1-2.4 ms with, at 32 rows ahead on a Zen 3; 8 ahead helped little; on a Zen 5, 64 ahead 0.95 of 32's).
+// (half the int8 widening and FMA instructions per cache row); both prefetch an int8 cache's rows kAhead ahead
+// (at long context the decode step waited on memory: 12.5 MB of cache over 30 layers read cold at 3.2-3.9 ms
+// without, 2.1-2.4 ms with, at 32 rows ahead on a Zen 3; 8 ahead helped little; on a Zen 5, 64 ahead 0.95 of
+// 32's). The scores stay fp32: q rounded to int16 for VNNI dots (0.21 against 0.29 ms of scores for 30 layers at
+// past 1024) moved each score by ~1e-4 of |q||k|, 1000 times fp32's round-off, and the embedded int4 export's
+// validation from 1.8e-3 to 2.7e-3 of its 3.55e-3 tolerance.
 #include "attention.h"
 
 #include <algorithm>
@@ -411,84 +413,6 @@ HOE_WIDE_FN float softmax16(float* x, const float* bias, int64_t n) {
   return 1.0f / _mm512_reduce_add_ps(sum);
 }
 
-// -- AVX-512 VNNI + BW (kernel_vnni): a decode step's scores against an int8 cache's past keys in integers
-// (D % 32 == 0, D <= kMaxDim). Each q row is rounded to int16 on its absmax (round16); vpdpwssd then sums q16·k8
-// exactly in int32 (at most 256 · 32767 · 127 < 2^31). The rounding is within 2^-16 of the row's largest value,
-// 256 times finer than the cache's own int8 rounding; a step's own fp32 keys meet the fp32 q. (Values the same
-// way, w16·v8 with each row's weights times the rows' scales rounded to int16, were slower: 0.58 ms against 0.50
-// for 30 layers at past 1024 on a Zen 5, the pairs' interleaving and the weights' rounding costing more than the
-// FMAs they save.)
-#define HOE_VNNI_FN __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni")))
-
-constexpr int64_t kMaxDim = 256;
-
-// x [n] (n % 16 == 0) -> levels rint(x · (32767 / m)), m = max|x|; returns their scale m / 32767 (0: all zero).
-HOE_VNNI_FN float round16(const float* x, int64_t n, int16_t* levels) {
-  __m512 top = _mm512_setzero_ps();
-  for (int64_t c = 0; c < n; c += 16) top = _mm512_max_ps(top, _mm512_abs_ps(_mm512_loadu_ps(x + c)));
-  const float m = _mm512_reduce_max_ps(top);
-  const __m512 inv = _mm512_set1_ps(m > 0.0f ? 32767.0f / m : 0.0f);
-  for (int64_t c = 0; c < n; c += 16) {
-    const __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + c), inv));  // half to even
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(levels + c), _mm512_cvtsepi32_epi16(r));
-  }
-  return m / 32767.0f;
-}
-
-// The four horizontal sums of a0..a3 (int32), as sum4_16.
-HOE_VNNI_FN __m128i sum4_i32(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
-  const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1), _mm512_unpackhi_epi32(a0, a1));
-  const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(a2, a3), _mm512_unpackhi_epi32(a2, a3));
-  const __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
-  const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
-  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-}
-
-// Scores of the int8 keys [0, j_end) in the tiles of score_tiles16 (3 rows x 4 keys), 32 inputs per dot; with
-// kH = D / 32 > 0 a block's q levels stay in registers (kH = 2, D = 64), kH = 0 reads D from g.dim.
-template <int64_t kH>
-HOE_VNNI_FN void score_tiles_vnni(const Group& g, float* scores, int64_t stride, int64_t j_end) {
-  const int64_t last = g.rows - 1, halves = kH > 0 ? kH : g.dim / 32;
-  alignas(64) int16_t q[kFewBlock][kMaxDim];
-  for (int64_t r0 = 0; r0 < g.rows; r0 += kFewBlock) {
-    float sq[kFewBlock];
-    for (int64_t i = 0; i < kFewBlock; ++i) sq[i] = round16(g.q + std::min(r0 + i, last) * g.dim, g.dim, q[i]);
-    __m512i held[kFewBlock][kH > 0 ? kH : 1];
-    if constexpr (kH > 0)
-      for (int64_t i = 0; i < kFewBlock; ++i)
-        for (int64_t h = 0; h < kH; ++h) held[i][h] = _mm512_load_si512(q[i] + 32 * h);
-    for (int64_t j0 = 0; j0 < j_end; j0 += kKeys) {
-      int64_t j[kKeys];
-      const __m128 f = key_tile<true>(g.keys, j0, j_end, j);
-      if (r0 == 0) prefetch_rows(g.keys, j0 + kAhead, kKeys);
-      __m512i acc[kFewBlock][kKeys];
-      for (auto& row : acc)
-        for (auto& a : row) a = _mm512_setzero_si512();
-      for (int64_t h = 0; h < halves; ++h) {
-        __m512i k[kKeys];
-        for (int64_t t = 0; t < kKeys; ++t)
-          k[t] = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.keys.qrow(j[t]) + 32 * h)));
-        for (int64_t i = 0; i < kFewBlock; ++i) {
-          __m512i qi;
-          if constexpr (kH > 0) qi = held[i][h];
-          else qi = _mm512_load_si512(q[i] + 32 * h);
-          for (int64_t t = 0; t < kKeys; ++t) acc[i][t] = _mm512_dpwssd_epi32(acc[i][t], qi, k[t]);
-        }
-      }
-      for (int64_t i = 0; i < kFewBlock && r0 + i < g.rows; ++i) {
-        const __m128 dots = _mm_cvtepi32_ps(sum4_i32(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
-        _mm_storeu_ps(scores + (r0 + i) * stride + j0, _mm_mul_ps(dots, _mm_mul_ps(f, _mm_set1_ps(sq[i]))));
-      }
-    }
-  }
-}
-
-HOE_VNNI_FN void score_tiles_vnni(const Group& g, float* scores, int64_t stride, int64_t j_end) {
-  if (g.dim == 64) return score_tiles_vnni<2>(g, scores, stride, j_end);
-  score_tiles_vnni<0>(g, scores, stride, j_end);
-}
-
-const bool kVnni = kernel_vnni();
 
 // out += P·V over a step's own fp32 value rows [j, S) (an int8 cache's new columns), each loaded once for every row.
 HOE_DECODE_FN void add_fresh_values(const Group& g, const float* scores, int64_t stride, int64_t j) {
@@ -520,9 +444,7 @@ HOE_DECODE_FN void group_few_rows(const Group& g, float* scores, int64_t stride)
 // group_few_rows in the 16-lane tiles (D % 16 == 0).
 HOE_WIDE_FN void group_few_rows16(const Group& g, float* scores, int64_t stride) {
   const int64_t split = g.keys.quantized, past = g.values.quantized;
-  const bool integer = kVnni && g.dim % 32 == 0 && g.dim <= kMaxDim;  // the int8 past's products in int32
-  if (split > 0 && integer) score_tiles_vnni(g, scores, stride, split);
-  else if (split > 0) score_tiles16<true>(g, scores, stride, 0, split);
+  if (split > 0) score_tiles16<true>(g, scores, stride, 0, split);
   score_tiles16<false>(g, scores, stride, split, g.total);
   float inv[kFewRows];  // D % 16 == 0: at most kFewRows rows come here (attention())
   for (int64_t r = 0; r < g.rows; ++r) inv[r] = softmax16(scores + r * stride, g.bias[r], g.total);

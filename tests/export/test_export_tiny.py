@@ -331,3 +331,17 @@ def test_exported_tensors_unpack_to_the_checkpoint(tiny_export):
         active = want[names.ROUTER_MASK] > 0
         np.testing.assert_array_equal(got[names.router_bias(module)][active], want[names.router_bias(module)][active])
     np.testing.assert_array_equal(got[names.ROUTER_MASK], want[names.ROUTER_MASK])
+
+
+def test_a_failed_kv_check_says_so():
+    """Logits within tolerance but the int8 cache's rows too far from the reference's: the message names the cache,
+    not the logits."""
+    from hoe.core.errors import ParityError
+    from hoe.export.validate import check_report
+
+    report = {"passed": False, "max_abs_logits": 1e-3, "tolerance": 3e-3,
+              "kv_cache": {"passed": False, "max_steps_apart": 2}}
+    with pytest.raises(ParityError, match="int8 KV cache's rows are 2 rounding steps apart"):
+        check_report(report)
+    with pytest.raises(ParityError, match="max abs logits diff 0.004 > tolerance"):
+        check_report({**report, "max_abs_logits": 4e-3, "kv_cache": {"passed": True}})
