@@ -8,10 +8,7 @@
 // decode path has 8-lane tiles (AVX2) and, on AVX-512 F + VL CPUs with D % 16 == 0, the same tiles over 16 lanes
 // (half the int8 widening and FMA instructions per cache row); both prefetch an int8 cache's rows kAhead ahead
 // (at long context the decode step waited on memory: 12.5 MB of cache over 30 layers read cold at 3.2-3.9 ms
-// without, 2.1-2.4 ms with, at 32 rows ahead on a Zen 3; 8 ahead helped little; on a Zen 5, 64 ahead 0.95 of
-// 32's). The scores stay fp32: q rounded to int16 for VNNI dots (0.21 against 0.29 ms of scores for 30 layers at
-// past 1024) moved each score by ~1e-4 of |q||k|, 1000 times fp32's round-off, and the embedded int4 export's
-// validation from 1.8e-3 to 2.7e-3 of its 3.55e-3 tolerance.
+// without, 2.1-2.4 ms with, at 32 rows ahead; 8 ahead helped little, 64 no more).
 #include "attention.h"
 
 #include <algorithm>
@@ -168,7 +165,7 @@ HOE_DECODE_FN __m128 sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
 
 constexpr int64_t kFewBlock = 3, kKeys = 4, kChunks = 4;  // decode tiles: 3 rows x 4 keys, or x 4 chunks of 8
 
-constexpr int64_t kAhead = 64;  // cache rows prefetched ahead of the one being read
+constexpr int64_t kAhead = 32;  // cache rows prefetched ahead of the one being read
 
 // Prefetch the bytes of cache rows [j, j + n) (of `rows`, capped at its last int8 row) into L1.
 HOE_DECODE_FN void prefetch_rows(const Rows& rows, int64_t j, int64_t n) {
@@ -366,54 +363,6 @@ HOE_WIDE_FN void value_tiles16(const Group& g, const float* scores, int64_t stri
   }
 }
 
-// exp_ps (exp.h) over 16 lanes.
-HOE_WIDE_FN __m512 exp16(__m512 x) {
-  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kMinExp), _CMP_GE_OQ);
-  x = _mm512_max_ps(x, _mm512_set1_ps(kMinExp));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  const __m512i two_n = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_maskz_mul_ps(keep, p, _mm512_castsi512_ps(two_n));
-}
-
-HOE_WIDE_FN __mmask16 first_lanes(int64_t n) { return n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1); }
-
-// The softmax in two passes of 16 lanes, its division left to the outputs: x = exp(x + bias − max) over n columns
-// -> 1 / their sum (0 for a row masked everywhere, its x all 0: no weight anywhere).
-HOE_WIDE_FN float softmax16(float* x, const float* bias, int64_t n) {
-  __m512 top = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  for (int64_t j = 0; j < n; j += 16) {
-    const __mmask16 m = first_lanes(n - j);
-    const __m512 y = _mm512_add_ps(_mm512_maskz_loadu_ps(m, x + j), _mm512_maskz_loadu_ps(m, bias + j));
-    _mm512_mask_storeu_ps(x + j, m, y);
-    top = _mm512_mask_max_ps(top, m, top, y);
-  }
-  const float t = _mm512_reduce_max_ps(top);
-  if (t == -std::numeric_limits<float>::infinity()) {
-    std::fill(x, x + n, 0.0f);
-    return 0.0f;
-  }
-  const __m512 vt = _mm512_set1_ps(t);
-  __m512 sum = _mm512_setzero_ps();
-  for (int64_t j = 0; j < n; j += 16) {
-    const __mmask16 m = first_lanes(n - j);
-    const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), vt));
-    _mm512_mask_storeu_ps(x + j, m, e);
-    sum = _mm512_mask_add_ps(sum, m, sum, e);
-  }
-  return 1.0f / _mm512_reduce_add_ps(sum);
-}
-
-
 // out += P·V over a step's own fp32 value rows [j, S) (an int8 cache's new columns), each loaded once for every row.
 HOE_DECODE_FN void add_fresh_values(const Group& g, const float* scores, int64_t stride, int64_t j) {
   for (; j < g.total; ++j) {
@@ -443,17 +392,14 @@ HOE_DECODE_FN void group_few_rows(const Group& g, float* scores, int64_t stride)
 
 // group_few_rows in the 16-lane tiles (D % 16 == 0).
 HOE_WIDE_FN void group_few_rows16(const Group& g, float* scores, int64_t stride) {
-  const int64_t split = g.keys.quantized, past = g.values.quantized;
+  const int64_t split = g.keys.quantized;
   if (split > 0) score_tiles16<true>(g, scores, stride, 0, split);
   score_tiles16<false>(g, scores, stride, split, g.total);
-  float inv[kFewRows];  // D % 16 == 0: at most kFewRows rows come here (attention())
-  for (int64_t r = 0; r < g.rows; ++r) inv[r] = softmax16(scores + r * stride, g.bias[r], g.total);
+  for (int64_t r = 0; r < g.rows; ++r) softmax_avx2(scores + r * stride, g.bias[r], g.total);
+  const int64_t past = g.values.quantized;
   if (past > 0) value_tiles16<true>(g, scores, stride, past);
   else value_tiles16<false>(g, scores, stride, g.total);
   add_fresh_values(g, scores, stride, past > 0 ? past : g.total);
-  for (int64_t r = 0; r < g.rows; ++r)  // the softmax's division
-    for (int64_t c = 0; c < g.dim; c += 16)
-      _mm512_storeu_ps(g.out[r] + c, _mm512_mul_ps(_mm512_loadu_ps(g.out[r] + c), _mm512_set1_ps(inv[r])));
 }
 
 HOE_AVX2_FN void few_rows_avx2(const Group& g, float* scores, int64_t stride) { group_few_rows(g, scores, stride); }
