@@ -42,10 +42,9 @@ FORMAT_VERSIONS = (FORMAT_VERSION,)  # what this hoe reads
 # absmax/127 grid and block offsets (export/quantize.py: the reference re-quantizes, so the grid must match);
 # 5 = rotary inside hoe's Attention op (--attention-kernel: no RotaryEmbedding nodes); 6 = the RMSNorm before a
 # product as its prologue (--linear-kernel: export/linear_kernel.py); 7 = a SiLU MLP's silu(gate)·up as the
-# gate/up product's epilogue (--linear-kernel); 8 = the Mixture kernel's lora_B rows in column-interleaved pairs
-# (integer products, attribute lora_b_pairs).
+# gate/up product's epilogue (--linear-kernel).
 # Caches of our own exports (demo, bench base-ort) are redone when theirs is not this one.
-GRAPH_REVISION = 8
+GRAPH_REVISION = 7
 
 
 def is_current(manifest: Any) -> bool:

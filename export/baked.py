@@ -221,8 +221,7 @@ def _quantize_b(b: np.ndarray, cfg: QuantConfig):
 def _mixture_b(g: SiteGroup, packed: dict[str, np.ndarray], cfg: QuantConfig) -> tuple:
     """The group's lora_B as the Mixture kernel reads it (runtime/csrc/mixture.h), on `_quantize_b`'s grid: levels
     uint8 [tiles, E·r, MIXTURE_TILE], scales and zero points fp32 [k_blocks, tiles·MIXTURE_TILE]. Each module's
-    columns are cut in tiles of MIXTURE_TILE, its last one padded (the kernel never writes the padding); each
-    tile's rows in pairs (`paired_rows`)."""
+    columns are cut in tiles of MIXTURE_TILE, its last one padded (the kernel never writes the padding)."""
     levels, scales, zeros = [], [], []
     for module in g.modules:
         q = _quantize_b(packed[packing.lora_b(module)], cfg)
@@ -230,19 +229,8 @@ def _mixture_b(g: SiteGroup, packed: dict[str, np.ndarray], cfg: QuantConfig) ->
         levels.append(np.pad(q.levels()[:, : q.k].T, cols).reshape(q.k, -1, MIXTURE_TILE).transpose(1, 0, 2))
         scales.append(np.pad(q.scales.astype(np.float32).T, cols))
         zeros.append(np.pad(q.zeros().astype(np.float32).T, cols))
-    return (paired_rows(np.concatenate(levels)), np.concatenate(scales, axis=1), np.concatenate(zeros, axis=1))
-
-
-def paired_rows(levels: np.ndarray) -> np.ndarray:
-    """Tiles [tiles, R, MIXTURE_TILE] with each pair of rows (2p, 2p + 1) column-interleaved, as the kernel's
-    integer products read them (runtime/csrc/mixture.h): q[2p, 0], q[2p + 1, 0], q[2p, 1], ...; an odd R's last row
-    stays as it is. Same shape."""
-    out = np.array(levels, copy=True)
-    tiles, rows, width = levels.shape
-    even = rows // 2 * 2
-    out[:, :even] = levels[:, :even].reshape(tiles, even // 2, 2, width).transpose(0, 1, 3, 2).reshape(tiles, even,
-                                                                                                        width)
-    return np.ascontiguousarray(out)
+    return (np.ascontiguousarray(np.concatenate(levels)), np.concatenate(scales, axis=1),
+            np.concatenate(zeros, axis=1))
 
 
 def _round_trip(w: np.ndarray, bits: int, cfg: QuantConfig, dtype) -> np.ndarray:
@@ -364,7 +352,7 @@ class _Baker:
         node = self._node(MIXTURE_OP, [y, f, self.inputs[ROUTER_MIX], levels, scales, zeros,
                                        *([offsets] if offsets is not None else [])],
                           MIXTURE_DOMAIN, g.name, h_offset=h_offset, block_size=self.cfg.block_size,
-                          lora_b_pairs=1, modules=len(widths), num_outputs=len(widths),
+                          modules=len(widths), num_outputs=len(widths),
                           **{f"width_{i}": w for i, w in enumerate(widths)}, **sums)
         self.graph.insert_before(adds[0], node)
         for add, out in zip(adds, node.outputs):

@@ -4,15 +4,10 @@
 //   h      = F[h_offset : h_offset + m·E·r]                   the lora_A products   [m][E][r]
 //   logits = F[h_offset + m·E·r : + m·K·E]                    the router logits     [m][K][E] (bias, -inf mask in)
 //   g[i,e] = sum_k mix[b,k] · softmax_e(logits[i,k,:])[e]     the gates, fp32
-//   hg[j]  = h[i,j]·g[i,j/r] ≈ sh·hi[j] + sl·lo[j]: two int16 levels, sh = max_j |hg[j]| / 32767, sl = sh / 65534
-//   Z[n]   = Y[n] + sum_j hg[j] · (q[j,n] - z[j/bs,n]) · s[j/bs,n]   for n in module i's columns
+//   Z[n]   = Y[n] + sum_j h[i,j]·g[i,j/r] · (q[j,n] - z[j/bs,n]) · s[j/bs,n]   for n in module i's columns
 // lora_B on its int8 grid (the experts' scaling folded in), in tiles of kTile columns per module (a module's last
 // tile padded): levels q uint8 [tiles, E·r, kTile], scales s and zero points z fp32 [ceil(E·r/bs), tiles·kTile]
-// (N = sum of the modules' widths; the tiles keep each column tile's rows contiguous in memory). Within a tile
-// the rows come in pairs, column-interleaved (graph revision 8, attribute lora_b_pairs = 1): rows 2p and 2p + 1
-// are the 2·kTile bytes q[2p, 0], q[2p + 1, 0], q[2p, 1], ...; an odd count's last row follows on its own. The
-// sums over j are exact integer sums (hi·q and lo·q); the split is within 2^-32 of hg's largest value, below
-// fp32's own rounding of the sum.
+// (N = sum of the modules' widths; the tiles keep each column tile's rows contiguous in memory).
 // This is the graph hoe_graph.py builds, computed in one pass.
 // With block offsets (quantize.py `_offset_product`) Y is y₀ and F also holds the block sums x·S at column
 // sums_offset: Y[n] becomes y₀[n] + sum_b (x·S)[b] · O[b, n], O fp32 [k_blocks, N], before the mixture.

@@ -158,14 +158,6 @@ OrtStatus* mixture_attributes(const OrtKernelInfo* info, Kernel* kernel) {
     status = attribute(info, ("width_" + std::to_string(i)).c_str(), &width);
     kernel->widths.push_back(width);
   }
-  if (!status) {  // lora_B's rows in pairs (mixture.h): graph revision 8 on
-    int64_t pairs = 0;
-    if (OrtStatus* absent = attribute(info, "lora_b_pairs", &pairs)) release(absent);
-    if (pairs != 1)
-      status = error(pairs ? "lora_b_pairs " + std::to_string(pairs) + ": expected 1"
-                           : "no lora_b_pairs attribute: lora_B's levels are in the layout of graph revision 7 or "
-                             "older, which this hoe no longer reads; re-export the folder with this hoe");
-  }
   if (!status) {
     if (OrtStatus* absent = attribute(info, "sums_offset", &s.sums_offset)) {  // no block offsets
       release(absent);

@@ -25,8 +25,7 @@ def _mixture_inputs(rng, widths, experts, rank, routers, block, symmetric):
     return _mixture_b(group, b, cfg), dequantized
 
 
-def _hg(f, mix, h_offset, widths, experts, rank, routers):
-    """The gated lora_A outputs hg [B,T,m,E·r] in float64."""
+def _reference(y, f, mix, lora_b, h_offset, widths, experts, rank, routers, offsets=None, sums_offset=0):
     batch, steps = f.shape[:2]
     m, er = len(widths), experts * rank
     h = f[..., h_offset: h_offset + m * er].reshape(batch, steps, m, experts, rank)
@@ -35,29 +34,13 @@ def _hg(f, mix, h_offset, widths, experts, rank, routers):
     p = np.exp(logits - logits.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     gates = np.einsum("bk,btmke->btme", mix, p)
-    return (h * gates[..., None]).reshape(batch, steps, m, er)
-
-
-def _reference(y, f, mix, lora_b, h_offset, widths, experts, rank, routers, offsets=None, sums_offset=0):
-    """-> (Z in float64, the bound on |Z_op - Z| from the op's split of hg into two int16 levels: half a low level,
-    sh / 65534 / 2 with sh = max|hg| / 32767 per row and module, times sum_j |lora_B[j, n]|)."""
-    m = len(widths)
-    hg = _hg(f, mix, h_offset, widths, experts, rank, routers)
+    hg = (h * gates[..., None]).reshape(batch, steps, m, er)
     n = sum(widths)
     base = y[..., :n].astype(np.float64)
     if offsets is not None:
         base = base + f[..., sums_offset: sums_offset + offsets.shape[0]] @ offsets
     cols = np.cumsum([0, *widths])
-    want = np.concatenate([base[..., cols[i]:cols[i + 1]] + hg[:, :, i] @ lora_b[i] for i in range(m)], axis=-1)
-    half = np.abs(hg).max(-1) / 32767 / 65534 / 2  # [B,T,m]
-    bound = np.concatenate([half[..., i, None] * np.abs(lora_b[i]).sum(0) for i in range(m)], axis=-1)
-    return want, bound
-
-
-def _assert_close(z, reference):
-    want, bound = reference
-    excess = np.abs(z - want) - (bound + 1e-5 + 1e-5 * np.abs(want))  # + fp32 round-off
-    assert excess.max() <= 0, f"off by {excess.max():.3g} beyond the rounding bound (max bound {bound.max():.3g})"
+    return np.concatenate([base[..., cols[i]:cols[i + 1]] + hg[:, :, i] @ lora_b[i] for i in range(m)], axis=-1)
 
 
 def _session(inputs, initializers, attrs):
@@ -95,8 +78,7 @@ def _run_case(case):
     tail = f[..., -experts:]
     tail[..., masked] = -np.inf
     mix = rng.dirichlet(np.ones(routers), size=batch).astype(np.float32)
-    attrs = dict(h_offset=h_offset, block_size=block, lora_b_pairs=1, modules=m,
-                 **{f"width_{i}": w for i, w in enumerate(widths)})
+    attrs = dict(h_offset=h_offset, block_size=block, modules=m, **{f"width_{i}": w for i, w in enumerate(widths)})
     initializers = [levels, scales, zeros]
     offsets = None
     if with_offsets:
@@ -111,15 +93,14 @@ def _run_case(case):
 
 @pytest.mark.parametrize("case", CASES, ids=[f"widths{c[0]}-E{c[1]}-r{c[2]}" for c in CASES])
 def test_mixture_op_matches_numpy(case):
-    z, reference = _run_case(case)
-    _assert_close(z, reference)
+    z, want = _run_case(case)
+    np.testing.assert_allclose(z, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["portable", "avx2"])
 def test_narrower_paths_match_numpy(tmp_path, isa):
-    """HOE_KERNELS_ISA (read when onnxruntime loads the library, so in a fresh process) caps the kernel's path
-    (avx512: AVX2's madd loop on a VNNI CPU). The portable loop rounds differently from the vector ones (FMA),
-    which shows the switch took effect; the integer sums are the same on every path."""
+    """HOE_KERNELS_ISA (read when onnxruntime loads the library, so in a fresh process) caps the kernel's path.
+    The portable loop rounds differently from the vector ones (FMA), which shows the switch took effect."""
     import os
     import subprocess
     import sys
@@ -130,8 +111,8 @@ def test_narrower_paths_match_numpy(tmp_path, isa):
     env = {**os.environ, "HOE_KERNELS_ISA": isa}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
     narrow = np.load(tmp_path / "z.npy")
-    z, reference = _run_case(CASES[0])
-    _assert_close(narrow, reference)
+    z, want = _run_case(CASES[0])
+    np.testing.assert_allclose(narrow, want, rtol=1e-4, atol=1e-4)
     cpuinfo = Path("/proc/cpuinfo")
     if isa == "portable" and cpuinfo.exists() and " avx2" in cpuinfo.read_text(errors="ignore"):
         assert not np.array_equal(narrow, z), "HOE_KERNELS_ISA=portable did not change the kernel's path"
@@ -141,7 +122,7 @@ def test_mixture_op_refuses_bad_shapes_with_a_message():
     rng = np.random.default_rng(0)
     (levels, scales, zeros), _ = _mixture_inputs(rng, [64], 3, 8, 2, 32, True)
     f = rng.normal(size=(1, 1, 64 + 24 + 6)).astype(np.float32)
-    attrs = dict(h_offset=64, block_size=32, lora_b_pairs=1, modules=1, width_0=64)
+    attrs = dict(h_offset=64, block_size=32, modules=1, width_0=64)
     bad_mix = np.ones((1, 5), np.float32)  # 5 routers: F holds 6 logits, not 1·5·E
     session = _session([f, f, bad_mix], [levels, scales, zeros], attrs)
     with pytest.raises(Exception, match="hoe.ort.Mixture: F"):
@@ -150,9 +131,6 @@ def test_mixture_op_refuses_bad_shapes_with_a_message():
     session = _session([f, f, np.ones((1, 2), np.float32)], [levels, scales, zeros], wide)
     with pytest.raises(Exception, match="expected"):
         session.run(None, {"Y": f, "F": f, "router_mix": np.ones((1, 2), np.float32)})
-    old = {k: v for k, v in attrs.items() if k != "lora_b_pairs"}  # a graph of revision 7: rows not in pairs
-    with pytest.raises(Exception, match="revision 7 or older.*re-export"):
-        _session([f, f, np.ones((1, 2), np.float32)], [levels, scales, zeros], old)
 
 
 def _fused_sessions(widths, experts, rank, routers, block, with_offsets, norm=False, glu=False):
@@ -171,8 +149,7 @@ def _fused_sessions(widths, experts, rank, routers, block, with_offsets, norm=Fa
     q = quantize_blocks(rng.normal(scale=0.1, size=(k_in, cols)).astype(np.float32), 4, 32, symmetric=True)
     bias = rng.normal(size=cols).astype(np.float32)
     bias[-1] = -np.inf  # a masked router output, as the router bias has them
-    mix_attrs = dict(h_offset=h_offset, block_size=block, lora_b_pairs=1, modules=m,
-                     **{f"width_{i}": w for i, w in enumerate(widths)})
+    mix_attrs = dict(h_offset=h_offset, block_size=block, modules=m, **{f"width_{i}": w for i, w in enumerate(widths)})
     inits = [numpy_helper.from_array(a, name) for a, name in
              [(pack(q), "tiles"), (bias, "bias"), (levels, "levels"), (scales, "scales"), (zeros, "zeros")]]
     extra = []
