@@ -24,8 +24,7 @@ namespace hoe {
 // kernels' tiles 16 lanes wide).
 enum class Isa { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
 
-// The widest path this CPU has, capped by HOE_KERNELS_ISA=portable|avx2 (tests: the loops other CPUs run;
-// avx512: kernel_vnni below).
+// The widest path this CPU has, capped by HOE_KERNELS_ISA=portable|avx2 (tests: the loops other CPUs run).
 inline Isa kernel_isa() {
   const char* cap = std::getenv("HOE_KERNELS_ISA");
   if (cap && std::strcmp(cap, "portable") == 0) return Isa::kPortable;
@@ -58,19 +57,6 @@ inline Core core() {
   }
 #endif
   return c;
-}
-
-// Whether the AVX-512 path also has VNNI + BW (int8/int16 dot products): on such CPUs unless HOE_KERNELS_ISA is
-// avx512 (tests: the AVX-512 loops without them) or narrower.
-inline bool kernel_vnni() {
-  if (kernel_isa() != Isa::kAvx512) return false;
-  const char* cap = std::getenv("HOE_KERNELS_ISA");
-  if (cap && std::strcmp(cap, "avx512") == 0) return false;
-#ifdef HOE_AVX2
-  return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
-#else
-  return false;
-#endif
 }
 
 // Runs fn(data, i) for every i < total, in any order, maybe on several threads (onnxruntime's intra-op pool).

@@ -255,12 +255,11 @@ Products choose() {
   const Isa isa = kernel_isa();
 #ifdef HOE_AVX2
   if (isa != Isa::kPortable) {
-    if (kernel_vnni()) {
-      const Ahead to = vnni_ahead();
-      const GroupFn int8 = to == Ahead::kNone ? group_vnni_int8<Ahead::kNone>
-                           : to == Ahead::kL1 ? group_vnni_int8<Ahead::kL1> : group_vnni_int8<Ahead::kL2>;
-      return {int8, group_avx2_exact, quantize_part_avx512};
-    }
+    const bool vnni = isa == Isa::kAvx512 && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vnni");
+    constexpr GroupFn kVnni[] = {group_vnni_int8<Ahead::kNone>, group_vnni_int8<Ahead::kL1>,
+                                 group_vnni_int8<Ahead::kL2>};  // by Ahead
+    if (vnni) return {kVnni[static_cast<int>(vnni_ahead())], group_avx2_exact, quantize_part_avx512};
     return {group_avx2_int8, group_avx2_exact, quantize_part};
   }
 #endif
